@@ -1,0 +1,285 @@
+"""Video decoding behind one small reader interface: decord (default) and PyAV.
+
+Readers expose every frame's presentation time (read from the container's index, no
+decoding) and decode only the frames asked for, resized at decode time so that the short
+side equals the requested size. Nothing here holds more than the frames of one request, so
+memory does not grow with the video's length. decord is the default; PyAV is selectable and
+is the fallback when decord cannot open a file (DESIGN.md, "Environment facts").
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+DecoderName = Literal["decord", "pyav"]
+DECODERS: tuple[str, ...] = ("decord", "pyav")
+
+
+class DecodeError(RuntimeError):
+    """A video cannot be opened or a frame cannot be decoded."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a reader learnt about a video: ``duration_s`` (seconds, from the frame
+    timestamps), average ``fps``, source ``width``/``height`` (pixels), ``num_frames``, and
+    the ``decoder`` that opened it."""
+
+    duration_s: float
+    fps: float
+    width: int
+    height: int
+    num_frames: int
+    decoder: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resized_shape(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """``(width, height)`` scaled so the short side is ``short_side`` pixels, aspect kept
+    (each side rounded, never below ``short_side``)."""
+    scale = short_side / min(width, height)
+    return max(short_side, round(width * scale)), max(short_side, round(height * scale))
+
+
+def center_crop(frames: np.ndarray, size: int) -> np.ndarray:
+    """Central ``size`` × ``size`` crop of ``[N, H, W, C]`` frames (``H, W >= size``)."""
+    h, w = frames.shape[1:3]
+    top, left = (h - size) // 2, (w - size) // 2
+    return frames[:, top : top + size, left : left + size]
+
+
+def _duration_from_times(times: np.ndarray, fps_hint: float) -> float:
+    """Duration = last frame's time + that frame's display time (median frame interval)."""
+    step = float(np.median(np.diff(times))) if times.size > 1 else 1.0 / max(fps_hint, 1e-3)
+    return float(times[-1] + step)
+
+
+class VideoReader(abc.ABC):
+    """Random access to a video's frames by index (presentation order).
+
+    Attributes:
+        info: :class:`VideoInfo` of the source.
+        frame_times_s: ``[F]`` float64 presentation time of each frame in seconds, starting
+            at 0, non-decreasing.
+        out_size: ``(width, height)`` of returned frames, pixels.
+    """
+
+    info: VideoInfo
+    frame_times_s: np.ndarray
+    out_size: tuple[int, int]
+
+    @abc.abstractmethod
+    def get_frames(self, indices: np.ndarray) -> np.ndarray:
+        """Decode the frames at ``indices`` (``[N]`` ints in ``[0, F)``).
+
+        Returns:
+            ``[N, out_h, out_w, 3]`` uint8 RGB.
+
+        Raises:
+            DecodeError: a frame cannot be decoded (a damaged or truncated file).
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the decoder's resources."""
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def probe_size(path: str | Path) -> tuple[int, int]:
+    """Source ``(width, height)`` in pixels from the container's stream header (PyAV, no
+    decoding). Raises :class:`DecodeError` when the file has no readable video stream."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise DecodeError("no video stream")
+            ctx = container.streams.video[0].codec_context
+            if not ctx.width or not ctx.height:
+                raise DecodeError("video stream has no frame size")
+            return int(ctx.width), int(ctx.height)
+    except DecodeError:
+        raise
+    except Exception as exc:  # PyAV raises a family of FFmpegError / OSError subclasses
+        raise DecodeError(f"cannot read the stream header: {exc}") from exc
+
+
+class DecordReader(VideoReader):
+    """decord reader; frames resized by decord's scaler at decode time."""
+
+    def __init__(self, path: str | Path, *, short_side: int, threads: int = 1) -> None:
+        import decord
+
+        width, height = probe_size(path)
+        self.out_size = resized_shape(width, height, short_side)
+        try:
+            self._vr = decord.VideoReader(
+                str(path),
+                ctx=decord.cpu(0),
+                width=self.out_size[0],
+                height=self.out_size[1],
+                num_threads=threads,
+            )
+            n = len(self._vr)
+            if n == 0:
+                raise DecodeError("no frames")
+            stamps = self._vr.get_frame_timestamp(np.arange(n))[:, 0].astype(np.float64)
+        except DecodeError:
+            raise
+        except Exception as exc:  # decord raises DECORDError (a RuntimeError) and others
+            raise DecodeError(f"decord cannot open the file: {exc}") from exc
+        self.frame_times_s = stamps - stamps[0]
+        fps = float(self._vr.get_avg_fps())
+        self.info = VideoInfo(
+            _duration_from_times(self.frame_times_s, fps), fps, width, height, n, "decord"
+        )
+
+    def get_frames(self, indices: np.ndarray) -> np.ndarray:
+        try:
+            return self._vr.get_batch([int(i) for i in indices]).asnumpy()
+        except Exception as exc:
+            raise DecodeError(f"decord failed to decode frames {[int(i) for i in indices]}: {exc}") from exc
+
+    def close(self) -> None:
+        self._vr = None
+
+
+class PyAVReader(VideoReader):
+    """PyAV reader: timestamps from demuxed packets; frames decoded forward from the nearest
+    keyframe and converted (and resized) by libswscale."""
+
+    def __init__(self, path: str | Path, *, short_side: int, threads: int = 1) -> None:
+        import av
+
+        try:
+            self._container = av.open(str(path))
+        except Exception as exc:
+            raise DecodeError(f"PyAV cannot open the file: {exc}") from exc
+        try:
+            self._init_stream(short_side, threads)
+        except Exception as exc:
+            self._container.close()
+            if isinstance(exc, DecodeError):
+                raise
+            raise DecodeError(f"PyAV cannot read the video stream: {exc}") from exc
+
+    def _init_stream(self, short_side: int, threads: int) -> None:
+        if not self._container.streams.video:
+            raise DecodeError("no video stream")
+        stream = self._stream = self._container.streams.video[0]
+        stream.codec_context.thread_count = threads
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if not width or not height:
+            raise DecodeError("video stream has no frame size")
+        pts, keys = [], []
+        for packet in self._container.demux(stream):
+            if packet.pts is None or packet.size == 0:
+                continue
+            pts.append(packet.pts)
+            if packet.is_keyframe:
+                keys.append(packet.pts)
+        if not pts:
+            raise DecodeError("no frames")
+        self._pts = np.sort(np.asarray(pts, dtype=np.int64))
+        self._key_pts = np.sort(np.asarray(keys or pts[:1], dtype=np.int64))
+        time_base = float(stream.time_base)
+        self.frame_times_s = (self._pts - self._pts[0]).astype(np.float64) * time_base
+        fps = float(stream.average_rate or 0.0) or (len(pts) / max(self.frame_times_s[-1], 1e-3))
+        self.out_size = resized_shape(width, height, short_side)
+        self.info = VideoInfo(
+            _duration_from_times(self.frame_times_s, fps), fps, width, height, len(pts), "pyav"
+        )
+        self._frames = None  # decoding iterator, positioned after self._current
+        self._current = None  # last decoded av.VideoFrame
+
+    def _seek(self, target_pts: int) -> None:
+        self._container.seek(int(target_pts), stream=self._stream, backward=True)
+        self._frames = self._container.decode(self._stream)
+        self._current = None
+
+    def _frame_at(self, target_pts: int):
+        cur = self._current
+        if cur is not None and cur.pts == target_pts:
+            return cur
+        key = self._key_pts[max(np.searchsorted(self._key_pts, target_pts, side="right") - 1, 0)]
+        if self._frames is None or cur is None or target_pts < cur.pts or key > cur.pts:
+            self._seek(target_pts)
+        for frame in self._frames:
+            if frame.pts is None:
+                continue
+            self._current = frame
+            if frame.pts >= target_pts:
+                return frame
+        raise DecodeError("the stream ended before the frame")
+
+    def get_frames(self, indices: np.ndarray) -> np.ndarray:
+        out = np.empty((len(indices), self.out_size[1], self.out_size[0], 3), dtype=np.uint8)
+        for k, i in enumerate(indices):
+            try:
+                frame = self._frame_at(int(self._pts[int(i)]))
+                out[k] = frame.reformat(
+                    width=self.out_size[0], height=self.out_size[1], format="rgb24"
+                ).to_ndarray()
+            except DecodeError as exc:
+                raise DecodeError(f"PyAV failed to decode frame {int(i)}: {exc}") from exc
+            except Exception as exc:
+                raise DecodeError(f"PyAV failed to decode frame {int(i)}: {exc}") from exc
+        return out
+
+    def close(self) -> None:
+        self._frames = None
+        self._current = None
+        self._container.close()
+
+
+_READERS: dict[str, type[VideoReader]] = {"decord": DecordReader, "pyav": PyAVReader}
+
+
+def open_video(
+    path: str | Path,
+    *,
+    decoder: str = "decord",
+    short_side: int = 224,
+    threads: int = 1,
+    fallback: bool = True,
+) -> VideoReader:
+    """Open a local video file for frame access.
+
+    Args:
+        path: local file path.
+        decoder: ``"decord"`` (default) or ``"pyav"``.
+        short_side: frames come back resized so their short side is this many pixels.
+        threads: decoder threads (1 matches one Ray CPU per decode task).
+        fallback: when decord cannot open the file, try PyAV before giving up.
+
+    Returns:
+        A :class:`VideoReader`; ``reader.info.decoder`` says which decoder opened it.
+
+    Raises:
+        ValueError: an unknown decoder name.
+        DecodeError: no decoder can open the file (the message gives each one's reason).
+    """
+    if decoder not in _READERS:
+        raise ValueError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
+    path = Path(path)
+    if not path.is_file():
+        raise DecodeError(f"not a readable file: {path}")
+    order = [decoder] + (["pyav"] if fallback and decoder == "decord" else [])
+    reasons = []
+    for name in order:
+        try:
+            return _READERS[name](path, short_side=short_side, threads=threads)
+        except DecodeError as exc:
+            reasons.append(f"{name}: {exc}")
+    raise DecodeError("; ".join(reasons))

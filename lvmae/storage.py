@@ -1,0 +1,166 @@
+"""The extraction output on disk (DESIGN.md, "Data contracts").
+
+``<out>/segments/*.parquet``
+    one row per segment: ``video_id``, ``segment_index`` (0-based, time order), ``start_s``,
+    ``end_s``, ``frame_indices`` / ``frame_times_s`` (the frames the encoder saw),
+    ``embedding`` (fixed-size list of float32, L2-normalised), ``encoder``, ``config_id``.
+``<out>/videos/*.parquet``
+    one row per input video and attempt: metadata, ``status`` (ok / partial / failed) and
+    ``error``; readers keep each video's latest row.
+``<out>/manifest.json``
+    the resolved config, encoder identity, library versions and the last run's summary.
+
+Files are written under a hidden temporary name and renamed into place, so a killed run
+never leaves a half-written file where readers look; reruns may repeat rows, and readers
+key on ``(video_id, segment_index)`` to read each segment exactly once. Any pyarrow
+filesystem URI works as ``<out>`` (local paths, ``s3://``, ``gs://``).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+SEGMENTS_DIR = "segments"
+VIDEOS_DIR = "videos"
+MANIFEST = "manifest.json"
+
+VIDEO_SCHEMA = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("uri", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("decoder", pa.string()),
+        ("duration_s", pa.float64()),
+        ("fps", pa.float64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("num_frames", pa.int64()),
+        ("num_segments", pa.int32()),
+        ("size_bytes", pa.int64()),
+        ("decode_s", pa.float64()),
+        ("config_id", pa.string()),
+        ("updated_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+def segment_schema(embedding_dim: int) -> pa.Schema:
+    """Arrow schema of the segments table for ``embedding_dim``-wide embeddings."""
+    return pa.schema(
+        [
+            ("video_id", pa.string()),
+            ("segment_index", pa.int32()),
+            ("start_s", pa.float64()),
+            ("end_s", pa.float64()),
+            ("frame_indices", pa.list_(pa.int64())),
+            ("frame_times_s", pa.list_(pa.float64())),
+            ("embedding", pa.list_(pa.float32(), embedding_dim)),
+            ("encoder", pa.string()),
+            ("config_id", pa.string()),
+        ]
+    )
+
+
+class StorageError(ValueError):
+    """An output directory is missing, empty or inconsistent; the message says what to fix."""
+
+
+def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
+    if "://" not in uri:
+        uri = str(Path(uri).absolute())
+    return pafs.FileSystem.from_uri(uri)
+
+
+def write_table_atomic(table: pa.Table, out: str, subdir: str) -> str:
+    """Write ``table`` as one Parquet file in ``<out>/<subdir>/``: first under a hidden
+    temporary name, then renamed, so readers never see a partial file. Returns its path."""
+    fs, root = _fs(out)
+    directory = f"{root.rstrip('/')}/{subdir}"
+    fs.create_dir(directory, recursive=True)
+    name = f"part-{uuid.uuid4().hex}.parquet"
+    tmp = f"{directory}/.{name}.tmp"
+    with fs.open_output_stream(tmp) as sink:
+        pq.write_table(table, sink)
+    fs.move(tmp, f"{directory}/{name}")
+    return f"{directory}/{name}"
+
+
+def _read_dir(out: str, subdir: str) -> pa.Table | None:
+    fs, root = _fs(out)
+    directory = f"{root.rstrip('/')}/{subdir}"
+    info = fs.get_file_info(directory)
+    if info.type != pafs.FileType.Directory:
+        return None
+    dataset = pads.dataset(directory, filesystem=fs, format="parquet")
+    if not dataset.files:
+        return None
+    return dataset.to_table()
+
+
+def _keep_last(table: pa.Table, keys: list[str]) -> pa.Table:
+    """Rows deduplicated on ``keys``, keeping each key's last row (file order, then by an
+    ``updated_at`` column when there is one)."""
+    if table.num_rows == 0:
+        return table
+    if "updated_at" in table.column_names:
+        table = table.sort_by([("updated_at", "ascending")])
+    table = table.append_column("__row", pa.array(np.arange(table.num_rows)))
+    last = table.group_by(keys, use_threads=False).aggregate([("__row", "max")])
+    table = table.take(np.sort(last["__row_max"].to_numpy()))
+    return table.drop_columns(["__row"])
+
+
+def read_segments(out: str, *, columns: list[str] | None = None) -> pa.Table:
+    """The segments table under ``out``, each ``(video_id, segment_index)`` exactly once,
+    sorted by video then segment.
+
+    Raises:
+        StorageError: ``out`` has no segments (missing directory or no files).
+    """
+    table = _read_dir(out, SEGMENTS_DIR)
+    if table is None:
+        raise StorageError(
+            f"no segment embeddings under {out!r}: expected Parquet files in "
+            f"{out.rstrip('/')}/{SEGMENTS_DIR}/ (run `lvmae extract INPUT --out {out}` first)"
+        )
+    table = _keep_last(table, ["video_id", "segment_index"])
+    table = table.sort_by([("video_id", "ascending"), ("segment_index", "ascending")])
+    return table.select(columns) if columns else table
+
+
+def read_videos(out: str) -> pa.Table:
+    """The videos table under ``out``, one row per ``video_id`` (its latest), sorted by id;
+    an empty table with :data:`VIDEO_SCHEMA` when there is none yet."""
+    table = _read_dir(out, VIDEOS_DIR)
+    if table is None:
+        return VIDEO_SCHEMA.empty_table()
+    return _keep_last(table, ["video_id"]).sort_by("video_id")
+
+
+def read_manifest(out: str) -> dict | None:
+    """``<out>/manifest.json`` as a dict, or None when absent."""
+    fs, root = _fs(out)
+    path = f"{root.rstrip('/')}/{MANIFEST}"
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read().decode())
+
+
+def write_manifest(out: str, manifest: dict) -> None:
+    """Write ``<out>/manifest.json`` (atomically: temporary name, then rename)."""
+    fs, root = _fs(out)
+    fs.create_dir(root, recursive=True)
+    tmp = f"{root.rstrip('/')}/.{MANIFEST}.{uuid.uuid4().hex}.tmp"
+    with fs.open_output_stream(tmp) as f:
+        f.write(json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
+    fs.move(tmp, f"{root.rstrip('/')}/{MANIFEST}")
