@@ -128,7 +128,9 @@ def load_config(
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
+            raise ConfigError(
+                f"{path}: expected a mapping of settings, got {type(loaded).__name__}"
+            )
         section = getattr(model, "SECTION", None)
         data = dict(loaded.get(section, loaded)) if section else loaded
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
@@ -136,4 +138,3 @@ def load_config(
         return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source)) from exc
-

@@ -149,7 +149,9 @@ class DecordReader(VideoReader):
         try:
             return self._vr.get_batch([int(i) for i in indices]).asnumpy()
         except Exception as exc:
-            raise DecodeError(f"decord failed to decode frames {[int(i) for i in indices]}: {exc}") from exc
+            raise DecodeError(
+                f"decord failed to decode frames {[int(i) for i in indices]}: {exc}"
+            ) from exc
 
     def close(self) -> None:
         self._vr = None

@@ -101,14 +101,14 @@ def _read_list(fs, list_path: str, prefix: str) -> tuple[str, list[str]]:
     list_dir = posixpath.dirname(list_path)
     entries = []
     with fs.open(list_path, "r") as f:
-        for line in f:
-            line = line.strip()
+        for raw in f:
+            line = raw.strip()
             if not line or line.startswith("#"):
                 continue
-            if "://" in line:
+            if "://" in line or posixpath.isabs(line):
                 entries.append(line)
             else:
-                entries.append(line if posixpath.isabs(line) else posixpath.join(list_dir, line))
+                entries.append(posixpath.join(list_dir, line))
     if not entries:
         return list_dir, []
     stripped = [_strip(e) for e in entries]

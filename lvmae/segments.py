@@ -9,6 +9,7 @@ frame timestamps, so variable-frame-rate videos come out right. Pure NumPy; no d
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -200,7 +201,7 @@ def shot_segments(
     if len(merged) > 2 and merged[-1] - merged[-2] < min_segment_s - _EPS:
         del merged[-2]  # the last shot is too short: merge it into its predecessor
     spans: list[tuple[float, float]] = []
-    for a, b in zip(merged[:-1], merged[1:], strict=True):
+    for a, b in itertools.pairwise(merged):
         parts = max(1, int(np.ceil((b - a) / max_segment_s - _EPS)))
         edges = np.linspace(a, b, parts + 1)
         spans.extend(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True))

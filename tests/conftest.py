@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Keep Ray quiet and small in tests.
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -14,3 +20,57 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("media")
+
+
+@pytest.fixture(scope="session")
+def scene_video(media_dir):
+    """12 s, 160x120 @ 10 fps, three 4-second scenes of very different sources."""
+    from lvmae.samples import Scene, make_video
+
+    return make_video(
+        media_dir / "scenes.mp4",
+        [Scene("smptebars", 4.0), Scene("mandelbrot", 4.0), Scene("life", 4.0)],
+        width=160,
+        height=120,
+        fps=10,
+    )
+
+
+@pytest.fixture(scope="session")
+def wide_video(media_dir):
+    """7 s, 320x180 @ 25 fps (16:9, so the crop matters)."""
+    from lvmae.samples import Scene, make_video
+
+    return make_video(
+        media_dir / "wide.mp4", [Scene("testsrc2", 7.0)], width=320, height=180, fps=25
+    )
+
+
+@pytest.fixture(scope="session")
+def vfr_video(media_dir):
+    from lvmae.samples import make_vfr_video
+
+    return make_vfr_video(media_dir / "vfr.mp4", segments=((5, 4.0), (25, 4.0)))
+
+
+@pytest.fixture(scope="session")
+def broken_videos(media_dir, scene_video):
+    from lvmae.samples import write_broken_videos
+
+    return write_broken_videos(media_dir / "broken", good_video=scene_video)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One small local Ray instance for the whole session."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

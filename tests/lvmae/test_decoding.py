@@ -33,7 +33,10 @@ def test_readers_report_metadata_and_decode_resized_frames(decoder, wide_video):
 
 
 def test_decoders_agree_on_timestamps_and_roughly_on_pixels(scene_video):
-    with open_video(scene_video, decoder="decord") as a, open_video(scene_video, decoder="pyav") as b:
+    with (
+        open_video(scene_video, decoder="decord") as a,
+        open_video(scene_video, decoder="pyav") as b,
+    ):
         assert np.allclose(a.frame_times_s, b.frame_times_s)
         idx = np.array([3, 45, 46, 119])
         fa, fb = a.get_frames(idx).astype(int), b.get_frames(idx).astype(int)
@@ -113,9 +116,7 @@ def test_bad_files_become_failed_reports(kind, broken_videos):
 
 
 @pytest.mark.parametrize("decoder", ["decord", "pyav"])
-def test_partly_decodable_file_yields_its_good_clips_then_a_partial_report(
-    decoder, broken_videos
-):
+def test_partly_decodable_file_yields_its_good_clips_then_a_partial_report(decoder, broken_videos):
     clips, report = clips_and_report(broken_videos["partial"], decoder=decoder)
     assert report.status == "partial"
     assert report.error and 0 < len(clips) < report.num_segments

@@ -43,9 +43,7 @@ def test_stride_longer_than_window_leaves_gaps():
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "kwargs", [{"segment_s": 0}, {"stride_s": -1}, {"min_segment_s": -0.1}]
-)
+@pytest.mark.parametrize("kwargs", [{"segment_s": 0}, {"stride_s": -1}, {"min_segment_s": -0.1}])
 def test_fixed_rejects_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         fixed_segments(10.0, **kwargs)
@@ -79,7 +77,9 @@ def test_histogram_cut_detection_finds_colour_changes_only():
     red[..., 0] = 220
     blue = np.zeros((16, 16, 3), np.uint8)
     blue[..., 2] = 220
-    noisy_red = np.clip(red.astype(int) + np.random.default_rng(0).integers(-5, 5, red.shape), 0, 255)
+    noisy_red = np.clip(
+        red.astype(int) + np.random.default_rng(0).integers(-5, 5, red.shape), 0, 255
+    )
     frames = [(0.0, red), (0.5, noisy_red.astype(np.uint8)), (1.0, blue), (1.5, blue), (2.0, red)]
     assert detect_cuts(frames, threshold=0.3) == [1.0, 2.0]
     assert histogram_distance(red, red) == 0.0

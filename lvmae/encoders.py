@@ -1,0 +1,593 @@
+"""Frozen multimodal video encoders: a short segment of frames → one L2-normalised embedding.
+
+Stage 1 of LV-MAE (Naiman et al., ICCV 2025, §3 and §4 "Implementation details"): every
+short segment of a long video is embedded by a frozen, off-the-shelf multimodal video
+encoder — LanguageBind's video tower, 8 frames sampled uniformly per segment, 224 px,
+CLIP mean/std. The paper uses ``LanguageBind/LanguageBind_Video_Huge_V1.5_FT`` (1024-d).
+
+Three registry names, one interface (:class:`FrozenEncoder`):
+
+- ``tiny``: the same ``LanguageBindVideo`` architecture at toy width with weights drawn
+  from a seed — no download, fast on CPU; for tests, demos and offline runs.
+- ``languagebind-video-ft``: ``LanguageBind/LanguageBind_Video_FT`` (ViT-L/14, 768-d).
+- ``languagebind-video-huge``: ``LanguageBind/LanguageBind_Video_Huge_V1.5_FT``
+  (ViT-H/14, 1024-d; the paper's encoder).
+
+``import languagebind`` fails in modern environments (its package ``__init__`` pulls in
+torchvision, torchaudio and pytorchvideo), so its video model files are imported under a
+stand-in package module, lazily: importing this module stays cheap. LanguageBind's own
+processor is not used (it flips frames at random even at inference);
+:func:`normalize_frames` is the deterministic replacement. Nothing here imports Ray.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import importlib.util
+import os
+import re
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+FRAMES_PER_SEGMENT = 8
+"""Frames sampled uniformly per segment (paper §4; the video checkpoints' ``num_frames``)."""
+IMAGE_SIZE = 224
+"""Side of the square frames the encoder sees, in pixels (paper §4)."""
+
+ENCODER_NAMES: tuple[str, ...] = ("tiny", "languagebind-video-ft", "languagebind-video-huge")
+
+DEFAULT_CHECKPOINTS: dict[str, str] = {
+    "tiny": "tiny-seed0",
+    "languagebind-video-ft": "LanguageBind/LanguageBind_Video_FT",
+    "languagebind-video-huge": "LanguageBind/LanguageBind_Video_Huge_V1.5_FT",
+}
+"""Checkpoint used when ``build_encoder(name)`` is given none: a Hugging Face hub id for the
+LanguageBind presets, ``tiny-seed<seed>`` for ``tiny``."""
+
+PRECISIONS = ("bf16", "fp32")
+
+_TINY_CHECKPOINT = re.compile(r"tiny-seed(\d+)")
+
+
+class EncoderUnavailableError(RuntimeError):
+    """The encoder's checkpoint cannot be loaded: not on the hub cache and no network, a local
+    directory that does not exist or holds no model, or a hub id that is not valid."""
+
+
+# ----------------------------------------------------------------------------------------
+# architecture
+
+
+@dataclasses.dataclass(frozen=True)
+class LanguageBindArch:
+    """Sizes of a ``LanguageBindVideo`` model: a CLIP ViT video tower with divided
+    space–time attention (``add_time_attn``) plus CLIP's text tower, both projected to
+    ``projection_dim``. Widths and dims are channels, ``patch_size`` and ``image_size`` pixels,
+    ``num_frames`` frames per segment."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    patch_size: int
+    projection_dim: int
+    image_size: int = IMAGE_SIZE
+    num_frames: int = FRAMES_PER_SEGMENT
+    text_hidden_size: int = 32
+    text_intermediate_size: int = 64
+    text_num_hidden_layers: int = 1
+    text_num_attention_heads: int = 2
+    text_vocab_size: int = 1000
+    text_max_position_embeddings: int = 77
+
+    def to_config(self) -> Any:
+        """The ``LanguageBindVideoConfig`` for these sizes (no LoRA, time attention on)."""
+        _, config_cls = _languagebind_video()
+        return config_cls(
+            text_config={
+                "vocab_size": self.text_vocab_size,
+                "hidden_size": self.text_hidden_size,
+                "intermediate_size": self.text_intermediate_size,
+                "num_hidden_layers": self.text_num_hidden_layers,
+                "num_attention_heads": self.text_num_attention_heads,
+                "max_position_embeddings": self.text_max_position_embeddings,
+                "projection_dim": self.projection_dim,
+            },
+            vision_config={
+                "hidden_size": self.hidden_size,
+                "intermediate_size": self.intermediate_size,
+                "num_hidden_layers": self.num_hidden_layers,
+                "num_attention_heads": self.num_attention_heads,
+                "image_size": self.image_size,
+                "patch_size": self.patch_size,
+                "add_time_attn": True,
+                "num_frames": self.num_frames,
+                "lora_r": 0,
+                "projection_dim": self.projection_dim,
+            },
+            projection_dim=self.projection_dim,
+        )
+
+
+TINY_ARCH = LanguageBindArch(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    patch_size=32,
+    projection_dim=64,
+)
+"""The ``tiny`` encoder: 64-d, 2 layers, 32-px patches (7×7 tokens per frame)."""
+
+VIT_L14_ARCH = LanguageBindArch(
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    patch_size=14,
+    projection_dim=768,
+    text_hidden_size=768,
+    text_intermediate_size=3072,
+    text_num_hidden_layers=12,
+    text_num_attention_heads=12,
+    text_vocab_size=49408,
+)
+"""``LanguageBind/LanguageBind_Video_FT``'s architecture (ViT-L/14 video tower, 768-d)."""
+
+VIT_H14_ARCH = LanguageBindArch(
+    hidden_size=1280,
+    intermediate_size=5120,
+    num_hidden_layers=32,
+    num_attention_heads=16,
+    patch_size=14,
+    projection_dim=1024,
+    text_hidden_size=1024,
+    text_intermediate_size=4096,
+    text_num_hidden_layers=24,
+    text_num_attention_heads=16,
+    text_vocab_size=49408,
+)
+"""``LanguageBind/LanguageBind_Video_Huge_V1.5_FT``'s architecture (ViT-H/14, 1024-d)."""
+
+
+@functools.cache
+def _languagebind_video() -> tuple[type, type]:
+    """``(LanguageBindVideo, LanguageBindVideoConfig)``, imported without running the
+    ``languagebind`` package ``__init__`` (which needs torchvision/torchaudio/pytorchvideo).
+
+    A real ``languagebind`` module already in ``sys.modules`` is left as it is.
+
+    Raises:
+        ImportError: the ``languagebind`` distribution is not installed.
+    """
+    if "languagebind" not in sys.modules:
+        spec = importlib.util.find_spec("languagebind")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError(
+                "the `languagebind` package is not installed: `pip install languagebind` "
+                "(reinstall the project with `make install`)"
+            )
+        package = types.ModuleType("languagebind")
+        package.__path__ = list(spec.submodule_search_locations)
+        package.__package__ = "languagebind"
+        sys.modules.setdefault("languagebind", package)
+    from languagebind.video.configuration_video import LanguageBindVideoConfig
+    from languagebind.video.modeling_video import LanguageBindVideo
+
+    return LanguageBindVideo, LanguageBindVideoConfig
+
+
+def build_languagebind_random(arch: LanguageBindArch, *, seed: int = 0) -> nn.Module:
+    """A ``LanguageBindVideo`` model of the given sizes with weights drawn from ``seed``.
+
+    The weights come from LanguageBind's own initialiser under a forked RNG, so the global
+    torch RNG is untouched and the same ``(arch, seed)`` gives bit-identical weights in every
+    process. Built on CPU in float32, in train mode (wrap it in :class:`LanguageBindEncoder`).
+    """
+    model_cls, _ = _languagebind_video()
+    config = arch.to_config()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return model_cls(config)
+
+
+def save_tiny_checkpoint(directory: str | os.PathLike[str], *, seed: int = 0) -> Path:
+    """Write the ``tiny`` model for ``seed`` as a Hugging Face checkpoint directory
+    (``config.json`` + ``model.safetensors``), loadable like the hub checkpoints:
+    ``build_encoder("languagebind-video-ft", checkpoint=directory)``.
+
+    Returns:
+        The directory, created if needed.
+    """
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    build_languagebind_random(TINY_ARCH, seed=seed).save_pretrained(path)
+    return path
+
+
+def _hub_env_kwargs() -> dict[str, Any]:
+    """``from_pretrained`` options from the hub environment variables as they are *now*.
+
+    ``huggingface_hub`` reads ``HF_HUB_OFFLINE`` and ``HF_HOME`` once, when it is imported;
+    reading them per call lets a worker (or a test) that sets them later be obeyed — and makes
+    an offline lookup fail at once instead of after a minute of network retries.
+    """
+    kwargs: dict[str, Any] = {}
+    truthy = {"1", "on", "yes", "true"}
+    if any(
+        os.environ.get(v, "").strip().lower() in truthy
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    ):
+        kwargs["local_files_only"] = True
+    if os.environ.get("HF_HUB_CACHE"):
+        kwargs["cache_dir"] = str(Path(os.environ["HF_HUB_CACHE"]).expanduser())
+    elif os.environ.get("HF_HOME"):
+        kwargs["cache_dir"] = str(Path(os.environ["HF_HOME"]).expanduser() / "hub")
+    return kwargs
+
+
+def _from_pretrained(cls: type, checkpoint: str, **kwargs: Any) -> Any:
+    """``cls.from_pretrained`` on a hub id or local directory, errors made actionable."""
+    local = Path(checkpoint).expanduser()
+    looks_local = checkpoint.startswith(("/", ".", "~")) or local.exists()
+    if looks_local and not local.is_dir():
+        raise EncoderUnavailableError(
+            f"encoder checkpoint directory {checkpoint!r} does not exist (or is not a directory)"
+        )
+    try:
+        return cls.from_pretrained(
+            str(local) if looks_local else checkpoint, **kwargs, **_hub_env_kwargs()
+        )
+    except (OSError, ValueError) as exc:  # OSError: not found/offline; ValueError: bad id
+        hint = (
+            "the directory must hold a LanguageBindVideo `config.json` and weights"
+            if looks_local
+            else (
+                f"download it on a machine with network (`huggingface-cli download "
+                f"{checkpoint} --local-dir DIR`) and pass DIR as the checkpoint "
+                f"(`--encoder-checkpoint DIR`), or point HF_HOME at a Hugging Face cache "
+                f"that holds it"
+            )
+        )
+        raise EncoderUnavailableError(
+            f"cannot load encoder checkpoint {checkpoint!r}: {hint} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
+
+
+def load_languagebind(checkpoint: str) -> nn.Module:
+    """Load a ``LanguageBindVideo`` checkpoint: a hub id (from the local hub cache, or
+    downloaded when there is network) or a local directory written by ``save_pretrained``.
+
+    Returns the model on CPU in float32.
+
+    Raises:
+        EncoderUnavailableError: the checkpoint cannot be found or read; the message says how
+            to provide it.
+    """
+    model_cls, _ = _languagebind_video()
+    # "sdpa" here raises on this model class; the sub-configs get it in LanguageBindEncoder.
+    return _from_pretrained(model_cls, checkpoint, attn_implementation="eager")
+
+
+def describe_encoder(name: str, checkpoint: str | None = None, seed: int = 0) -> dict[str, Any]:
+    """What :func:`build_encoder` would build, from the checkpoint's config alone (no
+    weights): ``name``, ``checkpoint``, ``embedding_dim``, ``frames_per_segment``,
+    ``image_size``. A cheap pre-flight check on the driver before any work starts.
+
+    Raises:
+        ValueError: unknown name.
+        EncoderUnavailableError: the checkpoint's config cannot be found (see
+            :func:`load_languagebind`).
+    """
+    if name not in ENCODER_NAMES:
+        raise ValueError(f"unknown encoder {name!r}; valid names: {', '.join(ENCODER_NAMES)}")
+    if name == "tiny":
+        return {
+            "name": name,
+            "checkpoint": checkpoint or f"tiny-seed{seed}",
+            "embedding_dim": TINY_ARCH.projection_dim,
+            "frames_per_segment": TINY_ARCH.num_frames,
+            "image_size": TINY_ARCH.image_size,
+        }
+    checkpoint = checkpoint or DEFAULT_CHECKPOINTS[name]
+    _, config_cls = _languagebind_video()
+    config = _from_pretrained(config_cls, checkpoint)
+    return {
+        "name": name,
+        "checkpoint": checkpoint,
+        "embedding_dim": int(config.projection_dim),
+        "frames_per_segment": int(config.vision_config.num_frames),
+        "image_size": int(config.vision_config.image_size),
+    }
+
+
+# ----------------------------------------------------------------------------------------
+# frames
+
+
+def normalize_frames(frames: torch.Tensor) -> torch.Tensor:
+    """Pixels → encoder input: ``/255`` then CLIP mean/std, channels first.
+
+    Deterministic: no flips, no crops — frames arrive already resized (short side 224) and
+    centre-cropped by the decoder (paper §4: 224 px, CLIP normalisation).
+
+    Args:
+        frames: uint8 ``[B, T, H, W, 3]`` (RGB), on any device.
+
+    Returns:
+        float32 ``[B, 3, T, H, W]`` on the same device.
+
+    Raises:
+        ValueError: not uint8, or not ``[B, T, H, W, 3]``.
+    """
+    if frames.dtype != torch.uint8:
+        raise ValueError(f"frames must be uint8 RGB, got dtype {frames.dtype}")
+    if frames.ndim != 5 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be [B, T, H, W, 3], got shape {list(frames.shape)}")
+    x = frames.permute(0, 4, 1, 2, 3).contiguous().to(torch.float32).div_(255.0)
+    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32, device=x.device).view(1, 3, 1, 1, 1)
+    std = torch.tensor(CLIP_STD, dtype=torch.float32, device=x.device).view(1, 3, 1, 1, 1)
+    return x.sub_(mean).div_(std)
+
+
+# ----------------------------------------------------------------------------------------
+# encoders
+
+
+class FrozenEncoder(abc.ABC):
+    """A frozen video encoder: segments of ``frames_per_segment`` RGB frames of
+    ``image_size``² pixels → ``embedding_dim``-d L2-normalised embeddings (paper §3, stage 1).
+
+    Attributes:
+        name: registry name (one of :data:`ENCODER_NAMES`).
+        checkpoint: hub id, local directory, or ``tiny-seed<N>``.
+        embedding_dim: D.
+        frames_per_segment: T (8 for every preset).
+        image_size: H = W, pixels (224).
+        device: where the model runs.
+    """
+
+    name: str
+    checkpoint: str
+    embedding_dim: int
+    frames_per_segment: int
+    image_size: int
+    device: torch.device
+
+    @abc.abstractmethod
+    def encode(self, frames: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Embed a batch of segments.
+
+        Args:
+            frames: uint8 ``[B, T, H, W, 3]`` RGB, numpy or torch (any device), with
+                ``T == frames_per_segment`` and ``H == W == image_size``.
+
+        Returns:
+            float32 numpy ``[B, D]``, each row of unit L2 norm. No gradients.
+
+        Raises:
+            ValueError: wrong dtype, rank, channel count, T, H or W.
+        """
+
+    @abc.abstractmethod
+    def identity(self) -> dict[str, Any]:
+        """JSON-able description that tells whether two runs' embeddings are comparable:
+        ``name``, ``checkpoint``, ``embedding_dim``, ``frames_per_segment``, ``image_size``,
+        ``dtype`` and ``weights_sha1`` (a fingerprint of a few weight tensors)."""
+
+    def _check_frames(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``frames`` as a uint8 torch tensor ``[B, T, H, W, 3]``; ValueError if malformed."""
+        if isinstance(frames, np.ndarray):
+            if not frames.flags.writeable:  # e.g. Arrow-backed batches; torch wants writable
+                frames = frames.copy()
+            frames = torch.from_numpy(frames)
+        elif not isinstance(frames, torch.Tensor):
+            raise ValueError(f"frames must be a numpy array or torch tensor, got {type(frames)}")
+        if frames.dtype != torch.uint8:
+            raise ValueError(f"frames must be uint8 RGB, got dtype {frames.dtype}")
+        if frames.ndim != 5 or frames.shape[-1] != 3:
+            raise ValueError(
+                f"frames must be [B, T, H, W, 3] (segments, frames, height, width, RGB), "
+                f"got shape {list(frames.shape)}"
+            )
+        t, h, w = frames.shape[1:4]
+        if t != self.frames_per_segment:
+            raise ValueError(
+                f"encoder {self.name!r} takes {self.frames_per_segment} frames per segment, "
+                f"got T={t} (shape {list(frames.shape)}); set frames_per_segment to "
+                f"{self.frames_per_segment}"
+            )
+        if h != self.image_size or w != self.image_size:
+            raise ValueError(
+                f"encoder {self.name!r} takes {self.image_size}x{self.image_size} frames, got "
+                f"H={h}, W={w}; resize the short side to {self.image_size} and centre-crop"
+            )
+        return frames
+
+
+class LanguageBindEncoder(FrozenEncoder):
+    """A ``LanguageBindVideo`` model's video tower + visual projection, frozen.
+
+    ``embedding = normalize(visual_projection(mean_t(post_layernorm(CLS_t))))`` — the pooled
+    output LanguageBind's own ``get_image_features`` returns for video, then L2-normalised.
+    On CUDA it runs under bf16 autocast by default (``precision="bf16"``) and returns float32.
+
+    Args:
+        model: a ``LanguageBindVideo`` (see :func:`load_languagebind`,
+            :func:`build_languagebind_random`); put in eval mode, frozen and moved to ``device``.
+        name, checkpoint: reported by :meth:`identity`.
+        device: torch device.
+        precision: ``"bf16"`` (autocast) or ``"fp32"``; default bf16 on CUDA, fp32 elsewhere.
+
+    Raises:
+        ValueError: the model is not a video model for ``FRAMES_PER_SEGMENT`` frames of
+            ``IMAGE_SIZE`` px, or ``precision`` is unknown.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        name: str,
+        checkpoint: str,
+        device: str | torch.device = "cpu",
+        precision: str | None = None,
+    ) -> None:
+        vision = model.config.vision_config
+        if not getattr(vision, "add_time_attn", False):
+            raise ValueError(
+                f"checkpoint {checkpoint!r} is not a LanguageBind video model "
+                f"(vision_config.add_time_attn is not set)"
+            )
+        if vision.num_frames != FRAMES_PER_SEGMENT:
+            raise ValueError(
+                f"checkpoint {checkpoint!r} takes {vision.num_frames} frames per segment; "
+                f"the {name!r} encoder samples {FRAMES_PER_SEGMENT} (paper §4)"
+            )
+        if vision.image_size != IMAGE_SIZE:
+            raise ValueError(
+                f"checkpoint {checkpoint!r} takes {vision.image_size} px frames; "
+                f"the {name!r} encoder uses {IMAGE_SIZE} px (paper §4)"
+            )
+        self.device = torch.device(device)
+        if precision is None:
+            precision = "bf16" if self.device.type == "cuda" else "fp32"
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.precision = precision
+        # transformers 4.5x leaves the sub-configs' attention backend unset (KeyError: None in
+        # forward); CLIP attention supports SDPA.
+        for sub in (model.config.vision_config, model.config.text_config):
+            sub._attn_implementation = "sdpa"
+        model.eval().requires_grad_(False)
+        self.weights_sha1 = _weights_sha1(model)
+        self.model = model.to(self.device)
+        self.name = name
+        self.checkpoint = checkpoint
+        self.embedding_dim = int(model.visual_projection.out_features)
+        self.frames_per_segment = int(vision.num_frames)
+        self.image_size = int(vision.image_size)
+        self.revision = getattr(model.config, "_commit_hash", None)
+
+    def encode(self, frames: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Embed a batch of segments (see :meth:`FrozenEncoder.encode`): uint8
+        ``[B, T, H, W, 3]`` → float32 numpy ``[B, D]``, unit rows."""
+        x = self._check_frames(frames)
+        if x.shape[0] == 0:
+            return np.zeros((0, self.embedding_dim), dtype=np.float32)
+        pixels = normalize_frames(x.to(self.device, non_blocking=True))  # [B, 3, T, H, W]
+        autocast = (
+            torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+            if self.precision == "bf16"
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            pooled = self.model.vision_model(pixel_values=pixels)[1]  # [B, hidden], mean over T
+            emb = self.model.visual_projection(pooled)  # [B, D]
+        emb = F.normalize(emb.float(), dim=-1)
+        return emb.cpu().numpy()
+
+    def identity(self) -> dict[str, Any]:
+        """See :meth:`FrozenEncoder.identity`; adds ``revision`` (the hub commit, or None)."""
+        return {
+            "name": self.name,
+            "checkpoint": self.checkpoint,
+            "revision": self.revision,
+            "embedding_dim": self.embedding_dim,
+            "frames_per_segment": self.frames_per_segment,
+            "image_size": self.image_size,
+            "dtype": "bfloat16" if self.precision == "bf16" else "float32",
+            "weights_sha1": self.weights_sha1,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, checkpoint={self.checkpoint!r}, "
+            f"D={self.embedding_dim}, device={self.device}, precision={self.precision})"
+        )
+
+
+def _weights_sha1(model: nn.Module) -> str:
+    """sha1 (first 16 hex digits) over the shapes and float32 bytes of a few vision-tower
+    tensors and the visual projection: cheap, and different for any two real checkpoints."""
+    params = list(model.vision_model.parameters())
+    picked = [params[0], params[len(params) // 2], params[-1], model.visual_projection.weight]
+    digest = hashlib.sha1()
+    for p in picked:
+        t = p.detach().to("cpu", torch.float32).contiguous()
+        digest.update(str(tuple(t.shape)).encode())
+        digest.update(t.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def default_device() -> str:
+    """``"cuda"`` when a GPU is visible, else ``"cpu"``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build_encoder(
+    name: str,
+    *,
+    checkpoint: str | None = None,
+    device: str | None = None,
+    seed: int = 0,
+    precision: str | None = None,
+) -> FrozenEncoder:
+    """Build a frozen encoder by registry name (paper §3 stage 1; DESIGN.md "frozen encoder").
+
+    Args:
+        name: one of :data:`ENCODER_NAMES`.
+        checkpoint: LanguageBind presets: a hub id or a local ``save_pretrained`` directory
+            (default :data:`DEFAULT_CHECKPOINTS`); D comes from the loaded config. ``tiny``:
+            ``tiny-seed<N>`` (sets the seed) or None.
+        device: torch device; default ``"cuda"`` if available, else ``"cpu"``.
+        seed: weights seed of ``tiny`` (same seed → bit-identical weights in every process);
+            ignored by the LanguageBind presets.
+        precision: ``"bf16"`` (autocast) or ``"fp32"``; default bf16 on CUDA, fp32 elsewhere.
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones), a ``tiny`` checkpoint
+            that is not ``tiny-seed<N>`` or disagrees with ``seed``, or a checkpoint that is not
+            an 8-frame, 224-px video model.
+        EncoderUnavailableError: the checkpoint cannot be loaded (offline with no local copy,
+            a bad directory); the message says how to provide it.
+    """
+    if name not in ENCODER_NAMES:
+        raise ValueError(f"unknown encoder {name!r}; valid names: {', '.join(ENCODER_NAMES)}")
+    device = device or default_device()
+    if name == "tiny":
+        if checkpoint is not None:
+            match = _TINY_CHECKPOINT.fullmatch(checkpoint)
+            if match is None:
+                raise ValueError(
+                    f"the tiny encoder has no checkpoint to load; got {checkpoint!r}, expected "
+                    f"'tiny-seed<N>' or none (to load a saved tiny checkpoint directory use "
+                    f"a languagebind-* encoder name)"
+                )
+            if seed not in (0, int(match.group(1))):
+                raise ValueError(f"checkpoint {checkpoint!r} disagrees with seed={seed}")
+            seed = int(match.group(1))
+        model = build_languagebind_random(TINY_ARCH, seed=seed)
+        return LanguageBindEncoder(
+            model, name=name, checkpoint=f"tiny-seed{seed}", device=device, precision=precision
+        )
+    checkpoint = checkpoint or DEFAULT_CHECKPOINTS[name]
+    model = load_languagebind(checkpoint)
+    return LanguageBindEncoder(
+        model, name=name, checkpoint=checkpoint, device=device, precision=precision
+    )

@@ -1,0 +1,276 @@
+"""The whole Ray Data extraction on real generated videos (and broken files), read back with
+pyarrow; resume; bad input through the real `lvmae` command."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from lvmae.config import ExtractConfig
+from lvmae.segments import fixed_segments
+from lvmae.storage import read_manifest, read_segments, read_videos
+from pipelines.extract import ExtractError, run_extraction
+
+LVMAE = [sys.executable, "-m", "pipelines.cli"]
+BROKEN = ["zero_byte", "truncated", "text", "audio_only", "unreadable", "partial"]
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory, scene_video, wide_video, vfr_video, broken_videos):
+    """Five good videos (two in a sub-folder) and six broken files."""
+    root = tmp_path_factory.mktemp("archive")
+    (root / "sub").mkdir()
+    shutil.copy(scene_video, root / "scenes.mp4")
+    shutil.copy(wide_video, root / "sub" / "wide.mp4")
+    shutil.copy(vfr_video, root / "sub" / "vfr.mp4")
+    shutil.copy(scene_video, root / "scenes_copy.mkv")  # another extension, same content
+    shutil.copy(wide_video, root / "wide_again.mp4")
+    (root / "broken").mkdir()
+    for kind in BROKEN:
+        src = broken_videos[kind]
+        if src.is_symlink():
+            (root / "broken" / src.name).symlink_to(src.readlink())
+        else:
+            shutil.copy(src, root / "broken" / src.name)
+    (root / "notes.txt").write_text("not a video, not listed")
+    return root
+
+
+def rows_of(table, video_id):
+    return table.filter(pc.equal(table["video_id"], video_id))
+
+
+GOOD = {
+    "scenes.mp4": 12.0,
+    "scenes_copy.mkv": 12.0,
+    "sub/wide.mp4": 7.0,
+    "sub/vfr.mp4": 8.0,
+    "wide_again.mp4": 7.0,
+}
+
+
+@pytest.fixture(scope="module")
+def extracted(archive, tmp_path_factory, ray_local):
+    out = tmp_path_factory.mktemp("out") / "extract"
+    config = ExtractConfig(batch_size=4, rows_per_file=8)
+    summary = run_extraction(str(archive), str(out), config, progress=False)
+    return out, config, summary
+
+
+def test_every_good_video_has_its_planned_segments(extracted):
+    out, config, _ = extracted
+    segments = read_segments(str(out))
+    assert segments.schema.field("embedding").type.list_size == 64  # the tiny encoder
+    for video_id, duration in GOOD.items():
+        rows = rows_of(segments, video_id)
+        plan = fixed_segments(duration)
+        assert rows["segment_index"].to_pylist() == list(range(len(plan))), video_id
+        assert np.allclose(rows["start_s"].to_numpy(), [s.start_s for s in plan], atol=0.05)
+        assert len(rows["frame_indices"][0].as_py()) == 8
+    emb = np.stack(segments["embedding"].to_numpy(zero_copy_only=False))
+    assert emb.dtype == np.float32
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    # the same content gives the same embeddings; different content different ones
+    a = rows_of(segments, "scenes.mp4")["embedding"].to_pylist()
+    b = rows_of(segments, "scenes_copy.mkv")["embedding"].to_pylist()
+    assert np.allclose(a, b, atol=1e-5)
+    assert not np.allclose(a[0], a[1], atol=1e-3)
+    assert set(segments["encoder"].to_pylist()) == {"tiny"}
+    assert set(segments["config_id"].to_pylist()) == {config.config_id()}
+
+
+def test_every_input_video_has_a_row_and_broken_ones_say_why(extracted):
+    out, _, summary = extracted
+    videos = read_videos(str(out)).to_pylist()
+    by_id = {v["video_id"]: v for v in videos}
+    assert set(by_id) == set(GOOD) | {f"broken/{k}.mp4" for k in BROKEN}
+    for vid, duration in GOOD.items():
+        assert by_id[vid]["status"] == "ok" and by_id[vid]["error"] is None
+        assert by_id[vid]["duration_s"] == pytest.approx(duration, abs=0.1)
+        assert by_id[vid]["num_segments"] == len(fixed_segments(duration))
+    for kind in BROKEN:
+        row = by_id[f"broken/{kind}.mp4"]
+        assert row["status"] == ("partial" if kind == "partial" else "failed"), kind
+        assert row["error"], kind
+    assert summary.videos_ok == len(GOOD)
+    assert summary.videos_failed == len(BROKEN) - 1 and summary.videos_partial == 1
+    assert set(summary.failures) == {f"broken/{k}.mp4" for k in BROKEN}
+    assert summary.segments_written == read_segments(str(out)).num_rows
+    assert "segments written" in summary.format()
+
+
+def test_manifest_records_config_encoder_and_versions(extracted):
+    out, config, summary = extracted
+    manifest = read_manifest(str(out))
+    assert manifest["config_id"] == config.config_id()
+    assert manifest["config"]["segment_s"] == 5.0
+    assert manifest["encoder"]["name"] == "tiny" and manifest["encoder"]["embedding_dim"] == 64
+    assert {"ray", "torch", "decord", "pyarrow"} <= set(manifest["versions"])
+    assert manifest["status"] == "done"
+    assert manifest["summary"]["segments_written"] == summary.segments_written
+
+
+def test_rerun_skips_finished_videos_and_redoes_the_rest(extracted, archive):
+    out, config, _ = extracted
+    before = read_segments(str(out)).num_rows
+    again = run_extraction(str(archive), str(out), config, progress=False)
+    assert again.videos_skipped == len(GOOD)
+    assert again.videos_failed + again.videos_partial == len(BROKEN)
+    # the partial video is redone (its segments written again) but read back once
+    assert read_segments(str(out)).num_rows == before
+
+
+def test_another_config_into_the_same_output_is_refused(extracted, archive):
+    out, _, _ = extracted
+    files = sorted(p.name for p in (out / "segments").iterdir())
+    with pytest.raises(ExtractError, match="another configuration"):
+        run_extraction(str(archive), str(out), ExtractConfig(segment_s=2.0), progress=False)
+    assert sorted(p.name for p in (out / "segments").iterdir()) == files
+
+
+def test_shots_segmenter_and_pyav_decoder_through_the_pipeline(tmp_path, scene_video, ray_local):
+    out = tmp_path / "out"
+    config = ExtractConfig(segmenter="shots", shot_min_s=1.0, decoder="pyav", batch_size=2)
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{scene_video}\n")
+    summary = run_extraction(str(listing), str(out), config, progress=False)
+    assert summary.videos_ok == 1
+    seg = read_segments(str(out))
+    assert [
+        (round(a, 1), round(b, 1))
+        for a, b in zip(seg["start_s"].to_pylist(), seg["end_s"].to_pylist(), strict=True)
+    ] == [(0, 4), (4, 8), (8, 12)]
+    assert read_videos(str(out))["decoder"].to_pylist() == ["pyav"]
+
+
+# --------------------------------------------------------------------- the real command
+
+
+def run_cli(*args, cwd=None, timeout=300):
+    return subprocess.run(
+        [*LVMAE, *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+
+
+def test_missing_input_is_a_clear_error_and_writes_nothing(tmp_path):
+    res = run_cli("extract", str(tmp_path / "nope"), "--out", str(tmp_path / "out"))
+    assert res.returncode == 1
+    assert "input path does not exist" in res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_input_is_a_clear_error_and_writes_nothing(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.md").write_text("no videos here")
+    res = run_cli("extract", str(tmp_path / "empty"), "--out", str(tmp_path / "out"))
+    assert res.returncode == 1
+    assert "no video files" in res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_encoder_is_a_usage_error(tmp_path, scene_video):
+    res = run_cli("extract", str(scene_video), "--out", str(tmp_path / "o"), "--encoder", "clip")
+    assert res.returncode == 2
+    assert "clip" in res.stderr and "tiny" in res.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_config_file_is_a_clear_error(tmp_path, scene_video):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("extract:\n  segment_s: -5\n  frames_per_segmnt: 8\n")
+    res = run_cli(
+        "extract", str(scene_video.parent), "--out", str(tmp_path / "o"), "--config", str(cfg)
+    )
+    assert res.returncode == 1
+    assert "segment_s" in res.stderr and "frames_per_segmnt" in res.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_unavailable_languagebind_checkpoint_stops_before_any_work(tmp_path, scene_video):
+    env_home = tmp_path / "hf"
+    env_home.mkdir()
+    res = subprocess.run(
+        [
+            *LVMAE,
+            "extract",
+            str(scene_video.parent),
+            "--out",
+            str(tmp_path / "o"),
+            "--encoder",
+            "languagebind-video-huge",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            **os.environ,
+            "HF_HOME": str(env_home),
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+        },
+    )
+    assert res.returncode == 1
+    assert "LanguageBind/LanguageBind_Video_Huge_V1.5_FT" in res.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_killed_run_then_rerun_reads_every_segment_exactly_once(tmp_path, media_dir):
+    from lvmae.samples import make_samples
+
+    videos = tmp_path / "videos"
+    make_samples(videos, videos_per_recipe=1, min_seconds=40, max_seconds=60, seed=3)
+    out = tmp_path / "out"
+    cfg = tmp_path / "extract.yaml"
+    cfg.write_text("segment_s: 2.0\nbatch_size: 2\nrows_per_file: 4\n")
+    args = ["extract", str(videos), "--out", str(out), "--config", str(cfg), "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen(
+        [*LVMAE, *args],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    seg_dir = out / "segments"
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if seg_dir.exists() and len(list(seg_dir.glob("*.parquet"))) >= 3:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    rows_at_kill = sum(pq.read_metadata(p).num_rows for p in seg_dir.glob("*.parquet"))
+    n_videos = len(list(videos.rglob("*.mp4")))
+    assert read_videos(str(out)).num_rows < n_videos  # really killed mid-way
+
+    res = run_cli(*args)
+    assert res.returncode == 0, res.stderr
+    seg = read_segments(str(out))
+    raw = sum(pq.read_metadata(p).num_rows for p in seg_dir.glob("*.parquet"))
+    assert raw >= rows_at_kill
+    videos_table = read_videos(str(out))
+    assert videos_table.num_rows == n_videos
+    assert set(videos_table["status"].to_pylist()) == {"ok"}
+    for row in videos_table.to_pylist():
+        got = rows_of(seg, row["video_id"])["segment_index"].to_pylist()
+        assert got == list(range(row["num_segments"])), row["video_id"]
