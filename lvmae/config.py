@@ -66,8 +66,11 @@ class ExtractConfig(BaseModel):
         None, ge=0, description="GPUs per encoder actor; default 1 when the cluster has GPUs"
     )
     decode_cpus: float = Field(1.0, gt=0, description="CPUs reserved per decode task")
+    decode_memory_mb: int = Field(
+        1024, ge=64, description="memory reserved per decode task (MiB), for Ray's scheduler"
+    )
     # output
-    rows_per_file: int = Field(2048, ge=1, description="segment rows per Parquet file")
+    rows_per_file: int = Field(256, ge=1, description="segment rows per Parquet file")
 
     @model_validator(mode="after")
     def _check(self) -> ExtractConfig:

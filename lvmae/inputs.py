@@ -42,6 +42,7 @@ def _has_magic(s: str) -> bool:
 def list_videos(input_path: str, extensions: Sequence[str]) -> list[VideoSource]:
     """List the videos named by ``input_path``, sorted by ``video_id``.
 
+    - one video file: that video; its id is its file name;
     - a directory: every file below it (recursive) whose extension is in ``extensions``
       (case-insensitive); ids are relative to the directory;
     - a glob (``videos/**/*.mp4``): the matching files; ids are relative to the glob's
@@ -59,17 +60,21 @@ def list_videos(input_path: str, extensions: Sequence[str]) -> list[VideoSource]
     if _has_magic(root):
         literal = root.split("*")[0].split("?")[0].split("[")[0]
         base = literal.rstrip("/") if literal.endswith("/") else posixpath.dirname(literal)
-        files = sorted(p for p in fs.glob(root) if fs.isfile(p))
+        files = sorted(p for p in fs.glob(root) if not fs.isdir(p))
         what = f"files matching {input_path!r}"
     elif fs.isdir(root):
         base = root.rstrip("/")
         files = sorted(p for p in fs.find(root) if p.lower().endswith(extensions))
         what = f"video files ({', '.join(extensions)}) under {input_path!r}"
+    elif fs.isfile(root) and root.lower().endswith(extensions):
+        base, files = posixpath.dirname(root), [root]
+        what = "video"
     elif fs.isfile(root):
         if not root.lower().endswith(LIST_SUFFIXES):
             raise InputError(
-                f"{input_path!r} is a file but not a list of videos; give a directory, a glob, "
-                f"or a text file ({', '.join(LIST_SUFFIXES)}) with one video path per line"
+                f"{input_path!r} is neither a video ({', '.join(extensions)}) nor a list of "
+                f"videos; give a video, a directory, a glob, or a text file "
+                f"({', '.join(LIST_SUFFIXES)}) with one video path per line"
             )
         base, files = _read_list(fs, root, prefix)
         what = f"video paths in {input_path!r}"

@@ -335,21 +335,17 @@ def _ray_init() -> None:
         ray.init(log_to_driver=True, configure_logging=True, logging_level=logging.WARNING)
 
 
-def _run_pipeline(todo, out, config, encoder, summary, *, progress, tqdm) -> None:
+def build_dataset(todo: list[VideoSource], out: str, config: ExtractConfig, encoder: dict):
+    """The extraction as a lazy Ray Dataset: decode (CPU tasks) → encode (actor pool) →
+    write (tasks). Its rows are the driver's bookkeeping: ``video_id``,
+    ``segment_index`` (-1 for a video's report row) and ``report`` (JSON or empty)."""
     import ray
-    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data import ActorPoolStrategy
 
-    _ray_init()
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.max_errored_blocks = len(todo)  # a crashed decode task loses one video, not the run
     config_json = config.model_dump_json()
-    config_id = config.config_id()
     gpus = config.gpus_per_actor
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-
-    by_id = {s.video_id: s for s in todo}
     ds = ray.data.from_items(
         [{"video_id": s.video_id, "uri": s.uri} for s in todo], override_num_blocks=len(todo)
     )
@@ -358,6 +354,9 @@ def _run_pipeline(todo, out, config, encoder, summary, *, progress, tqdm) -> Non
         batch_size=1,
         fn_kwargs={"config_json": config_json},
         num_cpus=config.decode_cpus,
+        # Declared memory also keeps Ray Data from fusing decoding into the encoder actors:
+        # decoding must scale out over CPU tasks, not run serially inside the actor pool.
+        memory=config.decode_memory_mb * 2**20,
     )
     ds = ds.map_batches(
         EncodeClips,
@@ -367,17 +366,29 @@ def _run_pipeline(todo, out, config, encoder, summary, *, progress, tqdm) -> Non
         num_gpus=gpus,
         num_cpus=1 if not gpus else 0.5,
     )
-    ds = ds.map_batches(
+    return ds.map_batches(
         write_segments,
         batch_size=config.rows_per_file,
         fn_kwargs={
             "out": out,
             "encoder": encoder["name"],
-            "config_id": config_id,
+            "config_id": config.config_id(),
             "dim": encoder["embedding_dim"],
         },
         num_cpus=0.25,
     )
+
+
+def _run_pipeline(todo, out, config, encoder, summary, *, progress, tqdm) -> None:
+    from ray.data import DataContext
+
+    _ray_init()
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.max_errored_blocks = len(todo)  # a crashed decode task loses one video, not the run
+    config_id = config.config_id()
+    by_id = {s.video_id: s for s in todo}
+    ds = build_dataset(todo, out, config, encoder)
 
     written: dict[str, int] = defaultdict(int)
     reports: dict[str, dict] = {}

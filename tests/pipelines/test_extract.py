@@ -274,3 +274,23 @@ def test_killed_run_then_rerun_reads_every_segment_exactly_once(tmp_path, media_
     for row in videos_table.to_pylist():
         got = rows_of(seg, row["video_id"])["segment_index"].to_pylist()
         assert got == list(range(row["num_segments"])), row["video_id"]
+
+
+def test_decoding_runs_in_its_own_tasks_not_fused_into_the_encoder_actors(
+    tmp_path, scene_video, ray_local
+):
+    from lvmae.inputs import list_videos
+    from pipelines.extract import build_dataset
+
+    config = ExtractConfig()
+    ds = build_dataset(
+        list_videos(str(scene_video), config.extensions),
+        str(tmp_path),
+        config,
+        {"name": "tiny", "embedding_dim": 64},
+    )
+    rows = ds.take_all()
+    assert [r["segment_index"] for r in rows if r["segment_index"] < 0] == [-1]
+    stats = ds.stats()
+    assert "decode_videos->" not in stats and "->MapBatches(EncodeClips)" not in stats
+    assert "MapBatches(decode_videos)" in stats and "MapBatches(EncodeClips)" in stats

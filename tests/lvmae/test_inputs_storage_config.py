@@ -1,0 +1,128 @@
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from lvmae.config import ConfigError, ExtractConfig, load_config
+from lvmae.inputs import InputError, list_videos, local_copy
+from lvmae.storage import (
+    StorageError,
+    read_segments,
+    read_videos,
+    segment_schema,
+    write_table_atomic,
+)
+
+EXT = (".mp4", ".mkv")
+
+
+@pytest.fixture
+def tree(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for rel in ["a/x.mp4", "a/b/y.MKV", "top.mp4", "a/notes.txt"]:
+        (tmp_path / rel).write_bytes(b"data")
+    (tmp_path / "dangling.mp4").symlink_to(tmp_path / "missing.mp4")
+    return tmp_path
+
+
+def ids(sources):
+    return [s.video_id for s in sources]
+
+
+def test_directory_is_searched_recursively_by_extension(tree):
+    got = list_videos(str(tree), EXT)
+    assert ids(got) == ["a/b/y.MKV", "a/x.mp4", "dangling.mp4", "top.mp4"]
+    assert got[1].uri == str(tree / "a" / "x.mp4") and got[1].size_bytes == 4
+
+
+def test_glob_ids_are_relative_to_its_literal_prefix(tree):
+    assert ids(list_videos(str(tree / "a" / "**" / "*.mp4"), EXT)) == ["x.mp4"]
+    assert ids(list_videos(str(tree / "*.mp4"), EXT)) == ["dangling.mp4", "top.mp4"]
+
+
+def test_list_file_paths_are_relative_to_the_list(tree):
+    listing = tree / "videos.txt"
+    listing.write_text(f"# my videos\na/x.mp4\n\n{tree / 'top.mp4'}\n")
+    assert ids(list_videos(str(listing), EXT)) == ["a/x.mp4", "top.mp4"]
+
+
+def test_single_video_file_and_fsspec_uri(tree):
+    assert ids(list_videos(str(tree / "top.mp4"), EXT)) == ["top.mp4"]
+    got = list_videos(f"file://{tree}/a", EXT)
+    assert ids(got) == ["b/y.MKV", "x.mp4"]
+    with local_copy(got[1].uri) as path:
+        assert path.read_bytes() == b"data"
+
+
+def test_memory_filesystem_is_copied_locally():
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/arch/v1.mp4", b"0123")
+    got = list_videos("memory://arch", EXT)
+    assert ids(got) == ["v1.mp4"]
+    with local_copy(got[0].uri) as path:
+        assert path.read_bytes() == b"0123"
+    assert not path.exists()  # the temporary copy is gone
+
+
+def test_bad_inputs_say_what_is_wrong(tree):
+    with pytest.raises(InputError, match="does not exist"):
+        list_videos(str(tree / "nope"), EXT)
+    (tree / "empty").mkdir()
+    with pytest.raises(InputError, match="no video files"):
+        list_videos(str(tree / "empty"), EXT)
+    (tree / "notes.md").write_text("x")
+    with pytest.raises(InputError, match="neither a video"):
+        list_videos(str(tree / "notes.md"), EXT)
+
+
+def seg_table(rows, dim=2):
+    return pa.table(
+        {
+            "video_id": [r[0] for r in rows],
+            "segment_index": pa.array([r[1] for r in rows], pa.int32()),
+            "start_s": [0.0] * len(rows),
+            "end_s": [5.0] * len(rows),
+            "frame_indices": [[0]] * len(rows),
+            "frame_times_s": [[0.0]] * len(rows),
+            "embedding": pa.FixedSizeListArray.from_arrays(
+                pa.array(np.array([r[2] for r in rows], np.float32).ravel()), dim
+            ),
+            "encoder": ["tiny"] * len(rows),
+            "config_id": ["c"] * len(rows),
+        },
+        schema=segment_schema(dim),
+    )
+
+
+def test_segments_read_back_once_per_key_sorted(tmp_path):
+    out = str(tmp_path)
+    write_table_atomic(seg_table([("b", 0, [1, 0]), ("a", 1, [0, 1])]), out, "segments")
+    write_table_atomic(seg_table([("a", 1, [0, 1]), ("a", 0, [1, 0])]), out, "segments")
+    (tmp_path / "segments" / ".part-half-written.parquet.tmp").write_bytes(b"PAR1garbage")
+    got = read_segments(out)
+    keys = zip(got["video_id"].to_pylist(), got["segment_index"].to_pylist(), strict=True)
+    assert list(keys) == [("a", 0), ("a", 1), ("b", 0)]
+    assert read_segments(out, columns=["video_id"]).column_names == ["video_id"]
+
+
+def test_missing_segments_are_a_clear_error_and_videos_default_empty(tmp_path):
+    with pytest.raises(StorageError, match="lvmae extract"):
+        read_segments(str(tmp_path))
+    assert read_videos(str(tmp_path)).num_rows == 0
+
+
+def test_config_file_sections_overrides_and_errors(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("extract:\n  segment_s: 2.5\n  decoder: pyav\n")
+    config = load_config(ExtractConfig, path, {"decoder": None, "batch_size": 4})
+    assert (config.segment_s, config.decoder, config.batch_size) == (2.5, "pyav", 4)
+    assert config.config_id() != ExtractConfig().config_id()
+    assert ExtractConfig(batch_size=99).config_id() == ExtractConfig().config_id()  # speed only
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(ExtractConfig, tmp_path / "missing.yaml")
+    path.write_text("segment_s: [1\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(ExtractConfig, path)
+    with pytest.raises(ConfigError, match="shot_min_s"):
+        load_config(ExtractConfig, None, {"shot_min_s": 20.0, "shot_max_s": 10.0})
