@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import av
 import ffmpeg
@@ -282,6 +282,30 @@ def _part_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
 
 
+def _encode_h264(video: ffmpeg.nodes.Node, path: Path, *, crf: int, **options: Any) -> Path:
+    """Encode ``video`` to ``path`` as H.264 mp4 (ultrafast, yuv420p, faststart, no audio),
+    through a temporary file renamed into place. ``options`` are extra ffmpeg options."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _part_path(path)
+    out = video.output(
+        str(tmp),
+        format="mp4",
+        vcodec="libx264",
+        preset="ultrafast",
+        crf=crf,
+        pix_fmt="yuv420p",
+        movflags="+faststart",
+        an=None,
+        **options,
+    )
+    try:
+        _run_ffmpeg(out, what=str(path))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def make_video(
     path: str | os.PathLike[str],
     scenes: Sequence[Scene],
@@ -343,26 +367,13 @@ def make_video(
     fingerprint = _fingerprint(
         scenes, width=width, height=height, fps=fps, seed=seed, crf=crf, keyint_s=keyint_s
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _part_path(path)
-    out = video.output(
-        str(tmp),
-        format="mp4",
-        vcodec="libx264",
-        preset="ultrafast",
+    return _encode_h264(
+        video,
+        path,
         crf=crf,
-        pix_fmt="yuv420p",
         g=max(1, round(keyint_s * fps)),
-        movflags="+faststart",
         metadata=f"comment={_COMMENT_PREFIX}{fingerprint}",
-        an=None,
     )
-    try:
-        _run_ffmpeg(out, what=str(path))
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def _has_fingerprint(path: Path, fingerprint: str, frames: int) -> bool:
@@ -637,25 +648,7 @@ def make_vfr_video(
         streams.append(ffmpeg.input(graph, f="lavfi"))
     video = streams[0] if len(streams) == 1 else ffmpeg.concat(*streams, v=1, a=0)
     video = video.filter("settb", time_base)  # concat itself outputs in microseconds
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _part_path(path)
-    out = video.output(
-        str(tmp),
-        format="mp4",
-        vcodec="libx264",
-        preset="ultrafast",
-        crf=crf,
-        pix_fmt="yuv420p",
-        fps_mode="passthrough",
-        movflags="+faststart",
-        an=None,
-    )
-    try:
-        _run_ffmpeg(out, what=str(path))
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return _encode_h264(video, path, crf=crf, fps_mode="passthrough")
 
 
 # --------------------------------------------------------------------------- broken inputs
