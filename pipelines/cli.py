@@ -6,22 +6,46 @@ non-zero with a message that says what to fix.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
 
 import click
+import yaml
 
-from lvmae.config import ENCODER_CHOICES, ConfigError, ExtractConfig, load_config
+from lvmae.config import ENCODER_CHOICES, ConfigError, ExtractConfig, PretrainConfig, load_config
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
+    from lvmae.checkpoints import CheckpointError
     from lvmae.encoders import EncoderUnavailableError
     from lvmae.inputs import InputError
     from lvmae.storage import StorageError
     from pipelines.extract import ExtractError
+    from pipelines.pretrain import PretrainError
 
-    return (ConfigError, InputError, StorageError, ExtractError, EncoderUnavailableError)
+    return (
+        ConfigError,
+        InputError,
+        StorageError,
+        ExtractError,
+        EncoderUnavailableError,
+        CheckpointError,
+        PretrainError,
+    )
+
+
+def parse_overrides(pairs: tuple[str, ...]) -> dict:
+    """``("epochs=3", "betas=[0.9, 0.99]")`` → ``{"epochs": 3, "betas": [0.9, 0.99]}``
+    (values parsed as YAML)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected FIELD=VALUE, got {pair!r}", param_hint="--set")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -64,6 +88,54 @@ def extract(input_path, out, config_file, overwrite, no_progress, **overrides) -
     summary = run_extraction(input_path, out, config, overwrite=overwrite, progress=not no_progress)
     click.echo(summary.format())
     click.echo(f"outputs: {out}/segments, {out}/videos, {out}/manifest.json")
+
+
+@cli.command()
+@click.option("--embeddings", required=True, help="Extraction output (holds segments/).")
+@click.option("--out", required=True, help="Output directory: checkpoints, MLflow store.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config.")
+@click.option("--num-workers", type=int, help="Ray Train workers (DDP).")
+@click.option("--use-gpu", is_flag=True, default=None, help="One GPU per worker, bf16.")
+@click.option("--preset", type=click.Choice(["paper", "base", "small", "tiny"]))
+@click.option("--epochs", type=int)
+@click.option("--batch-size", type=int, help="Global batch size (videos).")
+@click.option("--run-name", help="Same name again resumes from the latest checkpoint.")
+@click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE", help="Any config field.")
+def pretrain(embeddings, out, config_file, sets, **options) -> None:
+    """Pre-train LV-MAE on the segment embeddings under --embeddings (Ray Train DDP)."""
+    from pipelines.pretrain import run_pretrain
+
+    config = load_config(PretrainConfig, config_file, {**options, **parse_overrides(sets)})
+    result = run_pretrain(embeddings, out, config)
+    click.echo(f"run {result.run_name}: {json.dumps(result.metrics, default=str)}")
+    click.echo(f"checkpoint: {result.checkpoint}")
+    click.echo(
+        f"MLflow run {result.mlflow_run_id}; open the UI with: mlflow ui "
+        f"--backend-store-uri {default_tracking_uri_hint(out, config)}"
+    )
+
+
+def default_tracking_uri_hint(out: str, config) -> str:
+    from pipelines.pretrain import default_tracking_uri
+
+    return config.tracking_uri or default_tracking_uri(out)
+
+
+@cli.command()
+@click.option("--checkpoint", required=True, help="Checkpoint or pre-training run directory.")
+@click.option("--embeddings", required=True, help="Extraction output (holds segments/).")
+@click.option("--out", required=True, help="Output directory (representations/).")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
+@click.option("--actors", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--use-gpu", is_flag=True)
+def embed(*, checkpoint, embeddings, out, batch_size, actors, use_gpu) -> None:
+    """Per-video representations ([CLS] and mean of token outputs) for whole videos."""
+    from pipelines.embed import run_embed
+
+    result = run_embed(
+        checkpoint, embeddings, out, batch_size=batch_size, actors=actors, use_gpu=use_gpu
+    )
+    click.echo(f"wrote representations of {result.videos} videos to {result.path}")
 
 
 @cli.command("make-samples")
