@@ -147,7 +147,7 @@ def sequence_datasets(embeddings: str, config: PretrainConfig):
         columns=["video_id", "segment_index", "embedding"],
     )
     seqs = ds.groupby("video_id").map_groups(_group_to_sequence, batch_format="pyarrow")
-    seqs = seqs.filter(lambda row: row["length"] >= config.min_tokens)
+    seqs = seqs.filter(lambda row: row["length"] >= config.min_tokens).materialize()
     frac, seed = config.val_fraction, config.split_seed
     train = seqs.filter(lambda row: split_of(row["video_id"], frac, seed) == "train")
     val = seqs.filter(lambda row: split_of(row["video_id"], frac, seed) == "val")
@@ -319,7 +319,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                         "train/tokens_per_s": tokens * world / elapsed,
                     }
                 )
-            if step % config.checkpoint_every_steps == 0 and step < total_steps:
+            end_of_epoch = i + 1 >= steps_per_epoch  # the epoch-end report checkpoints then
+            if step % config.checkpoint_every_steps == 0 and not end_of_epoch:
                 report({"step": step, "epoch": epoch, "train/loss": losses[-1]}, True)
         metrics = {"step": step, "epoch": epoch + 1}
         if losses:
