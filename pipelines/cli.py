@@ -116,7 +116,7 @@ def pretrain(embeddings, out, config_file, sets, **options) -> None:
 
 
 def default_tracking_uri_hint(out: str, config) -> str:
-    from pipelines.pretrain import default_tracking_uri
+    from pipelines.tracking import default_tracking_uri
 
     return config.tracking_uri or default_tracking_uri(out)
 

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -273,6 +276,8 @@ def run_extraction(
     *,
     overwrite: bool = False,
     progress: bool = True,
+    tracking_uri: str | None = None,
+    track: bool = True,
 ) -> ExtractionSummary:
     """Extract segment embeddings for every video under ``input_path`` into ``out``.
 
@@ -285,6 +290,11 @@ def run_extraction(
         config: extraction settings.
         overwrite: allow writing into an output made with another configuration.
         progress: show a progress bar.
+        tracking_uri: MLflow store; default ``MLFLOW_TRACKING_URI`` or
+            ``sqlite:///<out>/mlflow.db`` (experiment ``lvmae-extract``, one run per output
+            directory and config: params = resolved config, metrics = the summary, the
+            manifest as an artifact).
+        track: log to MLflow at all.
 
     Returns:
         The run's :class:`ExtractionSummary` (also written into the manifest).
@@ -325,7 +335,41 @@ def run_extraction(
         summary=summary.to_dict(),
     )
     write_manifest(out, manifest)
+    if track:
+        _track(out, manifest, summary, tracking_uri)
     return summary
+
+
+def _track(out: str, manifest: dict, summary: ExtractionSummary, tracking_uri: str | None) -> None:
+    """Log the run to MLflow: config as params, the summary as metrics, the manifest."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.tracking import default_tracking_uri, open_run
+
+    if tracking_uri is None and "://" in out and not os.environ.get("MLFLOW_TRACKING_URI"):
+        log.warning("no MLflow tracking for remote output %s: set MLFLOW_TRACKING_URI", out)
+        return
+    uri = tracking_uri or default_tracking_uri(out)
+    params = {f"extract.{k}": v for k, v in manifest["config"].items()}
+    params.update({f"encoder.{k}": v for k, v in manifest["encoder"].items()})
+    run_id = open_run(
+        uri,
+        "lvmae-extract",
+        f"{out.rstrip('/')}:{manifest['config_id']}",
+        out=out,
+        tags={"lvmae.stage": "extract", "lvmae.out": out},
+        params=params,
+    )
+    client = MlflowClient(tracking_uri=uri)
+    metrics = {k: v for k, v in summary.to_dict().items() if isinstance(v, int | float)}
+    ts = int(time.time() * 1000)
+    step = len(client.get_metric_history(run_id, "segments_written"))
+    client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "manifest.json"
+        path.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+        client.log_artifact(run_id, str(path))
 
 
 def _ray_init() -> None:

@@ -18,9 +18,7 @@ The model, masking, loss, data windows, optimiser and checkpoint format are plai
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ from lvmae.checkpoints import CheckpointError, check_compatible, load_checkpoint
 from lvmae.config import PretrainConfig
 from lvmae.model import LVMAEConfig, model_config
 from lvmae.storage import SEGMENTS_DIR, StorageError
+from pipelines.tracking import default_tracking_uri, open_run
 
 log = logging.getLogger(__name__)
 
@@ -368,43 +367,6 @@ class PretrainResult:
     run_name: str
 
 
-def default_tracking_uri(out: str) -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else a SQLite store under the output directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or (
-        f"sqlite:///{Path(out).absolute() / 'mlflow.db'}"
-    )
-
-
-def _mlflow_run(tracking_uri: str, config: PretrainConfig, run_name: str, params: dict) -> str:
-    """The MLflow run of ``run_name`` in the experiment: reused on resume, else created
-    with the resolved config as params."""
-    from mlflow.entities import Param
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    experiment = client.get_experiment_by_name(config.experiment)
-    experiment_id = (
-        experiment.experiment_id if experiment else client.create_experiment(config.experiment)
-    )
-    found = client.search_runs(
-        [experiment_id], filter_string=f"tags.`lvmae.run_name` = '{run_name}'", max_results=1
-    )
-    if found:
-        return found[0].info.run_id
-    run = client.create_run(
-        experiment_id,
-        run_name=run_name,
-        tags={"lvmae.run_name": run_name, "lvmae.stage": "pretrain"},
-    )
-    flat = {
-        k: json.dumps(v) if isinstance(v, list | dict | tuple) else v for k, v in params.items()
-    }
-    items = [Param(k, str(v)[:6000]) for k, v in sorted(flat.items())]
-    for i in range(0, len(items), 100):
-        client.log_batch(run.info.run_id, params=items[i : i + 100])
-    return run.info.run_id
-
-
 def run_pretrain(embeddings: str, out: str, config: PretrainConfig) -> PretrainResult:
     """Pre-train LV-MAE on the segment embeddings under ``embeddings``; write checkpoints and
     the MLflow store under ``out``.
@@ -458,7 +420,14 @@ def run_pretrain(embeddings: str, out: str, config: PretrainConfig) -> PretrainR
         "train.steps_per_epoch": steps_per_epoch,
         "train.lr": config.effective_lr(),
     }
-    mlflow_run_id = _mlflow_run(tracking_uri, config, run_name, params)
+    mlflow_run_id = open_run(
+        tracking_uri,
+        config.experiment,
+        run_name,
+        out=out,
+        tags={"lvmae.stage": "pretrain"},
+        params=params,
+    )
     datasets = {"train": train_ds}
     if n_val:
         datasets["val"] = val_ds

@@ -294,3 +294,19 @@ def test_decoding_runs_in_its_own_tasks_not_fused_into_the_encoder_actors(
     stats = ds.stats()
     assert "decode_videos->" not in stats and "->MapBatches(EncodeClips)" not in stats
     assert "MapBatches(decode_videos)" in stats and "MapBatches(EncodeClips)" in stats
+
+
+def test_run_is_tracked_in_mlflow_with_config_summary_and_manifest(extracted):
+    from mlflow.tracking import MlflowClient
+
+    out, _, summary = extracted
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("lvmae-extract")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.params["extract.segment_s"] == "5.0"
+    assert run.data.params["encoder.name"] == "tiny"
+    assert run.data.metrics["segments_written"] == summary.segments_written
+    assert run.data.metrics["videos_failed"] == summary.videos_failed
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert artifacts == ["manifest.json"]
+    assert (out / "mlartifacts").is_dir()  # artifacts beside the outputs, not in the cwd

@@ -1,0 +1,61 @@
+"""MLflow tracking shared by the jobs: one tracking store per output directory by default
+(``sqlite:///<out>/mlflow.db``, artifacts under ``<out>/mlartifacts``), or the server named
+by ``MLFLOW_TRACKING_URI`` on a cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+ARTIFACTS_DIR = "mlartifacts"
+
+
+def default_tracking_uri(out: str) -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else a SQLite store under ``out`` (a local path)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or (
+        f"sqlite:///{Path(out).absolute() / 'mlflow.db'}"
+    )
+
+
+def open_run(
+    tracking_uri: str,
+    experiment: str,
+    run_name: str,
+    *,
+    out: str,
+    tags: dict[str, str] | None = None,
+    params: dict[str, Any] | None = None,
+) -> str:
+    """The id of the MLflow run tagged ``lvmae.run_name = run_name`` in ``experiment``:
+    reused when it exists (a resumed job), else created with ``params`` logged (lists and
+    dicts as JSON). A new experiment keeps its artifacts under ``<out>/mlartifacts`` when
+    the store is a local SQLite file, never in the current directory."""
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        experiment_id = found.experiment_id
+    else:
+        artifacts = None
+        if tracking_uri.startswith("sqlite:///") and "://" not in out:
+            artifacts = (Path(out).absolute() / ARTIFACTS_DIR).as_uri()
+        experiment_id = client.create_experiment(experiment, artifact_location=artifacts)
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`lvmae.run_name` = '{run_name}'", max_results=1
+    )
+    if runs:
+        return runs[0].info.run_id
+    run = client.create_run(
+        experiment_id, run_name=run_name, tags={"lvmae.run_name": run_name, **(tags or {})}
+    )
+    items = []
+    for key, value in sorted((params or {}).items()):
+        text = json.dumps(value) if isinstance(value, list | dict | tuple) else str(value)
+        items.append(Param(key, text[:6000]))
+    for i in range(0, len(items), 100):
+        client.log_batch(run.info.run_id, params=items[i : i + 100])
+    return run.info.run_id
