@@ -32,6 +32,8 @@ from lvmae.samples import PALETTE, Scene, make_video  # noqa: E402
 
 
 def long_video(path: Path, minutes: float, width: int, height: int, fps: int) -> Path:
+    if path.exists():  # written atomically by make_video: an existing file is complete
+        return path
     names = sorted(PALETTE)
     n = max(1, round(minutes * 60 / 30))
     scenes = [Scene(names[i % len(names)], minutes * 60 / n) for i in range(n)]

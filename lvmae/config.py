@@ -210,15 +210,14 @@ class PretrainConfig(BaseModel):
     keep_checkpoints: int = Field(3, ge=1, description="newest checkpoints kept")
     max_failures: int = Field(2, ge=-1, description="worker-group restarts (-1: no limit)")
     experiment: str = Field("lvmae-pretrain", min_length=1, description="MLflow experiment")
-    run_name: str | None = Field(None, description="MLflow run name")
+    run_name: str | None = Field(
+        None, description="run name (MLflow run and checkpoint directory; default 'lvmae')"
+    )
     tracking_uri: str | None = Field(
         None, description="MLflow tracking URI (None: a SQLite store next to the outputs)"
     )
     log_every_steps: int = Field(10, ge=1, description="optimizer steps per metrics log")
     val_every_epochs: int = Field(1, ge=1, description="epochs per validation pass")
-    monitor_every_epochs: int = Field(
-        0, ge=0, description="epochs per reconstruction-retrieval monitor (0: off)"
-    )
 
     @model_validator(mode="after")
     def _check(self) -> PretrainConfig:
