@@ -1,0 +1,279 @@
+"""Scores for probes on frozen long-video features: accuracy, confusion, regression error.
+
+Classification tasks (LVU's director / genre / writer / year / scene / way_speaking /
+relationship, COIN, Breakfast) report top-1 accuracy (and top-5 where there are at least 5
+classes); LVU's like_ratio and view_count are regression tasks scored by mean squared error
+(Naiman et al., "LV-MAE", ICCV 2025, §8 and Tables 6–8; DESIGN.md "Reference facts").
+
+Inputs are numpy arrays or CPU/GPU torch tensors (converted with ``detach().cpu()``); class
+ids are integers in ``[0, n_classes)``. Pure numpy + matplotlib (Agg, no display); no Ray.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "classification_report",
+    "confusion_matrix",
+    "per_class_accuracy",
+    "plot_confusion_matrix",
+    "regression_report",
+    "top_k_accuracy",
+]
+
+
+def _numpy(a: Any) -> np.ndarray:
+    """``a`` as a numpy array (torch tensors are detached and moved to the CPU)."""
+    if hasattr(a, "detach"):
+        a = a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+def _class_ids(a: Any, name: str, n_classes: int | None = None) -> np.ndarray:
+    """1-D int64 class ids; ValueError on other shapes, non-integers or ids out of range."""
+    arr = _numpy(a)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D [N] class ids; got shape {arr.shape}")
+    integral = np.issubdtype(arr.dtype, np.integer) or (
+        np.issubdtype(arr.dtype, np.floating) and bool(np.all(np.mod(arr, 1) == 0))
+    )
+    if arr.size and not integral:
+        raise ValueError(f"{name} must hold integer class ids; got dtype {arr.dtype}")
+    arr = arr.astype(np.int64, copy=False)
+    if n_classes is not None and arr.size and (arr.min() < 0 or arr.max() >= n_classes):
+        raise ValueError(
+            f"{name} holds class ids outside [0, {n_classes}): min {arr.min()}, max {arr.max()}"
+        )
+    return arr
+
+
+def _check_n_classes(n_classes: int) -> int:
+    if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)):
+        raise ValueError(f"n_classes must be an int; got {n_classes!r}")
+    if n_classes < 1:
+        raise ValueError(f"n_classes must be >= 1; got {n_classes}")
+    return int(n_classes)
+
+
+def top_k_accuracy(scores: Any, y: Any, k: int = 1) -> float:
+    """Fraction of samples whose true class is among the ``k`` highest scores.
+
+    A sample counts as correct when fewer than ``k`` classes score strictly higher than its
+    true class (so ties resolve in the sample's favour; with real-valued logits they are
+    rare).
+
+    Args:
+        scores: float ``[N, C]`` logits, probabilities or any per-class scores.
+        y: int ``[N]`` true class ids in ``[0, C)``.
+        k: ``1 <= k <= C``.
+
+    Returns:
+        Accuracy in ``[0, 1]``.
+
+    Raises:
+        ValueError: ``N == 0``, shapes that do not match, ``k`` outside ``[1, C]`` or class
+            ids outside ``[0, C)``.
+    """
+    s = _numpy(scores)
+    if s.ndim != 2:
+        raise ValueError(f"scores must be [N, C]; got shape {s.shape}")
+    N, C = s.shape
+    labels = _class_ids(y, "y", C)
+    if labels.shape[0] != N:
+        raise ValueError(f"scores has {N} rows but y has {labels.shape[0]} labels")
+    if N == 0:
+        raise ValueError("top_k_accuracy needs at least one sample")
+    if isinstance(k, bool) or not 1 <= k <= C:
+        raise ValueError(f"k must be in [1, C={C}]; got {k!r}")
+    true_score = s[np.arange(N), labels]
+    n_above = (s > true_score[:, None]).sum(axis=1)
+    return float(np.mean(n_above < k))
+
+
+def per_class_accuracy(pred: Any, y: Any, n_classes: int) -> np.ndarray:
+    """Accuracy of the predictions within each true class (recall per class).
+
+    Args:
+        pred: int ``[N]`` predicted class ids in ``[0, n_classes)``.
+        y: int ``[N]`` true class ids in ``[0, n_classes)``.
+        n_classes: ``C``.
+
+    Returns:
+        float64 ``[C]``: entry ``c`` is the fraction of samples of true class ``c`` predicted
+        as ``c``; ``nan`` for classes absent from ``y``.
+
+    Raises:
+        ValueError: different lengths, non-integer ids or ids outside ``[0, C)``.
+    """
+    C = _check_n_classes(n_classes)
+    p = _class_ids(pred, "pred", C)
+    t = _class_ids(y, "y", C)
+    if p.shape != t.shape:
+        raise ValueError(f"pred has {p.shape[0]} entries but y has {t.shape[0]}")
+    support = np.bincount(t, minlength=C).astype(np.float64)
+    correct = np.bincount(t[p == t], minlength=C).astype(np.float64)
+    out = np.full(C, np.nan)
+    present = support > 0
+    out[present] = correct[present] / support[present]
+    return out
+
+
+def confusion_matrix(pred: Any, y: Any, n_classes: int) -> np.ndarray:
+    """Counts of (true, predicted) class pairs.
+
+    Args:
+        pred: int ``[N]`` predicted class ids in ``[0, n_classes)``.
+        y: int ``[N]`` true class ids in ``[0, n_classes)``.
+        n_classes: ``C``.
+
+    Returns:
+        int64 ``[C, C]``: entry ``[i, j]`` counts samples of true class ``i`` predicted as
+        ``j`` (rows = true, columns = predicted); it sums to ``N``.
+
+    Raises:
+        ValueError: different lengths, non-integer ids or ids outside ``[0, C)``.
+    """
+    C = _check_n_classes(n_classes)
+    p = _class_ids(pred, "pred", C)
+    t = _class_ids(y, "y", C)
+    if p.shape != t.shape:
+        raise ValueError(f"pred has {p.shape[0]} entries but y has {t.shape[0]}")
+    return np.bincount(t * C + p, minlength=C * C).reshape(C, C).astype(np.int64)
+
+
+def plot_confusion_matrix(
+    cm: Any, class_names: Sequence[str], path: str | Path, *, title: str | None = None
+) -> Path:
+    """Write a confusion matrix as a PNG heat map.
+
+    Colours are row-normalised (the fraction of each true class that went to each predicted
+    class, so rare and frequent classes read alike); each non-zero cell is annotated with its
+    count. The figure and fonts scale with the number of classes so that up to ~50 classes
+    stay readable. Uses matplotlib's Agg canvas directly: no display, no pyplot global state.
+
+    Args:
+        cm: int ``[C, C]`` counts from :func:`confusion_matrix` (rows = true class).
+        class_names: ``C`` labels for the axes.
+        path: the PNG to write; parent directories are created.
+        title: optional figure title.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: ``cm`` not square, negative counts, or ``len(class_names) != C``.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    counts = _numpy(cm)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] == 0:
+        raise ValueError(f"cm must be a non-empty square [C, C] matrix; got shape {counts.shape}")
+    if np.any(counts < 0):
+        raise ValueError("cm holds negative counts")
+    C = counts.shape[0]
+    names = [str(n) for n in class_names]
+    if len(names) != C:
+        raise ValueError(f"got {len(names)} class names for a {C}x{C} confusion matrix")
+    rows = counts.sum(axis=1, keepdims=True).astype(np.float64)
+    frac = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
+
+    side = min(max(4.0, 0.32 * C + 2.5), 24.0)  # inches
+    label_size = max(4.0, min(10.0, 220.0 / max(C, 1)))
+    cell_size = max(3.0, min(9.0, 180.0 / max(C, 1)))
+    fig = Figure(figsize=(side + 1.2, side), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    image = ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    colorbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    colorbar.set_label("fraction of true class", fontsize=label_size)
+    ax.set_xticks(range(C))
+    ax.set_yticks(range(C))
+    ax.set_xticklabels(names, rotation=90, fontsize=label_size)
+    ax.set_yticklabels(names, fontsize=label_size)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if title:
+        ax.set_title(title)
+    for i, j in zip(*np.nonzero(counts), strict=True):
+        ax.text(
+            j,
+            i,
+            str(int(counts[i, j])),
+            ha="center",
+            va="center",
+            fontsize=cell_size,
+            color="white" if frac[i, j] > 0.5 else "black",
+        )
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+    return out
+
+
+def classification_report(logits: Any, y: Any, class_names: Sequence[str]) -> dict[str, Any]:
+    """Top-1 / top-5 accuracy and per-class accuracy of a classifier's scores.
+
+    Args:
+        logits: float ``[N, C]`` scores.
+        y: int ``[N]`` true class ids in ``[0, C)``.
+        class_names: ``C`` names, keys of ``per_class``.
+
+    Returns:
+        ``{"top1": float, "top5": float (only when C >= 5), "mean_class_accuracy": float
+        (mean of the per-class accuracies over classes present in y), "per_class":
+        {name: accuracy, nan for classes absent from y}, "n": N}``.
+
+    Raises:
+        ValueError: as :func:`top_k_accuracy`, or ``len(class_names) != C``.
+    """
+    s = _numpy(logits)
+    if s.ndim != 2:
+        raise ValueError(f"logits must be [N, C]; got shape {s.shape}")
+    C = s.shape[1]
+    names = [str(n) for n in class_names]
+    if len(names) != C:
+        raise ValueError(f"got {len(names)} class names for {C} logit columns")
+    report: dict[str, Any] = {"top1": top_k_accuracy(s, y, 1)}
+    if C >= 5:
+        report["top5"] = top_k_accuracy(s, y, 5)
+    per_class = per_class_accuracy(s.argmax(axis=1), y, C)
+    present = per_class[~np.isnan(per_class)]
+    report["mean_class_accuracy"] = float(present.mean()) if present.size else math.nan
+    report["per_class"] = {name: float(a) for name, a in zip(names, per_class, strict=True)}
+    report["n"] = int(s.shape[0])
+    return report
+
+
+def regression_report(pred: Any, y: Any) -> dict[str, Any]:
+    """Mean squared and mean absolute error, in the targets' own units.
+
+    Args:
+        pred: float ``[N]`` (or ``[N, 1]``) predictions.
+        y: float ``[N]`` targets.
+
+    Returns:
+        ``{"mse": float, "mae": float, "n": N}``.
+
+    Raises:
+        ValueError: ``N == 0`` or different lengths.
+    """
+    p = _numpy(pred).astype(np.float64)
+    if p.ndim == 2 and p.shape[1] == 1:
+        p = p[:, 0]
+    t = _numpy(y).astype(np.float64)
+    if p.ndim != 1 or t.ndim != 1:
+        raise ValueError(f"pred and y must be [N]; got shapes {p.shape} and {t.shape}")
+    if p.shape != t.shape:
+        raise ValueError(f"pred has {p.shape[0]} entries but y has {t.shape[0]}")
+    if p.size == 0:
+        raise ValueError("regression_report needs at least one sample")
+    err = p - t
+    return {"mse": float(np.mean(err**2)), "mae": float(np.mean(np.abs(err))), "n": int(p.size)}
