@@ -234,8 +234,8 @@ def stratified_split(
     The val and test sizes are ``round(n · fraction)`` (at least 1 when the fraction is
     positive and the data allow it), spread over classes in proportion to their size
     (largest remainders); every class keeps at least one train example, so a class with a
-    single example is always ``train``. Which rows of a class go where is a permutation seeded
-    by ``seed`` and the class name, so adding a class does not reshuffle the others.
+    single example is always ``train``. Which rows of a class are drawn is a permutation seeded
+    by ``seed`` and the class name (not by the class's position among the others).
     Deterministic for the same ``labels`` (in the same order) and ``seed``.
 
     Args:
@@ -457,7 +457,7 @@ def _validate(
         splits = [_SPLIT_ALIASES.get(s.lower(), "") for s in raw]
         bad = [i for i, s in enumerate(splits) if not s]
         if bad:
-            values = sorted({raw[i] for i in bad})
+            values = [repr(v) for v in sorted({raw[i] for i in bad})]
             raise LabelsError(
                 f"{source}: unknown split value(s) {_some(values)} in {_rows_named(bad, ids)}; "
                 f"use {', '.join(SPLITS)}"
@@ -627,7 +627,7 @@ def read_labels(
         val_fraction, test_fraction, seed: the split drawn when the file has none.
         min_examples_per_class: fewer examples in a class is an error (classification).
         required_splits: splits that must not be empty (all three by default: probes pick the
-            best epoch on val and report test, Naiman et al. §4).
+            best epoch on val and report test accuracy there).
 
     Returns:
         The :class:`LabelSet`.
@@ -660,6 +660,12 @@ def read_labels(
     )
 
 
+def _csv_cell(value: object) -> object:
+    if value is None:
+        return ""
+    return repr(value) if isinstance(value, float) else value
+
+
 def write_labels(labels: LabelSet | pa.Table, path: str | os.PathLike[str]) -> Path:
     """Write labels as CSV (header ``video_id,label[,split]``) or Parquet, by the suffix of
     ``path`` (``.csv``, ``.parquet`` / ``.pq``); atomically (temporary file, then rename).
@@ -690,9 +696,7 @@ def write_labels(labels: LabelSet | pa.Table, path: str | os.PathLike[str]) -> P
             writer = csv.writer(f, lineterminator="\n")
             writer.writerow(table.column_names)
             for row in zip(*(table[c].to_pylist() for c in table.column_names), strict=True):
-                writer.writerow(
-                    ["" if v is None else repr(v) if isinstance(v, float) else v for v in row]
-                )
+                writer.writerow([_csv_cell(v) for v in row])
     tmp.replace(out)
     return out
 

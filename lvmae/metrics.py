@@ -184,9 +184,10 @@ def plot_confusion_matrix(
     rows = counts.sum(axis=1, keepdims=True).astype(np.float64)
     frac = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
 
-    side = min(max(4.0, 0.32 * C + 2.5), 24.0)  # inches
-    label_size = max(4.0, min(10.0, 220.0 / max(C, 1)))
-    cell_size = max(3.0, min(9.0, 180.0 / max(C, 1)))
+    side = min(max(5.0, 0.4 * C + 3.0), 24.0)  # inches
+    cell_pt = 72.0 * (side - 3.0) / C  # approximate cell edge, points
+    label_size = max(5.0, min(10.0, 0.6 * cell_pt))
+    cell_size = max(4.0, min(9.0, 0.4 * cell_pt))
     fig = Figure(figsize=(side + 1.2, side), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)

@@ -732,8 +732,8 @@ def train_probe(
     dev = torch.device(device)
     default_input = "pooled" if config.kind == "linear" else "tokens"
     default_cls = config.kind == "attentive" and config.cls_source == "encoder"
-    input_kind = getattr(model, "input_kind", default_input) if model else default_input
-    wants_cls = bool(getattr(model, "wants_cls", False)) if model else default_cls
+    input_kind = getattr(model, "input_kind", default_input) if model is not None else default_input
+    wants_cls = bool(getattr(model, "wants_cls", False)) if model is not None else default_cls
     if input_kind not in ("pooled", "tokens"):
         raise ValueError(f"model.input_kind must be 'pooled' or 'tokens'; got {input_kind!r}")
 
@@ -745,7 +745,7 @@ def train_probe(
             raise ValueError(
                 f"feature width mismatch: train has W={width}, {name} has W={split.width}"
             )
-    in_features = getattr(model, "in_features", width) if model else width
+    in_features = getattr(model, "in_features", width) if model is not None else width
     if in_features != width:
         raise ValueError(f"the model expects {in_features}-wide features; the data has {width}")
 

@@ -54,9 +54,13 @@ def resolve_checkpoint(path: str) -> Path:
 
 class EmbedVideos:
     """Ray Data actor: loads the checkpoint once; maps batches of sequences (``video_id``,
-    ``length``, flattened ``embedding``) to ``cls``/``mean`` representations."""
+    ``length``, flattened ``embedding``) to ``cls``/``mean`` representations, and with
+    ``with_tokens`` also every token's output (``tokens``: flattened ``[L * W]``, the
+    windows' outputs concatenated in time order — the attentive probes' input)."""
 
-    def __init__(self, checkpoint: str, device: str | None = None) -> None:
+    def __init__(
+        self, checkpoint: str, device: str | None = None, with_tokens: bool = False
+    ) -> None:
         import torch
 
         from lvmae.model import LVMAE, LVMAEConfig
@@ -67,6 +71,7 @@ class EmbedVideos:
         self.model = LVMAE(self.config)
         self.model.load_state_dict(state["model_state"])
         self.model.eval().to(self.device)
+        self.with_tokens = with_tokens
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -87,6 +92,7 @@ class EmbedVideos:
         counts = np.zeros(n, np.float64)
         n_windows = np.zeros(n, np.int32)
         owners_arr = np.asarray(owners)
+        token_parts: list[list[np.ndarray]] = [[] for _ in range(n)]
         for s in range(0, len(windows), 32):
             x, real = collate(windows[s : s + 32], cap)
             with torch.no_grad():
@@ -100,13 +106,21 @@ class EmbedVideos:
             np.add.at(tok_sum, own, (tokens * real[..., None]).sum(1))
             np.add.at(counts, own, lengths)
             np.add.at(n_windows, own, 1)
-        return {
+            if self.with_tokens:
+                for k, owner in enumerate(own):
+                    token_parts[owner].append(tokens[k, : int(lengths[k])])
+        out = {
             "video_id": batch["video_id"],
             "num_tokens": counts.astype(np.int32),
             "num_windows": n_windows,
             "cls": (cls_sum / counts[:, None]).astype(np.float32),
             "mean": (tok_sum / counts[:, None]).astype(np.float32),
         }
+        if self.with_tokens:
+            out["tokens"] = np.empty(n, dtype=object)  # ragged: one [L_i * W] row each
+            for i, parts in enumerate(token_parts):
+                out["tokens"][i] = np.concatenate(parts).astype(np.float32).ravel()
+        return out
 
 
 @dataclass
