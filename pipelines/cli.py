@@ -21,11 +21,15 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from lvmae.checkpoints import CheckpointError
     from lvmae.encoders import EncoderUnavailableError
     from lvmae.inputs import InputError
+    from lvmae.labels import LabelsError
     from lvmae.storage import StorageError
     from pipelines.extract import ExtractError
     from pipelines.pretrain import PretrainError
+    from pipelines.probe import ProbeError
 
     return (
+        LabelsError,
+        ProbeError,
         ConfigError,
         InputError,
         StorageError,
@@ -136,6 +140,95 @@ def embed(*, checkpoint, embeddings, out, batch_size, actors, use_gpu) -> None:
         checkpoint, embeddings, out, batch_size=batch_size, actors=actors, use_gpu=use_gpu
     )
     click.echo(f"wrote representations of {result.videos} videos to {result.path}")
+
+
+@cli.command()
+@click.option("--checkpoint", required=True, help="Checkpoint or pre-training run directory.")
+@click.option("--embeddings", required=True, help="Extraction output (holds segments/).")
+@click.option("--labels", "labels", required=True, multiple=True, help="Labels file (a task).")
+@click.option(
+    "--probe",
+    type=click.Choice(["linear", "attentive", "pooler"]),
+    default="linear",
+    show_default=True,
+)
+@click.option(
+    "--baseline",
+    "baselines",
+    multiple=True,
+    type=click.Choice(["mean-pool", "transformer"]),
+    help="Also score a baseline on the same splits.",
+)
+@click.option("--out", default="work/probe", show_default=True, help="Output directory.")
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="FIELD=VALUE",
+    help="Probe recipe field (lr, epochs, batch_size, weight_decay, dropout, gamma).",
+)
+def probe(checkpoint, embeddings, labels, probe, baselines, out, sets) -> None:
+    """Train a probe on the frozen encoder (paper recipe by default) and score it on the
+    test split at the best validation epoch; results table in --out."""
+    from pipelines.probe import run_probe
+
+    rows = run_probe(
+        checkpoint, embeddings, list(labels), out, probe=probe, baselines=tuple(baselines),
+        overrides=parse_overrides(sets),
+    )  # fmt: skip
+    click.echo((Path(out) / "results.md").read_text())
+    click.echo(f"{len(rows)} rows: {Path(out) / 'results.csv'}")
+
+
+@cli.command()
+@click.option("--checkpoint", required=True, help="Checkpoint or pre-training run directory.")
+@click.option("--embeddings", required=True, help="Extraction output (holds segments/).")
+@click.option("--labels", "labels", required=True, multiple=True, help="Labels file (a task).")
+@click.option("--num-samples", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--space", type=click.Path(dir_okay=False), help="Search space YAML.")
+@click.option("--max-concurrent", default=2, show_default=True, type=click.IntRange(1))
+@click.option("--out", default="work/tune", show_default=True, help="Output directory.")
+def tune(checkpoint, embeddings, labels, num_samples, space, max_concurrent, out) -> None:
+    """Ray Tune sweep of probe hyperparameters (ASHA + Optuna) per labels file; the best
+    configuration is retrained and scored on the test split once."""
+    from tune.sweep import run_tune
+
+    rows = run_tune(
+        checkpoint, embeddings, list(labels), out, num_samples=num_samples, space_path=space,
+        max_concurrent=max_concurrent,
+    )  # fmt: skip
+    click.echo((Path(out) / "tune" / "results.md").read_text())
+    click.echo(f"{len(rows)} tasks swept; trials in {Path(out) / 'tune'}")
+
+
+@cli.command()
+@click.argument("dataset", type=click.Choice(["lvu", "coin", "breakfast"]))
+@click.argument("source", type=click.Path(exists=True))
+@click.option("--out", required=True, help="Labels file to write (.csv or .parquet).")
+@click.option("--task", help="LVU task (director, genre, ..., like_ratio, view_count).")
+@click.option("--split", "bf_split", default="s1", show_default=True, help="Breakfast split.")
+@click.option("--val-fraction", default=0.15, show_default=True, type=click.FloatRange(0, 0.9))
+@click.option("--embeddings", help="Match ids to the videos of this extraction output.")
+def labels(dataset, source, out, task, bf_split, val_fraction, embeddings) -> None:
+    """Convert LVU / COIN / Breakfast annotations into the project's labels format."""
+    from lvmae import labels as lab
+    from lvmae.storage import read_videos
+
+    known = None
+    if embeddings:
+        known = read_videos(embeddings)["video_id"].to_pylist() or None
+    if dataset == "lvu":
+        if not task:
+            raise click.BadParameter("LVU needs --task", param_hint="--task")
+        table = lab.lvu_labels(source, task, video_ids=known)
+    elif dataset == "coin":
+        table = lab.coin_labels(source, video_ids=known, val_fraction=val_fraction)
+    else:
+        table = lab.breakfast_labels(
+            source, split=bf_split, video_ids=known, val_fraction=val_fraction
+        )
+    path = lab.write_labels(table, out)
+    click.echo(f"wrote {table.num_rows} labelled videos to {path}")
 
 
 @cli.command("make-samples")

@@ -73,7 +73,7 @@ class EmbedVideos:
         self.model.eval().to(self.device)
         self.with_tokens = with_tokens
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         import torch
 
         from lvmae.sequences import collate, windows_for_inference
@@ -109,18 +109,23 @@ class EmbedVideos:
             if self.with_tokens:
                 for k, owner in enumerate(own):
                     token_parts[owner].append(tokens[k, : int(lengths[k])])
-        out = {
-            "video_id": batch["video_id"],
-            "num_tokens": counts.astype(np.int32),
-            "num_windows": n_windows,
-            "cls": (cls_sum / counts[:, None]).astype(np.float32),
-            "mean": (tok_sum / counts[:, None]).astype(np.float32),
+
+        def fixed(rows: np.ndarray) -> pa.FixedSizeListArray:
+            return pa.FixedSizeListArray.from_arrays(pa.array(rows.ravel()), width)
+
+        columns = {
+            "video_id": pa.array([str(v) for v in batch["video_id"]], pa.string()),
+            "num_tokens": pa.array(counts.astype(np.int32)),
+            "num_windows": pa.array(n_windows),
+            "cls": fixed((cls_sum / counts[:, None]).astype(np.float32)),
+            "mean": fixed((tok_sum / counts[:, None]).astype(np.float32)),
         }
-        if self.with_tokens:
-            out["tokens"] = np.empty(n, dtype=object)  # ragged: one [L_i * W] row each
-            for i, parts in enumerate(token_parts):
-                out["tokens"][i] = np.concatenate(parts).astype(np.float32).ravel()
-        return out
+        if self.with_tokens:  # ragged: one flattened [L_i * W] list per video
+            columns["tokens"] = pa.array(
+                [np.concatenate(parts).astype(np.float32).ravel() for parts in token_parts],
+                pa.list_(pa.float32()),
+            )
+        return pa.table(columns)
 
 
 @dataclass

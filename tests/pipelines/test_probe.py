@@ -1,0 +1,201 @@
+"""Probes, baselines and the Ray Tune sweep on a real segments table and a real checkpoint,
+with real Ray, real MLflow (SQLite) and real Parquet."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from click.testing import CliRunner
+
+from lvmae.checkpoints import save_checkpoint
+from lvmae.model import LVMAE, model_config
+from lvmae.storage import StorageError, segment_schema, write_table_atomic
+from pipelines.cli import cli
+from pipelines.probe import feature_cache_dir, run_probe
+from tune.sweep import load_space, run_tune
+
+DIM = 64
+CLASSES = ("cooking", "sports", "music")
+
+
+def segments_table(rng) -> tuple[pa.Table, list[tuple[str, str, str]]]:
+    """12 videos per class; each video's 6–12 segment embeddings scatter around its class
+    centroid (a separable task). Returns the table and (video_id, label, split) rows."""
+    centroids = rng.normal(size=(len(CLASSES), DIM))
+    rows, labels = [], []
+    for c, name in enumerate(CLASSES):
+        for k in range(12):
+            vid = f"{name}/v{k:02d}.mp4"
+            split = "train" if k < 8 else ("val" if k < 10 else "test")
+            labels.append((vid, name, split))
+            for i in range(int(rng.integers(6, 13))):
+                e = centroids[c] + 0.5 * rng.normal(size=DIM)
+                rows.append((vid, i, e / np.linalg.norm(e)))
+    table = pa.table(
+        {
+            "video_id": [r[0] for r in rows],
+            "segment_index": pa.array([r[1] for r in rows], pa.int32()),
+            "start_s": [5.0 * r[1] for r in rows],
+            "end_s": [5.0 * r[1] + 5 for r in rows],
+            "frame_indices": [[0]] * len(rows),
+            "frame_times_s": [[0.0]] * len(rows),
+            "embedding": pa.FixedSizeListArray.from_arrays(
+                pa.array(np.stack([r[2] for r in rows]).astype(np.float32).ravel()), DIM
+            ),
+            "encoder": ["tiny"] * len(rows),
+            "config_id": ["c"] * len(rows),
+        },
+        schema=segment_schema(DIM),
+    )
+    return table, labels
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, ray_local):
+    root = tmp_path_factory.mktemp("probe")
+    table, rows = segments_table(np.random.default_rng(0))
+    write_table_atomic(table, str(root / "emb"), "segments")
+    labels = root / "labels.csv"
+    with labels.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["video_id", "label", "split"])
+        writer.writerows(rows)
+        writer.writerow(["unknown/missing.mp4", "music", "train"])  # no embeddings
+    cfg = model_config("tiny", input_dim=DIM, max_tokens=8)
+    model = LVMAE(cfg)
+    ckpt = save_checkpoint(
+        root / "ckpt", model_state=model.state_dict(), model_config=cfg.to_dict(), step=1
+    )
+    return root, str(root / "emb"), str(labels), str(ckpt)
+
+
+@pytest.fixture(scope="module")
+def linear_run(setup):
+    root, emb, labels, ckpt = setup
+    out = root / "linear"
+    rows = run_probe(
+        ckpt, emb, [labels], str(out), probe="linear",
+        baselines=("mean-pool", "transformer"), overrides={"lr": 3e-3, "epochs": 15},
+    )  # fmt: skip
+    return out, rows
+
+
+def test_results_table_has_a_row_per_method_and_the_probe_learns(linear_run):
+    out, rows = linear_run
+    assert [(r["method"], r["probe"]) for r in rows] == [
+        ("lvmae", "linear"), ("mean-pool", "linear"), ("transformer", "scratch"),
+    ]  # fmt: skip
+    by = {r["method"]: r for r in rows}
+    assert by["lvmae"]["top1"] >= 0.8  # chance is 1/3
+    assert by["mean-pool"]["top1"] >= 0.8
+    assert by["lvmae"]["skipped"] == 1  # the labelled video without embeddings
+    assert all(r["test"] == 6 and r["train"] == 24 for r in rows)
+    with (out / "results.csv").open() as f:
+        assert [r["method"] for r in csv.DictReader(f)] == ["lvmae", "mean-pool", "transformer"]
+    md = (out / "results.md").read_text()
+    assert md.startswith("| method | probe | task |") and "mean-pool" in md
+    for r in rows:
+        png = out / r["confusion_matrix"]
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rows_are_logged_to_mlflow(linear_run):
+    from mlflow.tracking import MlflowClient
+
+    out, rows = linear_run
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("lvmae-probe")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == len(rows)
+    lv = next(r for r in runs if r.data.params["method"] == "lvmae")
+    assert lv.data.metrics["top1"] == pytest.approx(rows[0]["top1"])
+    assert lv.data.params["probe.lr"] == "0.003"
+    names = {a.path for a in client.list_artifacts(lv.info.run_id)}
+    assert {"results.csv", "results.md", rows[0]["confusion_matrix"]} <= names
+
+
+def test_attentive_probe_reuses_the_cached_features(setup, linear_run):
+    from pathlib import Path
+
+    root, emb, labels, ckpt = setup
+
+    cache = feature_cache_dir(str(root / "att"), Path(ckpt))
+    rows = run_probe(ckpt, emb, [labels], str(root / "att"), probe="attentive",
+                     overrides={"epochs": 8})  # fmt: skip
+    stamp = (cache / "_SUCCESS").stat().st_mtime_ns
+    assert rows[0]["probe"] == "attentive" and rows[0]["top1"] >= 0.8
+    run_probe(ckpt, emb, [labels], str(root / "att"), probe="pooler", overrides={"epochs": 1})
+    assert (cache / "_SUCCESS").stat().st_mtime_ns == stamp  # computed once, then reused
+
+
+def test_checkpoint_of_another_width_is_refused(setup, tmp_path):
+    _, emb, labels, _ = setup
+    cfg = model_config("tiny", input_dim=32, max_tokens=8)
+    other = save_checkpoint(tmp_path / "c", model_state=LVMAE(cfg).state_dict(),
+                            model_config=cfg.to_dict())  # fmt: skip
+    with pytest.raises(StorageError, match="32-d"):
+        run_probe(str(other), emb, [labels], str(tmp_path / "o"))
+
+
+def test_small_sweep_finishes_logs_trials_and_reports_a_best_configuration(setup):
+    from mlflow.tracking import MlflowClient
+
+    root, emb, labels, ckpt = setup
+    space = root / "space.yaml"
+    space.write_text(
+        "probe: {choice: [linear, attentive]}\nlr: {loguniform: [1e-3, 1e-2]}\n"
+        "epochs: {choice: [2, 3]}\nbatch_size: 8\n"
+    )
+    out = root / "sweep"
+    rows = run_tune(ckpt, emb, [labels], str(out), num_samples=3, space_path=str(space),
+                    max_concurrent=2)  # fmt: skip
+    (row,) = rows
+    best = json.loads(row["best_config"])
+    assert best["probe"] in {"linear", "attentive"} and 1e-3 <= best["lr"] <= 1e-2
+    assert row["trials"] == 3 and 0.0 <= row["top1"] <= 1.0
+    with (out / "tune" / "labels" / "trials.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 3
+    assert json.loads((out / "tune" / "labels" / "best.json").read_text())["top1"] == row["top1"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("lvmae-tune")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("lvmae.stage") == "tune"]
+    trials = [r for r in runs if r.data.tags.get("lvmae.stage") == "tune-trial"]
+    assert len(parents) == 1 and len(trials) == 3
+    assert all(t.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for t in trials)
+    assert "best/top1" in parents[0].data.metrics
+
+
+def test_search_space_errors_are_clear(tmp_path):
+    from lvmae.config import ConfigError
+
+    bad = tmp_path / "s.yaml"
+    bad.write_text("learning_rate: {uniform: [0, 1]}\n")
+    with pytest.raises(ConfigError, match="unknown parameter 'learning_rate'"):
+        load_space(str(bad))
+    bad.write_text("lr: {gaussian: [0, 1]}\n")
+    with pytest.raises(ConfigError, match="sampler"):
+        load_space(str(bad))
+    assert set(load_space(None)) == {"probe", "lr", "weight_decay", "batch_size", "epochs",
+                                     "dropout"}  # fmt: skip
+
+
+def test_labels_command_converts_coin(tmp_path):
+    coin = tmp_path / "COIN.json"
+    coin.write_text(json.dumps({"database": {
+        f"vid{i:08d}ab": {"recipe_type": i % 2, "class": ["MakeTea", "ChangeTire"][i % 2],
+                          "subset": "testing" if i >= 8 else "training", "duration": 60.0,
+                          "annotation": []}
+        for i in range(12)}}))  # fmt: skip
+    res = CliRunner().invoke(
+        cli, ["labels", "coin", str(coin), "--out", str(tmp_path / "coin.csv")]
+    )
+    assert res.exit_code == 0, res.output
+    with (tmp_path / "coin.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 12 and {r["label"] for r in rows} == {"MakeTea", "ChangeTire"}
+    assert {r["split"] for r in rows} == {"train", "val", "test"}
