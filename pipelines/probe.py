@@ -300,16 +300,18 @@ def run_probe(
                 _row("transformer", "scratch", task=task, labels=labels, result=res, out=out_dir)
             )
     csv_path, md_path = write_results(rows, out_dir)
-    _track(rows, config, [csv_path, md_path], out, tracking_uri)
+    _track(
+        rows, config, [csv_path, md_path], out=out, tracking_uri=tracking_uri, checkpoint=checkpoint
+    )
     return rows
 
 
-def _track(rows, config, files, out, tracking_uri) -> None:
+def _track(rows, config, files, *, out, tracking_uri, checkpoint) -> None:
     from mlflow.tracking import MlflowClient
 
-    from pipelines.tracking import default_tracking_uri, open_run
+    from pipelines.tracking import open_run, tracking_uri_near
 
-    uri = tracking_uri or default_tracking_uri(out)
+    uri = tracking_uri or tracking_uri_near(checkpoint, out)
     client = MlflowClient(tracking_uri=uri)
     for row in rows:
         name = f"{row['task']}:{row['method']}:{row['probe']}"

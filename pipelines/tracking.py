@@ -19,6 +19,19 @@ def default_tracking_uri(out: str) -> str:
     )
 
 
+def tracking_uri_near(checkpoint: str | Path, out: str) -> str:
+    """The tracking store for a job that uses a pre-training checkpoint: ``MLFLOW_TRACKING_URI``
+    when set, else the pre-training run's own SQLite store (``<pretrain out>/mlflow.db``,
+    found above the checkpoint) so probes and sweeps land beside the run they evaluate, else
+    :func:`default_tracking_uri` of ``out``."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    for parent in list(Path(checkpoint).absolute().parents)[:3]:
+        if (parent / "mlflow.db").is_file():
+            return f"sqlite:///{parent / 'mlflow.db'}"
+    return default_tracking_uri(out)
+
+
 def open_run(
     tracking_uri: str,
     experiment: str,

@@ -168,7 +168,7 @@ def run_tune(
         load_task,
         write_results,
     )
-    from pipelines.tracking import default_tracking_uri, open_run
+    from pipelines.tracking import open_run, tracking_uri_near
 
     space = load_space(space_path)
     available = set(read_segments(embeddings, columns=["video_id"])["video_id"].to_pylist())
@@ -178,7 +178,7 @@ def run_tune(
         ray.init(configure_logging=True, logging_level=logging.WARNING)
     if gpus_per_trial is None:
         gpus_per_trial = 0.25 if ray.cluster_resources().get("GPU", 0) else 0.0
-    uri = tracking_uri or default_tracking_uri(out)
+    uri = tracking_uri or tracking_uri_near(checkpoint, out)
     client = MlflowClient(tracking_uri=uri)
     out_dir = Path(out) / "tune"
     rows = []

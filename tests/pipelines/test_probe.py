@@ -199,3 +199,21 @@ def test_labels_command_converts_coin(tmp_path):
         rows = list(csv.DictReader(f))
     assert len(rows) == 12 and {r["label"] for r in rows} == {"MakeTea", "ChangeTire"}
     assert {r["split"] for r in rows} == {"train", "val", "test"}
+
+
+def test_probes_track_into_the_pretraining_store_above_the_checkpoint(tmp_path, monkeypatch):
+    from pipelines.tracking import tracking_uri_near
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    ckpt = tmp_path / "pre" / "runs" / "lvmae" / "checkpoint_1"
+    ckpt.mkdir(parents=True)
+    assert (
+        tracking_uri_near(ckpt, str(tmp_path / "o")) == f"sqlite:///{tmp_path / 'o' / 'mlflow.db'}"
+    )
+    (tmp_path / "pre" / "mlflow.db").touch()
+    assert (
+        tracking_uri_near(ckpt, str(tmp_path / "o"))
+        == f"sqlite:///{tmp_path / 'pre' / 'mlflow.db'}"
+    )
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking_uri_near(ckpt, str(tmp_path / "o")) == "http://127.0.0.1:5000"
