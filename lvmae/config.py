@@ -218,6 +218,9 @@ class PretrainConfig(BaseModel):
     )
     log_every_steps: int = Field(10, ge=1, description="optimizer steps per metrics log")
     val_every_epochs: int = Field(1, ge=1, description="epochs per validation pass")
+    monitor_every_epochs: int = Field(
+        0, ge=0, description="epochs per reconstruction-retrieval monitor (R@k; 0: off)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> PretrainConfig:

@@ -26,8 +26,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from pipelines.extract import ExtractError
     from pipelines.pretrain import PretrainError
     from pipelines.probe import ProbeError
+    from pipelines.search import SearchError
 
     return (
+        SearchError,
         LabelsError,
         ProbeError,
         ConfigError,
@@ -229,6 +231,49 @@ def labels(dataset, source, out, task, bf_split, val_fraction, embeddings) -> No
         )
     path = lab.write_labels(table, out)
     click.echo(f"wrote {table.num_rows} labelled videos to {path}")
+
+
+@cli.command()
+@click.argument("query", required=False)
+@click.option("--embeddings", required=True, help="Extraction output (holds segments/).")
+@click.option("--top-k", default=10, show_default=True, type=click.IntRange(1))
+@click.option("--example", metavar="VIDEO_ID@SECONDS", help="Search by an example segment.")
+@click.option("--exact/--approximate", default=None, help="Force exact or index search.")
+@click.option("--rebuild-index", is_flag=True, help="Rebuild the saved approximate index.")
+def search(query, embeddings, top_k, example, exact, rebuild_index) -> None:
+    """Search the archive's segments by text (QUERY) or by an example segment."""
+    from pipelines.search import search as run_search
+
+    ex = None
+    if example:
+        video_id, sep, seconds = example.rpartition("@")
+        try:
+            ex = (video_id, float(seconds))
+        except ValueError:
+            sep = ""
+        if not sep or not video_id:
+            raise click.BadParameter("expected VIDEO_ID@SECONDS", param_hint="--example")
+    rows = run_search(
+        embeddings, query=query, example=ex, top_k=top_k, exact=exact,
+        rebuild_index=rebuild_index,
+    )  # fmt: skip
+    for r in rows:
+        click.echo(f"{r['rank']:>3}  {r['score']:.4f}  {r['video_id']}  "
+                   f"{r['start_s']:.1f}–{r['end_s']:.1f} s")  # fmt: skip
+
+
+@cli.command()
+@click.option("--checkpoint", required=True, help="Checkpoint or pre-training run directory.")
+@click.option("--embeddings", required=True, help="Extraction output (holds segments/).")
+@click.option("--captions", help="Caption bank: a text file (one per line) or a labels file.")
+@click.option("--out", default="work/monitor", show_default=True, help="Output directory.")
+def monitor(checkpoint, embeddings, captions, out) -> None:
+    """Reconstruction-retrieval monitor: R@1/5/10 and median rank of reconstructed masked
+    segments among the held-out set; nearest captions as HTML with --captions."""
+    from pipelines.monitor import run_monitor
+
+    metrics = run_monitor(checkpoint, embeddings, out, captions=captions)
+    click.echo(json.dumps(metrics, indent=2))
 
 
 @cli.command("make-samples")

@@ -32,7 +32,7 @@ from lvmae.checkpoints import CheckpointError, check_compatible, load_checkpoint
 from lvmae.config import PretrainConfig
 from lvmae.model import LVMAEConfig, model_config
 from lvmae.storage import SEGMENTS_DIR, StorageError
-from pipelines.tracking import default_tracking_uri, open_run
+from pipelines.tracking import default_tracking_uri, metric_key, open_run
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             from mlflow.entities import Metric
 
             client.log_batch(
-                run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()]
+                run_id,
+                metrics=[Metric(metric_key(k), float(v), ts, step) for k, v in metrics.items()],
             )
 
     def report(metrics: dict, with_checkpoint: bool) -> None:
@@ -324,33 +325,49 @@ def train_loop_per_worker(loop_config: dict) -> None:
         metrics = {"step": step, "epoch": epoch + 1}
         if losses:
             metrics["train/epoch_loss"] = float(np.mean(losses))
-        if val_shard is not None and (epoch + 1) % config.val_every_epochs == 0:
-            metrics["val/loss"] = _validate(
-                model, val_shard, run_batch=run_batch, config=config, rank=rank
-            )
+        monitor_due = config.monitor_every_epochs and (epoch + 1) % config.monitor_every_epochs == 0
+        if val_shard is not None and ((epoch + 1) % config.val_every_epochs == 0 or monitor_due):
+            metrics["val/loss"], kept = _validate(
+                model, val_shard, run_batch=run_batch, config=config, rank=rank,
+                keep=64 if monitor_due and rank == 0 else 0,
+            )  # fmt: skip
+            if kept:  # rank 0: the reconstruction-retrieval monitor (LV-MAE §4.4)
+                from lvmae.monitor import reconstruct, retrieval_metrics
+
+                rec = reconstruct(
+                    core, kept, mask_ratio=config.mask_ratio, masking=config.masking,
+                    seed=config.seed,
+                )  # fmt: skip
+                for key, value in retrieval_metrics(rec).items():
+                    metrics[f"monitor/{key}"] = value
         log_metrics(metrics)
         report(metrics, True)
 
 
-def _validate(model, shard, *, run_batch, config, rank) -> float:
+def _validate(model, shard, *, run_batch, config, rank, keep: int = 0):
     """Mean masked-token loss over this worker's validation shard, averaged over workers
-    (fixed seeds: the same windows and masks every epoch)."""
+    (fixed seeds: the same windows and masks every epoch). Also returns up to ``keep`` of
+    this worker's validation sequences ``[L, D]`` (for the reconstruction monitor)."""
     import torch
     import torch.distributed as dist
 
     model.eval()
     rng = np.random.default_rng([config.seed, rank, 10**6])
     total = torch.zeros(2, dtype=torch.float64)
+    kept: list[np.ndarray] = []
     with torch.no_grad():
         for batch in shard.iter_batches(batch_size=16, batch_format="numpy"):
             loss, _ = run_batch(batch, rng, train=False)
             total += torch.tensor([loss.item() * len(batch["length"]), len(batch["length"])])
+            for flat, length in zip(batch["embedding"], batch["length"], strict=True):
+                if len(kept) < keep and length >= 2:
+                    kept.append(np.asarray(flat, np.float32).reshape(int(length), -1))
     if dist.is_available() and dist.is_initialized():
         device_total = total.to(next(model.parameters()).device)
         dist.all_reduce(device_total)
         total = device_total.cpu()
     model.train()
-    return float(total[0] / total[1]) if total[1] > 0 else float("nan")
+    return (float(total[0] / total[1]) if total[1] > 0 else float("nan")), kept
 
 
 # --------------------------------------------------------------------------- driver

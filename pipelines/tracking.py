@@ -19,6 +19,12 @@ def default_tracking_uri(out: str) -> str:
     )
 
 
+def metric_key(name: str) -> str:
+    """An MLflow-legal metric name (``R@1`` → ``R_at_1``; MLflow allows only alphanumerics,
+    ``_ - . / :`` and spaces)."""
+    return name.replace("@", "_at_")
+
+
 def tracking_uri_near(checkpoint: str | Path, out: str) -> str:
     """The tracking store for a job that uses a pre-training checkpoint: ``MLFLOW_TRACKING_URI``
     when set, else the pre-training run's own SQLite store (``<pretrain out>/mlflow.db``,

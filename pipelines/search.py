@@ -1,0 +1,186 @@
+"""Search an archive's segments by text or by example, in the frozen encoder's
+video–language aligned space (LanguageBind; LV-MAE §4.4 uses the same space to monitor
+reconstructions).
+
+Small archives are searched exactly (one matrix product); past ``EXACT_MAX`` segments an
+approximate usearch index is built once, saved beside the embeddings
+(``<embeddings>/index/``), reloaded on later searches and rebuilt when the embeddings
+change (their files' names and sizes, the encoder and the width are fingerprinted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lvmae.storage import SEGMENTS_DIR, StorageError, read_manifest, read_segments
+
+EXACT_MAX = 200_000  # segments; above this an approximate index is used
+INDEX_DIR = "index"
+
+
+class SearchError(ValueError):
+    """A search cannot run (empty query, unknown segment, incompatible index...)."""
+
+
+@dataclass
+class SegmentMatrix:
+    """All segments of an archive: ``embeddings`` ``[N, D]`` float32 and their keys."""
+
+    video_id: list[str]
+    segment_index: np.ndarray
+    start_s: np.ndarray
+    end_s: np.ndarray
+    embeddings: np.ndarray
+
+
+def load_segment_matrix(embeddings: str) -> SegmentMatrix:
+    """Every segment (deduplicated, sorted) with its embedding; StorageError when none."""
+    table = read_segments(
+        embeddings, columns=["video_id", "segment_index", "start_s", "end_s", "embedding"]
+    )
+    flat = table["embedding"].combine_chunks()
+    dim = flat.type.list_size
+    matrix = flat.values.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
+    return SegmentMatrix(
+        table["video_id"].to_pylist(),
+        table["segment_index"].to_numpy(),
+        table["start_s"].to_numpy(),
+        table["end_s"].to_numpy(),
+        matrix,
+    )
+
+
+def fingerprint(embeddings: str) -> dict:
+    """What the saved index must match: the encoder, the width and the segment files."""
+    manifest = read_manifest(embeddings) or {}
+    encoder = manifest.get("encoder", {})
+    files = sorted(Path(embeddings, SEGMENTS_DIR).glob("*.parquet"))
+    digest = hashlib.sha1()
+    for f in files:
+        digest.update(f"{f.name}:{f.stat().st_size}".encode())
+    return {
+        "encoder": encoder.get("name"),
+        "checkpoint": encoder.get("checkpoint"),
+        "embedding_dim": encoder.get("embedding_dim"),
+        "segments": digest.hexdigest(),
+    }
+
+
+def _check_saved_index(embeddings: str, rebuild: bool) -> None:
+    """A saved index from another encoder or width is an error (rebuilding silently would
+    hide a mixed-up directory); one from older embeddings of the same encoder is rebuilt."""
+    meta = Path(embeddings) / INDEX_DIR / "meta.json"
+    if rebuild or not meta.is_file():
+        return
+    stored = json.loads(meta.read_text()).get("fingerprint", {})
+    current = fingerprint(embeddings)
+    differs = [
+        f"{k}: index {stored.get(k)!r}, embeddings {current.get(k)!r}"
+        for k in ("encoder", "checkpoint", "embedding_dim")
+        if stored.get(k) != current.get(k)
+    ]
+    if differs:
+        raise SearchError(
+            f"the saved index in {meta.parent} was built for other embeddings "
+            f"({'; '.join(differs)}): pass --rebuild-index (or delete the directory)"
+        )
+
+
+def text_encoder(embeddings: str):
+    """The frozen encoder that made ``embeddings`` (from its manifest), for text queries."""
+    from lvmae.encoders import build_encoder
+
+    manifest = read_manifest(embeddings)
+    if not manifest or "encoder" not in manifest:
+        raise StorageError(
+            f"{embeddings!r} has no manifest.json naming its encoder: was it written by "
+            f"`lvmae extract`?"
+        )
+    enc = manifest["encoder"]
+    cfg = manifest.get("config", {})
+    checkpoint = None if enc["name"] == "tiny" else enc.get("checkpoint")
+    return build_encoder(enc["name"], checkpoint=checkpoint, seed=cfg.get("encoder_seed", 0))
+
+
+def search(
+    embeddings: str,
+    *,
+    query: str | None = None,
+    example: tuple[str, float] | None = None,
+    top_k: int = 10,
+    exact: bool | None = None,
+    rebuild_index: bool = False,
+) -> list[dict]:
+    """The ``top_k`` segments nearest to a text ``query`` or to an ``example`` segment
+    (``(video_id, time in seconds)``; the example itself is left out).
+
+    Returns rows ``rank``, ``video_id``, ``segment_index``, ``start_s``, ``end_s``,
+    ``score`` (cosine similarity), best first.
+
+    Raises:
+        SearchError: an empty query, both or neither of query/example, an unknown example
+            segment, or an encoder whose width differs from the embeddings'.
+        StorageError: no embeddings under ``embeddings``.
+        IndexMismatchError: a saved index built from other embeddings (with ``exact=False``
+            and no rebuild).
+    """
+    from lvmae.retrieval import exact_search, load_or_build
+
+    if (query is None) == (example is None):
+        raise SearchError("give either a text query or an example segment, not both")
+    if query is not None and not query.strip():
+        raise SearchError("empty query: type some words to search for")
+    if top_k < 1:
+        raise SearchError(f"top_k must be >= 1, got {top_k}")
+    segs = load_segment_matrix(embeddings)
+    exclude = -1
+    if query is not None:
+        vec = text_encoder(embeddings).encode_text([query])
+        if vec.shape[1] != segs.embeddings.shape[1]:
+            raise SearchError(
+                f"the text encoder gives {vec.shape[1]}-d vectors but {embeddings!r} holds "
+                f"{segs.embeddings.shape[1]}-d segment embeddings"
+            )
+    else:
+        video_id, t = example
+        hits = [
+            i for i, v in enumerate(segs.video_id)
+            if v == video_id and segs.start_s[i] <= t < segs.end_s[i]
+        ]  # fmt: skip
+        if not hits:
+            raise SearchError(f"no segment of {video_id!r} covers {t} s")
+        exclude = hits[0]
+        vec = segs.embeddings[exclude][None]
+    k = min(top_k + (exclude >= 0), len(segs.video_id))
+    use_exact = exact if exact is not None else len(segs.video_id) <= EXACT_MAX
+    if use_exact:
+        scores, idx = exact_search(vec, segs.embeddings, k)
+    else:
+        _check_saved_index(embeddings, rebuild_index)
+        index, _ = load_or_build(
+            Path(embeddings) / INDEX_DIR,
+            lambda: segs.embeddings,
+            fingerprint(embeddings),
+            rebuild=rebuild_index,
+        )
+        scores, idx = index.search(vec, k)
+    rows = []
+    for score, i in zip(scores[0], idx[0], strict=True):
+        if i == exclude:
+            continue
+        rows.append(
+            {
+                "rank": len(rows) + 1,
+                "video_id": segs.video_id[i],
+                "segment_index": int(segs.segment_index[i]),
+                "start_s": float(segs.start_s[i]),
+                "end_s": float(segs.end_s[i]),
+                "score": float(score),
+            }
+        )
+    return rows[:top_k]
