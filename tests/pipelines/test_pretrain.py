@@ -65,7 +65,7 @@ def mlflow_client(out: Path):
 @pytest.fixture(scope="module")
 def trained(embeddings, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    config = small_config(run_name="ddp")
+    config = small_config(run_name="ddp", monitor_every_epochs=3)
     return out, config, run_pretrain(str(embeddings), str(out), config)
 
 
@@ -96,6 +96,9 @@ def test_two_worker_ddp_run_writes_checkpoints_and_mlflow_metrics(trained):
     assert lrs[-1] < max(lrs)
     assert client.get_metric_history(result.mlflow_run_id, "train/tokens_per_s")
     assert len(client.get_metric_history(result.mlflow_run_id, "val/loss")) == config.epochs
+    (r1,) = client.get_metric_history(result.mlflow_run_id, "monitor/R_at_1")  # epoch 3 only
+    assert 0.0 <= r1.value <= 1.0
+    assert client.get_metric_history(result.mlflow_run_id, "monitor/median_rank")
 
 
 def test_rerun_with_the_same_run_name_resumes_at_the_same_step(trained, embeddings):
