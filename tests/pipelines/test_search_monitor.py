@@ -35,8 +35,8 @@ def test_text_search_ranks_segments_exactly_and_with_the_index(archive):
     assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)
     assert {"video_id", "segment_index", "start_s", "end_s"} <= set(exact[0])
     approx = search(emb, query="a colourful fractal zoom", top_k=5, exact=False)
-    assert approx[0]["video_id"] == exact[0]["video_id"]
-    assert approx[0]["segment_index"] == exact[0]["segment_index"]
+    # the best match's score (segments of a static scene can tie, so not its identity)
+    assert approx[0]["score"] == pytest.approx(exact[0]["score"], abs=1e-4)
 
 
 def test_index_is_saved_reloaded_and_rebuilt_when_embeddings_change(archive):
