@@ -128,6 +128,50 @@ class EmbedVideos:
         return pa.table(columns)
 
 
+def encoded_videos(
+    ckpt: Path,
+    embeddings: str,
+    *,
+    with_tokens: bool = False,
+    batch_size: int = 8,
+    actors: int = 1,
+    use_gpu: bool = False,
+):
+    """A lazy Ray Dataset of per-video encoder outputs (:class:`EmbedVideos`) for every video
+    under ``embeddings``: sequences grouped on the cluster, encoded on an actor pool.
+
+    Raises:
+        StorageError: missing embeddings, or a width the checkpoint was not trained on
+            (checked before any work).
+    """
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    from pipelines.pretrain import _group_to_sequence, embedding_dim_of
+
+    trained_dim = load_checkpoint(ckpt)["model_config"]["input_dim"]
+    dim = embedding_dim_of(embeddings)
+    if dim != trained_dim:
+        raise StorageError(
+            f"the checkpoint {str(ckpt)!r} was trained on {trained_dim}-d embeddings but "
+            f"{embeddings!r} holds {dim}-d ones: use the encoder it was trained on"
+        )
+    if not ray.is_initialized():
+        ray.init(configure_logging=True, logging_level=logging.WARNING)
+    DataContext.get_current().enable_progress_bars = False
+    ds = ray.data.read_parquet(
+        f"{embeddings.rstrip('/')}/segments", columns=["video_id", "segment_index", "embedding"]
+    )
+    seqs = ds.groupby("video_id").map_groups(_group_to_sequence, batch_format="pyarrow")
+    return seqs.map_batches(
+        EmbedVideos,
+        fn_constructor_kwargs={"checkpoint": str(ckpt), "with_tokens": with_tokens},
+        batch_size=batch_size,
+        compute=ActorPoolStrategy(size=actors),
+        num_gpus=1 if use_gpu else 0,
+    )
+
+
 @dataclass
 class EmbedResult:
     """Where the representations went and how many videos they cover."""
@@ -154,34 +198,8 @@ def run_embed(
         StorageError: missing embeddings, or an embedding width the checkpoint was not
             trained on (checked before any work).
     """
-    import ray
-    from ray.data import ActorPoolStrategy, DataContext
-
-    from pipelines.pretrain import _group_to_sequence, embedding_dim_of
-
     ckpt = resolve_checkpoint(checkpoint)
-    state = load_checkpoint(ckpt)
-    dim = embedding_dim_of(embeddings)
-    trained_dim = state["model_config"]["input_dim"]
-    if dim != trained_dim:
-        raise StorageError(
-            f"the checkpoint {str(ckpt)!r} was trained on {trained_dim}-d embeddings but "
-            f"{embeddings!r} holds {dim}-d ones: embed with the same encoder it was trained on"
-        )
-    if not ray.is_initialized():
-        ray.init(configure_logging=True, logging_level=logging.WARNING)
-    DataContext.get_current().enable_progress_bars = False
-    ds = ray.data.read_parquet(
-        f"{embeddings.rstrip('/')}/segments", columns=["video_id", "segment_index", "embedding"]
-    )
-    seqs = ds.groupby("video_id").map_groups(_group_to_sequence, batch_format="pyarrow")
-    reps = seqs.map_batches(
-        EmbedVideos,
-        fn_constructor_kwargs={"checkpoint": str(ckpt)},
-        batch_size=batch_size,
-        compute=ActorPoolStrategy(size=actors),
-        num_gpus=1 if use_gpu else 0,
-    )
+    reps = encoded_videos(ckpt, embeddings, batch_size=batch_size, actors=actors, use_gpu=use_gpu)
     target = f"{out.rstrip('/')}/{REPRESENTATIONS_DIR}"
     reps.write_parquet(target)
     count = pa.dataset.dataset(target, format="parquet").count_rows()

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from lvmae.labels import LabelSet, read_labels
 from lvmae.probes import ProbeConfig, ProbeData, TransformerBaseline, train_probe
-from lvmae.storage import StorageError, read_segments
+from lvmae.storage import read_segments
 
 log = logging.getLogger(__name__)
 
@@ -59,37 +59,13 @@ def compute_features(checkpoint: str, embeddings: str, out: str) -> Path:
     Raises:
         CheckpointError, StorageError: see :func:`pipelines.embed.run_embed`.
     """
-    import ray
-    from ray.data import ActorPoolStrategy, DataContext
-
-    from lvmae.checkpoints import load_checkpoint
-    from pipelines.embed import EmbedVideos, resolve_checkpoint
-    from pipelines.pretrain import _group_to_sequence, embedding_dim_of
+    from pipelines.embed import encoded_videos, resolve_checkpoint
 
     ckpt = resolve_checkpoint(checkpoint)
     target = feature_cache_dir(out, ckpt)
     if (target / "_SUCCESS").is_file():
         return target
-    trained_dim = load_checkpoint(ckpt)["model_config"]["input_dim"]
-    dim = embedding_dim_of(embeddings)
-    if dim != trained_dim:
-        raise StorageError(
-            f"the checkpoint {str(ckpt)!r} was trained on {trained_dim}-d embeddings but "
-            f"{embeddings!r} holds {dim}-d ones: probe with the encoder it was trained on"
-        )
-    if not ray.is_initialized():
-        ray.init(configure_logging=True, logging_level=logging.WARNING)
-    DataContext.get_current().enable_progress_bars = False
-    ds = ray.data.read_parquet(
-        f"{embeddings.rstrip('/')}/segments", columns=["video_id", "segment_index", "embedding"]
-    )
-    seqs = ds.groupby("video_id").map_groups(_group_to_sequence, batch_format="pyarrow")
-    feats = seqs.map_batches(
-        EmbedVideos,
-        fn_constructor_kwargs={"checkpoint": str(ckpt), "with_tokens": True},
-        batch_size=8,
-        compute=ActorPoolStrategy(size=1),
-    )
+    feats = encoded_videos(ckpt, embeddings, with_tokens=True)
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     feats.write_parquet(str(tmp))
