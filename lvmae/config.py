@@ -108,6 +108,25 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """A YAML file holding a mapping (an empty file is ``{}``).
+
+    Raises:
+        ConfigError: the file is missing, not valid YAML, or not a mapping; the message names
+            the file and ``what`` it should hold.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping ({what}), got {type(loaded).__name__}")
+    return loaded
+
+
 def load_config(
     model: type[BaseModel], path: str | Path | None = None, overrides: dict | None = None
 ) -> Any:
@@ -122,18 +141,8 @@ def load_config(
     data: dict[str, Any] = {}
     source = "config"
     if path is not None:
-        path = Path(path)
         source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError(
-                f"{path}: expected a mapping of settings, got {type(loaded).__name__}"
-            )
+        loaded = read_yaml_mapping(path, "config")
         section = getattr(model, "SECTION", None)
         data = dict(loaded.get(section, loaded)) if section else loaded
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})

@@ -96,6 +96,16 @@ def top_k_accuracy(scores: Any, y: Any, k: int = 1) -> float:
     return float(np.mean(n_above < k))
 
 
+def _paired_ids(pred: Any, y: Any, n_classes: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """``(C, pred ids, true ids)`` validated: same length, integer ids in ``[0, C)``."""
+    C = _check_n_classes(n_classes)
+    p = _class_ids(pred, "pred", C)
+    t = _class_ids(y, "y", C)
+    if p.shape != t.shape:
+        raise ValueError(f"pred has {p.shape[0]} entries but y has {t.shape[0]}")
+    return C, p, t
+
+
 def per_class_accuracy(pred: Any, y: Any, n_classes: int) -> np.ndarray:
     """Accuracy of the predictions within each true class (recall per class).
 
@@ -111,11 +121,7 @@ def per_class_accuracy(pred: Any, y: Any, n_classes: int) -> np.ndarray:
     Raises:
         ValueError: different lengths, non-integer ids or ids outside ``[0, C)``.
     """
-    C = _check_n_classes(n_classes)
-    p = _class_ids(pred, "pred", C)
-    t = _class_ids(y, "y", C)
-    if p.shape != t.shape:
-        raise ValueError(f"pred has {p.shape[0]} entries but y has {t.shape[0]}")
+    C, p, t = _paired_ids(pred, y, n_classes)
     support = np.bincount(t, minlength=C).astype(np.float64)
     correct = np.bincount(t[p == t], minlength=C).astype(np.float64)
     out = np.full(C, np.nan)
@@ -139,11 +145,7 @@ def confusion_matrix(pred: Any, y: Any, n_classes: int) -> np.ndarray:
     Raises:
         ValueError: different lengths, non-integer ids or ids outside ``[0, C)``.
     """
-    C = _check_n_classes(n_classes)
-    p = _class_ids(pred, "pred", C)
-    t = _class_ids(y, "y", C)
-    if p.shape != t.shape:
-        raise ValueError(f"pred has {p.shape[0]} entries but y has {t.shape[0]}")
+    C, p, t = _paired_ids(pred, y, n_classes)
     return np.bincount(t * C + p, minlength=C * C).reshape(C, C).astype(np.int64)
 
 

@@ -17,9 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from lvmae.config import ConfigError
+from lvmae.config import ConfigError, read_yaml_mapping
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +45,7 @@ def load_space(path: str | None = None) -> dict[str, Any]:
 
     spec = DEFAULT_SPACE
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"search space file not found: {path}")
-        try:
-            spec = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
-        if not isinstance(spec, dict):
-            raise ConfigError(f"{path}: expected a mapping of parameters")
+        spec = read_yaml_mapping(path, "search space")
     space: dict[str, Any] = {}
     for name, value in spec.items():
         if name not in KNOBS:
