@@ -143,9 +143,15 @@ class LinearProbe(nn.Module):
     input_kind = "pooled"
     wants_cls = False
 
-    def __init__(self, width: int, n_out: int, *, dropout: float = 0.0) -> None:
+    def __init__(
+        self, width: int, n_out: int, *, dropout: float = 0.0, batch_norm: bool = False
+    ) -> None:
         super().__init__()
         self.in_features = width
+        # MAE's linear probe (He et al., CVPR 2022, §A.2): BatchNorm without affine before the
+        # head, i.e. features standardised with batch statistics — still a linear classifier
+        # at test time. Off in LV-MAE's recipe.
+        self.norm = nn.BatchNorm1d(width, affine=False) if batch_norm else nn.Identity()
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(width, n_out)
         _init_weights(self)
@@ -154,7 +160,7 @@ class LinearProbe(nn.Module):
         """``pooled`` ``[B, W]`` → ``[B, n_out]`` logits (or regression outputs)."""
         if pooled.dim() != 2 or pooled.shape[1] != self.in_features:
             raise ValueError(f"pooled must be [B, {self.in_features}]; got {tuple(pooled.shape)}")
-        return self.head(self.dropout(pooled))
+        return self.head(self.dropout(self.norm(pooled)))
 
 
 class AttentiveProbe(nn.Module):
@@ -399,6 +405,8 @@ class ProbeConfig:
         cls_source: the attentive probe's [CLS]: ``"learned"`` or ``"encoder"`` (see
             :class:`AttentiveProbe`).
         num_queries: learned queries of the pooler.
+        batch_norm: the linear probe standardises its input with a BatchNorm without affine
+            parameters, as MAE's linear probe does (off in LV-MAE's recipe).
 
     Raises:
         ValueError: unknown ``kind`` / ``cls_source`` or out-of-range values.
@@ -415,6 +423,7 @@ class ProbeConfig:
     heads: int = 8
     cls_source: str = "learned"
     num_queries: int = 1
+    batch_norm: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in PROBE_KINDS:
@@ -463,7 +472,7 @@ def build_probe(config: ProbeConfig, width: int, n_out: int) -> nn.Module:
         ValueError: ``config.heads`` does not divide ``width`` (attentive / pooler).
     """
     if config.kind == "linear":
-        return LinearProbe(width, n_out, dropout=config.dropout)
+        return LinearProbe(width, n_out, dropout=config.dropout, batch_norm=config.batch_norm)
     if config.kind == "attentive":
         return AttentiveProbe(
             width, n_out, heads=config.heads, dropout=config.dropout, cls_source=config.cls_source

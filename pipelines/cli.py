@@ -23,12 +23,16 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from lvmae.inputs import InputError
     from lvmae.labels import LabelsError
     from lvmae.storage import StorageError
+    from pipelines.connect import ClusterError
     from pipelines.extract import ExtractError
     from pipelines.pretrain import PretrainError
     from pipelines.probe import ProbeError
+    from pipelines.run import StageError
     from pipelines.search import SearchError
 
     return (
+        StageError,
+        ClusterError,
         SearchError,
         LabelsError,
         ProbeError,
@@ -150,9 +154,10 @@ def embed(*, checkpoint, embeddings, out, batch_size, actors, use_gpu) -> None:
 @click.option("--labels", "labels", required=True, multiple=True, help="Labels file (a task).")
 @click.option(
     "--probe",
+    "probes",
     type=click.Choice(["linear", "attentive", "pooler"]),
-    default="linear",
-    show_default=True,
+    multiple=True,
+    help="Probe kind; repeat for several (features are computed once) [linear].",
 )
 @click.option(
     "--baseline",
@@ -169,13 +174,14 @@ def embed(*, checkpoint, embeddings, out, batch_size, actors, use_gpu) -> None:
     metavar="FIELD=VALUE",
     help="Probe recipe field (lr, epochs, batch_size, weight_decay, dropout, gamma).",
 )
-def probe(checkpoint, embeddings, labels, probe, baselines, out, sets) -> None:
+def probe(checkpoint, embeddings, labels, probes, baselines, out, sets) -> None:
     """Train a probe on the frozen encoder (paper recipe by default) and score it on the
     test split at the best validation epoch; results table in --out."""
     from pipelines.probe import run_probe
 
     rows = run_probe(
-        checkpoint, embeddings, list(labels), out, probe=probe, baselines=tuple(baselines),
+        checkpoint, embeddings, list(labels), out, probe=list(probes) or ["linear"],
+        baselines=tuple(baselines),
         overrides=parse_overrides(sets),
     )  # fmt: skip
     click.echo((Path(out) / "results.md").read_text())
@@ -299,23 +305,52 @@ def make_samples_cmd(out_dir, with_broken, **kwargs) -> None:
         click.echo(f"wrote {len(broken)} broken files under {Path(out_dir) / 'broken'}")
 
 
+def _print_run_result(result) -> None:
+    from pipelines.report import results_table
+    from pipelines.run import mlflow_ui_hint
+
+    if result.rows:
+        click.echo("")
+        click.echo(results_table(result.rows))
+    if result.report:
+        click.echo(f"report: {result.report.get('html')} (and {result.report.get('markdown')})")
+    click.echo(f"MLflow parent run {result.parent_run_id} in {result.tracking_uri}")
+    click.echo(mlflow_ui_hint(result.tracking_uri))
+
+
+@cli.command()
+@click.option(
+    "--config", "config_file", required=True, type=click.Path(dir_okay=False),
+    help="Run config YAML (configs/demo.yaml, configs/paper.yaml, ...).",
+)  # fmt: skip
+@click.option("--workdir", help="Override run.workdir.")
+@click.option("--stages", help="Comma-separated subset of the config's stages.")
+@click.option("--force", multiple=True, help="Rerun this stage even if done (repeatable).")
+@click.option("--address", help="Ray cluster address (default RAY_ADDRESS or local Ray).")
+@click.option("--set", "sets", multiple=True, metavar="SECTION.FIELD=VALUE",
+              help="Override any config field, e.g. pretrain.epochs=3.")  # fmt: skip
+def run(config_file, workdir, stages, force, address, sets) -> None:
+    """The main job: extract → pretrain → probe → tune → report. Finished stages are
+    skipped, so a rerun resumes where the last one stopped."""
+    from pipelines.run import load_run_config, run_main
+
+    overrides = parse_overrides(sets) | {"run.workdir": workdir, "run.address": address}
+    config = load_run_config(config_file, overrides)
+    chosen = [s.strip() for s in stages.split(",") if s.strip()] if stages else None
+    result = run_main(config, stages=chosen, force=force, echo=click.echo)
+    _print_run_result(result)
+
+
 @cli.command()
 @click.option("--workdir", default="work/demo", show_default=True, type=click.Path())
 def demo(workdir) -> None:
-    """Generate sample videos (some broken) and extract them with the offline tiny encoder
-    on local Ray."""
-    from lvmae.samples import make_samples, write_broken_videos
-    from pipelines.extract import run_extraction
+    """The whole chain on generated sample videos, on local Ray: videos whose classes
+    differ only in scene order → extraction (tiny encoder) → LV-MAE pre-training → linear
+    and attentive probes against the mean-pool baseline → a small sweep → report."""
+    from pipelines.run import demo_config, run_main
 
-    work = Path(workdir)
-    videos = work / "videos"
-    click.echo(f"[1/2] sample videos → {videos}")
-    make_samples(videos, videos_per_recipe=3, min_seconds=60, max_seconds=180)
-    write_broken_videos(videos / "broken")
-    click.echo(f"[2/2] extraction (tiny encoder) → {work / 'extract'}")
-    summary = run_extraction(str(videos), str(work / "extract"), ExtractConfig())
-    click.echo(summary.format())
-    click.echo(f"segment embeddings: {work / 'extract' / 'segments'}")
+    result = run_main(demo_config(workdir), echo=click.echo)
+    _print_run_result(result)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,6 +20,7 @@ import hashlib
 import logging
 import math
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -225,9 +226,10 @@ def run_probe(
     labels_paths: list[str],
     out: str,
     *,
-    probe: str = "linear",
+    probe: str | Sequence[str] = "linear",
     baselines: tuple[str, ...] = (),
     overrides: dict | None = None,
+    recipes: dict[str, dict] | None = None,
     tracking_uri: str | None = None,
     device: str = "cpu",
 ) -> list[dict]:
@@ -235,13 +237,29 @@ def run_probe(
     each); write ``results.csv``/``results.md`` and confusion matrices under ``out``; log
     every row to MLflow.
 
+    Args:
+        probe: one probe kind or several (``linear``, ``attentive``, ``pooler``); the
+            encoder's features are computed once for all of them.
+        overrides: recipe fields applied to every probe kind.
+        recipes: per-kind recipe fields (``{"linear": {"lr": 1e-3}}``), over ``overrides``.
+            The ``mean-pool`` baseline trains with the linear probe's recipe, so the two
+            linear rows differ only in their features.
+
     Raises:
         ProbeError, LabelsError, StorageError, CheckpointError: bad input (before training).
     """
     unknown_baselines = sorted(set(baselines) - set(BASELINES))
     if unknown_baselines:
         raise ProbeError(f"unknown baseline(s) {unknown_baselines}; choose from {BASELINES}")
-    config = ProbeConfig(kind=probe, **(overrides or {}))
+    kinds = [probe] if isinstance(probe, str) else list(dict.fromkeys(probe))
+    if not kinds:
+        raise ProbeError("no probe kind given")
+    recipes = recipes or {}
+    try:
+        configs = {k: ProbeConfig(kind=k, **{**(overrides or {}), **recipes.get(k, {})})
+                   for k in [*kinds, "linear"]}  # fmt: skip
+    except (TypeError, ValueError) as exc:
+        raise ProbeError(f"bad probe recipe: {exc}") from exc
     available = set(read_segments(embeddings, columns=["video_id"])["video_id"].to_pylist())
     tasks = []
     for path in labels_paths:
@@ -257,13 +275,14 @@ def run_probe(
     out_dir = Path(out)
     rows = []
     for task, labels, n_unknown in tasks:
-        result = evaluate(labels, lvmae, config, device=device)
-        rows.append(
-            _row("lvmae", probe, task=task, labels=labels, result=result, out=out_dir)
-            | {"skipped": n_unknown}
-        )
+        for kind in kinds:
+            result = evaluate(labels, lvmae, configs[kind], device=device)
+            rows.append(
+                _row("lvmae", kind, task=task, labels=labels, result=result, out=out_dir)
+                | {"skipped": n_unknown}
+            )
         if "mean-pool" in baselines:
-            res = evaluate(labels, raw, ProbeConfig.paper("linear"), device=device)
+            res = evaluate(labels, raw, configs["linear"], device=device)
             rows.append(
                 _row("mean-pool", "linear", task=task, labels=labels, result=res, out=out_dir)
             )
@@ -277,12 +296,13 @@ def run_probe(
             )
     csv_path, md_path = write_results(rows, out_dir)
     _track(
-        rows, config, [csv_path, md_path], out=out, tracking_uri=tracking_uri, checkpoint=checkpoint
-    )
+        rows, configs, [csv_path, md_path], out=out, tracking_uri=tracking_uri,
+        checkpoint=checkpoint,
+    )  # fmt: skip
     return rows
 
 
-def _track(rows, config, files, *, out, tracking_uri, checkpoint) -> None:
+def _track(rows, configs, files, *, out, tracking_uri, checkpoint) -> None:
     from mlflow.tracking import MlflowClient
 
     from pipelines.tracking import open_run, tracking_uri_near
@@ -291,6 +311,7 @@ def _track(rows, config, files, *, out, tracking_uri, checkpoint) -> None:
     client = MlflowClient(tracking_uri=uri)
     for row in rows:
         name = f"{row['task']}:{row['method']}:{row['probe']}"
+        config = configs.get(row["probe"], configs["linear"])
         run_id = open_run(
             uri, "lvmae-probe", name, out=out, tags={"lvmae.stage": "probe"},
             params={**{f"probe.{k}": v for k, v in config.to_dict().items()},

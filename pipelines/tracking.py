@@ -6,10 +6,29 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 ARTIFACTS_DIR = "mlartifacts"
+PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
+
+# (experiment name, parent run id) of the enclosing stage of `lvmae run`, if any.
+_PARENT: ContextVar[tuple[str, str] | None] = ContextVar("lvmae_mlflow_parent", default=None)
+
+
+@contextmanager
+def nested_under(experiment: str, parent_run_id: str) -> Iterator[None]:
+    """Within this block, :func:`open_run` creates (and finds) its runs in ``experiment`` as
+    children of ``parent_run_id``, whatever experiment the job asked for: how ``lvmae run``
+    nests every stage's runs under its stage run."""
+    token = _PARENT.set((experiment, parent_run_id))
+    try:
+        yield
+    finally:
+        _PARENT.reset(token)
 
 
 def default_tracking_uri(out: str) -> str:
@@ -50,11 +69,18 @@ def open_run(
     """The id of the MLflow run tagged ``lvmae.run_name = run_name`` in ``experiment``:
     reused when it exists (a resumed job), else created with ``params`` logged (lists and
     dicts as JSON). A new experiment keeps its artifacts under ``<out>/mlartifacts`` when
-    the store is a local SQLite file, never in the current directory."""
+    the store is a local SQLite file, never in the current directory. Inside
+    :func:`nested_under`, the run lives in that block's experiment, under its parent run."""
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
+    parent = _PARENT.get()
+    query = f"tags.`lvmae.run_name` = '{run_name}'"
+    if parent is not None:
+        experiment = parent[0]
+        tags = {**(tags or {}), PARENT_TAG: parent[1]}
+        query += f" and tags.`{PARENT_TAG}` = '{parent[1]}'"
     found = client.get_experiment_by_name(experiment)
     if found is not None:
         experiment_id = found.experiment_id
@@ -63,9 +89,7 @@ def open_run(
         if tracking_uri.startswith("sqlite:///") and "://" not in out:
             artifacts = (Path(out).absolute() / ARTIFACTS_DIR).as_uri()
         experiment_id = client.create_experiment(experiment, artifact_location=artifacts)
-    runs = client.search_runs(
-        [experiment_id], filter_string=f"tags.`lvmae.run_name` = '{run_name}'", max_results=1
-    )
+    runs = client.search_runs([experiment_id], filter_string=query, max_results=1)
     if runs:
         return runs[0].info.run_id
     run = client.create_run(

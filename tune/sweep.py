@@ -134,6 +134,7 @@ def run_tune(
     gpus_per_trial: float | None = None,
     tracking_uri: str | None = None,
     seed: int = 0,
+    verbose: int = 1,
 ) -> list[dict]:
     """Sweep probe hyperparameters on each task (labels file), retrain the best
     configuration and score it on the test split once.
@@ -213,7 +214,7 @@ def run_tune(
                 ),
             ),
             run_config=tune.RunConfig(
-                name=f"tune-{task}", storage_path=str(out_dir.absolute() / "ray")
+                name=f"tune-{task}", storage_path=str(out_dir.absolute() / "ray"), verbose=verbose
             ),
         )
         grid = tuner.fit()

@@ -1,0 +1,98 @@
+"""Joining a Ray cluster, or starting a local Ray instance, with a clear error when the
+cluster named cannot be reached.
+
+``ray.init(address=...)`` against an address where nothing listens waits for its GCS
+connection timeout and then fails with a long traceback; the jobs check the address first
+(a TCP connect with a short timeout) and say what to fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from urllib.parse import urlsplit
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 5.0
+
+
+class ClusterError(ConnectionError):
+    """The Ray cluster named by ``--address`` / ``RAY_ADDRESS`` cannot be used; the message
+    says what to fix."""
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """``host:port`` or ``ray://host:port`` → ``(host, port)``; None for ``auto``/``local``.
+
+    Raises:
+        ClusterError: a job-server URL (``http://…:8265``) or an address without a port.
+    """
+    if address in ("auto", "local"):
+        return None
+    scheme = urlsplit(address).scheme if "://" in address else ""
+    if scheme in ("http", "https"):
+        raise ClusterError(
+            f"{address} is a Ray job server (dashboard) address: submit the job to it with "
+            f"`ray job submit --address {address} -- lvmae ...`, or give the cluster's GCS "
+            f"address (HEAD_IP:6379) to --address"
+        )
+    if scheme not in ("", "ray"):
+        raise ClusterError(f"unsupported Ray address scheme {scheme!r} in {address!r}")
+    parts = urlsplit(address if scheme else f"ray://{address}")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ClusterError(f"bad port in Ray address {address!r}") from exc
+    if not parts.hostname or port is None:
+        raise ClusterError(
+            f"Ray address {address!r} needs a host and a port (HEAD_IP:6379, or "
+            f"ray://HEAD_IP:10001 for Ray Client)"
+        )
+    return parts.hostname, port
+
+
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast when nothing accepts TCP connections at ``address``.
+
+    Raises:
+        ClusterError: unreachable host/port (the message names the address and where it
+            came from), or a malformed address.
+    """
+    target = _host_port(address)
+    if target is None:
+        return
+    try:
+        with socket.create_connection(target, timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise ClusterError(
+            f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}): start it "
+            f"(`ray start --head` on that machine, `ray up cluster/launcher.yaml`), or fix "
+            f"--address / RAY_ADDRESS"
+        ) from exc
+
+
+def connect_ray(address: str | None = None) -> None:
+    """Initialise Ray once per process: join ``address`` (else ``RAY_ADDRESS``, which
+    ``ray job submit`` sets for a job's entrypoint), or start a local instance when neither
+    is given. A no-op when Ray is already initialised.
+
+    Raises:
+        ClusterError: the address is unreachable, malformed, or Ray refuses to connect.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is not None:
+        check_reachable(address)
+    try:
+        ray.init(address=address, configure_logging=True, logging_level=logging.WARNING)
+    except ConnectionError as exc:
+        raise ClusterError(
+            f"could not join the Ray cluster at {address or 'a local instance'}: {exc}"
+        ) from exc
+    log.info("Ray: %s", ray.cluster_resources())

@@ -1,0 +1,232 @@
+"""The main job (`lvmae run` / `lvmae demo`) end to end at test size: real sample videos made
+by ffmpeg, real extraction, Ray Train pre-training, probes, a Ray Tune sweep, the report, and
+a real MLflow SQLite store; stage skipping, failures that keep finished stages, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from lvmae.config import ConfigError
+from pipelines.cli import cli
+from pipelines.connect import ClusterError, check_reachable
+from pipelines.run import STAGES, StageError, demo_config, load_run_config, run_main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def small_config(workdir: Path, **overrides):
+    """The demo's chain at test size: 4 scene-order classes × 4 videos of 12–20 s, a tiny
+    LV-MAE for 3 epochs on one worker, short probes, a 2-trial sweep."""
+    space = workdir.parent / f"{workdir.name}-space.yaml"
+    space.write_text("probe: {choice: [linear, attentive]}\nlr: 1.0e-3\nepochs: 2\n")
+    base = demo_config(workdir)
+    data = base.model_dump(mode="json")
+    data["samples"].update(videos_per_recipe=4, min_seconds=12, max_seconds=20)
+    data["pretrain"].update(
+        num_workers=1, epochs=3, warmup_epochs=1, batch_size=4, log_every_steps=1
+    )
+    data["probe"]["recipes"] = {"linear": {"epochs": 3}, "attentive": {"epochs": 2}}
+    data["tune"].update(num_samples=2, space=str(space), max_concurrent=1)
+    for key, value in overrides.items():
+        section, field = key.split(".")
+        data[section][field] = value
+    return load_run_config(None, {k: v for k, v in _flatten(data).items()})
+
+
+def _flatten(data: dict) -> dict:
+    return {f"{s}.{k}": v for s, fields in data.items() if fields for k, v in fields.items()}
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory, ray_local):
+    workdir = tmp_path_factory.mktemp("run") / "demo"
+    config = small_config(workdir)
+    lines: list[str] = []
+    result = run_main(config, echo=lines.append)
+    return config, result, lines
+
+
+def _client(result):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=result.tracking_uri)
+
+
+def test_the_chain_runs_every_stage_and_writes_the_report(chain):
+    config, result, lines = chain
+    workdir = Path(config.run.workdir)
+    assert result.status == dict.fromkeys(STAGES, "ran")
+    for stage in STAGES:
+        assert (workdir / "stages" / f"{stage}.json").is_file()
+    extract = result.records["extract"].outputs
+    assert extract["videos_ok"] >= 15 and extract["segments"] > 0
+    assert extract["videos_failed"] >= 4  # the broken sample files: recorded, run went on
+    methods = {(r["method"], r["probe"]) for r in result.rows}
+    assert {("lvmae", "linear"), ("lvmae", "attentive"), ("mean-pool", "linear")} <= methods
+    assert any(m == "lvmae-tuned" for m, _ in methods)
+    assert all(0.0 <= r["top1"] <= 1.0 for r in result.rows)
+    md = Path(result.report["markdown"]).read_text()
+    html = Path(result.report["html"]).read_text()
+    assert "mean-pool" in md and "<table" in html
+    figures = {Path(f).name for f in result.records["report"].outputs["figures"]}
+    assert {"loss_curves.png", "probe_comparison.png"} <= figures
+    assert any(name.startswith("confusion") for name in figures)
+    assert any("[pretrain] done" in line for line in lines)
+
+
+def test_one_parent_run_with_a_nested_run_per_stage(chain):
+    config, result, _ = chain
+    client = _client(result)
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    exp = parent.info.experiment_id
+    assert client.get_experiment(exp).name == config.run.experiment
+    runs = client.search_runs([exp], max_results=1000)
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    stages = {r.data.tags["lvmae.stage"]: r for r in children}
+    assert set(stages) == set(STAGES)
+    assert all(r.info.status == "FINISHED" for r in children)
+    # each stage's own runs sit under its stage run, in the same experiment
+    for stage, inner_stage in (("extract", "extract"), ("pretrain", "pretrain"),
+                               ("probe", "probe"), ("tune", "tune")):  # fmt: skip
+        below = [r for r in runs if r.data.tags.get("mlflow.parentRunId")
+                 == stages[stage].info.run_id]  # fmt: skip
+        assert any(r.data.tags.get("lvmae.stage") == inner_stage for r in below), stage
+    pretrain_run = result.records["pretrain"].outputs["mlflow_run_id"]
+    assert client.get_metric_history(pretrain_run, "train/loss")
+    artifacts = {a.path for a in client.list_artifacts(result.parent_run_id, "report")}
+    assert {"report/report.md", "report/report.html"} <= artifacts
+
+
+def test_a_rerun_skips_every_finished_stage(chain):
+    config, first, _ = chain
+    again = run_main(config, echo=lambda _: None)
+    assert again.status == dict.fromkeys(STAGES, "skipped")
+    for stage in STAGES:
+        assert again.records[stage].finished_at == first.records[stage].finished_at
+    assert again.parent_run_id == first.parent_run_id
+
+
+def test_a_changed_probe_recipe_reruns_only_probe_and_report(chain):
+    config, first, _ = chain
+    data = config.model_dump(mode="json")
+    data["probe"]["recipes"]["linear"]["epochs"] = 4
+    changed = load_run_config(None, _flatten(data))
+    result = run_main(changed, echo=lambda _: None)
+    assert result.status == {
+        "extract": "skipped", "pretrain": "skipped", "probe": "ran", "tune": "skipped",
+        "report": "ran",
+    }  # fmt: skip
+    assert result.parent_run_id != first.parent_run_id  # another config, another parent
+    run_main(config, echo=lambda _: None, force=["probe"])  # restore the fixture's records
+
+
+def test_a_failing_stage_keeps_the_finished_ones_and_marks_mlflow(chain):
+    config, first, _ = chain
+    data = config.model_dump(mode="json")
+    data["pretrain"].update(num_workers=64, batch_size=64)  # more workers than videos
+    broken = load_run_config(None, _flatten(data))
+    with pytest.raises(StageError, match=r"stage pretrain failed: .*64 workers") as info:
+        run_main(broken, echo=lambda _: None)
+    assert "stages kept: extract;" in str(info.value)
+    client = _client(first)
+    failed = client.search_runs(
+        [client.get_run(first.parent_run_id).info.experiment_id],
+        filter_string="attributes.status = 'FAILED'",
+    )
+    assert {r.data.tags.get("lvmae.stage") for r in failed} >= {"run", "pretrain"}
+    # the finished stages' records survived: the original config still skips everything
+    assert run_main(config, echo=lambda _: None).status == dict.fromkeys(STAGES, "skipped")
+
+
+def test_a_stage_alone_needs_its_upstream_outputs(tmp_path):
+    config = small_config(tmp_path / "fresh")
+    with pytest.raises(StageError, match="stage pretrain, which has not run"):
+        run_main(config, stages=["probe"], echo=lambda _: None)
+    assert not (tmp_path / "fresh" / "stages").exists()
+
+
+def test_shipped_demo_config_is_the_demo_command():
+    assert load_run_config(REPO / "configs" / "demo.yaml") == demo_config("work/demo")
+
+
+@pytest.mark.parametrize("name", ["demo", "paper", "lvu", "coin", "breakfast"])
+def test_shipped_run_configs_validate(name):
+    config = load_run_config(REPO / "configs" / f"{name}.yaml")
+    assert config.run.stages == list(STAGES)
+    if name != "demo":
+        assert config.extract.encoder == "languagebind-video-huge"
+        assert config.pretrain.preset == "paper" and config.pretrain.use_gpu
+
+
+def test_bad_configs_stop_with_a_message_naming_the_field(tmp_path):
+    with pytest.raises(ConfigError, match="run config file not found"):
+        load_run_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run: {input: v}\npretrain: {epochs: -1}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: pretrain.epochs: .*greater than"):
+        load_run_config(bad)
+    bad.write_text("run: {input: v, stages: [extract, probe]}\n")
+    with pytest.raises(ConfigError, match=r"need run\.labels"):
+        load_run_config(bad)
+    bad.write_text("run: {input: v, workdir: 's3://b/w'}\n")
+    with pytest.raises(ConfigError, match="shared-filesystem path"):
+        load_run_config(bad)
+    bad.write_text("run: {input: v, labels: [x.csv]}\nprobe: {recipes: {linear: {lr: -1}}}\n")
+    with pytest.raises(ConfigError, match="lr must be a positive number"):
+        load_run_config(bad)
+
+
+def test_run_command_reports_config_errors_without_a_traceback(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["run", "--config", str(tmp_path / "nope.yaml")])
+    assert result.exit_code != 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"run: {{input: {tmp_path / 'videos'}, workdir: {tmp_path / 'w'}}}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "run", "--config", str(bad), "--stages", "bogus"],
+        capture_output=True, text=True, cwd=REPO, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "unknown stage(s) ['bogus']" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unreachable_cluster_address_stops_before_any_work(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workdir = tmp_path / "w"
+    cmd = [
+        sys.executable, "-m", "pipelines.cli", "demo", "--workdir", str(workdir),
+    ]  # fmt: skip
+    env = {**__import__("os").environ, "RAY_ADDRESS": f"127.0.0.1:{port}"}
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=REPO, timeout=120, env=env, check=False
+    )
+    assert result.returncode == 1
+    assert f"cannot reach the Ray cluster at 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not workdir.exists()  # nothing generated, nothing written
+
+
+def test_address_forms_are_checked():
+    with pytest.raises(ClusterError, match="ray job submit"):
+        check_reachable("http://127.0.0.1:8265")
+    with pytest.raises(ClusterError, match="needs a host and a port"):
+        check_reachable("somehost")
+    check_reachable("auto")  # resolved by Ray itself
+
+
+def test_stage_records_are_json_with_fingerprint_and_digest(chain):
+    config, _, _ = chain
+    record = json.loads((Path(config.run.workdir) / "stages" / "pretrain.json").read_text())
+    assert {"fingerprint", "digest", "outputs", "finished_at"} <= set(record)
+    assert Path(record["outputs"]["checkpoint"]).is_dir()
