@@ -249,10 +249,13 @@ def _task_sentence(task: str, group: Sequence[Mapping[str, Any]]) -> str:
     base_value = float(baseline[key])
     if baseline is not best:
         margin = abs(best_value - base_value)
-        return (
-            f"{text}, {direction} than the {_name(baseline)} baseline at {base_value:.3f} "
-            f"by {margin:.3f} {label}."
+        versus = (
+            f"tied with the {_name(baseline)} baseline"
+            if margin == 0
+            else f"{direction} than the {_name(baseline)} baseline at {base_value:.3f} "
+            f"by {margin:.3f} {label}"
         )
+        return f"{text}, {versus}."
     others = (r for r in group if str(r["method"]).startswith(LVMAE_PREFIX))
     lvmae = _best(others, key, mode)
     if lvmae is None:

@@ -113,10 +113,10 @@ def test_a_rerun_skips_every_finished_stage(chain):
     assert again.parent_run_id == first.parent_run_id
 
 
-def test_a_changed_probe_recipe_reruns_only_probe_and_report(chain):
+def test_changed_probe_settings_rerun_only_probe_and_report(chain):
     config, first, _ = chain
     data = config.model_dump(mode="json")
-    data["probe"]["recipes"]["linear"]["epochs"] = 4
+    data["probe"]["baselines"] = ["mean-pool", "transformer"]  # one more row per task
     changed = load_run_config(None, _flatten(data))
     result = run_main(changed, echo=lambda _: None)
     assert result.status == {
@@ -124,6 +124,7 @@ def test_a_changed_probe_recipe_reruns_only_probe_and_report(chain):
         "report": "ran",
     }  # fmt: skip
     assert result.parent_run_id != first.parent_run_id  # another config, another parent
+    assert {r["method"] for r in result.rows} >= {"transformer", "mean-pool", "lvmae"}
     run_main(config, echo=lambda _: None, force=["probe"])  # restore the fixture's records
 
 
@@ -147,7 +148,7 @@ def test_a_failing_stage_keeps_the_finished_ones_and_marks_mlflow(chain):
 
 def test_a_stage_alone_needs_its_upstream_outputs(tmp_path):
     config = small_config(tmp_path / "fresh")
-    with pytest.raises(StageError, match="stage pretrain, which has not run"):
+    with pytest.raises(StageError, match="stage probe reads the outputs of stage extract, which has not run"):
         run_main(config, stages=["probe"], echo=lambda _: None)
     assert not (tmp_path / "fresh" / "stages").exists()
 
@@ -188,7 +189,9 @@ def test_run_command_reports_config_errors_without_a_traceback(tmp_path):
     result = runner.invoke(cli, ["run", "--config", str(tmp_path / "nope.yaml")])
     assert result.exit_code != 0
     bad = tmp_path / "bad.yaml"
-    bad.write_text(f"run: {{input: {tmp_path / 'videos'}, workdir: {tmp_path / 'w'}}}\n")
+    bad.write_text(
+        f"run: {{input: {tmp_path / 'videos'}, workdir: {tmp_path / 'w'}, stages: [extract]}}\n"
+    )
     result = subprocess.run(
         [sys.executable, "-m", "pipelines.cli", "run", "--config", str(bad), "--stages", "bogus"],
         capture_output=True, text=True, cwd=REPO, timeout=120, check=False,
