@@ -5,8 +5,9 @@
     ``end_s``, ``frame_indices`` / ``frame_times_s`` (the frames the encoder saw),
     ``embedding`` (fixed-size list of float32, L2-normalised), ``encoder``, ``config_id``.
 ``<out>/videos/*.parquet``
-    one row per input video and attempt: metadata, ``status`` (ok / partial / failed) and
-    ``error``; readers keep each video's latest row.
+    one row per input video and attempt: metadata, ``status`` (ok / partial / failed),
+    ``error`` and ``node_id`` (the Ray node that decoded it); readers keep each video's
+    latest row.
 ``<out>/manifest.json``
     the resolved config, encoder identity, library versions and the last run's summary.
 
@@ -47,6 +48,7 @@ VIDEO_SCHEMA = pa.schema(
         ("num_segments", pa.int32()),
         ("size_bytes", pa.int64()),
         ("decode_s", pa.float64()),
+        ("node_id", pa.string()),  # the Ray node that decoded the video (hex id)
         ("config_id", pa.string()),
         ("updated_at", pa.timestamp("us", tz="UTC")),
     ]

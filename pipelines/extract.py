@@ -68,10 +68,13 @@ def _clip_batch(video_id: str, clips: list[Clip]) -> dict[str, np.ndarray]:
     }
 
 
-def _report_batch(video_id: str, report: VideoReport, config: ExtractConfig) -> dict:
-    """One marker row (``segment_index == -1``) carrying the video's report as JSON."""
+def _report_batch(
+    video_id: str, report: VideoReport, config: ExtractConfig, node_id: str | None
+) -> dict:
+    """One marker row (``segment_index == -1``) carrying the video's report, and the Ray
+    node that decoded the video, as JSON."""
     t, s = config.frames_per_segment, config.image_size
-    payload = asdict(report)
+    payload = {**asdict(report), "node_id": node_id}
     return {
         "video_id": np.array([video_id], dtype=object),
         "segment_index": np.array([-1], dtype=np.int32),
@@ -87,7 +90,10 @@ def _report_batch(video_id: str, report: VideoReport, config: ExtractConfig) -> 
 def decode_videos(batch: dict[str, np.ndarray], config_json: str):
     """Ray Data stage: for each input video row (``video_id``, ``uri``) yield batches of
     clips (``frames``: ``[n, T, S, S, 3]`` uint8) and, last, its report row."""
+    import ray
+
     config = ExtractConfig.model_validate_json(config_json)
+    node_id = ray.get_runtime_context().get_node_id()
     for video_id, uri in zip(batch["video_id"], batch["uri"], strict=True):
         chunk: list[Clip] = []
         try:
@@ -102,12 +108,12 @@ def decode_videos(batch: dict[str, np.ndarray], config_json: str):
                     if chunk:
                         yield _clip_batch(video_id, chunk)
                         chunk = []
-                    yield _report_batch(video_id, item, config)
+                    yield _report_batch(video_id, item, config, node_id)
         except Exception as exc:  # the copy from remote storage failed
             if chunk:
                 yield _clip_batch(video_id, chunk)
             yield _report_batch(
-                video_id, VideoReport("failed", f"cannot read {uri}: {exc}"), config
+                video_id, VideoReport("failed", f"cannot read {uri}: {exc}"), config, node_id
             )
 
 
@@ -222,6 +228,7 @@ def _video_row(source: VideoSource, report: dict, config_id: str) -> dict:
         "num_segments": report.get("num_clips", 0),
         "size_bytes": source.size_bytes,
         "decode_s": report.get("decode_s"),
+        "node_id": report.get("node_id"),
         "config_id": config_id,
         "updated_at": datetime.now(timezone.utc),
     }

@@ -148,7 +148,7 @@ def test_a_failing_stage_keeps_the_finished_ones_and_marks_mlflow(chain):
 
 def test_a_stage_alone_needs_its_upstream_outputs(tmp_path):
     config = small_config(tmp_path / "fresh")
-    with pytest.raises(StageError, match="stage probe reads the outputs of stage extract, which has not run"):
+    with pytest.raises(StageError, match="reads the outputs of stage extract, which has not run"):
         run_main(config, stages=["probe"], echo=lambda _: None)
     assert not (tmp_path / "fresh" / "stages").exists()
 
