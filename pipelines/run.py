@@ -332,6 +332,7 @@ class StageRecord:
 
     @classmethod
     def read(cls, workdir: str, stage: str) -> StageRecord | None:
+        """``<workdir>/stages/<stage>.json``, or None when missing or unreadable."""
         path = Path(workdir) / STAGES_DIR / f"{stage}.json"
         if not path.is_file():
             return None
@@ -342,6 +343,7 @@ class StageRecord:
             return None
 
     def write(self, workdir: str) -> Path:
+        """Write the record atomically (temporary file, then rename); returns its path."""
         path = Path(workdir) / STAGES_DIR / f"{self.stage}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
@@ -381,12 +383,8 @@ class _Run:
             record = StageRecord.read(self.workdir, stage)
             if record is not None:
                 self.records[stage] = record
-        self.tracking_uri = (
-            config.run.tracking_uri
-            or os.environ.get("MLFLOW_TRACKING_URI")
-            or default_tracking_uri(self.workdir)
-        )
-        self.labels_paths: list[str] = []
+        self.tracking_uri = config.run.tracking_uri or default_tracking_uri(self.workdir)
+        self.labels_paths: list[str] | None = None  # made once, by the first stage needing them
 
     # fingerprints: a stage's settings + the digests of the stages it reads
     def settings(self, stage: str) -> dict[str, Any]:
@@ -504,9 +502,13 @@ def _stage_pretrain(run: _Run) -> tuple[dict, str]:
 
 def _labels_files(run: _Run) -> list[str]:
     """The run's labels files; benchmark sources are converted (matched to the extracted
-    video ids) into ``<workdir>/labels/<task>.csv``."""
+    video ids) into ``<workdir>/labels/<task>.csv``, once per run (probe and tune share
+    them)."""
     from lvmae import labels as lab
     from lvmae.storage import read_videos
+
+    if run.labels_paths is not None:
+        return run.labels_paths
 
     paths, known = [], None
     for item in run.config.run.labels:
@@ -534,7 +536,8 @@ def _labels_files(run: _Run) -> list[str]:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(Path(run.config.run.input) / "labels.csv", target)
         paths.append(str(target))
-    return list(dict.fromkeys(paths))
+    run.labels_paths = list(dict.fromkeys(paths))
+    return run.labels_paths
 
 
 def _stage_probe(run: _Run) -> tuple[dict, str]:
@@ -542,12 +545,12 @@ def _stage_probe(run: _Run) -> tuple[dict, str]:
 
     checkpoint = run.require("probe", "pretrain").outputs["checkpoint"]
     p = run.config.probe
-    rows = run_probe(
-        checkpoint, run.embeddings, _labels_files(run), str(Path(run.workdir) / "probe"),
-        probe=p.probes, baselines=tuple(p.baselines), recipes=dict(p.recipes),
-        tracking_uri=run.tracking_uri, device=p.device,
-    )  # fmt: skip
     out = str(Path(run.workdir) / "probe")
+    rows = run_probe(
+        checkpoint, run.embeddings, _labels_files(run), out, probe=p.probes,
+        baselines=tuple(p.baselines), recipes=dict(p.recipes), tracking_uri=run.tracking_uri,
+        device=p.device,
+    )  # fmt: skip
     return {"dir": out, "rows": rows}, _sha(rows)
 
 
@@ -672,20 +675,20 @@ class _Tracker:
         self.client.update_run(self.parent, status="RUNNING")
 
     def open_stage(self, stage: str) -> str:
+        """The stage's run under the parent (found again on a rerun of the same config)."""
         from pipelines.tracking import nested_under, open_run
 
         with nested_under(self.experiment, self.parent):
-            run_id = open_run(
+            return open_run(
                 self.uri, self.experiment, stage, out=self.workdir, tags={"lvmae.stage": stage}
             )
-        self.client.update_run(run_id, status="RUNNING")
-        return run_id
 
     @contextmanager
     def stage(self, stage: str) -> Iterator[str]:
         from pipelines.tracking import nested_under
 
         run_id = self.open_stage(stage)
+        self.client.update_run(run_id, status="RUNNING")
         try:
             with nested_under(self.experiment, run_id):
                 yield run_id
@@ -697,12 +700,7 @@ class _Tracker:
         self.finish(run_id, "FINISHED")
 
     def skipped(self, stage: str, record: StageRecord) -> None:
-        from pipelines.tracking import nested_under, open_run
-
-        with nested_under(self.experiment, self.parent):
-            run_id = open_run(
-                self.uri, self.experiment, stage, out=self.workdir, tags={"lvmae.stage": stage}
-            )
+        run_id = self.open_stage(stage)
         if self.client.get_run(run_id).info.status == "FINISHED":
             return  # this parent ran (or skipped) the stage before: keep what its run says
         self.client.set_tag(run_id, "lvmae.stage_status", "skipped")
@@ -770,7 +768,7 @@ def preflight(run: _Run, stages: Sequence[str]) -> None:
         load_space(c.tune.space)
     for stage in todo:
         for needed in UPSTREAM[stage]:
-            if needed != "report" and stage != "report" and needed not in stages:
+            if stage != "report" and needed not in stages:  # report takes what ran
                 run.require(stage, needed)
 
 

@@ -5,6 +5,7 @@ a real MLflow SQLite store; stage skipping, failures that keep finished stages, 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -210,7 +211,7 @@ def test_unreachable_cluster_address_stops_before_any_work(tmp_path):
     cmd = [
         sys.executable, "-m", "pipelines.cli", "demo", "--workdir", str(workdir),
     ]  # fmt: skip
-    env = {**__import__("os").environ, "RAY_ADDRESS": f"127.0.0.1:{port}"}
+    env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}"}
     result = subprocess.run(
         cmd, capture_output=True, text=True, cwd=REPO, timeout=120, env=env, check=False
     )
