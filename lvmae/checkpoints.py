@@ -1,4 +1,4 @@
-"""Pre-training checkpoints: one directory per checkpoint (DESIGN.md, "Data contracts").
+"""Pre-training checkpoints: one directory per checkpoint (docs/design.md, "Data contracts").
 
 ::
 
@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from lvmae.errors import LvmaeError
+
 FORMAT_VERSION = 1
 MODEL_FILE = "model.pt"
 TRAIN_STATE_FILE = "train_state.pt"
@@ -35,7 +37,7 @@ STEP_DIR_RE = re.compile(r"^step_(\d+)$")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP, torch.compile
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(LvmaeError, RuntimeError):
     """A checkpoint is missing, incomplete, corrupt or incompatible; the message names the
     file and what to do."""
 

@@ -4,9 +4,10 @@ segment, ready for the frozen encoder.
 A clip is what the encoder sees of one segment: ``frames_per_segment`` frames spread
 uniformly over the segment (8 in the paper, after LanguageBind), short side resized to
 ``image_size`` then centre-cropped to ``image_size`` × ``image_size`` — deterministic, no
-random flip or crop (DESIGN.md). Memory is bounded whatever the video's length: the reader
-holds only the frame timestamps, and at most ``max_clips_in_flight`` clips exist at once.
-Every problem becomes data: the stream always ends with one :class:`VideoReport`.
+random flip or crop (docs/design.md, "Environment facts"). Memory is bounded whatever the
+video's length: the reader holds only the frame timestamps, and at most
+``max_clips_in_flight`` clips exist at once. Every problem becomes data: the stream always
+ends with one :class:`VideoReport`.
 """
 
 from __future__ import annotations
@@ -64,10 +65,6 @@ class VideoReport:
     num_clips: int = 0
     decode_s: float = 0.0
     extra: dict = field(default_factory=dict)
-
-
-class VideoTimeLimitError(DecodeError):
-    """Reading a video took longer than its time limit."""
 
 
 def plan_segments(reader: VideoReader, path: str | Path, config: ExtractConfig) -> list[Segment]:

@@ -8,16 +8,38 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-ENCODER_CHOICES = ("tiny", "languagebind-video-ft", "languagebind-video-huge")
+from lvmae.errors import LvmaeError
+from lvmae.samples import RECIPES
+
+EncoderName = Literal["tiny", "languagebind-video-ft", "languagebind-video-huge"]
+ProbeKind = Literal["linear", "attentive", "pooler"]
+BaselineName = Literal["mean-pool", "transformer"]
+ClsSource = Literal["learned", "encoder"]
+StageName = Literal["extract", "pretrain", "probe", "tune", "report"]
+LabelDataset = Literal["lvu", "coin", "breakfast"]
+
+ENCODER_NAMES: tuple[str, ...] = get_args(EncoderName)
+"""The frozen encoders (see :mod:`lvmae.encoders`)."""
+PROBE_KINDS: tuple[str, ...] = get_args(ProbeKind)
+"""Probes on the frozen LV-MAE encoder (see :mod:`lvmae.probes`)."""
+BASELINES: tuple[str, ...] = get_args(BaselineName)
+"""Baselines scored on the same splits as the probes (raw segment embeddings)."""
+CLS_SOURCES: tuple[str, ...] = get_args(ClsSource)
+"""Where the attentive probe's [CLS] comes from."""
+STAGE_NAMES: tuple[str, ...] = get_args(StageName)
+"""The stages of the main job, in chain order (see ``pipelines/stages``)."""
+LABEL_DATASETS: tuple[str, ...] = get_args(LabelDataset)
+"""Benchmarks whose annotations convert into labels files (see :mod:`lvmae.labels`)."""
 
 
-class ConfigError(ValueError):
+class ConfigError(LvmaeError, ValueError):
     """A configuration file or value is invalid; the message says what to fix."""
 
 
@@ -55,7 +77,7 @@ class ExtractConfig(BaseModel):
     video_time_limit_s: float = Field(3600.0, gt=0, description="per video, seconds")
     max_clips_in_flight: int = Field(4, ge=1, le=1024, description="per video")
     # encoder
-    encoder: Literal["tiny", "languagebind-video-ft", "languagebind-video-huge"] = "tiny"
+    encoder: EncoderName = "tiny"
     encoder_checkpoint: str | None = Field(
         None, description="hub id or local directory overriding the preset's checkpoint"
     )
@@ -98,64 +120,10 @@ class ExtractConfig(BaseModel):
         return hashlib.sha1(blob).hexdigest()[:12]
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    """One line per problem: ``source: field: message (got value)``."""
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(config)"
-        got = f" (got {err['input']!r})" if "input" in err and err["type"] != "missing" else ""
-        lines.append(f"{source}: {loc}: {err['msg']}{got}")
-    return "\n".join(lines)
-
-
-def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
-    """A YAML file holding a mapping (an empty file is ``{}``).
-
-    Raises:
-        ConfigError: the file is missing, not valid YAML, or not a mapping; the message names
-            the file and ``what`` it should hold.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{what} file not found: {path}")
-    try:
-        loaded = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: expected a mapping ({what}), got {type(loaded).__name__}")
-    return loaded
-
-
-def load_config(
-    model: type[BaseModel], path: str | Path | None = None, overrides: dict | None = None
-) -> Any:
-    """Build ``model`` from a YAML file (optional) plus overrides (``None`` values ignored).
-
-    A YAML file may hold the fields at top level or under a section named after the stage
-    (``extract:``).
-
-    Raises:
-        ConfigError: missing/unreadable file, invalid YAML, unknown fields, bad values.
-    """
-    data: dict[str, Any] = {}
-    source = "config"
-    if path is not None:
-        source = str(path)
-        loaded = read_yaml_mapping(path, "config")
-        section = getattr(model, "SECTION", None)
-        data = dict(loaded.get(section, loaded)) if section else loaded
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from exc
-
-
 class PretrainConfig(BaseModel):
     """Pre-training settings (stage 2 of LV-MAE: the masked-embedding autoencoder).
 
-    Defaults follow the paper (Naiman et al., ICCV 2025, §4; DESIGN.md "Reference facts"):
+    Defaults follow the paper (Naiman et al., ICCV 2025, §4; docs/design.md "Reference facts"):
     AdamW betas (0.9, 0.95), weight decay 0.05, ``lr = blr * batch / 256`` with blr 1.5e-4
     (MAE's scaling rule), 40 warm-up epochs then cosine to 0 per iteration, global batch 16,
     150 epochs, mask ratio 0.5, semantic masking, windows of up to 256 tokens (one token is
@@ -280,3 +248,409 @@ class PretrainConfig(BaseModel):
     def worker_batch_size(self) -> int:
         """Windows per worker per step: ``batch_size / num_workers``."""
         return self.batch_size // self.num_workers
+
+
+# ------------------------------------------------------------------------------- probes
+
+PAPER_PROBE_RECIPES: dict[str, dict[str, Any]] = {
+    "linear": {"lr": 1e-4, "epochs": 30, "batch_size": 16, "gamma": None},
+    "attentive": {"lr": 1e-3, "epochs": 20, "batch_size": 16, "gamma": 0.9},
+    "pooler": {"lr": 1e-3, "epochs": 20, "batch_size": 16, "gamma": 0.9},
+}
+"""The paper's probe recipes (LV-MAE §8; docs/design.md "Reference facts"). The pooler has
+no recipe of its own in the paper; it reuses the attentive probe's."""
+
+
+class ProbeRecipe(BaseModel):
+    """Recipe fields of one probe kind, over the paper's (``None``: the paper's value).
+
+    Attributes:
+        lr: Adam learning rate.
+        epochs: passes over the training split.
+        batch_size: videos per step.
+        weight_decay: Adam's (L2) weight decay; 0 in the paper.
+        dropout: probe dropout; 0 in the paper.
+        gamma: per-epoch ExponentialLR factor in ``(0, 1]``; None = the paper's (constant
+            lr for the linear probe, 0.9 for the attentive one).
+        seed: seeds the probe's init, the shuffling and dropout.
+        heads: attention heads of the attentive / pooler probes (8, as in the authors'
+            code); must divide the feature width.
+        cls_source: the attentive probe's [CLS]: ``"learned"`` or ``"encoder"``.
+        num_queries: learned queries of the pooler.
+        batch_norm: the linear probe standardises its input with a BatchNorm without affine
+            parameters, as MAE's linear probe does (off in LV-MAE's recipe).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lr: float | None = Field(None, gt=0, allow_inf_nan=False)
+    epochs: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    gamma: float | None = Field(None, gt=0, le=1)
+    seed: int = 0
+    heads: int = Field(8, ge=1)
+    cls_source: ClsSource = "learned"
+    num_queries: int = Field(1, ge=1)
+    batch_norm: bool = False
+
+
+class ProbeConfig(ProbeRecipe):
+    """How to train one probe: its ``kind`` and a :class:`ProbeRecipe` with the paper's
+    values filled in (LV-MAE §8: linear, Adam lr 1e-4, 30 epochs, batch 16, constant lr;
+    attentive, Adam lr 1e-3, ExponentialLR γ 0.9 per epoch, 20 epochs, batch 16; the pooler
+    reuses the attentive recipe). The authors' public code differs (AMSGrad, weight decay
+    1e-3, cosine schedule); this follows the paper's text.
+
+    ``ProbeConfig("linear", lr=1e-3)`` and ``ProbeConfig(kind="linear", lr=1e-3)`` are the
+    same.
+
+    Raises:
+        pydantic.ValidationError (a ``ValueError``): unknown kind or field, bad values.
+    """
+
+    kind: ProbeKind
+
+    def __init__(self, kind: str | None = None, /, **data: Any) -> None:
+        if kind is not None:
+            data["kind"] = kind
+        super().__init__(**data)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _paper_values(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and data.get("kind") in PAPER_PROBE_RECIPES:
+            paper = PAPER_PROBE_RECIPES[data["kind"]]
+            data = {**data, **{k: v for k, v in paper.items() if data.get(k) is None}}
+        return data
+
+    @classmethod
+    def paper(cls, kind: str) -> ProbeConfig:
+        """The paper's recipe for ``kind``."""
+        return cls(kind=kind)
+
+    @classmethod
+    def from_recipe(cls, kind: str, *recipes: ProbeRecipe | Mapping[str, Any]) -> ProbeConfig:
+        """``kind``'s config with the set fields of ``recipes`` applied in order."""
+        fields: dict[str, Any] = {}
+        for recipe in recipes:
+            if isinstance(recipe, ProbeRecipe):
+                fields.update(recipe.model_dump(exclude_unset=True, exclude={"kind"}))
+            else:
+                fields.update(recipe)
+        return cls(kind=kind, **fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as a JSON-able dict (for MLflow and run manifests)."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ProbeConfig:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            ConfigError: unknown keys or bad values, one line per problem.
+        """
+        try:
+            return cls.model_validate(dict(data))
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, "probe config")) from exc
+
+
+class ProbeSection(BaseModel):
+    """The probe stage: probes on the frozen encoder and the baselines scored on the same
+    splits (LV-MAE §8, Tables 6–8)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    SECTION: ClassVar[str] = "probe"
+
+    probes: list[ProbeKind] = Field(
+        default_factory=lambda: ["linear", "attentive"], min_length=1, description="probe kinds"
+    )
+    baselines: list[BaselineName] = Field(default_factory=lambda: ["mean-pool"])
+    recipes: dict[ProbeKind, ProbeRecipe] = Field(
+        default_factory=dict, description="per-probe recipe fields over the paper's"
+    )
+    device: str = Field("cpu", description="torch device of the probes")
+
+    def config(self, kind: str) -> ProbeConfig:
+        """The resolved :class:`ProbeConfig` of probe ``kind`` (the paper's recipe with this
+        section's recipe for ``kind`` on top)."""
+        return ProbeConfig.from_recipe(
+            kind, *([self.recipes[kind]] if kind in self.recipes else [])
+        )
+
+
+class TuneSection(BaseModel):
+    """The Ray Tune sweep over probe hyperparameters (see :mod:`tune.sweep`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    SECTION: ClassVar[str] = "tune"
+
+    num_samples: int = Field(16, ge=1, description="trials per task")
+    space: str | None = Field(None, description="search space YAML (default: built in)")
+    max_concurrent: int = Field(2, ge=1, description="trials running at once")
+    gpus_per_trial: float | None = Field(
+        None, ge=0, description="GPUs per trial (default 0.25 when the cluster has GPUs)"
+    )
+    seed: int = Field(0, description="seed of the search algorithm")
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+class LabelsSource(BaseModel):
+    """A labels file made from a public benchmark's annotations during the probe stage
+    (matched to the extracted videos' ids): see :func:`lvmae.labels.from_source`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset: LabelDataset
+    source: str = Field(description="LVU root, COIN.json, or the Breakfast video root")
+    task: str | None = Field(None, description="LVU task (director, genre, ..., view_count)")
+    split: str = Field("s1", description="Breakfast split (s1..s4)")
+    val_fraction: float = Field(0.15, ge=0, lt=1, description="val carved from train")
+    name: str | None = Field(None, description="task name in the results (default derived)")
+
+    @model_validator(mode="after")
+    def _check(self) -> LabelsSource:
+        if self.dataset == "lvu" and not self.task:
+            raise ValueError("an LVU labels source needs `task:` (director, genre, ...)")
+        return self
+
+    def task_name(self) -> str:
+        """The task's name in the results: ``name``, else ``lvu_<task>`` or the dataset."""
+        return self.name or (f"lvu_{self.task}" if self.dataset == "lvu" else self.dataset)
+
+
+class RunSection(BaseModel):
+    """Where the main job reads and writes, which stages it runs, and how it is tracked."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    SECTION: ClassVar[str] = "run"
+
+    name: str = Field("lvmae", min_length=1, description="run name (MLflow, checkpoints)")
+    input: str = Field(description="videos: directory, glob or list file; path or URI")
+    workdir: str = Field(
+        "work/run",
+        description="local or shared-filesystem directory: stage records, checkpoints, "
+        "probe results, report, the default MLflow store",
+    )
+    embeddings: str | None = Field(
+        None, description="extraction output (may be s3:// or gs://); default <workdir>/extract"
+    )
+    labels: list[str | LabelsSource] = Field(
+        default_factory=list, description="labels files (a task each) or benchmark sources"
+    )
+    stages: list[StageName] = Field(default_factory=lambda: list(STAGE_NAMES))
+    experiment: str = Field("lvmae", min_length=1, description="MLflow experiment")
+    tracking_uri: str | None = Field(
+        None, description="MLflow store (default MLFLOW_TRACKING_URI, else <workdir>/mlflow.db)"
+    )
+    address: str | None = Field(None, description="Ray cluster (default RAY_ADDRESS or local)")
+
+    @model_validator(mode="after")
+    def _check(self) -> RunSection:
+        if "://" in self.workdir:
+            raise ValueError(
+                f"workdir {self.workdir!r} must be a local or shared-filesystem path (it holds "
+                f"checkpoints and the MLflow store); put the extraction output in object "
+                f"storage with run.embeddings: s3://..."
+            )
+        if len(set(self.stages)) != len(self.stages) or not self.stages:
+            raise ValueError(f"stages must be distinct names from {STAGE_NAMES}, got {self.stages}")
+        return self
+
+    def embeddings_uri(self) -> str:
+        """The extraction output: ``embeddings``, else ``<workdir>/extract``."""
+        return self.embeddings or str(Path(self.workdir) / "extract")
+
+
+class SamplesSection(BaseModel):
+    """Generate the procedural sample library into ``run.input`` first (the demo; see
+    :func:`lvmae.samples.make_samples`); its ``labels.csv`` is added to the run's labels."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    SECTION: ClassVar[str] = "samples"
+
+    videos_per_recipe: int = Field(3, ge=1)
+    min_seconds: float = Field(60.0, ge=1, description="shortest video, seconds")
+    max_seconds: float = Field(180.0, ge=1, description="longest video, seconds")
+    recipes: list[str] | None = Field(None, description="default: all recipes")
+    width: int = Field(160, ge=16)
+    height: int = Field(120, ge=16)
+    fps: int = Field(10, ge=1)
+    seed: int = 0
+    with_broken: bool = Field(True, description="add damaged files (they become failures)")
+
+    @model_validator(mode="after")
+    def _check(self) -> SamplesSection:
+        if self.min_seconds > self.max_seconds:
+            raise ValueError("min_seconds must not exceed max_seconds")
+        unknown = sorted(set(self.recipes or ()) - set(RECIPES))
+        if unknown:
+            raise ValueError(f"unknown recipes {unknown}; known: {sorted(RECIPES)}")
+        return self
+
+
+class RunConfig(BaseModel):
+    """The main job's whole configuration (one YAML file): ``run``, optional ``samples``,
+    and one section per stage."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run: RunSection
+    samples: SamplesSection | None = None
+    extract: ExtractConfig = Field(default_factory=ExtractConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    probe: ProbeSection = Field(default_factory=ProbeSection)
+    tune: TuneSection = Field(default_factory=TuneSection)
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        wants_labels = {"probe", "tune"} & set(self.run.stages)
+        if wants_labels and not self.run.labels and self.samples is None:
+            raise ValueError(
+                f"stages {sorted(wants_labels)} need run.labels (labels files or benchmark "
+                f"sources); add them or drop those stages"
+            )
+        return self
+
+    def digest(self) -> str:
+        """Short hash of the whole configuration."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha1(blob).hexdigest()[:8]
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def format_validation_error(
+    exc: ValidationError, source: str, overrides: Sequence[str] = (), prefix: str = ""
+) -> str:
+    """One line per problem: ``source: field: message (got value)``. A problem at (or
+    under) a dotted key of ``overrides`` is reported as coming from ``--set KEY``;
+    ``prefix`` is prepended to field paths (``extract.`` for a section loaded alone)."""
+    lines = []
+    for err in exc.errors():
+        loc = prefix + ".".join(str(p) for p in err["loc"]) if err["loc"] else "(config)"
+        got = f" (got {err['input']!r})" if "input" in err and err["type"] != "missing" else ""
+        hit = [
+            k for k in overrides if loc == k or loc.startswith(k + ".") or k.startswith(loc + ".")
+        ]
+        where = f"--set {hit[0]}" if hit else source
+        lines.append(f"{where}: {loc}: {err['msg']}{got}")
+    return "\n".join(lines)
+
+
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """A YAML file holding a mapping (an empty file is ``{}``).
+
+    Raises:
+        ConfigError: the file is missing, not valid YAML, or not a mapping; the message names
+            the file and ``what`` it should hold.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping ({what}), got {type(loaded).__name__}")
+    return loaded
+
+
+def parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
+    """``--set`` pairs → overrides: ``("pretrain.epochs=3", "probe.probes=[linear]")`` →
+    ``{"pretrain.epochs": 3, "probe.probes": ["linear"]}`` (values parsed as YAML).
+
+    Raises:
+        ConfigError: a pair is not ``SECTION.FIELD=VALUE`` or its value is not valid YAML.
+    """
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or "." not in key or not all(key.split(".")):
+            raise ConfigError(
+                f"--set {pair!r}: expected SECTION.FIELD=VALUE (e.g. pretrain.epochs=3)"
+            )
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: invalid YAML value {value!r}: {exc}") from exc
+    return out
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    node = data
+    *parents, last = key.split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part} is not a section")
+        node = child
+    node[last] = value
+
+
+def load_run_config(path: str | Path | None, sets: Mapping[str, Any] | None = None) -> RunConfig:
+    """Read a run config YAML, then apply ``sets`` keyed by dotted paths
+    (``{"run.workdir": "work/x", "pretrain.epochs": 3}``, as :func:`parse_sets` gives).
+
+    Raises:
+        ConfigError: missing file, invalid YAML, unknown sections or fields, bad values —
+            one line per problem, naming the file or the ``--set`` it came from, and the
+            field.
+    """
+    data = read_yaml_mapping(path, "run config") if path is not None else {}
+    given = {k: v for k, v in (sets or {}).items() if v is not None}
+    for key, value in given.items():
+        _set_dotted(data, key, value)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path or "config"), list(given))) from exc
+
+
+def load_config(
+    model: type[BaseModel],
+    path: str | Path | None = None,
+    options: Mapping[str, Any] | None = None,
+    sets: Mapping[str, Any] | None = None,
+) -> Any:
+    """Build one section ``model`` (:class:`ExtractConfig`, :class:`PretrainConfig`,
+    :class:`ProbeSection`, :class:`TuneSection`) from a YAML file (optional: the fields at
+    top level or under the section's name, so a whole run config works too), then a
+    command's own ``options`` (``None`` values ignored), then ``sets`` keyed
+    ``SECTION.FIELD`` like everywhere else (``{"extract.batch_size": 8}``).
+
+    Raises:
+        ConfigError: missing/unreadable file, invalid YAML, a ``--set`` for another section,
+            unknown fields, bad values (each naming the file or ``--set`` it came from).
+    """
+    section = model.SECTION  # type: ignore[attr-defined]
+    data: dict[str, Any] = {}
+    source = "config"
+    if path is not None:
+        source = str(path)
+        loaded = read_yaml_mapping(path, "config")
+        data = dict(loaded.get(section, loaded))
+    data.update({k: v for k, v in (options or {}).items() if v is not None})
+    given = {k: v for k, v in (sets or {}).items() if v is not None}
+    for key, value in given.items():
+        head, _, rest = key.partition(".")
+        if head != section:
+            raise ConfigError(
+                f"--set {key}: this command reads the {section!r} section; use "
+                f"--set {section}.FIELD=VALUE"
+            )
+        _set_dotted(data, rest, value)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(
+            format_validation_error(exc, source, list(given), prefix=f"{section}.")
+        ) from exc

@@ -4,7 +4,7 @@ Readers expose every frame's presentation time (read from the container's index,
 decoding) and decode only the frames asked for, resized at decode time so that the short
 side equals the requested size. Nothing here holds more than the frames of one request, so
 memory does not grow with the video's length. decord is the default; PyAV is selectable and
-is the fallback when decord cannot open a file (DESIGN.md, "Environment facts").
+is the fallback when decord cannot open a file (docs/design.md, "Environment facts").
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ from typing import Literal
 
 import numpy as np
 
+from lvmae.errors import LvmaeError
+
 DecoderName = Literal["decord", "pyav"]
 DECODERS: tuple[str, ...] = ("decord", "pyav")
 
 
-class DecodeError(RuntimeError):
+class DecodeError(LvmaeError, RuntimeError):
     """A video cannot be opened or a frame cannot be decoded."""
 
 

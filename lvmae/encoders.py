@@ -48,6 +48,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lvmae.config import ENCODER_NAMES
+from lvmae.errors import LvmaeError
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -56,7 +59,6 @@ FRAMES_PER_SEGMENT = 8
 IMAGE_SIZE = 224
 """Side of the square frames the encoder sees, in pixels (paper §4)."""
 
-ENCODER_NAMES: tuple[str, ...] = ("tiny", "languagebind-video-ft", "languagebind-video-huge")
 
 DEFAULT_CHECKPOINTS: dict[str, str] = {
     "tiny": "tiny-seed0",
@@ -71,7 +73,7 @@ PRECISIONS = ("bf16", "fp32")
 _TINY_CHECKPOINT = re.compile(r"tiny-seed(\d+)")
 
 
-class EncoderUnavailableError(RuntimeError):
+class EncoderUnavailableError(LvmaeError, RuntimeError):
     """The encoder's checkpoint cannot be loaded: not on the hub cache and no network, a local
     directory that does not exist or holds no model, or a hub id that is not valid."""
 
@@ -774,7 +776,8 @@ def build_encoder(
     seed: int = 0,
     precision: str | None = None,
 ) -> FrozenEncoder:
-    """Build a frozen encoder by registry name (paper §3 stage 1; DESIGN.md "frozen encoder").
+    """Build a frozen encoder by registry name (paper §3, stage 1; docs/design.md, "What
+    LV-MAE does").
 
     Args:
         name: one of :data:`ENCODER_NAMES`.

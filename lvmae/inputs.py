@@ -2,7 +2,7 @@
 listing paths — local paths or any fsspec URI (``s3://``, ``gs://``, ...).
 
 Every video gets its ``video_id``: its path relative to the input root, in POSIX form
-(DESIGN.md, "Data contracts"); labels files refer to videos by it.
+(docs/design.md, "Data contracts"); labels files refer to videos by it.
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ from pathlib import Path
 import fsspec
 from fsspec.core import url_to_fs
 
+from lvmae.errors import LvmaeError
+
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 
 
-class InputError(ValueError):
+class InputError(LvmaeError, ValueError):
     """The input names no videos, or cannot be read; the message says what to fix."""
 
 

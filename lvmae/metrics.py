@@ -3,7 +3,7 @@
 Classification tasks (LVU's director / genre / writer / year / scene / way_speaking /
 relationship, COIN, Breakfast) report top-1 accuracy (and top-5 where there are at least 5
 classes); LVU's like_ratio and view_count are regression tasks scored by mean squared error
-(Naiman et al., "LV-MAE", ICCV 2025, §8 and Tables 6–8; DESIGN.md "Reference facts").
+(Naiman et al., "LV-MAE", ICCV 2025, §8 and Tables 6–8; docs/design.md "Reference facts").
 
 Inputs are numpy arrays or CPU/GPU torch tensors (converted with ``detach().cpu()``); class
 ids are integers in ``[0, n_classes)``. Pure numpy + matplotlib (Agg, no display); no Ray.

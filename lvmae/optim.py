@@ -1,6 +1,6 @@
 """Pre-training optimisation: AdamW parameter groups and the per-iteration lr schedule.
 
-The recipe is the paper's (Naiman et al., ICCV 2025, §4; DESIGN.md "Reference facts"),
+The recipe is the paper's (Naiman et al., ICCV 2025, §4; docs/design.md "Reference facts"),
 which is MAE's (He et al., CVPR 2022, ``main_pretrain.py`` / ``util/lr_sched.py``): AdamW
 with betas (0.9, 0.95) and weight decay 0.05 on weights only (not on biases, norms, 1-D
 parameters or the [CLS]/mask tokens), ``lr = blr * batch / 256``

@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from lvmae.errors import LvmaeError
+
 __all__ = [
     "IndexMismatchError",
     "VectorIndex",
@@ -56,7 +58,7 @@ META_FORMAT = 1
 _BLOCK_ELEMENTS = 1 << 23
 
 
-class IndexMismatchError(ValueError):
+class IndexMismatchError(LvmaeError, ValueError):
     """A saved index does not match what the caller expects (fingerprint, size or dim)."""
 
 

@@ -36,6 +36,7 @@ import av
 import ffmpeg
 
 from lvmae.ffmpeg import ffmpeg_exe
+from lvmae.labels import SPLITS
 
 __all__ = [
     "BROKEN_KINDS",
@@ -54,7 +55,6 @@ __all__ = [
     "write_broken_videos",
 ]
 
-SPLITS = ("train", "val", "test")
 _FFMPEG_TIMEOUT_S = 1800.0
 _COMMENT_PREFIX = "lvmae.samples "
 

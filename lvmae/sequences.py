@@ -1,6 +1,6 @@
 """Per-video token sequences for pre-training and inference (stage 2 of LV-MAE).
 
-One token is one segment embedding (5 s by default, DESIGN.md "Reference facts"); a video is
+One token is one segment embedding (5 s by default, docs/design.md "Reference facts"); a video is
 the ``[L, D]`` sequence of its segment embeddings in time order. This module turns the
 segments table (:func:`lvmae.storage.read_segments`) into those sequences, assigns videos to
 train/val splits, draws the random contiguous training windows of the paper (Naiman et al.,
@@ -68,7 +68,7 @@ def sequences_from_table(table: pa.Table) -> Iterator[tuple[str, np.ndarray]]:
     Args:
         table: needs the columns ``video_id`` (string), ``segment_index`` (integer) and
             ``embedding`` (fixed-size or variable list of floats) of the segments table
-            (DESIGN.md, "Data contracts").
+            (docs/design.md, "Data contracts").
 
     Raises:
         ValueError: a column is missing, embeddings have different widths (mixed encoders)
@@ -148,7 +148,7 @@ def sample_window(
     """A random contiguous training window ``[start, end)`` of a ``length``-token video.
 
     The paper trains on random contiguous windows of each video's sequence (Naiman et al.,
-    ICCV 2025, §4; DESIGN.md "Reference facts"):
+    ICCV 2025, §4; docs/design.md "Reference facts"):
 
     - ``"cap"``: ``end - start == min(length, max_tokens)`` at a uniformly random start.
     - ``"random"``: the reference code's random duration: a length drawn uniformly from
@@ -255,3 +255,22 @@ def collate(
     for i, s in enumerate(seqs):
         x[i, : len(s)] = s
     return x, real
+
+
+def sequence_table(group: pa.Table) -> pa.Table:
+    """Segment rows of one or more videos → one row per video with its ordered,
+    deduplicated sequence: ``video_id``, ``length`` L (tokens) and ``embedding`` flattened
+    ``[L * D]`` float32 (a Ray Data ``map_groups`` function; see
+    :func:`sequences_from_table`)."""
+    ids, lengths, flats = [], [], []
+    for video_id, seq in sequences_from_table(group):
+        ids.append(video_id)
+        lengths.append(seq.shape[0])
+        flats.append(seq.ravel().astype(np.float32))
+    return pa.table(
+        {
+            "video_id": pa.array(ids, pa.string()),
+            "length": pa.array(lengths, pa.int32()),
+            "embedding": pa.array(flats, pa.list_(pa.float32())),
+        }
+    )

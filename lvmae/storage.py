@@ -1,4 +1,4 @@
-"""The extraction output on disk (DESIGN.md, "Data contracts").
+"""The extraction output on disk (docs/design.md, "Data contracts").
 
 ``<out>/segments/*.parquet``
     one row per segment: ``video_id``, ``segment_index`` (0-based, time order), ``start_s``,
@@ -28,6 +28,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from lvmae.errors import LvmaeError
 
 SEGMENTS_DIR = "segments"
 VIDEOS_DIR = "videos"
@@ -72,7 +74,7 @@ def segment_schema(embedding_dim: int) -> pa.Schema:
     )
 
 
-class StorageError(ValueError):
+class StorageError(LvmaeError, ValueError):
     """An output directory is missing, empty or inconsistent; the message says what to fix."""
 
 

@@ -12,50 +12,34 @@ import sys
 from pathlib import Path
 
 import click
-import yaml
 
-from lvmae.config import ENCODER_CHOICES, ConfigError, ExtractConfig, PretrainConfig, load_config
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    from lvmae.checkpoints import CheckpointError
-    from lvmae.encoders import EncoderUnavailableError
-    from lvmae.inputs import InputError
-    from lvmae.labels import LabelsError
-    from lvmae.storage import StorageError
-    from pipelines.connect import ClusterError
-    from pipelines.extract import ExtractError
-    from pipelines.pretrain import PretrainError
-    from pipelines.probe import ProbeError
-    from pipelines.run import StageError
-    from pipelines.search import SearchError
-
-    return (
-        StageError,
-        ClusterError,
-        SearchError,
-        LabelsError,
-        ProbeError,
-        ConfigError,
-        InputError,
-        StorageError,
-        ExtractError,
-        EncoderUnavailableError,
-        CheckpointError,
-        PretrainError,
-    )
+from lvmae.config import (
+    BASELINES,
+    ENCODER_NAMES,
+    LABEL_DATASETS,
+    PROBE_KINDS,
+    ExtractConfig,
+    PretrainConfig,
+    ProbeSection,
+    TuneSection,
+    load_config,
+    load_run_config,
+    parse_sets,
+)
+from lvmae.errors import LvmaeError
+from lvmae.labels import from_source, write_labels
+from lvmae.samples import make_samples, write_broken_videos
+from lvmae.storage import read_videos
+from lvmae.tracking import default_tracking_uri, mlflow_ui_hint
+from pipelines.report import results_table
 
 
-def parse_overrides(pairs: tuple[str, ...]) -> dict:
-    """``("epochs=3", "betas=[0.9, 0.99]")`` → ``{"epochs": 3, "betas": [0.9, 0.99]}``
-    (values parsed as YAML)."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"expected FIELD=VALUE, got {pair!r}", param_hint="--set")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+def set_option(section: str):
+    """The ``--set`` option of a command that reads config section ``section``."""
+    return click.option(
+        "--set", "sets", multiple=True, metavar="SECTION.FIELD=VALUE",
+        help=f"Override a config field, e.g. --set {section}.FIELD=VALUE (repeatable).",
+    )  # fmt: skip
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -72,7 +56,7 @@ def cli(verbose: bool) -> None:
 @click.argument("input_path", metavar="INPUT")
 @click.option("--out", required=True, help="Output directory (local path or storage URI).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config.")
-@click.option("--encoder", type=click.Choice(ENCODER_CHOICES), help="Frozen encoder.")
+@click.option("--encoder", type=click.Choice(ENCODER_NAMES), help="Frozen encoder.")
 @click.option("--encoder-checkpoint", help="Hub id or local directory of the checkpoint.")
 @click.option("--segment-seconds", "segment_s", type=float, help="Segment length [5].")
 @click.option("--stride-seconds", "stride_s", type=float, help="Segment stride [= length].")
@@ -86,15 +70,16 @@ def cli(verbose: bool) -> None:
 @click.option("--video-time-limit", "video_time_limit_s", type=float, help="Seconds/video.")
 @click.option("--overwrite", is_flag=True, help="Write into an output made with another config.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def extract(input_path, out, config_file, overwrite, no_progress, **overrides) -> None:
+@set_option("extract")
+def extract(input_path, out, config_file, overwrite, no_progress, sets, **options) -> None:
     """Decode and segment the videos under INPUT, embed every segment with the frozen
     encoder, and write Parquet tables under --out.
 
     INPUT is a directory (searched recursively), a glob, or a text file listing paths.
     """
-    from pipelines.extract import run_extraction
+    from pipelines.extract import run_extraction  # heavy (Ray): only for this command
 
-    config = load_config(ExtractConfig, config_file, overrides)
+    config = load_config(ExtractConfig, config_file, options, parse_sets(sets))
     summary = run_extraction(input_path, out, config, overwrite=overwrite, progress=not no_progress)
     click.echo(summary.format())
     click.echo(f"outputs: {out}/segments, {out}/videos, {out}/manifest.json")
@@ -110,25 +95,19 @@ def extract(input_path, out, config_file, overwrite, no_progress, **overrides) -
 @click.option("--epochs", type=int)
 @click.option("--batch-size", type=int, help="Global batch size (videos).")
 @click.option("--run-name", help="Same name again resumes from the latest checkpoint.")
-@click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE", help="Any config field.")
+@set_option("pretrain")
 def pretrain(embeddings, out, config_file, sets, **options) -> None:
     """Pre-train LV-MAE on the segment embeddings under --embeddings (Ray Train DDP)."""
-    from pipelines.pretrain import run_pretrain
+    from pipelines.pretrain import run_pretrain  # heavy (Ray, torch): only for this command
 
-    config = load_config(PretrainConfig, config_file, {**options, **parse_overrides(sets)})
+    config = load_config(PretrainConfig, config_file, options, parse_sets(sets))
     result = run_pretrain(embeddings, out, config)
     click.echo(f"run {result.run_name}: {json.dumps(result.metrics, default=str)}")
     click.echo(f"checkpoint: {result.checkpoint}")
     click.echo(
         f"MLflow run {result.mlflow_run_id}; open the UI with: mlflow ui "
-        f"--backend-store-uri {default_tracking_uri_hint(out, config)}"
+        f"--backend-store-uri {config.tracking_uri or default_tracking_uri(out)}"
     )
-
-
-def default_tracking_uri_hint(out: str, config) -> str:
-    from pipelines.tracking import default_tracking_uri
-
-    return config.tracking_uri or default_tracking_uri(out)
 
 
 @cli.command()
@@ -140,7 +119,7 @@ def default_tracking_uri_hint(out: str, config) -> str:
 @click.option("--use-gpu", is_flag=True)
 def embed(*, checkpoint, embeddings, out, batch_size, actors, use_gpu) -> None:
     """Per-video representations ([CLS] and mean of token outputs) for whole videos."""
-    from pipelines.embed import run_embed
+    from pipelines.embed import run_embed  # heavy (Ray, torch): only for this command
 
     result = run_embed(
         checkpoint, embeddings, out, batch_size=batch_size, actors=actors, use_gpu=use_gpu
@@ -152,65 +131,59 @@ def embed(*, checkpoint, embeddings, out, batch_size, actors, use_gpu) -> None:
 @click.option("--checkpoint", required=True, help="Checkpoint or pre-training run directory.")
 @click.option("--embeddings", required=True, help="Extraction output (holds segments/).")
 @click.option("--labels", "labels", required=True, multiple=True, help="Labels file (a task).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config.")
 @click.option(
-    "--probe",
-    "probes",
-    type=click.Choice(["linear", "attentive", "pooler"]),
-    multiple=True,
+    "--probe", "probes", type=click.Choice(PROBE_KINDS), multiple=True,
     help="Probe kind; repeat for several (features are computed once) [linear].",
-)
+)  # fmt: skip
 @click.option(
-    "--baseline",
-    "baselines",
-    multiple=True,
-    type=click.Choice(["mean-pool", "transformer"]),
+    "--baseline", "baselines", multiple=True, type=click.Choice(BASELINES),
     help="Also score a baseline on the same splits.",
-)
+)  # fmt: skip
+@click.option("--device", help="Torch device of the probes [cpu].")
 @click.option("--out", default="work/probe", show_default=True, help="Output directory.")
-@click.option(
-    "--set",
-    "sets",
-    multiple=True,
-    metavar="FIELD=VALUE",
-    help="Probe recipe field (lr, epochs, batch_size, weight_decay, dropout, gamma).",
-)
-def probe(checkpoint, embeddings, labels, probes, baselines, out, sets) -> None:
-    """Train a probe on the frozen encoder (paper recipe by default) and score it on the
-    test split at the best validation epoch; results table in --out."""
-    from pipelines.probe import run_probe
+@set_option("probe")
+def probe(checkpoint, embeddings, labels, config_file, out, sets, **options) -> None:
+    """Train probes on the frozen encoder (the paper's recipes, changed with e.g.
+    --set probe.recipes.linear.lr=1e-3) and score them on the test split at the best
+    validation epoch; results table in --out."""
+    from pipelines.probe import run_probe  # heavy (Ray, torch): only for this command
 
-    rows = run_probe(
-        checkpoint, embeddings, list(labels), out, probe=list(probes) or ["linear"],
-        baselines=tuple(baselines),
-        overrides=parse_overrides(sets),
-    )  # fmt: skip
+    options = {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
+    options = {k: v for k, v in options.items() if v not in ([], None)}
+    if not config_file and "probes" not in options:
+        options["probes"] = ["linear"]
+    if "baselines" not in options and not config_file:
+        options["baselines"] = []
+    section = load_config(ProbeSection, config_file, options, parse_sets(sets))
+    results = run_probe(checkpoint, embeddings, list(labels), out, section)
     click.echo((Path(out) / "results.md").read_text())
-    click.echo(f"{len(rows)} rows: {Path(out) / 'results.csv'}")
+    click.echo(f"{len(results)} rows: {Path(out) / 'results.csv'}")
 
 
 @cli.command()
 @click.option("--checkpoint", required=True, help="Checkpoint or pre-training run directory.")
 @click.option("--embeddings", required=True, help="Extraction output (holds segments/).")
 @click.option("--labels", "labels", required=True, multiple=True, help="Labels file (a task).")
-@click.option("--num-samples", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config.")
+@click.option("--num-samples", type=click.IntRange(1), help="Trials per task [16].")
 @click.option("--space", type=click.Path(dir_okay=False), help="Search space YAML.")
-@click.option("--max-concurrent", default=2, show_default=True, type=click.IntRange(1))
+@click.option("--max-concurrent", type=click.IntRange(1), help="Trials at once [2].")
 @click.option("--out", default="work/tune", show_default=True, help="Output directory.")
-def tune(checkpoint, embeddings, labels, num_samples, space, max_concurrent, out) -> None:
+@set_option("tune")
+def tune(checkpoint, embeddings, labels, config_file, out, sets, **options) -> None:
     """Ray Tune sweep of probe hyperparameters (ASHA + Optuna) per labels file; the best
     configuration is retrained and scored on the test split once."""
-    from tune.sweep import run_tune
+    from pipelines.probe import run_sweep  # heavy (Ray, torch): only for this command
 
-    rows = run_tune(
-        checkpoint, embeddings, list(labels), out, num_samples=num_samples, space_path=space,
-        max_concurrent=max_concurrent,
-    )  # fmt: skip
+    section = load_config(TuneSection, config_file, options, parse_sets(sets))
+    results = run_sweep(checkpoint, embeddings, list(labels), out, section)
     click.echo((Path(out) / "tune" / "results.md").read_text())
-    click.echo(f"{len(rows)} tasks swept; trials in {Path(out) / 'tune'}")
+    click.echo(f"{len(results)} tasks swept; trials in {Path(out) / 'tune'}")
 
 
 @cli.command()
-@click.argument("dataset", type=click.Choice(["lvu", "coin", "breakfast"]))
+@click.argument("dataset", type=click.Choice(LABEL_DATASETS))
 @click.argument("source", type=click.Path(exists=True))
 @click.option("--out", required=True, help="Labels file to write (.csv or .parquet).")
 @click.option("--task", help="LVU task (director, genre, ..., like_ratio, view_count).")
@@ -219,23 +192,15 @@ def tune(checkpoint, embeddings, labels, num_samples, space, max_concurrent, out
 @click.option("--embeddings", help="Match ids to the videos of this extraction output.")
 def labels(dataset, source, out, task, bf_split, val_fraction, embeddings) -> None:
     """Convert LVU / COIN / Breakfast annotations into the project's labels format."""
-    from lvmae import labels as lab
-    from lvmae.storage import read_videos
-
     known = None
     if embeddings:
         known = read_videos(embeddings)["video_id"].to_pylist() or None
-    if dataset == "lvu":
-        if not task:
-            raise click.BadParameter("LVU needs --task", param_hint="--task")
-        table = lab.lvu_labels(source, task, video_ids=known)
-    elif dataset == "coin":
-        table = lab.coin_labels(source, video_ids=known, val_fraction=val_fraction)
-    else:
-        table = lab.breakfast_labels(
-            source, split=bf_split, video_ids=known, val_fraction=val_fraction
-        )
-    path = lab.write_labels(table, out)
+    if dataset == "lvu" and not task:
+        raise click.BadParameter("LVU needs --task", param_hint="--task")
+    table = from_source(
+        dataset, source, task=task, split=bf_split, video_ids=known, val_fraction=val_fraction
+    )
+    path = write_labels(table, out)
     click.echo(f"wrote {table.num_rows} labelled videos to {path}")
 
 
@@ -248,7 +213,7 @@ def labels(dataset, source, out, task, bf_split, val_fraction, embeddings) -> No
 @click.option("--rebuild-index", is_flag=True, help="Rebuild the saved approximate index.")
 def search(query, embeddings, top_k, example, exact, rebuild_index) -> None:
     """Search the archive's segments by text (QUERY) or by an example segment."""
-    from pipelines.search import search as run_search
+    from pipelines.search import search as run_search  # heavy (torch): only for this command
 
     ex = None
     if example:
@@ -276,7 +241,7 @@ def search(query, embeddings, top_k, example, exact, rebuild_index) -> None:
 def monitor(checkpoint, embeddings, captions, out) -> None:
     """Reconstruction-retrieval monitor: R@1/5/10 and median rank of reconstructed masked
     segments among the held-out set; nearest captions as HTML with --captions."""
-    from pipelines.monitor import run_monitor
+    from pipelines.monitor import run_monitor  # heavy (Ray, torch): only for this command
 
     metrics = run_monitor(checkpoint, embeddings, out, captions=captions)
     click.echo(json.dumps(metrics, indent=2))
@@ -294,7 +259,6 @@ def monitor(checkpoint, embeddings, captions, out) -> None:
 @click.option("--with-broken", is_flag=True, help="Also write broken files (bad-input demo).")
 def make_samples_cmd(out_dir, with_broken, **kwargs) -> None:
     """Write procedural long videos (real H.264 mp4) and labels.csv into OUT_DIR."""
-    from lvmae.samples import make_samples, write_broken_videos
 
     if kwargs["min_seconds"] > kwargs["max_seconds"]:
         raise click.BadParameter("--min-seconds must not exceed --max-seconds")
@@ -306,12 +270,9 @@ def make_samples_cmd(out_dir, with_broken, **kwargs) -> None:
 
 
 def _print_run_result(result) -> None:
-    from pipelines.report import results_table
-    from pipelines.run import mlflow_ui_hint
-
-    if result.rows:
+    if result.results:
         click.echo("")
-        click.echo(results_table(result.rows))
+        click.echo(results_table(result.results))
     if result.report:
         click.echo(f"report: {result.report.get('html')} (and {result.report.get('markdown')})")
     click.echo(f"MLflow parent run {result.parent_run_id} in {result.tracking_uri}")
@@ -327,15 +288,14 @@ def _print_run_result(result) -> None:
 @click.option("--stages", help="Comma-separated subset of the config's stages.")
 @click.option("--force", multiple=True, help="Rerun this stage even if done (repeatable).")
 @click.option("--address", help="Ray cluster address (default RAY_ADDRESS or local Ray).")
-@click.option("--set", "sets", multiple=True, metavar="SECTION.FIELD=VALUE",
-              help="Override any config field, e.g. pretrain.epochs=3.")  # fmt: skip
+@set_option("pretrain")
 def run(config_file, workdir, stages, force, address, sets) -> None:
     """The main job: extract → pretrain → probe → tune → report. Finished stages are
     skipped, so a rerun resumes where the last one stopped."""
-    from pipelines.run import load_run_config, run_main
+    from pipelines.run import run_main  # heavy (Ray, torch, MLflow): only for this command
 
-    overrides = parse_overrides(sets) | {"run.workdir": workdir, "run.address": address}
-    config = load_run_config(config_file, overrides)
+    sets = {"run.workdir": workdir, "run.address": address} | parse_sets(sets)
+    config = load_run_config(config_file, sets)
     chosen = [s.strip() for s in stages.split(",") if s.strip()] if stages else None
     result = run_main(config, stages=chosen, force=force, echo=click.echo)
     _print_run_result(result)
@@ -347,7 +307,7 @@ def demo(workdir) -> None:
     """The whole chain on generated sample videos, on local Ray: videos whose classes
     differ only in scene order → extraction (tiny encoder) → LV-MAE pre-training → linear
     and attentive probes against the mean-pool baseline → a small sweep → report."""
-    from pipelines.run import demo_config, run_main
+    from pipelines.run import demo_config, run_main  # heavy (Ray, torch, MLflow)
 
     result = run_main(demo_config(workdir), echo=click.echo)
     _print_run_result(result)
@@ -363,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except _user_errors() as exc:
+    except LvmaeError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
 

@@ -13,12 +13,14 @@ import os
 import socket
 from urllib.parse import urlsplit
 
+from lvmae.errors import LvmaeError
+
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0
 
 
-class ClusterError(ConnectionError):
+class ClusterError(LvmaeError, ConnectionError):
     """The Ray cluster named by ``--address`` / ``RAY_ADDRESS`` cannot be used; the message
     says what to fix."""
 

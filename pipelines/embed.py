@@ -21,7 +21,10 @@ import numpy as np
 import pyarrow as pa
 
 from lvmae.checkpoints import CheckpointError, load_checkpoint
+from lvmae.model import LVMAE, LVMAEConfig
+from lvmae.sequences import collate, sequence_table, windows_for_inference
 from lvmae.storage import StorageError
+from pipelines.pretrain import embedding_dim_of
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +66,6 @@ class EmbedVideos:
     ) -> None:
         import torch
 
-        from lvmae.model import LVMAE, LVMAEConfig
-
         state = load_checkpoint(checkpoint)
         self.config = LVMAEConfig.from_dict(state["model_config"])
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -75,8 +76,6 @@ class EmbedVideos:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         import torch
-
-        from lvmae.sequences import collate, windows_for_inference
 
         dim, cap = self.config.input_dim, self.config.max_tokens
         windows, owners = [], []
@@ -147,8 +146,6 @@ def encoded_videos(
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
-    from pipelines.pretrain import _group_to_sequence, embedding_dim_of
-
     trained_dim = load_checkpoint(ckpt)["model_config"]["input_dim"]
     dim = embedding_dim_of(embeddings)
     if dim != trained_dim:
@@ -162,7 +159,7 @@ def encoded_videos(
     ds = ray.data.read_parquet(
         f"{embeddings.rstrip('/')}/segments", columns=["video_id", "segment_index", "embedding"]
     )
-    seqs = ds.groupby("video_id").map_groups(_group_to_sequence, batch_format="pyarrow")
+    seqs = ds.groupby("video_id").map_groups(sequence_table, batch_format="pyarrow")
     return seqs.map_batches(
         EmbedVideos,
         fn_constructor_kwargs={"checkpoint": str(ckpt), "with_tokens": with_tokens},

@@ -33,6 +33,8 @@ import pyarrow as pa
 from lvmae import __version__
 from lvmae.clips import Clip, VideoReport, read_clips_bounded
 from lvmae.config import ExtractConfig
+from lvmae.encoders import build_encoder, describe_encoder
+from lvmae.errors import LvmaeError
 from lvmae.inputs import VideoSource, list_videos, local_copy
 from lvmae.storage import (
     VIDEO_SCHEMA,
@@ -42,13 +44,14 @@ from lvmae.storage import (
     write_manifest,
     write_table_atomic,
 )
+from lvmae.tracking import default_tracking_uri, open_run
 
 log = logging.getLogger(__name__)
 
 FLUSH_EVERY_S = 10.0  # the driver writes finished videos' rows at least this often
 
 
-class ExtractError(RuntimeError):
+class ExtractError(LvmaeError, RuntimeError):
     """The run cannot start (bad output directory, encoder unavailable, ...)."""
 
 
@@ -122,7 +125,6 @@ class EncodeClips:
     (``[n, D]`` float32, L2-normalised) and drops ``frames``."""
 
     def __init__(self, config_json: str) -> None:
-        from lvmae.encoders import build_encoder
 
         config = ExtractConfig.model_validate_json(config_json)
         self.encoder = build_encoder(
@@ -312,8 +314,6 @@ def run_extraction(
     """
     from tqdm.auto import tqdm
 
-    from lvmae.encoders import describe_encoder
-
     t0 = time.perf_counter()
     sources = list_videos(input_path, config.extensions)
     encoder = describe_encoder(config.encoder, config.encoder_checkpoint, config.encoder_seed)
@@ -351,8 +351,6 @@ def _track(out: str, manifest: dict, summary: ExtractionSummary, tracking_uri: s
     """Log the run to MLflow: config as params, the summary as metrics, the manifest."""
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
-
-    from pipelines.tracking import default_tracking_uri, open_run
 
     if tracking_uri is None and "://" in out and not os.environ.get("MLFLOW_TRACKING_URI"):
         log.warning("no MLflow tracking for remote output %s: set MLFLOW_TRACKING_URI", out)

@@ -9,7 +9,15 @@ import logging
 from pathlib import Path
 
 from lvmae.checkpoints import load_checkpoint
+from lvmae.labels import read_labels
+from lvmae.model import LVMAE, LVMAEConfig
+from lvmae.monitor import caption_report_html, reconstruct, retrieval_metrics
+from lvmae.sequences import sequences_from_table, split_of
 from lvmae.storage import StorageError, read_segments
+from lvmae.tracking import metric_key, open_run, tracking_uri_near
+from pipelines.embed import resolve_checkpoint
+from pipelines.pretrain import embedding_dim_of
+from pipelines.search import text_encoder
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +31,6 @@ def read_captions(path: str) -> list[str]:
     """
     p = Path(path)
     if p.suffix.lower() in (".csv", ".parquet"):
-        from lvmae.labels import read_labels
-
         captions = [c.replace("_", " ") for c in read_labels(path).classes]
     else:
         captions = [line.strip() for line in p.read_text().splitlines() if line.strip()]
@@ -53,14 +59,6 @@ def run_monitor(
     """
     import torch
     from mlflow.tracking import MlflowClient
-
-    from lvmae.model import LVMAE, LVMAEConfig
-    from lvmae.monitor import caption_report_html, reconstruct, retrieval_metrics
-    from lvmae.sequences import sequences_from_table, split_of
-    from pipelines.embed import resolve_checkpoint
-    from pipelines.pretrain import embedding_dim_of
-    from pipelines.search import text_encoder
-    from pipelines.tracking import metric_key, open_run, tracking_uri_near
 
     ckpt = resolve_checkpoint(checkpoint)
     state = load_checkpoint(ckpt)

@@ -23,23 +23,32 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.dataset as pads
+import torch
+import torch.distributed as dist
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
 
-from lvmae.checkpoints import CheckpointError, check_compatible, load_checkpoint
+from lvmae.checkpoints import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from lvmae.config import PretrainConfig
-from lvmae.model import LVMAEConfig, model_config
+from lvmae.engine import evaluate, train_one_epoch
+from lvmae.errors import LvmaeError
+from lvmae.model import LVMAE, LVMAEConfig, model_config
+from lvmae.monitor import reconstruct, retrieval_metrics
+from lvmae.optim import build_optimizer, build_scheduler
+from lvmae.sequences import sequence_table, split_of
 from lvmae.storage import SEGMENTS_DIR, StorageError
-from pipelines.tracking import default_tracking_uri, metric_key, open_run
+from lvmae.tracking import default_tracking_uri, metric_key, open_run
 
 log = logging.getLogger(__name__)
 
 RUNS_DIR = "runs"  # Ray Train storage under the output directory
 
 
-class PretrainError(RuntimeError):
+class PretrainError(LvmaeError, RuntimeError):
     """Pre-training cannot start; the message says what to fix."""
 
 
@@ -114,38 +123,17 @@ def latest_run_checkpoint(out: str, run_name: str) -> Path | None:
 # --------------------------------------------------------------------------- data
 
 
-def _group_to_sequence(group: pa.Table) -> pa.Table:
-    """Ray Data ``map_groups``: one video's segment rows → one row with its ordered,
-    deduplicated sequence (``embedding`` flattened ``[L * D]`` float32, ``length`` L)."""
-    from lvmae.sequences import sequences_from_table
-
-    ids, lengths, flats = [], [], []
-    for video_id, seq in sequences_from_table(group):
-        ids.append(video_id)
-        lengths.append(seq.shape[0])
-        flats.append(pa.array(seq.ravel(), pa.float32()))
-    return pa.table(
-        {
-            "video_id": pa.array(ids, pa.string()),
-            "length": pa.array(lengths, pa.int32()),
-            "embedding": pa.array([f.to_numpy() for f in flats], pa.list_(pa.float32())),
-        }
-    )
-
-
 def sequence_datasets(embeddings: str, config: PretrainConfig):
     """``(train, val)`` Ray Datasets of per-video sequences (``video_id``, ``length``,
     ``embedding`` flattened), videos shorter than ``min_tokens`` dropped, split by
     :func:`lvmae.sequences.split_of`. Grouping runs on the cluster."""
     import ray
 
-    from lvmae.sequences import split_of
-
     ds = ray.data.read_parquet(
         f"{embeddings.rstrip('/')}/{SEGMENTS_DIR}",
         columns=["video_id", "segment_index", "embedding"],
     )
-    seqs = ds.groupby("video_id").map_groups(_group_to_sequence, batch_format="pyarrow")
+    seqs = ds.groupby("video_id").map_groups(sequence_table, batch_format="pyarrow")
     seqs = seqs.filter(lambda row: row["length"] >= config.min_tokens).materialize()
     frac, seed = config.val_fraction, config.split_seed
     train = seqs.filter(lambda row: split_of(row["video_id"], frac, seed) == "train")
@@ -153,48 +141,26 @@ def sequence_datasets(embeddings: str, config: PretrainConfig):
     return train.materialize(), val.materialize()
 
 
-def window_batch(
-    batch: dict[str, np.ndarray], dim: int, config: PretrainConfig, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Numpy batch of sequences → ``x`` ``[B, L, D]`` float32 and ``real`` ``[B, L]`` bool,
-    one random contiguous window per video (``config.window`` mode)."""
-    from lvmae.sequences import collate, sample_window
-
-    min_tokens = config.min_window_tokens()
-    seqs = []
-    for flat, length in zip(batch["embedding"], batch["length"], strict=True):
-        seq = np.asarray(flat, dtype=np.float32).reshape(int(length), dim)
-        start, end = sample_window(
-            len(seq), config.max_tokens, rng, mode=config.window, min_tokens=min_tokens
-        )
-        seqs.append(seq[start:end])
-    return collate(seqs, config.max_tokens)
-
-
 # --------------------------------------------------------------------------- worker
 
 
-def train_loop_per_worker(loop_config: dict) -> None:
-    """Ray Train worker: DDP training of LV-MAE on this worker's data shard."""
-    import ray.train
+@dataclass
+class _Trainer:
+    """One worker's model (DDP-wrapped and bare), optimizer, schedule and step."""
+
+    model: Any
+    core: Any
+    optimizer: Any
+    scheduler: Any
+    step: int = 0
+    resumed_from: int | None = None
+
+
+def _build_trainer(config: PretrainConfig, mcfg: LVMAEConfig, steps_per_epoch: int, device):
+    """Model, AdamW and the warm-up + cosine schedule; restored from Ray Train's latest
+    checkpoint when there is one (a resumed or restarted run)."""
+    import ray.train  # heavy: Ray Train, only inside workers
     import ray.train.torch
-    import torch
-
-    from lvmae.checkpoints import save_checkpoint
-    from lvmae.losses import reconstruction_loss
-    from lvmae.masking import decoder_subset, make_mask
-    from lvmae.model import LVMAE
-    from lvmae.optim import build_optimizer, build_scheduler
-
-    config = PretrainConfig.model_validate(loop_config["config"])
-    mcfg = LVMAEConfig.from_dict(loop_config["model_config"])
-    steps_per_epoch = loop_config["steps_per_epoch"]
-    total_steps = steps_per_epoch * config.epochs
-    per_worker_batch = loop_config["per_worker_batch"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    use_bf16 = device.type == "cuda"
 
     torch.manual_seed(config.seed)
     model = ray.train.torch.prepare_model(LVMAE(mcfg))
@@ -204,12 +170,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
     )
     scheduler = build_scheduler(
         optimizer,
-        total_steps=total_steps,
+        total_steps=steps_per_epoch * config.epochs,
         warmup_steps=steps_per_epoch * config.warmup_epochs,
         min_lr=config.min_lr,
     )
-    step = 0
-    resumed_from = None
+    trainer = _Trainer(model, core, optimizer, scheduler)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -220,69 +185,93 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 optimizer.load_state_dict(state["optimizer_state"])
             if state["scheduler_state"]:
                 scheduler.load_state_dict(state["scheduler_state"])
-            step = resumed_from = int(state["step"])
+            trainer.step = trainer.resumed_from = int(state["step"])
+    return trainer
 
-    client = run_id = None
-    if rank == 0 and loop_config.get("mlflow_run_id"):
-        from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(tracking_uri=loop_config["tracking_uri"])
-        run_id = loop_config["mlflow_run_id"]
-        if resumed_from is not None:
-            client.log_metric(run_id, "resumed_from_step", resumed_from, step=resumed_from)
+class _Reporter:
+    """Rank 0's MLflow metrics and Ray Train reports with checkpoints."""
 
-    def log_metrics(metrics: dict[str, float]) -> None:
-        if client is not None:
+    def __init__(self, loop_config: dict, trainer: _Trainer, rank: int) -> None:
+        self.loop_config, self.trainer, self.rank = loop_config, trainer, rank
+        self.client = self.run_id = None
+        if rank == 0 and loop_config.get("mlflow_run_id"):
+            self.client = MlflowClient(tracking_uri=loop_config["tracking_uri"])
+            self.run_id = loop_config["mlflow_run_id"]
+            if trainer.resumed_from is not None:
+                self.log({"resumed_from_step": trainer.resumed_from}, trainer.resumed_from)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if self.client is not None:
             ts = int(time.time() * 1000)
-            from mlflow.entities import Metric
+            batch = [Metric(metric_key(k), float(v), ts, step) for k, v in metrics.items()]
+            self.client.log_batch(self.run_id, metrics=batch)
 
-            client.log_batch(
-                run_id,
-                metrics=[Metric(metric_key(k), float(v), ts, step) for k, v in metrics.items()],
-            )
+    def report(self, metrics: dict, step: int) -> None:
+        """Report to Ray Train with a checkpoint (written by rank 0)."""
+        import ray.train  # heavy: Ray Train, only inside workers
 
-    def report(metrics: dict, with_checkpoint: bool) -> None:
-        if not with_checkpoint:
-            ray.train.report(metrics)
-            return
         with tempfile.TemporaryDirectory() as tmp:
-            if rank == 0:
-                save_checkpoint(
-                    tmp,
-                    model_state=core.state_dict(),
-                    model_config=mcfg.to_dict(),
-                    train_config=loop_config["config"],
-                    optimizer_state=optimizer.state_dict(),
-                    scheduler_state=scheduler.state_dict(),
-                    step=step,
-                    epoch=step // steps_per_epoch,
-                )
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-            else:
+            if self.rank != 0:
                 ray.train.report(metrics)
+                return
+            t = self.trainer
+            save_checkpoint(
+                tmp,
+                model_state=t.core.state_dict(),
+                model_config=self.loop_config["model_config"],
+                train_config=self.loop_config["config"],
+                optimizer_state=t.optimizer.state_dict(),
+                scheduler_state=t.scheduler.state_dict(),
+                step=step,
+                epoch=step // self.loop_config["steps_per_epoch"],
+            )
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
-    def run_batch(batch, rng, train: bool) -> tuple[torch.Tensor, int]:
-        x_np, real_np = window_batch(batch, mcfg.input_dim, config, rng)
-        x = torch.from_numpy(x_np).to(device, non_blocking=True)
-        real = torch.from_numpy(real_np).to(device, non_blocking=True)
-        gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**62)))
-        mask = make_mask(config.masking, x.cpu(), real.cpu(), config.mask_ratio, gen).to(device)
-        weight = mask
-        if train and config.decoder_fraction < 1.0:
-            weight = decoder_subset(mask.cpu(), config.decoder_fraction, gen).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            pred = model(x, real, mask)
-        loss = reconstruction_loss(pred.float(), x, weight, kind=config.loss)
-        return loss, int(real.sum())
 
+class _StepLogger:
+    """After each step of one epoch: train loss, lr and tokens/s every
+    ``log_every_steps``, a checkpoint every ``checkpoint_every_steps`` (the epoch's last
+    step is reported with the epoch's metrics instead)."""
+
+    def __init__(self, reporter: _Reporter, config: PretrainConfig, epoch: int, world: int):
+        self.reporter, self.config, self.epoch, self.world = reporter, config, epoch, world
+        self.t0, self.losses, self.tokens = time.perf_counter(), [], 0
+
+    def __call__(self, step: int, loss: float, n_tokens: int, last: bool) -> None:
+        c = self.config
+        self.losses.append(loss)
+        self.tokens += n_tokens
+        if step % c.log_every_steps == 0:
+            elapsed = max(time.perf_counter() - self.t0, 1e-9)
+            self.reporter.log({
+                "train/loss": float(np.mean(self.losses[-c.log_every_steps :])),
+                "lr": self.reporter.trainer.optimizer.param_groups[0]["lr"],
+                "train/tokens_per_s": self.tokens * self.world / elapsed,
+            }, step)  # fmt: skip
+        if step % c.checkpoint_every_steps == 0 and not last:
+            self.reporter.report({"step": step, "epoch": self.epoch, "train/loss": loss}, step)
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """Ray Train worker: DDP training of LV-MAE on this worker's data shard, one
+    :func:`lvmae.engine.train_one_epoch` per epoch, validation every ``val_every_epochs``."""
+    import ray.train  # heavy: Ray Train, only inside workers
+    import ray.train.torch
+
+    config = PretrainConfig.model_validate(loop_config["config"])
+    mcfg = LVMAEConfig.from_dict(loop_config["model_config"])
+    steps_per_epoch = loop_config["steps_per_epoch"]
+    per_worker_batch = loop_config["per_worker_batch"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    trainer = _build_trainer(config, mcfg, steps_per_epoch, device)
+    reporter = _Reporter(loop_config, trainer, rank)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if loop_config["has_val"] else None
-    first_epoch = step // steps_per_epoch
-    for epoch in range(first_epoch, config.epochs):
-        model.train()
-        rng = np.random.default_rng([config.seed, rank, epoch])
-        skip = step - epoch * steps_per_epoch  # batches already done when resuming mid-epoch
-        tokens, t0, losses = 0, time.perf_counter(), []
+    for epoch in range(trainer.step // steps_per_epoch, config.epochs):
+        on_step = _StepLogger(reporter, config, epoch, world)
         batches = train_shard.iter_batches(
             batch_size=per_worker_batch,
             batch_format="numpy",
@@ -290,84 +279,46 @@ def train_loop_per_worker(loop_config: dict) -> None:
             local_shuffle_buffer_size=max(per_worker_batch * 4, 16),
             local_shuffle_seed=config.seed + epoch * 1000 + rank,
         )
-        for i, batch in enumerate(batches):
-            if i >= steps_per_epoch:
-                break
-            if i < skip:
-                continue
-            loss, n_tokens = run_batch(batch, rng, train=True)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"non-finite training loss ({loss.item()}) at step {step} (epoch {epoch}); "
-                    f"lower the learning rate (blr/lr) or set clip_grad"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.clip_grad:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            tokens += n_tokens
-            losses.append(loss.item())
-            if step % config.log_every_steps == 0:
-                elapsed = max(time.perf_counter() - t0, 1e-9)
-                log_metrics(
-                    {
-                        "train/loss": float(np.mean(losses[-config.log_every_steps :])),
-                        "lr": optimizer.param_groups[0]["lr"],
-                        "train/tokens_per_s": tokens * world / elapsed,
-                    }
-                )
-            end_of_epoch = i + 1 >= steps_per_epoch  # the epoch-end report checkpoints then
-            if step % config.checkpoint_every_steps == 0 and not end_of_epoch:
-                report({"step": step, "epoch": epoch, "train/loss": losses[-1]}, True)
-        metrics = {"step": step, "epoch": epoch + 1}
-        if losses:
-            metrics["train/epoch_loss"] = float(np.mean(losses))
-        monitor_due = config.monitor_every_epochs and (epoch + 1) % config.monitor_every_epochs == 0
-        if val_shard is not None and ((epoch + 1) % config.val_every_epochs == 0 or monitor_due):
-            metrics["val/loss"], kept = _validate(
-                model, val_shard, run_batch=run_batch, config=config, rank=rank,
-                keep=64 if monitor_due and rank == 0 else 0,
-            )  # fmt: skip
-            if kept:  # rank 0: the reconstruction-retrieval monitor (LV-MAE §4.4)
-                from lvmae.monitor import reconstruct, retrieval_metrics
-
-                rec = reconstruct(
-                    core, kept, mask_ratio=config.mask_ratio, masking=config.masking,
-                    seed=config.seed,
-                )  # fmt: skip
-                for key, value in retrieval_metrics(rec).items():
-                    metrics[f"monitor/{key}"] = value
-        log_metrics(metrics)
-        report(metrics, True)
+        result = train_one_epoch(
+            trainer.model, trainer.optimizer, trainer.scheduler, batches, config,
+            epoch=epoch, step=trainer.step, steps_per_epoch=steps_per_epoch,
+            rng=np.random.default_rng([config.seed, rank, epoch]), dim=mcfg.input_dim,
+            device=device, on_step=on_step,
+        )  # fmt: skip
+        trainer.step = result.step
+        metrics = {"step": trainer.step, "epoch": epoch + 1}
+        if result.losses:
+            metrics["train/epoch_loss"] = float(np.mean(result.losses))
+        metrics |= _validation(trainer, val_shard, config, epoch, rank=rank, device=device)
+        reporter.log(metrics, trainer.step)
+        reporter.report(metrics, trainer.step)
 
 
-def _validate(model, shard, *, run_batch, config, rank, keep: int = 0):
-    """Mean masked-token loss over this worker's validation shard, averaged over workers
-    (fixed seeds: the same windows and masks every epoch). Also returns up to ``keep`` of
-    this worker's validation sequences ``[L, D]`` (for the reconstruction monitor)."""
-    import torch
-    import torch.distributed as dist
-
-    model.eval()
-    rng = np.random.default_rng([config.seed, rank, 10**6])
-    total = torch.zeros(2, dtype=torch.float64)
-    kept: list[np.ndarray] = []
-    with torch.no_grad():
-        for batch in shard.iter_batches(batch_size=16, batch_format="numpy"):
-            loss, _ = run_batch(batch, rng, train=False)
-            total += torch.tensor([loss.item() * len(batch["length"]), len(batch["length"])])
-            for flat, length in zip(batch["embedding"], batch["length"], strict=True):
-                if len(kept) < keep and length >= 2:
-                    kept.append(np.asarray(flat, np.float32).reshape(int(length), -1))
+def _validation(trainer: _Trainer, shard, config: PretrainConfig, epoch: int, *, rank, device):
+    """``val/loss`` averaged over workers (fixed windows and masks every epoch) when due,
+    and on rank 0 the reconstruction-retrieval monitor (LV-MAE §4.4) when due."""
+    monitor_due = config.monitor_every_epochs and (epoch + 1) % config.monitor_every_epochs == 0
+    if shard is None or not ((epoch + 1) % config.val_every_epochs == 0 or monitor_due):
+        return {}
+    batches = shard.iter_batches(batch_size=16, batch_format="numpy")
+    total, count, kept = evaluate(
+        trainer.model, batches, config, rng=np.random.default_rng([config.seed, rank, 10**6]),
+        dim=trainer.core.config.input_dim, device=device,
+        keep=64 if monitor_due and rank == 0 else 0,
+    )  # fmt: skip
+    sums = torch.tensor([total, count], dtype=torch.float64)
     if dist.is_available() and dist.is_initialized():
-        device_total = total.to(next(model.parameters()).device)
-        dist.all_reduce(device_total)
-        total = device_total.cpu()
-    model.train()
-    return (float(total[0] / total[1]) if total[1] > 0 else float("nan")), kept
+        on_device = sums.to(device)
+        dist.all_reduce(on_device)
+        sums = on_device.cpu()
+    metrics = {"val/loss": float(sums[0] / sums[1]) if sums[1] > 0 else float("nan")}
+    if kept:
+        rec = reconstruct(
+            trainer.core, kept, mask_ratio=config.mask_ratio, masking=config.masking,
+            seed=config.seed,
+        )  # fmt: skip
+        metrics |= {f"monitor/{k}": v for k, v in retrieval_metrics(rec).items()}
+    return metrics
 
 
 # --------------------------------------------------------------------------- driver

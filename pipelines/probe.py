@@ -1,44 +1,55 @@
-"""Probes on the frozen LV-MAE encoder, and the baselines on the same splits (stage 3 of
-Naiman et al., ICCV 2025, §8, Tables 6–8).
+"""Probes on the frozen LV-MAE encoder, the baselines on the same splits, and the probe
+sweep (stage 3 of Naiman et al., ICCV 2025, §8, Tables 6–8): the Ray parts.
 
 The encoder runs once per video (Ray Data actor pool, :class:`pipelines.embed.EmbedVideos`)
 and its outputs are cached under ``<out>/features/<checkpoint key>/``: per video the mean of
 the token outputs ``[W]``, the [CLS] output ``[W]`` and every token's output ``[L, W]``.
-Probes then train on the cache (:func:`lvmae.probes.train_probe`), never re-running the
+Probes then train on the cache (:func:`lvmae.probes.evaluate`), never re-running the
 encoder. Baselines use the raw segment embeddings: ``mean-pool`` (their mean → linear
 probe) and ``transformer`` (a small transformer trained from scratch: the paper's
 "LanguageBind-Transformer" row).
 
-Outputs: ``results.csv`` / ``results.md`` (one row per method × task), a confusion-matrix
-PNG per classification row, all logged to MLflow (experiment ``lvmae-probe``).
+Outputs of :func:`run_probe`: ``results.csv`` / ``results.md`` (one row per method × task),
+a confusion-matrix PNG per classification row, all logged to MLflow (experiment
+``lvmae-probe``). :func:`run_sweep` shares the same feature cache and hands the tasks to
+:func:`tune.sweep.run_tune` (outputs under ``<out>/tune``).
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import logging
-import math
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pyarrow.parquet as pq
+from mlflow.tracking import MlflowClient
 
-from lvmae.labels import LabelSet, read_labels
-from lvmae.probes import ProbeConfig, ProbeData, TransformerBaseline, train_probe
-from lvmae.storage import read_segments
+from lvmae.config import ProbeConfig, ProbeSection, TuneSection
+from lvmae.probes.features import (
+    Features,
+    ProbeTask,
+    evaluate,
+    load_features,
+    load_tasks,
+    raw_features,
+    video_ids,
+)
+from lvmae.probes.heads import TransformerBaseline
+from lvmae.probes.results import ProbeResult, result_from_fit, write_results
+from lvmae.tracking import open_run, tracking_uri_near
+from pipelines.embed import encoded_videos, resolve_checkpoint
+from tune.space import load_space
+from tune.sweep import run_tune
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "FEATURES_DIR",
+    "compute_features",
+    "feature_cache_dir",
+    "run_probe",
+    "run_sweep",
+]
 
 FEATURES_DIR = "features"
-BASELINES = ("mean-pool", "transformer")
-
-
-class ProbeError(ValueError):
-    """A probe run cannot start; the message says what to fix."""
 
 
 # --------------------------------------------------------------------------- features
@@ -55,13 +66,12 @@ def feature_cache_dir(out: str, checkpoint: Path) -> Path:
 def compute_features(checkpoint: str, embeddings: str, out: str) -> Path:
     """Frozen LV-MAE features for every video under ``embeddings``, computed once and cached
     (Parquet: ``video_id``, ``num_tokens``, ``cls`` ``[W]``, ``mean`` ``[W]``, ``tokens``
-    ``[L * W]``). A finished cache is reused.
+    ``[L * W]``; read back with :func:`lvmae.probes.load_features`). A finished cache is
+    reused.
 
     Raises:
         CheckpointError, StorageError: see :func:`pipelines.embed.run_embed`.
     """
-    from pipelines.embed import encoded_videos, resolve_checkpoint
-
     ckpt = resolve_checkpoint(checkpoint)
     target = feature_cache_dir(out, ckpt)
     if (target / "_SUCCESS").is_file():
@@ -76,251 +86,147 @@ def compute_features(checkpoint: str, embeddings: str, out: str) -> Path:
     return target
 
 
-@dataclass
-class Features:
-    """Per-video features: ``pooled`` ``[W]`` (mean over tokens), ``cls`` ``[W]`` (None for
-    raw embeddings), ``tokens`` ``[L, W]``."""
-
-    pooled: dict[str, np.ndarray]
-    cls: dict[str, np.ndarray] | None
-    tokens: dict[str, np.ndarray]
+# --------------------------------------------------------------------------- probing
 
 
-def load_features(path: Path) -> Features:
-    """Read a feature cache written by :func:`compute_features`."""
-    table = pq.read_table(path)
-    pooled, cls, tokens = {}, {}, {}
-    for row in table.to_pylist():
-        vid = row["video_id"]
-        pooled[vid] = np.asarray(row["mean"], np.float32)
-        cls[vid] = np.asarray(row["cls"], np.float32)
-        tokens[vid] = np.asarray(row["tokens"], np.float32).reshape(row["num_tokens"], -1)
-    return Features(pooled, cls, tokens)
-
-
-def raw_features(embeddings: str) -> Features:
-    """The raw segment embeddings as features (for the baselines): per video its ordered
-    ``[L, D]`` sequence and its mean."""
-    from lvmae.sequences import sequences_from_table
-
-    table = read_segments(embeddings, columns=["video_id", "segment_index", "embedding"])
-    tokens = dict(sequences_from_table(table))
-    return Features({v: t.mean(0) for v, t in tokens.items()}, None, tokens)
-
-
-def probe_data(labels: LabelSet, split: str, features: Features) -> ProbeData:
-    """One split's :class:`~lvmae.probes.ProbeData` from cached features."""
-    ids = labels.split(split)["video_id"].to_pylist()
-    return ProbeData(
-        y=labels.targets(split),
-        pooled=np.stack([features.pooled[v] for v in ids]),
-        tokens=[features.tokens[v] for v in ids],
-        cls=np.stack([features.cls[v] for v in ids]) if features.cls else None,
-    )
-
-
-def load_task(labels_path: str, available: set[str]) -> tuple[LabelSet, list[str]]:
-    """Read a labels file and keep the videos that have embeddings; returns the unknown
-    video ids (reported by the caller). Raises ProbeError when no split survives."""
-    from lvmae.labels import LabelsError
-
-    labels = read_labels(labels_path)
-    kept, unknown = labels.restrict_to(available)
-    try:
-        for split in ("train", "val", "test"):
-            kept.split(split)
-    except LabelsError as exc:
-        raise ProbeError(
-            f"{labels_path}: after dropping {len(unknown)} labelled videos without "
-            f"embeddings: {exc}"
-        ) from exc
-    return kept, unknown
-
-
-# --------------------------------------------------------------------------- running
-
-
-def evaluate(
-    labels: LabelSet,
-    features: Features,
-    config: ProbeConfig,
-    *,
-    model=None,
-    device: str = "cpu",
-    on_epoch=None,
-    use_test: bool = True,
-):
-    """Train one probe on ``labels``' splits; test scores at the best validation epoch.
-    With ``use_test=False`` the validation split stands in for the test split (sweeps must
-    not see the test labels)."""
-    train = probe_data(labels, "train", features)
-    val = probe_data(labels, "val", features)
-    test = probe_data(labels, "test", features) if use_test else val
-    return train_probe(
-        train,
-        val,
-        test,
-        config=config,
-        task=labels.task,
-        n_classes=labels.num_classes if labels.task == "classification" else None,
-        device=device,
-        on_epoch=on_epoch,
-        model=model,
-    )
-
-
-def _row(method: str, probe: str, *, task: str, labels: LabelSet, result, out: Path) -> dict:
-    from lvmae.metrics import classification_report, confusion_matrix, plot_confusion_matrix
-
-    row = {
-        "method": method,
-        "probe": probe,
-        "task": task,
-        "kind": labels.task,
-        "train": labels.split_sizes()["train"],
-        "val": labels.split_sizes()["val"],
-        "test": labels.split_sizes()["test"],
-        "best_epoch": result.best_epoch,
-        result.metric: result.val_metric,
-    }
-    if labels.task == "classification":
-        y = labels.targets("test")
-        report = classification_report(result.test_scores, y, labels.classes)
-        row["top1"] = report["top1"]
-        if "top5" in report:
-            row["top5"] = report["top5"]
-        row["mean_class_accuracy"] = report["mean_class_accuracy"]
-        cm = confusion_matrix(result.test_predictions, y, labels.num_classes)
-        png = out / f"confusion_{task}_{method}_{probe}.png"
-        plot_confusion_matrix(cm, labels.classes, png, title=f"{task}: {method} ({probe})")
-        row["confusion_matrix"] = png.name
-    else:
-        row.update(result.test_metrics)
-    return row
-
-
-def write_results(rows: list[dict], out: Path) -> tuple[Path, Path]:
-    """``results.csv`` and ``results.md`` (one row per method × task)."""
-    out.mkdir(parents=True, exist_ok=True)
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    csv_path, md_path = out / "results.csv", out / "results.md"
-    with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-    def cell(v):
-        if isinstance(v, float):
-            return "–" if math.isnan(v) else f"{v:.4f}"
-        return "" if v is None else str(v)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
-    md_path.write_text("\n".join(lines) + "\n")
-    return csv_path, md_path
+def _baselines(
+    task: ProbeTask, raw: Features, section: ProbeSection, out: Path
+) -> list[tuple[ProbeResult, ProbeConfig]]:
+    """The baselines of ``section`` on ``task``, on the raw segment embeddings."""
+    rows = []
+    labels, device = task.labels, section.device
+    if "mean-pool" in section.baselines:
+        config = section.config("linear")  # the two linear rows differ only in their features
+        fit = evaluate(labels, raw, config, device=device)
+        row = result_from_fit("mean-pool", "linear", task=task.name, labels=labels, fit=fit,
+                              out=out)  # fmt: skip
+        rows.append((row, config))
+    if "transformer" in section.baselines:
+        dim = next(iter(raw.tokens.values())).shape[1]
+        n_out = labels.num_classes if labels.task == "classification" else 1
+        config = ProbeConfig.paper("attentive")
+        model = TransformerBaseline(dim, n_out)
+        fit = evaluate(labels, raw, config, model=model, device=device)
+        row = result_from_fit("transformer", "scratch", task=task.name, labels=labels, fit=fit,
+                              out=out)  # fmt: skip
+        rows.append((row, config))
+    return rows
 
 
 def run_probe(
     checkpoint: str,
     embeddings: str,
-    labels_paths: list[str],
+    labels_paths: Sequence[str],
     out: str,
+    section: ProbeSection,
     *,
-    probe: str | Sequence[str] = "linear",
-    baselines: tuple[str, ...] = (),
-    overrides: dict | None = None,
-    recipes: dict[str, dict] | None = None,
     tracking_uri: str | None = None,
-    device: str = "cpu",
-) -> list[dict]:
-    """Probe the frozen encoder (and score ``baselines``) on every labels file (a task
+) -> list[ProbeResult]:
+    """Probe the frozen encoder (and score the baselines) on every labels file (a task
     each); write ``results.csv``/``results.md`` and confusion matrices under ``out``; log
     every row to MLflow.
 
     Args:
-        probe: one probe kind or several (``linear``, ``attentive``, ``pooler``); the
-            encoder's features are computed once for all of them.
-        overrides: recipe fields applied to every probe kind.
-        recipes: per-kind recipe fields (``{"linear": {"lr": 1e-3}}``), over ``overrides``.
-            The ``mean-pool`` baseline trains with the linear probe's recipe, so the two
-            linear rows differ only in their features.
+        checkpoint: a checkpoint or pre-training run directory.
+        embeddings: the extraction output (holds ``segments/``).
+        labels_paths: labels files, one task each (named by the file's stem).
+        out: the output directory (also holds the feature cache, ``<out>/features``).
+        section: ``probes`` (each trained with ``section.config(kind)``: the paper's recipe
+            under the section's), ``baselines`` (``mean-pool`` trains with the linear probe's
+            recipe, so the two linear rows differ only in their features; ``transformer``
+            with the paper's attentive recipe) and the torch ``device``.
+        tracking_uri: the MLflow store; default: the pre-training run's store above the
+            checkpoint, else ``<out>/mlflow.db`` (:func:`lvmae.tracking.tracking_uri_near`).
+
+    Returns:
+        One row per task × (probe kind, then baselines).
 
     Raises:
-        ProbeError, LabelsError, StorageError, CheckpointError: bad input (before training).
+        ProbeError (:mod:`lvmae.probes.features`), LabelsError, StorageError,
+        CheckpointError: bad input, before any training.
     """
-    unknown_baselines = sorted(set(baselines) - set(BASELINES))
-    if unknown_baselines:
-        raise ProbeError(f"unknown baseline(s) {unknown_baselines}; choose from {BASELINES}")
-    kinds = [probe] if isinstance(probe, str) else list(dict.fromkeys(probe))
-    if not kinds:
-        raise ProbeError("no probe kind given")
-    recipes = recipes or {}
-    try:
-        configs = {k: ProbeConfig(kind=k, **{**(overrides or {}), **recipes.get(k, {})})
-                   for k in [*kinds, "linear"]}  # fmt: skip
-    except (TypeError, ValueError) as exc:
-        raise ProbeError(f"bad probe recipe: {exc}") from exc
-    available = set(read_segments(embeddings, columns=["video_id"])["video_id"].to_pylist())
-    tasks = []
-    for path in labels_paths:
-        labels, unknown = load_task(path, available)
-        if unknown:
-            log.warning(
-                "%s: %d labelled videos have no embeddings and are skipped (e.g. %s)",
-                path, len(unknown), ", ".join(unknown[:3]),
-            )  # fmt: skip
-        tasks.append((Path(path).stem, labels, len(unknown)))
+    kinds = list(dict.fromkeys(section.probes))
+    configs = {kind: section.config(kind) for kind in kinds}
+    tasks = load_tasks(labels_paths, video_ids(embeddings))
     lvmae = load_features(compute_features(checkpoint, embeddings, out))
-    raw = raw_features(embeddings) if baselines else None
+    raw = raw_features(embeddings) if section.baselines else None
     out_dir = Path(out)
-    rows = []
-    for task, labels, n_unknown in tasks:
+    rows: list[tuple[ProbeResult, ProbeConfig]] = []
+    for task in tasks:
         for kind in kinds:
-            result = evaluate(labels, lvmae, configs[kind], device=device)
-            rows.append(
-                _row("lvmae", kind, task=task, labels=labels, result=result, out=out_dir)
-                | {"skipped": n_unknown}
-            )
-        if "mean-pool" in baselines:
-            res = evaluate(labels, raw, configs["linear"], device=device)
-            rows.append(
-                _row("mean-pool", "linear", task=task, labels=labels, result=res, out=out_dir)
-            )
-        if "transformer" in baselines:
-            dim = next(iter(raw.tokens.values())).shape[1]
-            n_out = labels.num_classes if labels.task == "classification" else 1
-            cfg = ProbeConfig.paper("attentive")
-            res = evaluate(labels, raw, cfg, model=TransformerBaseline(dim, n_out), device=device)
-            rows.append(
-                _row("transformer", "scratch", task=task, labels=labels, result=res, out=out_dir)
-            )
-    csv_path, md_path = write_results(rows, out_dir)
-    _track(
-        rows, configs, [csv_path, md_path], out=out, tracking_uri=tracking_uri,
-        checkpoint=checkpoint,
-    )  # fmt: skip
-    return rows
-
-
-def _track(rows, configs, files, *, out, tracking_uri, checkpoint) -> None:
-    from mlflow.tracking import MlflowClient
-
-    from pipelines.tracking import open_run, tracking_uri_near
-
+            fit = evaluate(task.labels, lvmae, configs[kind], device=section.device)
+            row = result_from_fit("lvmae", kind, task=task.name, labels=task.labels, fit=fit,
+                                  out=out_dir)  # fmt: skip
+            rows.append((row.model_copy(update={"skipped": task.skipped}), configs[kind]))
+        if raw is not None:
+            rows += _baselines(task, raw, section, out_dir)
+    files = write_results([row for row, _ in rows], out_dir)
     uri = tracking_uri or tracking_uri_near(checkpoint, out)
-    client = MlflowClient(tracking_uri=uri)
-    for row in rows:
-        name = f"{row['task']}:{row['method']}:{row['probe']}"
-        config = configs.get(row["probe"], configs["linear"])
+    _track(rows, files, out=out, tracking_uri=uri)
+    return [row for row, _ in rows]
+
+
+def _track(
+    rows: Sequence[tuple[ProbeResult, ProbeConfig]],
+    files: Sequence[Path],
+    *,
+    out: str,
+    tracking_uri: str,
+) -> None:
+    """One MLflow run per row (experiment ``lvmae-probe``): the recipe it was trained with
+    as ``probe.*`` params, its numbers as metrics, its confusion matrix and the results
+    tables as artifacts."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    for result, config in rows:
+        row = result.as_row()
+        name = f"{result.task}:{result.method}:{result.probe}"
         run_id = open_run(
-            uri, "lvmae-probe", name, out=out, tags={"lvmae.stage": "probe"},
+            tracking_uri, "lvmae-probe", name, out=out, tags={"lvmae.stage": "probe"},
             params={**{f"probe.{k}": v for k, v in config.to_dict().items()},
-                    "method": row["method"], "task": row["task"]},
+                    "method": result.method, "task": result.task},
         )  # fmt: skip
         for key, value in row.items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 client.log_metric(run_id, key, float(value))
-        if row.get("confusion_matrix"):
-            client.log_artifact(run_id, str(Path(out) / row["confusion_matrix"]))
+        if result.confusion_matrix:
+            client.log_artifact(run_id, str(Path(out) / result.confusion_matrix))
         for f in files:
             client.log_artifact(run_id, str(f))
+
+
+# --------------------------------------------------------------------------- sweeping
+
+
+def run_sweep(
+    checkpoint: str,
+    embeddings: str,
+    labels_paths: Sequence[str],
+    out: str,
+    section: TuneSection,
+    *,
+    tracking_uri: str | None = None,
+    verbose: int = 1,
+) -> list[ProbeResult]:
+    """Sweep probe hyperparameters on every labels file (a task each) with
+    :func:`tune.sweep.run_tune`, on the frozen encoder's features cached under
+    ``<out>/features`` (the cache :func:`run_probe` uses with the same ``out``).
+
+    Args:
+        checkpoint, embeddings, labels_paths, out: as for :func:`run_probe`; the sweep's
+            outputs go under ``<out>/tune``.
+        section: the sweep's settings (trials, search space, concurrency, GPUs, seed).
+        tracking_uri: the MLflow store (default as for :func:`run_probe`).
+        verbose: Ray Tune's verbosity (0-3).
+
+    Returns:
+        One ``lvmae-tuned`` row per task: the best configuration scored on the test split.
+
+    Raises:
+        ConfigError (bad search space), ProbeError, LabelsError, StorageError,
+        CheckpointError: bad input, before any trial starts.
+    """
+    load_space(section.space)  # a bad space fails before the features are computed
+    tasks = load_tasks(labels_paths, video_ids(embeddings))
+    features = load_features(compute_features(checkpoint, embeddings, out))
+    uri = tracking_uri or tracking_uri_near(checkpoint, out)
+    return run_tune(tasks, features, out, section, tracking_uri=uri, verbose=verbose)

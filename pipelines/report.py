@@ -8,15 +8,14 @@ Layout under ``out``::
     figures/probe_comparison.png   the main metric per task, one bar per method × probe
     figures/confusion_<task>.png   one confusion matrix per classification task
 
-Each task is scored by one main metric, chosen for all its rows: top-1 accuracy (a fraction
-in ``[0, 1]``, higher is better) when the rows are classification rows, otherwise the first
-regression metric present among MSE (the paper's, LV-MAE §8 Table 7, and the metric the
-probes select epochs by; lower is better), MAE (lower) and R² (higher). Regression metrics
-are in the targets' own units.
-
-Probe rows are those of :func:`pipelines.probe.run_probe` and :func:`tune.sweep.run_tune`
-(see ``pipelines.probe._row``). Missing inputs (no rows, no loss history, a confusion matrix
-that cannot be found) still give a complete report that says what is missing.
+The report reads :class:`lvmae.probes.results.ProbeResult` objects (one per method × task,
+from the probe and sweep stages). Each task is scored by its results' main metric
+(:attr:`lvmae.probes.results.ProbeResult.main_metric`; a task's results share its kind, and
+its first result's decides): top-1 accuracy (a fraction in ``[0, 1]``, higher is better) for
+classification, MSE for regression (the paper's, LV-MAE §8 Table 7, and the metric the probes
+select epochs by; lower is better, in the targets' own units). Missing inputs (no results, no
+loss history, a confusion matrix that cannot be found) still give a complete report that says
+what is missing.
 """
 
 from __future__ import annotations
@@ -31,12 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import markdown
+
+from lvmae.probes.results import ProbeResult
 
 __all__ = [
     "ReportFiles",
     "best_by_task",
-    "main_metric",
     "results_table",
     "write_report",
 ]
@@ -47,19 +47,16 @@ PROBE_FIGURE = "probe_comparison.png"
 BASELINE = "mean-pool"
 LVMAE_PREFIX = "lvmae"  # "lvmae" and "lvmae-tuned"
 
-# Main-metric candidates: (row key, "max" | "min", label). Classification is top-1; the
-# regression ones are tried in this order.
-_CLASSIFICATION_METRIC = ("top1", "max", "top-1")
-_REGRESSION_METRICS = (("mse", "min", "MSE"), ("mae", "min", "MAE"), ("r2", "max", "R²"))
+# Labels of the main metrics (the keys of ProbeResult.main_metric).
+_METRIC_LABELS = {"top1": "top-1", "mse": "MSE"}
 
-# Results-table metric columns (row key, header), in display order.
+# Results-table metric columns (ProbeResult field, header), in display order.
 _METRIC_COLUMNS = (
     ("top1", "top-1"),
     ("top5", "top-5"),
     ("mean_class_accuracy", "mean class acc."),
     ("mse", "MSE"),
     ("mae", "MAE"),
-    ("r2", "R²"),
 )
 
 _CSS = """
@@ -86,82 +83,52 @@ class ReportFiles:
 # --------------------------------------------------------------------------- metrics
 
 
-def _number(value: Any) -> float | None:
-    """``value`` as a float when it is a real number (Python or numpy; bools excluded), else
-    None."""
-    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
-        return None
-    return float(value)
-
-
-def _finite(value: Any) -> float | None:
-    x = _number(value)
-    return x if x is not None and math.isfinite(x) else None
-
-
-def _task(row: Mapping[str, Any], index: int) -> str:
-    if "task" not in row or "method" not in row:
-        raise ValueError(f"probe row {index} needs 'task' and 'method' keys; got {sorted(row)}")
-    return str(row["task"])
-
-
-def _by_task(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
-    """Rows grouped by task, tasks and rows in their order of first appearance."""
-    groups: dict[str, list[Mapping[str, Any]]] = {}
-    for i, row in enumerate(rows):
-        groups.setdefault(_task(row, i), []).append(row)
+def _by_task(results: Sequence[ProbeResult]) -> dict[str, list[ProbeResult]]:
+    """Results grouped by task, tasks and results in their order of first appearance."""
+    groups: dict[str, list[ProbeResult]] = {}
+    for result in results:
+        groups.setdefault(result.task, []).append(result)
     return groups
 
 
-def main_metric(rows: Sequence[Mapping[str, Any]]) -> tuple[str, str, str] | None:
-    """The main metric of one task's rows: ``(row key, "max" | "min", label)``.
-
-    Top-1 accuracy when any row is a classification row (``kind == "classification"`` or a
-    ``top1`` key); otherwise the first of MSE, MAE, R² that some row holds. None when the rows
-    hold none of these.
-    """
-    if any(r.get("kind") == "classification" or "top1" in r for r in rows):
-        return _CLASSIFICATION_METRIC
-    for candidate in _REGRESSION_METRICS:
-        if any(candidate[0] in r for r in rows):
-            return candidate
-    return None
+def _task_metric(group: Sequence[ProbeResult]) -> tuple[str, str]:
+    """``(key, "max" | "min")``: the main metric of one task, its first result's."""
+    key, _, mode = group[0].main_metric
+    return key, mode
 
 
-def _better(a: float, b: float, mode: str) -> bool:
-    return a > b if mode == "max" else a < b
+def _score(result: ProbeResult, key: str) -> float | None:
+    """``result``'s main metric when it is ``key`` and finite, else None."""
+    name, value, _ = result.main_metric
+    return value if name == key and value is not None and math.isfinite(value) else None
 
 
-def _best(rows: Iterable[Mapping[str, Any]], key: str, mode: str) -> Mapping[str, Any] | None:
-    """The row with the best finite ``key`` (the first one on ties), or None."""
-    best, best_value = None, math.nan
-    for row in rows:
-        value = _finite(row.get(key))
-        if value is not None and (best is None or _better(value, best_value, mode)):
-            best, best_value = row, value
+def _best(results: Iterable[ProbeResult], key: str, mode: str) -> tuple[ProbeResult, float] | None:
+    """The result with the best finite ``key`` and that value (the first one on ties), or
+    None."""
+    best: tuple[ProbeResult, float] | None = None
+    for result in results:
+        value = _score(result, key)
+        if value is None:
+            continue
+        if best is None or (value > best[1] if mode == "max" else value < best[1]):
+            best = (result, value)
     return best
 
 
-def best_by_task(rows: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
-    """The best row of each task by its :func:`main_metric` (highest top-1 / R², lowest MSE /
-    MAE; the first row on ties). Rows whose main metric is missing or not finite are never
-    picked, and a task none of whose rows has a finite main metric is left out.
-
-    Args:
-        rows: probe result rows (each with at least ``task`` and ``method``).
+def best_by_task(results: Sequence[ProbeResult]) -> dict[str, ProbeResult]:
+    """The best result of each task by its main metric (highest top-1, lowest MSE; the first
+    result on ties). Results whose main metric is missing or not finite are never picked,
+    and a task none of whose results has a finite main metric is left out.
 
     Returns:
-        ``{task: row}`` in the tasks' order of first appearance (the row objects themselves).
-
-    Raises:
-        ValueError: a row without a ``task`` or ``method`` key.
+        ``{task: result}`` in the tasks' order of first appearance (the objects themselves).
     """
-    best: dict[str, Mapping[str, Any]] = {}
-    for task, group in _by_task(rows).items():
-        metric = main_metric(group)
-        row = _best(group, metric[0], metric[1]) if metric else None
-        if row is not None:
-            best[task] = row
+    best: dict[str, ProbeResult] = {}
+    for task, group in _by_task(results).items():
+        found = _best(group, *_task_metric(group))
+        if found is not None:
+            best[task] = found[0]
     return best
 
 
@@ -169,11 +136,12 @@ def best_by_task(rows: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, An
 
 
 def _cell(value: Any) -> str:
-    """A table cell: floats to 3 decimals, NaN / None as "–", pipes and newlines escaped."""
+    """A table cell: non-integral numbers to 3 decimals, NaN / None as "–", pipes and
+    newlines escaped."""
     if value is None:
         return "–"
-    if not isinstance(value, numbers.Integral) and (number := _number(value)) is not None:
-        return "–" if math.isnan(number) else f"{number:.3f}"
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        return "–" if math.isnan(value) else f"{float(value):.3f}"
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
@@ -183,87 +151,66 @@ def _table(header: Sequence[str], body: Iterable[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def _test_size(row: Mapping[str, Any]) -> Any:
-    return row.get("test", row.get("n"))
-
-
-def results_table(rows: Sequence[Mapping[str, Any]]) -> str:
+def results_table(results: Sequence[ProbeResult]) -> str:
     """The probe results as a Markdown table (also fit to print on a terminal).
 
-    Columns: task, method, probe, then each metric that some row holds (top-1, top-5, mean
-    class accuracy as fractions in ``[0, 1]``; MSE, MAE in the targets' units; R²), then
-    ``test n`` (the test-split size, from the row's ``test`` or ``n``) when some row has it.
-    Floats are written with 3 decimals; NaN and None as "–"; a metric a row does not have is
-    left blank. Rows are grouped by task (in order of first appearance), keeping their order.
+    Columns: task, method, probe, then each metric that some result holds (top-1, top-5,
+    mean class accuracy as fractions in ``[0, 1]``; MSE, MAE in the targets' units), then
+    ``test n`` (the test-split size). Floats are written with 3 decimals, NaN as "–"; a
+    metric a result does not have is left blank. Results are grouped by task (in order of
+    first appearance), keeping their order.
 
     Returns:
-        The table without a trailing newline, or ``"No probe results."`` when ``rows`` is
-        empty.
-
-    Raises:
-        ValueError: a row without a ``task`` or ``method`` key.
+        The table without a trailing newline, or ``"No probe results."`` when ``results``
+        is empty.
     """
-    groups = _by_task(rows)
-    if not groups:
+    ordered = [result for group in _by_task(results).values() for result in group]
+    if not ordered:
         return "No probe results."
-    ordered = [row for group in groups.values() for row in group]
-    metrics = [(k, h) for k, h in _METRIC_COLUMNS if any(k in r for r in ordered)]
-    with_n = any(_test_size(r) is not None for r in ordered)
-    header = ["task", "method", "probe"] + [h for _, h in metrics] + (["test n"] if with_n else [])
+    metrics = [
+        (k, h) for k, h in _METRIC_COLUMNS if any(getattr(r, k) is not None for r in ordered)
+    ]
+    header = ["task", "method", "probe", *(h for _, h in metrics), "test n"]
 
-    def cells(row: Mapping[str, Any]) -> list[str]:
-        out = [_cell(row["task"]), _cell(row["method"]), _cell(row.get("probe", ""))]
-        for key, _ in metrics:
-            value = row.get(key)
-            number = _number(value)
-            out.append("" if key not in row else _cell(number if number is not None else value))
-        if with_n:
-            size = _test_size(row)
-            out.append("" if size is None else _cell(size))
-        return out
+    def cells(r: ProbeResult) -> list[str]:
+        values = (getattr(r, key) for key, _ in metrics)
+        scores = ["" if v is None else _cell(v) for v in values]
+        return [_cell(r.task), _cell(r.method), _cell(r.probe), *scores, _cell(r.test)]
 
     return _table(header, (cells(r) for r in ordered))
 
 
-def _name(row: Mapping[str, Any]) -> str:
-    probe = row.get("probe")
-    return f"{row['method']} ({probe})" if probe else str(row["method"])
-
-
-def _task_sentence(task: str, group: Sequence[Mapping[str, Any]]) -> str:
+def _task_sentence(task: str, group: Sequence[ProbeResult]) -> str:
     """One sentence: the best method of ``task`` and its margin over the mean-pool baseline."""
-    metric = main_metric(group)
-    if metric is None:
-        return f"**{_cell(task)}**: no row has a known metric (top-1, MSE, MAE or R²)."
-    key, mode, label = metric
+    key, mode = _task_metric(group)
+    label = _METRIC_LABELS[key]
     direction = "higher" if mode == "max" else "lower"
     head = f"**{_cell(task)}** ({label}, {direction} is better)"
     best = _best(group, key, mode)
     if best is None:
         return f"{head}: no row has a finite {label}."
-    best_value = float(best[key])
-    text = f"{head}: best is {_name(best)} at {best_value:.3f}"
-    baseline = _best((r for r in group if r["method"] == BASELINE), key, mode)
+    best_row, best_value = best
+    text = f"{head}: best is {best_row.name} at {best_value:.3f}"
+    baseline = _best((r for r in group if r.method == BASELINE), key, mode)
     if baseline is None:
         return f"{text}; there is no {BASELINE} baseline to compare with."
-    base_value = float(baseline[key])
-    if baseline is not best:
+    base_row, base_value = baseline
+    if base_row is not best_row:
         margin = abs(best_value - base_value)
         versus = (
-            f"tied with the {_name(baseline)} baseline"
+            f"tied with the {base_row.name} baseline"
             if margin == 0
-            else f"{direction} than the {_name(baseline)} baseline at {base_value:.3f} "
+            else f"{direction} than the {base_row.name} baseline at {base_value:.3f} "
             f"by {margin:.3f} {label}"
         )
         return f"{text}, {versus}."
-    others = (r for r in group if str(r["method"]).startswith(LVMAE_PREFIX))
-    lvmae = _best(others, key, mode)
+    lvmae = _best((r for r in group if r.method.startswith(LVMAE_PREFIX)), key, mode)
     if lvmae is None:
         return f"{text}: the {BASELINE} baseline itself."
-    gap = abs(base_value - float(lvmae[key]))
+    lvmae_row, lvmae_value = lvmae
     return (
-        f"{text}: the {BASELINE} baseline itself; the best LV-MAE row, {_name(lvmae)} at "
-        f"{float(lvmae[key]):.3f}, trails it by {gap:.3f} {label}."
+        f"{text}: the {BASELINE} baseline itself; the best LV-MAE row, {lvmae_row.name} at "
+        f"{lvmae_value:.3f}, trails it by {abs(base_value - lvmae_value):.3f} {label}."
     )
 
 
@@ -273,6 +220,7 @@ def _task_sentence(task: str, group: Sequence[Mapping[str, Any]]) -> str:
 def _new_figure(width: float, height: float):
     """A matplotlib Figure (constrained layout) on an Agg canvas: no display, no pyplot
     global state."""
+    # matplotlib is imported here, not at module top: it is heavy and only needed to plot.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -285,7 +233,7 @@ def _plot_losses(history: Mapping[str, Sequence[tuple[int, float]]], path: Path)
     """Plot every series with at least one finite point; False (nothing written) if none."""
     series = {}
     for name, points in history.items():
-        kept = sorted((int(s), float(v)) for s, v in points if _finite(v) is not None)
+        kept = sorted((int(s), float(v)) for s, v in points if math.isfinite(v))
         if kept:
             series[name] = kept
     if not series:
@@ -306,53 +254,51 @@ def _plot_losses(history: Mapping[str, Sequence[tuple[int, float]]], path: Path)
     return True
 
 
-def _plot_probes(groups: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -> bool:
+def _plot_probes(groups: Mapping[str, Sequence[ProbeResult]], path: Path) -> bool:
     """One panel per task with one bar per method × probe (same colour in every panel),
-    annotated with its value; False (nothing written) when no row has a finite metric."""
+    annotated with its value, and a legend below the panels; False (nothing written) when
+    no result has a finite main metric."""
+    # matplotlib is imported here, not at module top: it is heavy and only needed to plot.
+    from matplotlib import colormaps
+    from matplotlib.patches import Patch
+
     panels = []
     for task, group in groups.items():
-        metric = main_metric(group)
-        if metric and any(_finite(r.get(metric[0])) is not None for r in group):
-            panels.append((task, group, metric))
+        key, mode = _task_metric(group)
+        if any(_score(r, key) is not None for r in group):
+            panels.append((task, group, key, mode))
     if not panels:
         return False
-    names = list(dict.fromkeys(_name(r) for _, group, _ in panels for r in group))
-    from matplotlib import colormaps
-
+    names = list(dict.fromkeys(r.name for _, group, _, _ in panels for r in group))
     cmap = colormaps["tab10"]
     colours = {n: cmap(i % cmap.N) for i, n in enumerate(names)}
     ncols = min(len(panels), 4)
     nrows = math.ceil(len(panels) / ncols)
-    panel_width = max(2.6, 0.7 * max(len(g) for _, g, _ in panels) + 1.0)
+    panel_width = max(2.6, 0.7 * max(len(g) for _, g, _, _ in panels) + 1.0)
     fig = _new_figure(panel_width * ncols, 3.6 * nrows + 0.4 * math.ceil(len(names) / 3))
-    for i, (task, group, (key, mode, label)) in enumerate(panels):
+    for i, (task, group, key, mode) in enumerate(panels):
         ax = fig.add_subplot(nrows, ncols, i + 1)
-        values = [_finite(r.get(key)) for r in group]
+        values = [_score(r, key) for r in group]
         bars = ax.bar(
             range(len(group)),
             [0.0 if v is None else v for v in values],
-            color=[colours[_name(r)] for r in group],
+            color=[colours[r.name] for r in group],
         )
         ax.bar_label(bars, labels=["–" if v is None else f"{v:.3f}" for v in values],
                      padding=2, fontsize=8)  # fmt: skip
         ax.set_xticks([])
         ax.set_title(task)
-        ax.set_ylabel(f"{label} ({'higher' if mode == 'max' else 'lower'} is better)")
+        ax.set_ylabel(f"{_METRIC_LABELS[key]} ({'higher' if mode == 'max' else 'lower'} is better)")
         top = max((v for v in values if v is not None), default=0.0)
         if key == "top1":
             ax.set_ylim(0.0, 1.1)
         elif top > 0:
             ax.set_ylim(0.0, 1.15 * top)
-    handles = [_legend_patch(colours[n]) for n in names]
+    handles = [Patch(facecolor=colours[n]) for n in names]
     fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 3), frameon=False)
-    fig.savefig(path, format="png")
+    # The legend can be wider than narrow panels; "tight" grows the saved image to hold it.
+    fig.savefig(path, format="png", bbox_inches="tight")
     return True
-
-
-def _legend_patch(colour):
-    from matplotlib.patches import Patch
-
-    return Patch(facecolor=colour)
 
 
 def _resolve(cm: str, task: str, probe_dir: Path | None) -> Path | None:
@@ -371,26 +317,113 @@ def _slug(text: str) -> str:
 
 
 def _pick_confusion(
-    task: str, group: Sequence[Mapping[str, Any]], probe_dir: Path | None
-) -> tuple[Mapping[str, Any] | None, Path | None, list[str]]:
-    """The matrix shown for ``task``: ``(row, file, [])`` for the best LV-MAE row whose file
-    exists, else the best other row whose file exists; ``(None, None, names)`` when rows
-    name matrices but none can be found (``names`` empty when no row names one)."""
-    named = [r for r in group if r.get("confusion_matrix")]
-    key, mode, _ = main_metric(group) or _CLASSIFICATION_METRIC
+    task: str, group: Sequence[ProbeResult], probe_dir: Path | None
+) -> tuple[ProbeResult | None, Path | None, list[str]]:
+    """The matrix shown for ``task``: ``(result, file, [])`` for the best LV-MAE result whose
+    file exists, else the best other result whose file exists; ``(None, None, names)`` when
+    results name matrices but none can be found (``names`` empty when none names one)."""
+    named = [r for r in group if r.confusion_matrix]
+    key, mode = _task_metric(group)
+    sign = -1.0 if mode == "max" else 1.0
 
-    def rank(rows: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-        scored = [r for r in rows if _finite(r.get(key)) is not None]
-        scored.sort(key=lambda r: -float(r[key]) if mode == "max" else float(r[key]))
-        return scored + [r for r in rows if _finite(r.get(key)) is None]
+    def rank(results: list[ProbeResult]) -> list[ProbeResult]:
+        scored = [r for r in results if _score(r, key) is not None]
+        scored.sort(key=lambda r: sign * (_score(r, key) or 0.0))
+        return scored + [r for r in results if _score(r, key) is None]
 
-    lvmae = [r for r in named if str(r["method"]).startswith(LVMAE_PREFIX)]
-    others = [r for r in named if not str(r["method"]).startswith(LVMAE_PREFIX)]
-    for row in rank(lvmae) + rank(others):
-        found = _resolve(str(row["confusion_matrix"]), task, probe_dir)
+    lvmae = [r for r in named if r.method.startswith(LVMAE_PREFIX)]
+    others = [r for r in named if not r.method.startswith(LVMAE_PREFIX)]
+    for result in rank(lvmae) + rank(others):
+        found = _resolve(str(result.confusion_matrix), task, probe_dir)
         if found is not None:
-            return row, found, []
-    return None, None, [str(r["confusion_matrix"]) for r in named]
+            return result, found, []
+    return None, None, [str(r.confusion_matrix) for r in named]
+
+
+# --------------------------------------------------------------------------- report sections
+
+
+def _summary_section(summary: Mapping[str, Any]) -> list[str]:
+    md = ["## Summary", ""]
+    if summary:
+        md.append(_table(["quantity", "value"], ([_cell(k), _cell(v)] for k, v in summary.items())))
+    else:
+        md.append("No run summary was given.")
+    return [*md, ""]
+
+
+def _probe_section(
+    results: Sequence[ProbeResult], groups: Mapping[str, Sequence[ProbeResult]], fig_dir: Path
+) -> tuple[list[str], list[Path]]:
+    """The results table, one sentence per task and the comparison figure."""
+    md = ["## Probe results", ""]
+    probe_png = fig_dir / PROBE_FIGURE
+    if not groups:
+        probe_png.unlink(missing_ok=True)
+        return [*md, "No probe results: the probes did not run or produced no rows.", ""], []
+    md += [results_table(results), ""]
+    for task, group in groups.items():
+        md += [_task_sentence(task, group), ""]
+    if _plot_probes(groups, probe_png):
+        return [*md, f"![Probe comparison]({FIGURES_DIR}/{PROBE_FIGURE})", ""], [probe_png]
+    probe_png.unlink(missing_ok=True)
+    return [*md, "No probe row has a finite metric, so there is no comparison figure.", ""], []
+
+
+def _loss_section(
+    loss_history: Mapping[str, Sequence[tuple[int, float]]], fig_dir: Path
+) -> tuple[list[str], list[Path]]:
+    md = ["## Pre-training loss", ""]
+    loss_png = fig_dir / LOSS_FIGURE
+    if _plot_losses(loss_history, loss_png):
+        return [*md, f"![Loss curves]({FIGURES_DIR}/{LOSS_FIGURE})", ""], [loss_png]
+    loss_png.unlink(missing_ok=True)
+    return [*md, "No loss history was recorded, so there is no loss-curve figure.", ""], []
+
+
+def _confusion_section(
+    groups: Mapping[str, Sequence[ProbeResult]], probe_dir: Path | None, fig_dir: Path
+) -> tuple[list[str], list[Path]]:
+    """One copied matrix per task (``confusion_<task>.png``, suffixed ``_2``, ``_3``... when
+    task slugs collide), and the matrices that could not be found."""
+    md = ["## Confusion matrices", ""]
+    figures: list[Path] = []
+    missing = 0
+    used: set[str] = set()
+    for task, group in groups.items():
+        result, source, not_found = _pick_confusion(task, group, probe_dir)
+        if not_found:
+            missing += 1
+            listed = ", ".join(not_found)
+            md += [f"- {_cell(task)}: confusion matrix not found ({_cell(listed)}).", ""]
+        if result is None or source is None:
+            continue
+        stem = base = f"confusion_{_slug(task)}"
+        k = 2
+        while stem in used:
+            stem, k = f"{base}_{k}", k + 1
+        used.add(stem)
+        target = fig_dir / f"{stem}.png"
+        shutil.copyfile(source, target)
+        figures.append(target)
+        md += [
+            f"### {_cell(task)}: {result.name}",
+            "",
+            f"![{stem}]({FIGURES_DIR}/{target.name})",
+            "",
+        ]
+    if not figures and not missing:
+        md += ["No confusion matrices (no classification rows named one).", ""]
+    return md, figures
+
+
+def _html_page(title: str, text: str) -> str:
+    body = markdown.markdown(text, extensions=["tables"], output_format="html")
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n"
+        f"<body>\n{body}\n</body>\n</html>\n"
+    )
 
 
 # --------------------------------------------------------------------------- report
@@ -402,7 +435,7 @@ def write_report(
     title: str,
     summary: Mapping[str, Any],
     loss_history: Mapping[str, Sequence[tuple[int, float]]],
-    probe_rows: Sequence[Mapping[str, Any]],
+    results: Sequence[ProbeResult],
     probe_dir: str | Path | None = None,
     notes: Sequence[str] = (),
 ) -> ReportFiles:
@@ -418,14 +451,11 @@ def write_report(
             ``figures/loss_curves.png`` (log-scale y when every value is positive;
             non-finite points dropped). Without any finite point there is no figure and the
             report says so.
-        probe_rows: rows of :func:`pipelines.probe.run_probe` / :func:`tune.sweep.run_tune`
-            (keys ``task``, ``method``, ``probe``, ``kind``, ``top1``, ``top5``,
-            ``mean_class_accuracy``, ``mse``, ``mae``, ``test``, ``confusion_matrix``...).
-            Shown as :func:`results_table`, one sentence per task (the best method and its
-            margin over the ``mean-pool`` baseline, in the task's main metric; see
-            :func:`main_metric`), ``figures/probe_comparison.png``, and one confusion
-            matrix per task: the best LV-MAE row's (methods ``lvmae*``) when it exists,
-            otherwise the best other row's, copied to ``figures/confusion_<task>.png``.
+        results: the probe and sweep results. Shown as :func:`results_table`, one sentence
+            per task (the best method and its margin over the ``mean-pool`` baseline, in the
+            task's main metric), ``figures/probe_comparison.png``, and one confusion matrix
+            per task: the best LV-MAE result's (methods ``lvmae*``) when it exists,
+            otherwise the best other result's, copied to ``figures/confusion_<task>.png``.
         probe_dir: the directory that relative ``confusion_matrix`` paths are relative to
             (the probe or tune ``--out``; ``<probe_dir>/<task>/`` is tried too). Without
             it, relative paths are taken from the current directory. Matrices that cannot
@@ -438,87 +468,31 @@ def write_report(
         when this one has none).
 
     Raises:
-        ValueError: a probe row without a ``task`` or ``method`` key.
         OSError: ``out`` cannot be written.
     """
-    import markdown
-
     out = Path(out)
     fig_dir = out / FIGURES_DIR
     fig_dir.mkdir(parents=True, exist_ok=True)
-    groups = _by_task(probe_rows)  # validates the rows before anything is written
+    groups = _by_task(results)
     probe_root = Path(probe_dir) if probe_dir is not None else None
-    figures: list[Path] = []
-    md: list[str] = [f"# {title}", ""]
 
-    md += ["## Summary", ""]
-    if summary:
-        md.append(_table(["quantity", "value"], ([_cell(k), _cell(v)] for k, v in summary.items())))
-    else:
-        md.append("No run summary was given.")
-    md.append("")
-
-    md += ["## Probe results", ""]
-    if groups:
-        md += [results_table(probe_rows), ""]
-        for task, group in groups.items():
-            md += [_task_sentence(task, group), ""]
-        probe_png = fig_dir / PROBE_FIGURE
-        if _plot_probes(groups, probe_png):
-            figures.append(probe_png)
-            md += [f"![Probe comparison]({FIGURES_DIR}/{PROBE_FIGURE})", ""]
-        else:
-            probe_png.unlink(missing_ok=True)
-            md += ["No probe row has a finite metric, so there is no comparison figure.", ""]
-    else:
-        (fig_dir / PROBE_FIGURE).unlink(missing_ok=True)
-        md += ["No probe results: the probes did not run or produced no rows.", ""]
-
-    md += ["## Pre-training loss", ""]
-    loss_png = fig_dir / LOSS_FIGURE
-    if _plot_losses(loss_history, loss_png):
-        figures.append(loss_png)
-        md += [f"![Loss curves]({FIGURES_DIR}/{LOSS_FIGURE})", ""]
-    else:
-        loss_png.unlink(missing_ok=True)
-        md += ["No loss history was recorded, so there is no loss-curve figure.", ""]
-
-    md += ["## Confusion matrices", ""]
-    shown = missing = 0
-    used: set[str] = set()
-    for task, group in groups.items():
-        row, source, not_found = _pick_confusion(task, group, probe_root)
-        if not_found:
-            missing += 1
-            listed = ", ".join(not_found)
-            md += [f"- {_cell(task)}: confusion matrix not found ({_cell(listed)}).", ""]
-        if row is None or source is None:
-            continue
-        stem = base = f"confusion_{_slug(task)}"
-        k = 2
-        while stem in used:
-            stem, k = f"{base}_{k}", k + 1
-        used.add(stem)
-        target = fig_dir / f"{stem}.png"
-        shutil.copyfile(source, target)
-        figures.append(target)
-        shown += 1
-        caption = f"### {_cell(task)}: {_name(row)}"
-        md += [caption, "", f"![{stem}]({FIGURES_DIR}/{target.name})", ""]
-    if not shown and not missing:
-        md += ["No confusion matrices (no classification rows named one).", ""]
-
-    md += ["## Notes", ""]
-    md += [f"- {line}" for line in notes] if notes else ["No notes."]
+    probe_md, probe_figs = _probe_section(results, groups, fig_dir)
+    loss_md, loss_figs = _loss_section(loss_history, fig_dir)
+    confusion_md, confusion_figs = _confusion_section(groups, probe_root, fig_dir)
+    notes_md = [f"- {line}" for line in notes] if notes else ["No notes."]
+    md = [
+        *[f"# {title}", ""],
+        *_summary_section(summary),
+        *probe_md,
+        *loss_md,
+        *confusion_md,
+        *["## Notes", "", *notes_md],
+    ]
     text = "\n".join(md).rstrip() + "\n"
 
     md_path, html_path = out / "report.md", out / "report.html"
     md_path.write_text(text, encoding="utf-8")
-    body = markdown.markdown(text, extensions=["tables"], output_format="html")
-    page = (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n"
-        f"<body>\n{body}\n</body>\n</html>\n"
+    html_path.write_text(_html_page(title, text), encoding="utf-8")
+    return ReportFiles(
+        markdown=md_path, html=html_path, figures=probe_figs + loss_figs + confusion_figs
     )
-    html_path.write_text(page, encoding="utf-8")
-    return ReportFiles(markdown=md_path, html=html_path, figures=figures)

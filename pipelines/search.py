@@ -17,13 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
+from lvmae.encoders import build_encoder
+from lvmae.errors import LvmaeError
+from lvmae.retrieval import exact_search, load_or_build
 from lvmae.storage import SEGMENTS_DIR, StorageError, read_manifest, read_segments
 
 EXACT_MAX = 200_000  # segments; above this an approximate index is used
 INDEX_DIR = "index"
 
 
-class SearchError(ValueError):
+class SearchError(LvmaeError, ValueError):
     """A search cannot run (empty query, unknown segment, incompatible index...)."""
 
 
@@ -93,7 +96,6 @@ def _check_saved_index(embeddings: str, rebuild: bool) -> None:
 
 def text_encoder(embeddings: str):
     """The frozen encoder that made ``embeddings`` (from its manifest), for text queries."""
-    from lvmae.encoders import build_encoder
 
     manifest = read_manifest(embeddings)
     if not manifest or "encoder" not in manifest:
@@ -129,7 +131,6 @@ def search(
         IndexMismatchError: a saved index built from other embeddings (with ``exact=False``
             and no rebuild).
     """
-    from lvmae.retrieval import exact_search, load_or_build
 
     if (query is None) == (example is None):
         raise SearchError("give either a text query or an example segment, not both")

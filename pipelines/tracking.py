@@ -1,104 +1,82 @@
-"""MLflow tracking shared by the jobs: one tracking store per output directory by default
-(``sqlite:///<out>/mlflow.db``, artifacts under ``<out>/mlartifacts``), or the server named
-by ``MLFLOW_TRACKING_URI`` on a cluster."""
+"""The main job's MLflow runs: one parent run per run name and config, one nested run per
+stage (found again on a rerun of the same config), and every run a stage opens through
+:func:`lvmae.tracking.open_run` nested under its stage's run."""
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
-from pathlib import Path
-from typing import Any
 
-ARTIFACTS_DIR = "mlartifacts"
-PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
+from mlflow.tracking import MlflowClient
 
-# (experiment name, parent run id) of the enclosing stage of `lvmae run`, if any.
-_PARENT: ContextVar[tuple[str, str] | None] = ContextVar("lvmae_mlflow_parent", default=None)
+from lvmae.config import RunConfig
+from lvmae.tracking import PARENT_TAG, nested_under, open_run
 
 
-@contextmanager
-def nested_under(experiment: str, parent_run_id: str) -> Iterator[None]:
-    """Within this block, :func:`open_run` creates (and finds) its runs in ``experiment`` as
-    children of ``parent_run_id``, whatever experiment the job asked for: how ``lvmae run``
-    nests every stage's runs under its stage run."""
-    token = _PARENT.set((experiment, parent_run_id))
-    try:
-        yield
-    finally:
-        _PARENT.reset(token)
+class RunTracker:
+    """The parent run of one ``lvmae run`` and its stage runs.
 
+    Args:
+        config: the run's config (its sections become the parent's params).
+        tracking_uri: the MLflow store.
+        workdir: where a new local experiment keeps its artifacts.
+    """
 
-def default_tracking_uri(out: str) -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else a SQLite store under ``out`` (a local path)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or (
-        f"sqlite:///{Path(out).absolute() / 'mlflow.db'}"
-    )
+    def __init__(self, config: RunConfig, tracking_uri: str, workdir: str) -> None:
+        self.uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.experiment = config.run.experiment
+        self.workdir = workdir
+        params = {"config.digest": config.digest(), "run.workdir": workdir}
+        for section, values in config.model_dump(mode="json").items():
+            if isinstance(values, dict):
+                params.update({f"{section}.{k}": v for k, v in values.items()})
+        self.parent = open_run(
+            tracking_uri, self.experiment, f"{config.run.name}-{config.digest()}",
+            out=workdir, tags={"lvmae.stage": "run"}, params=params,
+        )  # fmt: skip
+        self.client.update_run(self.parent, status="RUNNING")
 
+    def open_stage(self, stage: str, params: dict | None = None) -> str:
+        """The stage's run under the parent (found again on a rerun of the same config)."""
+        with nested_under(self.experiment, self.parent):
+            return open_run(
+                self.uri, self.experiment, stage, out=self.workdir,
+                tags={"lvmae.stage": stage}, params=params,
+            )  # fmt: skip
 
-def metric_key(name: str) -> str:
-    """An MLflow-legal metric name (``R@1`` → ``R_at_1``; MLflow allows only alphanumerics,
-    ``_ - . / :`` and spaces)."""
-    return name.replace("@", "_at_")
+    @contextmanager
+    def stage(self, stage: str, params: dict | None = None) -> Iterator[str]:
+        """Run a stage inside its MLflow run: FINISHED on success, FAILED (with the error
+        as the ``lvmae.error`` tag) or KILLED on an exception, which propagates."""
+        run_id = self.open_stage(stage, params)
+        self.client.update_run(run_id, status="RUNNING")
+        try:
+            with nested_under(self.experiment, run_id):
+                yield run_id
+        except BaseException as exc:
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            self.client.set_tag(run_id, "lvmae.error", f"{type(exc).__name__}: {exc}"[:5000])
+            self.finish(run_id, status)
+            raise
+        self.finish(run_id, "FINISHED")
 
+    def skipped(self, stage: str, finished_at: str) -> None:
+        """Record that ``stage`` was skipped (done at ``finished_at``)."""
+        run_id = self.open_stage(stage)
+        if self.client.get_run(run_id).info.status == "FINISHED":
+            return  # this parent ran (or skipped) the stage before: keep what its run says
+        self.client.set_tag(run_id, "lvmae.stage_status", "skipped")
+        self.client.set_tag(run_id, "lvmae.done_at", finished_at)
+        self.finish(run_id, "FINISHED")
 
-def tracking_uri_near(checkpoint: str | Path, out: str) -> str:
-    """The tracking store for a job that uses a pre-training checkpoint: ``MLFLOW_TRACKING_URI``
-    when set, else the pre-training run's own SQLite store (``<pretrain out>/mlflow.db``,
-    found above the checkpoint) so probes and sweeps land beside the run they evaluate, else
-    :func:`default_tracking_uri` of ``out``."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    for parent in list(Path(checkpoint).absolute().parents)[:3]:
-        if (parent / "mlflow.db").is_file():
-            return f"sqlite:///{parent / 'mlflow.db'}"
-    return default_tracking_uri(out)
-
-
-def open_run(
-    tracking_uri: str,
-    experiment: str,
-    run_name: str,
-    *,
-    out: str,
-    tags: dict[str, str] | None = None,
-    params: dict[str, Any] | None = None,
-) -> str:
-    """The id of the MLflow run tagged ``lvmae.run_name = run_name`` in ``experiment``:
-    reused when it exists (a resumed job), else created with ``params`` logged (lists and
-    dicts as JSON). A new experiment keeps its artifacts under ``<out>/mlartifacts`` when
-    the store is a local SQLite file, never in the current directory. Inside
-    :func:`nested_under`, the run lives in that block's experiment, under its parent run."""
-    from mlflow.entities import Param
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    parent = _PARENT.get()
-    query = f"tags.`lvmae.run_name` = '{run_name}'"
-    if parent is not None:
-        experiment = parent[0]
-        tags = {**(tags or {}), PARENT_TAG: parent[1]}
-        query += f" and tags.`{PARENT_TAG}` = '{parent[1]}'"
-    found = client.get_experiment_by_name(experiment)
-    if found is not None:
-        experiment_id = found.experiment_id
-    else:
-        artifacts = None
-        if tracking_uri.startswith("sqlite:///") and "://" not in out:
-            artifacts = (Path(out).absolute() / ARTIFACTS_DIR).as_uri()
-        experiment_id = client.create_experiment(experiment, artifact_location=artifacts)
-    runs = client.search_runs([experiment_id], filter_string=query, max_results=1)
-    if runs:
-        return runs[0].info.run_id
-    run = client.create_run(
-        experiment_id, run_name=run_name, tags={"lvmae.run_name": run_name, **(tags or {})}
-    )
-    items = []
-    for key, value in sorted((params or {}).items()):
-        text = json.dumps(value) if isinstance(value, list | dict | tuple) else str(value)
-        items.append(Param(key, text[:6000]))
-    for i in range(0, len(items), 100):
-        client.log_batch(run.info.run_id, params=items[i : i + 100])
-    return run.info.run_id
+    def finish(self, run_id: str, status: str) -> None:
+        """End ``run_id`` and the runs still open below it."""
+        experiment_id = self.client.get_run(run_id).info.experiment_id
+        children = self.client.search_runs(
+            [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{run_id}'"
+        )
+        for child in children:
+            if child.info.status == "RUNNING":
+                self.finish(child.info.run_id, status)
+        self.client.set_terminated(run_id, status)

@@ -1,20 +1,46 @@
-"""Every shipped preset in configs/ loads and validates."""
+"""Every shipped config in configs/ loads, validates and round-trips."""
 
 from pathlib import Path
 
 import pytest
+import yaml
 
-from lvmae.config import ExtractConfig, PretrainConfig, load_config
+from lvmae.config import (
+    ExtractConfig,
+    PretrainConfig,
+    RunConfig,
+    load_config,
+    load_run_config,
+    read_yaml_mapping,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+SECTION_FILES = {"extract.yaml": ExtractConfig, "pretrain.yaml": PretrainConfig}
 
 
-@pytest.mark.parametrize(
-    ("name", "model"), [("extract.yaml", ExtractConfig), ("pretrain.yaml", PretrainConfig)]
-)
-def test_shipped_configs_validate(name, model):
-    config = load_config(model, CONFIGS / name)
-    assert isinstance(config, model)
+def test_every_shipped_config_is_covered():
+    names = {p.name for p in CONFIGS.glob("*.yaml")}
+    assert names, "no configs found"
+    assert set(SECTION_FILES) <= names
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_config_loads_and_round_trips(path, tmp_path):
+    if path.name in SECTION_FILES:
+        model = SECTION_FILES[path.name]
+        config = load_config(model, path)
+        again = tmp_path / path.name
+        again.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+        assert load_config(model, again) == config
+        return
+    config = load_run_config(path)
+    assert isinstance(config, RunConfig)
+    dumped = config.model_dump(mode="json")
+    again = tmp_path / path.name
+    again.write_text(yaml.safe_dump(dumped))
+    assert load_run_config(again) == config
+    # every section the file names is kept (nothing silently dropped)
+    assert set(read_yaml_mapping(path, "config")) <= set(dumped)
 
 
 def test_paper_recipe_learning_rate_follows_the_scaling_rule():

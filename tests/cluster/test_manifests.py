@@ -21,6 +21,8 @@ import jsonschema
 import pytest
 import yaml
 
+from lvmae.config import load_run_config, parse_sets
+
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "cluster"
 KUBERAY = CLUSTER / "kuberay"
@@ -467,18 +469,14 @@ def test_rayjob_config_is_in_the_repository(name, job):
 def test_rayjob_entrypoint_is_a_valid_lvmae_run(name, job):
     """The real `lvmae run` parses the entrypoint, and its config loads with the entrypoint's
     overrides (what the command does before any work): the workdir is on the shared volume."""
-    from pipelines.cli import parse_overrides
-    from pipelines.run import load_run_config
-
     ctx = run_command_context(shlex.split(job["spec"]["entrypoint"]))
     params = ctx.params
     workdir = params["workdir"]
     if workdir is not None:
         assert is_shared_path(workdir), f"{name}: --workdir {workdir} is not under {SHARED_MOUNT}"
-    overrides = parse_overrides(params["sets"]) | {
-        "run.workdir": workdir,
-        "run.address": params["address"],
-    }
+    overrides = {"run.workdir": workdir, "run.address": params["address"]} | parse_sets(
+        params["sets"]
+    )
     config = load_run_config(ROOT / params["config_file"], overrides)
     assert is_shared_path(config.run.workdir), f"{name}: workdir {config.run.workdir}"
     if params["stages"]:
@@ -610,16 +608,13 @@ def test_readme_shows_lvmae_commands():
 
 @pytest.mark.parametrize("argv", README_COMMANDS, ids=lambda argv: " ".join(argv[:2]))
 def test_readme_commands_parse_with_the_real_cli(argv):
-    from pipelines.cli import parse_overrides
-    from pipelines.run import load_run_config
-
     ctx = run_command_context(argv)
     if argv[1] == "run":
         params = ctx.params
         # The README's cluster commands use the shared filesystem.
         assert params["workdir"] is None or is_shared_path(params["workdir"]), " ".join(argv)
         # ... and their config loads with their overrides, as `lvmae run` would load it.
-        overrides = parse_overrides(params["sets"]) | {"run.workdir": params["workdir"]}
+        overrides = {"run.workdir": params["workdir"]} | parse_sets(params["sets"])
         load_run_config(ROOT / params["config_file"], overrides)
 
 

@@ -301,13 +301,19 @@ def test_pretrain_config_defaults_follow_the_paper():
 )
 def test_pretrain_config_rejects_bad_values(overrides, match):
     with pytest.raises(ConfigError, match=match):
-        load_config(PretrainConfig, overrides=overrides)
+        load_config(PretrainConfig, sets={f"pretrain.{k}": v for k, v in overrides.items()})
 
 
 def test_pretrain_config_from_yaml_section(tmp_path):
     path = tmp_path / "cfg.yaml"
     path.write_text("extract:\n  segment_s: 2.0\npretrain:\n  preset: tiny\n  betas: [0.8, 0.9]\n")
-    cfg = load_config(PretrainConfig, path, overrides={"epochs": 3, "warmup_epochs": 1})
+    cfg = load_config(
+        PretrainConfig, path, sets={"pretrain.epochs": 3, "pretrain.warmup_epochs": 1}
+    )
     assert cfg.preset == "tiny" and cfg.betas == (0.8, 0.9) and cfg.epochs == 3
     with pytest.raises(Exception, match="frozen"):
         cfg.epochs = 4
+    with pytest.raises(ConfigError, match=r"--set extract.segment_s: this command reads"):
+        load_config(PretrainConfig, path, sets={"extract.segment_s": 3.0})
+    with pytest.raises(ConfigError, match=r"^--set pretrain.epochs: pretrain.epochs: "):
+        load_config(PretrainConfig, path, sets={"pretrain.epochs": 0})

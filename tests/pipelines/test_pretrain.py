@@ -15,10 +15,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 
 from lvmae.checkpoints import CheckpointError, load_checkpoint
 from lvmae.config import ExtractConfig, PretrainConfig
 from lvmae.storage import StorageError, read_segments
+from pipelines.cli import cli
 from pipelines.embed import run_embed
 from pipelines.extract import run_extraction
 from pipelines.pretrain import latest_run_checkpoint, run_pretrain
@@ -208,10 +210,18 @@ def test_embed_covers_whole_videos_of_any_length(trained, embeddings, tmp_path):
 def test_pretrain_command_rejects_a_bad_override_before_any_work(tmp_path, embeddings):
     res = subprocess.run(
         [sys.executable, "-m", "pipelines.cli", "pretrain", "--embeddings", str(embeddings),
-         "--out", str(tmp_path / "o"), "--set", "mask_ratio=1.5", "--set", "epocs=3"],
+         "--out", str(tmp_path / "o"), "--set", "pretrain.mask_ratio=1.5",
+         "--set", "pretrain.epocs=3"],
         check=False, capture_output=True, text=True, timeout=120,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
     assert res.returncode == 1
-    assert "mask_ratio" in res.stderr and "epocs" in res.stderr
+    assert "--set pretrain.mask_ratio" in res.stderr and "--set pretrain.epocs" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "o").exists()
+    bare = CliRunner().invoke(
+        cli, ["pretrain", "--embeddings", str(embeddings), "--out", str(tmp_path / "o"),
+              "--set", "epochs=3"],
+    )  # fmt: skip
+    assert bare.exit_code != 0 and "expected SECTION.FIELD=VALUE" in str(bare.exception)
     assert not (tmp_path / "o").exists()

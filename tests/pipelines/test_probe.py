@@ -1,22 +1,25 @@
-"""Probes, baselines and the Ray Tune sweep on a real segments table and a real checkpoint,
-with real Ray, real MLflow (SQLite) and real Parquet."""
+"""Probes, baselines and the probe sweep on a real segments table and a real checkpoint,
+with real Ray, real MLflow (SQLite) and real Parquet (the sweep itself: tests/tune)."""
 
 from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 from click.testing import CliRunner
 
 from lvmae.checkpoints import save_checkpoint
+from lvmae.config import ProbeSection, TuneSection
 from lvmae.model import LVMAE, model_config
+from lvmae.probes import ProbeResult
 from lvmae.storage import StorageError, segment_schema, write_table_atomic
 from pipelines.cli import cli
-from pipelines.probe import feature_cache_dir, run_probe
-from tune.sweep import load_space, run_tune
+from pipelines.probe import feature_cache_dir, run_probe, run_sweep
 
 DIM = 64
 CLASSES = ("cooking", "sports", "music")
@@ -66,6 +69,7 @@ def setup(tmp_path_factory, ray_local):
         writer.writerows(rows)
         writer.writerow(["unknown/missing.mp4", "music", "train"])  # no embeddings
     cfg = model_config("tiny", input_dim=DIM, max_tokens=8)
+    torch.manual_seed(0)  # the frozen encoder's weights, whatever tests ran before
     model = LVMAE(cfg)
     ckpt = save_checkpoint(
         root / "ckpt", model_state=model.state_dict(), model_config=cfg.to_dict(), step=1
@@ -77,29 +81,32 @@ def setup(tmp_path_factory, ray_local):
 def linear_run(setup):
     root, emb, labels, ckpt = setup
     out = root / "linear"
-    rows = run_probe(
-        ckpt, emb, [labels], str(out), probe="linear",
-        baselines=("mean-pool", "transformer"), overrides={"lr": 3e-3, "epochs": 15},
+    section = ProbeSection(
+        probes=["linear"], baselines=["mean-pool", "transformer"],
+        recipes={"linear": {"lr": 3e-3, "epochs": 15}},
     )  # fmt: skip
+    rows = run_probe(ckpt, emb, [labels], str(out), section)
     return out, rows
 
 
 def test_results_table_has_a_row_per_method_and_the_probe_learns(linear_run):
     out, rows = linear_run
-    assert [(r["method"], r["probe"]) for r in rows] == [
+    assert all(isinstance(r, ProbeResult) for r in rows)
+    assert [(r.method, r.probe) for r in rows] == [
         ("lvmae", "linear"), ("mean-pool", "linear"), ("transformer", "scratch"),
     ]  # fmt: skip
-    by = {r["method"]: r for r in rows}
-    assert by["lvmae"]["top1"] >= 0.8  # chance is 1/3
-    assert by["mean-pool"]["top1"] >= 0.8
-    assert by["lvmae"]["skipped"] == 1  # the labelled video without embeddings
-    assert all(r["test"] == 6 and r["train"] == 24 for r in rows)
+    by = {r.method: r for r in rows}
+    assert by["lvmae"].top1 >= 0.8  # chance is 1/3
+    assert by["mean-pool"].top1 >= 0.8
+    assert by["lvmae"].skipped == 1  # the labelled video without embeddings
+    assert by["mean-pool"].skipped is None
+    assert all(r.test == 6 and r.train == 24 and r.kind == "classification" for r in rows)
     with (out / "results.csv").open() as f:
         assert [r["method"] for r in csv.DictReader(f)] == ["lvmae", "mean-pool", "transformer"]
     md = (out / "results.md").read_text()
     assert md.startswith("| method | probe | task |") and "mean-pool" in md
     for r in rows:
-        png = out / r["confusion_matrix"]
+        png = out / r.confusion_matrix
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -112,23 +119,27 @@ def test_rows_are_logged_to_mlflow(linear_run):
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == len(rows)
     lv = next(r for r in runs if r.data.params["method"] == "lvmae")
-    assert lv.data.metrics["top1"] == pytest.approx(rows[0]["top1"])
+    assert lv.data.metrics["top1"] == pytest.approx(rows[0].top1)
+    assert lv.data.metrics["skipped"] == 1
     assert lv.data.params["probe.lr"] == "0.003"
     names = {a.path for a in client.list_artifacts(lv.info.run_id)}
-    assert {"results.csv", "results.md", rows[0]["confusion_matrix"]} <= names
+    assert {"results.csv", "results.md", rows[0].confusion_matrix} <= names
+    scratch = next(r for r in runs if r.data.params["method"] == "transformer")
+    assert scratch.data.params["probe.kind"] == "attentive"  # the recipe it trained with
 
 
 def test_attentive_probe_reuses_the_cached_features(setup, linear_run):
-    from pathlib import Path
-
     root, emb, labels, ckpt = setup
 
     cache = feature_cache_dir(str(root / "att"), Path(ckpt))
-    rows = run_probe(ckpt, emb, [labels], str(root / "att"), probe="attentive",
-                     overrides={"epochs": 8})  # fmt: skip
+    section = ProbeSection(probes=["attentive"], baselines=[],
+                           recipes={"attentive": {"epochs": 8}})  # fmt: skip
+    rows = run_probe(ckpt, emb, [labels], str(root / "att"), section)
     stamp = (cache / "_SUCCESS").stat().st_mtime_ns
-    assert rows[0]["probe"] == "attentive" and rows[0]["top1"] >= 0.8
-    run_probe(ckpt, emb, [labels], str(root / "att"), probe="pooler", overrides={"epochs": 1})
+    assert [(r.method, r.probe) for r in rows] == [("lvmae", "attentive")]
+    assert rows[0].top1 >= 0.8
+    section = ProbeSection(probes=["pooler"], baselines=[], recipes={"pooler": {"epochs": 1}})
+    run_probe(ckpt, emb, [labels], str(root / "att"), section)
     assert (cache / "_SUCCESS").stat().st_mtime_ns == stamp  # computed once, then reused
 
 
@@ -138,50 +149,38 @@ def test_checkpoint_of_another_width_is_refused(setup, tmp_path):
     other = save_checkpoint(tmp_path / "c", model_state=LVMAE(cfg).state_dict(),
                             model_config=cfg.to_dict())  # fmt: skip
     with pytest.raises(StorageError, match="32-d"):
-        run_probe(str(other), emb, [labels], str(tmp_path / "o"))
+        run_probe(str(other), emb, [labels], str(tmp_path / "o"), ProbeSection())
 
 
-def test_small_sweep_finishes_logs_trials_and_reports_a_best_configuration(setup):
+def test_sweep_shares_the_probe_feature_cache_and_returns_tuned_rows(setup, linear_run):
     from mlflow.tracking import MlflowClient
 
     root, emb, labels, ckpt = setup
+    out, _ = linear_run
+    cache = feature_cache_dir(str(out), Path(ckpt))
+    stamp = (cache / "_SUCCESS").stat().st_mtime_ns
     space = root / "space.yaml"
-    space.write_text(
-        "probe: {choice: [linear, attentive]}\nlr: {loguniform: [1e-3, 1e-2]}\n"
-        "epochs: {choice: [2, 3]}\nbatch_size: 8\n"
-    )
-    out = root / "sweep"
-    rows = run_tune(ckpt, emb, [labels], str(out), num_samples=3, space_path=str(space),
-                    max_concurrent=2)  # fmt: skip
-    (row,) = rows
-    best = json.loads(row["best_config"])
-    assert best["probe"] in {"linear", "attentive"} and 1e-3 <= best["lr"] <= 1e-2
-    assert row["trials"] == 3 and 0.0 <= row["top1"] <= 1.0
-    with (out / "tune" / "labels" / "trials.csv").open() as f:
-        assert len(list(csv.DictReader(f))) == 3
-    assert json.loads((out / "tune" / "labels" / "best.json").read_text())["top1"] == row["top1"]
+    space.write_text("probe: linear\nlr: {loguniform: [1e-3, 1e-2]}\nepochs: 2\nbatch_size: 8\n")
+    section = TuneSection(num_samples=2, space=str(space), max_concurrent=2)
+    (row,) = run_sweep(ckpt, emb, [labels], str(out), section, verbose=0)
+    assert (cache / "_SUCCESS").stat().st_mtime_ns == stamp  # the probe stage's features
+    assert isinstance(row, ProbeResult) and (row.method, row.probe) == ("lvmae-tuned", "linear")
+    assert row.trials == 2 and row.task == "labels" and 0.0 <= row.top1 <= 1.0
+    with (out / "tune" / "results.csv").open() as f:
+        assert [r["method"] for r in csv.DictReader(f)] == ["lvmae-tuned"]
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("lvmae-tune")
-    runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if r.data.tags.get("lvmae.stage") == "tune"]
-    trials = [r for r in runs if r.data.tags.get("lvmae.stage") == "tune-trial"]
-    assert len(parents) == 1 and len(trials) == 3
-    assert all(t.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for t in trials)
-    assert "best/top1" in parents[0].data.metrics
+    assert client.get_experiment_by_name("lvmae-tune") is not None
 
 
-def test_search_space_errors_are_clear(tmp_path):
+def test_a_bad_search_space_stops_the_sweep_before_any_work(setup, tmp_path):
     from lvmae.config import ConfigError
 
-    bad = tmp_path / "s.yaml"
+    _, emb, labels, ckpt = setup
+    bad = tmp_path / "space.yaml"
     bad.write_text("learning_rate: {uniform: [0, 1]}\n")
     with pytest.raises(ConfigError, match="unknown parameter 'learning_rate'"):
-        load_space(str(bad))
-    bad.write_text("lr: {gaussian: [0, 1]}\n")
-    with pytest.raises(ConfigError, match="sampler"):
-        load_space(str(bad))
-    assert set(load_space(None)) == {"probe", "lr", "weight_decay", "batch_size", "epochs",
-                                     "dropout"}  # fmt: skip
+        run_sweep(ckpt, emb, [labels], str(tmp_path / "o"), TuneSection(space=str(bad)))
+    assert not (tmp_path / "o").exists()
 
 
 def test_labels_command_converts_coin(tmp_path):
@@ -202,7 +201,7 @@ def test_labels_command_converts_coin(tmp_path):
 
 
 def test_probes_track_into_the_pretraining_store_above_the_checkpoint(tmp_path, monkeypatch):
-    from pipelines.tracking import tracking_uri_near
+    from lvmae.tracking import tracking_uri_near
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     ckpt = tmp_path / "pre" / "runs" / "lvmae" / "checkpoint_1"

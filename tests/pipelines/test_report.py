@@ -1,4 +1,4 @@
-"""The run report on real probe-style rows: real PNG files written by matplotlib, real
+"""The run report on real ``ProbeResult`` rows: real PNG files written by matplotlib, real
 Markdown rendered by the ``markdown`` library, real files under tmp_path."""
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from matplotlib.image import imread
+from pydantic import ValidationError
 
 from lvmae.metrics import plot_confusion_matrix
+from lvmae.probes.results import ProbeResult
 from pipelines.report import best_by_task, results_table, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -37,21 +39,21 @@ def _parse(html: str) -> _Tags:
     return parser
 
 
-def _cls_row(method, probe, top1, cm=None):
-    """A classification row shaped like ``pipelines.probe._row``'s."""
-    return {
-        "method": method, "probe": probe, "task": "genre", "kind": "classification",
-        "train": 24, "val": 6, "test": 6, "best_epoch": 3, "val_top1": top1,
-        "top1": top1, "mean_class_accuracy": top1, "confusion_matrix": cm,
-    }  # fmt: skip
+def _cls_row(method, probe, top1, cm=None, task="genre"):
+    """A classification result, as the probe stage writes one."""
+    return ProbeResult(
+        method=method, probe=probe, task=task, kind="classification",
+        train=24, val=6, test=6, best_epoch=3, val_top1=top1,
+        top1=top1, mean_class_accuracy=top1, confusion_matrix=cm,
+    )  # fmt: skip
 
 
-def _reg_row(method, probe, mse, mae):
-    return {
-        "method": method, "probe": probe, "task": "like_ratio", "kind": "regression",
-        "train": 24, "val": 6, "test": 6, "best_epoch": 1, "val_mse": mse,
-        "mse": mse, "mae": mae, "n": 6,
-    }  # fmt: skip
+def _reg_row(method, probe, mse, mae, task="like_ratio"):
+    return ProbeResult(
+        method=method, probe=probe, task=task, kind="regression",
+        train=24, val=6, test=6, best_epoch=1, val_mse=mse,
+        mse=mse, mae=mae, n=6,
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -94,7 +96,7 @@ def test_full_report_writes_markdown_html_and_valid_figures(tmp_path, probe_out)
         title="LV-MAE run",
         summary={"videos ok": 19, "videos failed": 5, "hours of video": 0.66},
         loss_history=LOSSES,
-        probe_rows=rows,
+        results=rows,
         probe_dir=probe_dir,
         notes=["open the UI with `mlflow ui --backend-store-uri sqlite:///mlflow.db`"],
     )
@@ -146,9 +148,7 @@ def test_full_report_writes_markdown_html_and_valid_figures(tmp_path, probe_out)
 
 
 def test_empty_report_is_written_and_says_what_is_missing(tmp_path):
-    files = write_report(
-        tmp_path / "empty", title="Empty", summary={}, loss_history={}, probe_rows=[]
-    )
+    files = write_report(tmp_path / "empty", title="Empty", summary={}, loss_history={}, results=[])
     assert files.figures == []
     assert not list((tmp_path / "empty" / "figures").iterdir())
     md = files.markdown.read_text(encoding="utf-8")
@@ -164,14 +164,14 @@ def test_empty_report_is_written_and_says_what_is_missing(tmp_path):
 def test_report_rewrite_drops_stale_figures_and_reports_missing_matrices(tmp_path, probe_out):
     probe_dir, rows = probe_out
     out = tmp_path / "report"
-    write_report(out, title="t", summary={}, loss_history=LOSSES, probe_rows=rows,
+    write_report(out, title="t", summary={}, loss_history=LOSSES, results=rows,
                  probe_dir=probe_dir)  # fmt: skip
     assert (out / "figures" / "loss_curves.png").is_file()
     # Second report: only NaN losses, and matrices that do not exist where they are looked for.
     files = write_report(
         out, title="t", summary={"steps": 0},
         loss_history={"train/loss": [(0, math.nan)]},
-        probe_rows=rows, probe_dir=tmp_path / "elsewhere",
+        results=rows, probe_dir=tmp_path / "elsewhere",
     )  # fmt: skip
     assert not (out / "figures" / "loss_curves.png").exists()
     assert [p.name for p in files.figures] == ["probe_comparison.png"]
@@ -186,7 +186,7 @@ def test_tuned_rows_find_matrices_under_the_task_directory(tmp_path):
     plot_confusion_matrix(np.eye(3, dtype=np.int64), CLASSES, tmp_path / "tune" / "genre" / name)
     rows = [_cls_row("lvmae-tuned", "pooler", 0.9, name)]
     files = write_report(tmp_path / "r", title="t", summary={}, loss_history={},
-                         probe_rows=rows, probe_dir=tmp_path / "tune")  # fmt: skip
+                         results=rows, probe_dir=tmp_path / "tune")  # fmt: skip
     assert (tmp_path / "r" / "figures" / "confusion_genre.png").is_file()
     md = files.markdown.read_text(encoding="utf-8")
     assert "no mean-pool baseline to compare with" in _task_line(md, "genre")
@@ -194,7 +194,7 @@ def test_tuned_rows_find_matrices_under_the_task_directory(tmp_path):
 
 def test_baseline_win_is_reported_with_the_lvmae_gap(tmp_path):
     rows = [_cls_row("lvmae", "linear", 0.55), _cls_row("mean-pool", "linear", 0.6)]
-    files = write_report(tmp_path, title="t", summary={}, loss_history={}, probe_rows=rows)
+    files = write_report(tmp_path, title="t", summary={}, loss_history={}, results=rows)
     line = _task_line(files.markdown.read_text(encoding="utf-8"), "genre")
     assert "best is mean-pool (linear) at 0.600: the mean-pool baseline itself" in line
     assert "lvmae (linear) at 0.550, trails it by 0.050 top-1" in line
@@ -207,15 +207,59 @@ def test_best_by_task_uses_each_tasks_direction_and_skips_nan():
         _cls_row("mean-pool", "linear", 0.5),
         _reg_row("lvmae", "linear", 0.9, 0.1),  # worse MSE, better MAE: MSE decides
         _reg_row("mean-pool", "linear", 0.2, 0.5),
-        {"task": "broken", "method": "lvmae", "kind": "classification", "top1": math.nan},
+        _cls_row("lvmae", "linear", math.nan, task="broken"),
     ]
     best = best_by_task(rows)
     assert list(best) == ["genre", "like_ratio"]
     assert best["genre"] is rows[1]
     assert best["like_ratio"] is rows[4]
     assert best_by_task([]) == {}
-    with pytest.raises(ValueError, match="'task' and 'method'"):
-        best_by_task([{"method": "lvmae", "top1": 0.5}])
+
+
+def test_a_result_without_task_or_method_fails_validation():
+    # The report no longer checks rows for 'task' / 'method': the type requires them.
+    fields = {"probe": "linear", "kind": "classification", "train": 1, "val": 1, "test": 1,
+              "best_epoch": 0, "top1": 0.5}  # fmt: skip
+    for missing in ("task", "method"):
+        given = {"task": "genre", "method": "lvmae", **fields}
+        del given[missing]
+        with pytest.raises(ValidationError, match=missing):
+            ProbeResult(**given)
+
+
+def test_regression_best_is_the_lowest_mse(tmp_path):
+    # By hand: MSEs 0.42, 0.17, nan, 0.31 -> the lowest finite one is 0.17 (index 1), though
+    # its MAE (0.40) is the worst; the mean-pool baseline is 0.42, so the margin is 0.250.
+    rows = [
+        _reg_row("mean-pool", "linear", 0.42, 0.30, task="age"),
+        _reg_row("lvmae", "attentive", 0.17, 0.40, task="age"),
+        _reg_row("lvmae", "pooler", math.nan, 0.10, task="age"),
+        _reg_row("lvmae", "linear", 0.31, 0.20, task="age"),
+    ]
+    best = best_by_task(rows)
+    assert list(best) == ["age"]
+    assert best["age"] is rows[1]
+    files = write_report(tmp_path, title="t", summary={}, loss_history={}, results=rows)
+    line = _task_line(files.markdown.read_text(encoding="utf-8"), "age")
+    assert line == (
+        "**age** (MSE, lower is better): best is lvmae (attentive) at 0.170, lower than the "
+        "mean-pool (linear) baseline at 0.420 by 0.250 MSE."
+    )
+
+
+def test_probe_comparison_legend_is_not_cut_off(tmp_path):
+    # One narrow panel, four long legend entries: the legend is wider than the panel.
+    rows = [
+        _cls_row("lvmae", "linear", 0.7),
+        _cls_row("lvmae", "attentive", 0.8),
+        _cls_row("mean-pool", "linear", 0.65),
+        _cls_row("lvmae-tuned", "pooler", 0.9),
+    ]
+    write_report(tmp_path, title="t", summary={}, loss_history={}, results=rows)
+    image = imread(tmp_path / "figures" / "probe_comparison.png")[..., :3]
+    # Nothing is drawn on the image's outer columns and rows: the saved area holds it all.
+    for edge in (image[:, 0], image[:, -1], image[0], image[-1]):
+        assert (edge > 0.99).all()
 
 
 def test_results_table_formats_values_nan_and_missing_cells():

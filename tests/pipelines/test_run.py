@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from lvmae.config import ConfigError
+from lvmae.config import STAGE_NAMES as STAGES
+from lvmae.config import ConfigError, load_run_config
 from pipelines.cli import cli
 from pipelines.connect import ClusterError, check_reachable
-from pipelines.run import STAGES, StageError, demo_config, load_run_config, run_main
+from pipelines.run import StageError, demo_config, run_main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,10 +69,10 @@ def test_the_chain_runs_every_stage_and_writes_the_report(chain):
     extract = result.records["extract"].outputs
     assert extract["videos_ok"] >= 15 and extract["segments"] > 0
     assert extract["videos_failed"] >= 4  # the broken sample files: recorded, run went on
-    methods = {(r["method"], r["probe"]) for r in result.rows}
+    methods = {(r.method, r.probe) for r in result.results}
     assert {("lvmae", "linear"), ("lvmae", "attentive"), ("mean-pool", "linear")} <= methods
     assert any(m == "lvmae-tuned" for m, _ in methods)
-    assert all(0.0 <= r["top1"] <= 1.0 for r in result.rows)
+    assert all(0.0 <= r.top1 <= 1.0 for r in result.results)
     md = Path(result.report["markdown"]).read_text()
     html = Path(result.report["html"]).read_text()
     assert "mean-pool" in md and "<table" in html
@@ -125,7 +126,7 @@ def test_changed_probe_settings_rerun_only_probe_and_report(chain):
         "report": "ran",
     }  # fmt: skip
     assert result.parent_run_id != first.parent_run_id  # another config, another parent
-    assert {r["method"] for r in result.rows} >= {"transformer", "mean-pool", "lvmae"}
+    assert {r.method for r in result.results} >= {"transformer", "mean-pool", "lvmae"}
     run_main(config, echo=lambda _: None, force=["probe"])  # restore the fixture's records
 
 
@@ -154,8 +155,15 @@ def test_a_stage_alone_needs_its_upstream_outputs(tmp_path):
     assert not (tmp_path / "fresh" / "stages").exists()
 
 
-def test_shipped_demo_config_is_the_demo_command():
-    assert load_run_config(REPO / "configs" / "demo.yaml") == demo_config("work/demo")
+def test_the_demo_command_loads_the_shipped_demo_config(tmp_path):
+    shipped = load_run_config(REPO / "configs" / "demo.yaml")
+    assert demo_config("work/demo") == shipped
+    moved = demo_config(tmp_path / "d")
+    assert (moved.run.workdir, moved.run.input) == (
+        str(tmp_path / "d"),
+        str(tmp_path / "d" / "videos"),
+    )
+    assert moved.model_copy(update={"run": shipped.run}) == shipped
 
 
 @pytest.mark.parametrize("name", ["demo", "paper", "lvu", "coin", "breakfast"])
@@ -181,8 +189,23 @@ def test_bad_configs_stop_with_a_message_naming_the_field(tmp_path):
     with pytest.raises(ConfigError, match="shared-filesystem path"):
         load_run_config(bad)
     bad.write_text("run: {input: v, labels: [x.csv]}\nprobe: {recipes: {linear: {lr: -1}}}\n")
-    with pytest.raises(ConfigError, match="lr must be a positive number"):
+    with pytest.raises(ConfigError, match=r"bad.yaml: probe.recipes.linear.lr: .*greater than 0"):
         load_run_config(bad)
+
+
+def test_a_bad_override_names_set_as_its_source(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("run: {input: v, stages: [extract]}\n")
+    with pytest.raises(ConfigError) as info:
+        load_run_config(good, {"pretrain.epochs": -1, "extract.batch_size": 4})
+    assert str(info.value).startswith("--set pretrain.epochs: pretrain.epochs: ")
+    assert "good.yaml" not in str(info.value)
+    with pytest.raises(ConfigError, match=r"--set probe.recipes.linear.lrr: .*Extra inputs"):
+        load_run_config(good, {"probe.recipes.linear.lrr": 1})
+    # the file's own mistakes still name the file
+    good.write_text("run: {input: v, stages: [extract]}\nextract: {batch_size: 0}\n")
+    with pytest.raises(ConfigError, match=r"good.yaml: extract.batch_size"):
+        load_run_config(good, {"pretrain.epochs": 2})
 
 
 def test_run_command_reports_config_errors_without_a_traceback(tmp_path):

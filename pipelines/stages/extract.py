@@ -1,0 +1,110 @@
+"""The extraction stage: the videos of ``run.input`` → segment embeddings (Ray Data; see
+:func:`pipelines.extract.run_extraction`). With a ``samples:`` section, the procedural
+sample library is written into ``run.input`` first (the demo)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from lvmae.config import RunConfig
+from lvmae.encoders import describe_encoder
+from lvmae.inputs import list_videos
+from lvmae.samples import make_samples, write_broken_videos
+from lvmae.storage import read_videos
+from pipelines.extract import run_extraction
+from pipelines.stages.base import BaseStage, StageContext, StageOutput, sha
+
+
+class ExtractOutput(StageOutput):
+    """Where the embeddings are and what became of the videos (counts, hours of video,
+    the non-``ok`` videos by id); ``videos_digest`` identifies the videos table."""
+
+    embeddings: str
+    videos_ok: int
+    videos_partial: int
+    videos_failed: int
+    segments: int
+    hours_of_video: float
+    last_wall_s: float
+    failures: dict[str, str]
+    videos_digest: str
+
+    def digest(self) -> str:
+        return self.videos_digest
+
+
+def make_samples_for(config: RunConfig) -> Path | None:
+    """Write the sample library of ``config.samples`` into ``run.input`` (idempotent).
+    Returns its labels file, or None when the config has no ``samples:`` section."""
+    s = config.samples
+    if s is None:
+        return None
+    labels = make_samples(
+        config.run.input, videos_per_recipe=s.videos_per_recipe, min_seconds=s.min_seconds,
+        max_seconds=s.max_seconds, width=s.width, height=s.height, fps=s.fps, seed=s.seed,
+        recipes=s.recipes,
+    )  # fmt: skip
+    if s.with_broken:
+        write_broken_videos(Path(config.run.input) / "broken")
+    return labels
+
+
+class ExtractStage(BaseStage):
+    """Decode, segment and embed every video (LV-MAE stage 1, §3.1)."""
+
+    name: ClassVar[str] = "extract"
+    upstream: ClassVar[tuple[str, ...]] = ()
+    output: ClassVar[type[StageOutput]] = ExtractOutput
+
+    def settings(self, context: StageContext) -> dict[str, Any]:
+        c = context.config
+        return {
+            "input": c.run.input,
+            "embeddings": context.embeddings,
+            "config_id": c.extract.config_id(),
+        }
+
+    def resources(self, config: RunConfig) -> dict[str, float]:
+        e = config.extract
+        return {"CPU": e.decode_cpus, "GPU": (e.gpus_per_actor or 0.0) * e.encoder_actors}
+
+    def prepare(self, context: StageContext) -> None:
+        make_samples_for(context.config)
+
+    def check(self, context: StageContext) -> None:
+        e = context.config.extract
+        list_videos(context.config.run.input, e.extensions)
+        describe_encoder(e.encoder, e.encoder_checkpoint, e.encoder_seed)
+
+    def run(self, context: StageContext) -> ExtractOutput:
+        summary = run_extraction(
+            context.config.run.input,
+            context.embeddings,
+            context.config.extract,
+            progress=False,
+            tracking_uri=context.tracking_uri,
+        )
+        videos = read_videos(context.embeddings)
+        rows = sorted(
+            zip(
+                videos["video_id"].to_pylist(),
+                videos["status"].to_pylist(),
+                videos["num_segments"].to_pylist(),
+                videos["duration_s"].to_pylist(),
+                strict=True,
+            )
+        )
+        done = [r for r in rows if r[1] != "failed"]
+        statuses = [r[1] for r in rows]
+        return ExtractOutput(
+            embeddings=context.embeddings,
+            videos_ok=statuses.count("ok"),
+            videos_partial=statuses.count("partial"),
+            videos_failed=statuses.count("failed"),
+            segments=int(sum(r[2] or 0 for r in done)),
+            hours_of_video=round(sum(r[3] or 0.0 for r in done) / 3600, 4),
+            last_wall_s=round(summary.wall_s, 2),
+            failures={r[0]: r[1] for r in rows if r[1] != "ok"},
+            videos_digest=sha([list(r[:3]) for r in rows]),
+        )

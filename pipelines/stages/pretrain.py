@@ -1,0 +1,58 @@
+"""The pre-training stage: LV-MAE over the extracted segment embeddings (Ray Train DDP;
+see :func:`pipelines.pretrain.run_pretrain`)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from lvmae.config import RunConfig
+from pipelines.pretrain import run_pretrain
+from pipelines.stages.base import BaseStage, StageContext, StageError, StageOutput, numbers, sha
+
+
+class PretrainOutput(StageOutput):
+    """The latest checkpoint directory, the run's name, its MLflow run id and its last
+    metrics (``step``, ``train/epoch_loss``, ``val/loss``, ...)."""
+
+    checkpoint: str
+    run_name: str
+    mlflow_run_id: str | None
+    metrics: dict[str, float]
+
+    def digest(self) -> str:
+        return sha([self.checkpoint, self.metrics.get("step")])
+
+
+class PretrainStage(BaseStage):
+    """Pre-train the masked-embedding autoencoder (LV-MAE stage 2, §3.2 and §4)."""
+
+    name: ClassVar[str] = "pretrain"
+    upstream: ClassVar[tuple[str, ...]] = ("extract",)
+    requires: ClassVar[tuple[str, ...]] = ("extract",)
+    output: ClassVar[type[StageOutput]] = PretrainOutput
+
+    def settings(self, context: StageContext) -> dict[str, Any]:
+        skip = {"tracking_uri", "run_name", "experiment"}
+        fields = context.config.pretrain.model_dump(mode="json")
+        return {k: v for k, v in fields.items() if k not in skip}
+
+    def resources(self, config: RunConfig) -> dict[str, float]:
+        p = config.pretrain
+        return {"CPU": float(p.num_workers), "GPU": float(p.num_workers if p.use_gpu else 0)}
+
+    def run(self, context: StageContext) -> PretrainOutput:
+        config = context.config.pretrain.model_copy(
+            update={
+                "run_name": f"{context.config.run.name}-{context.fingerprint(self.name)[:8]}",
+                "tracking_uri": context.tracking_uri,
+            }
+        )
+        result = run_pretrain(context.embeddings, context.path("pretrain"), config)
+        if result.checkpoint is None:
+            raise StageError("pre-training finished without a checkpoint")
+        return PretrainOutput(
+            checkpoint=result.checkpoint,
+            run_name=result.run_name,
+            mlflow_run_id=result.mlflow_run_id,
+            metrics=numbers(result.metrics),
+        )

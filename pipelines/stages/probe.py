@@ -1,0 +1,69 @@
+"""The probe stage: probes on the frozen LV-MAE encoder and the baselines on the same
+splits, for every labels file of the run (LV-MAE §8; see
+:func:`pipelines.probe.run_probe`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from lvmae.config import ConfigError, LabelsSource, RunConfig
+from lvmae.labels import read_labels
+from lvmae.probes.results import ProbeResult
+from pipelines.probe import run_probe
+from pipelines.stages.base import BaseStage, StageContext, StageOutput, sha
+from pipelines.stages.pretrain import PretrainOutput
+
+
+class ProbeOutput(StageOutput):
+    """The probe results directory and its :class:`ProbeResult` rows."""
+
+    dir: str
+    results: list[ProbeResult]
+
+    def digest(self) -> str:
+        return sha([r.as_row() for r in self.results])
+
+
+def check_labels(context: StageContext) -> None:
+    """Every labels file of the run reads, and every benchmark source exists.
+
+    Raises:
+        LabelsError, ConfigError: a bad labels file or a missing source.
+    """
+    for item in context.config.run.labels:
+        if isinstance(item, LabelsSource):
+            if not Path(item.source).exists() and "://" not in item.source:
+                raise ConfigError(f"run.labels: {item.dataset} source not found: {item.source}")
+        else:
+            read_labels(item)
+
+
+class ProbeStage(BaseStage):
+    """Linear / attentive / pooler probes and the baselines, test at the best val epoch."""
+
+    name: ClassVar[str] = "probe"
+    upstream: ClassVar[tuple[str, ...]] = ("extract", "pretrain")
+    requires: ClassVar[tuple[str, ...]] = ("extract", "pretrain")
+    output: ClassVar[type[StageOutput]] = ProbeOutput
+
+    def settings(self, context: StageContext) -> dict[str, Any]:
+        return {
+            "probe": context.config.probe.model_dump(mode="json"),
+            "labels": context.labels_settings(),
+        }
+
+    def resources(self, config: RunConfig) -> dict[str, float]:
+        return {"CPU": 1.0, "GPU": 1.0 if config.probe.device.startswith("cuda") else 0.0}
+
+    def check(self, context: StageContext) -> None:
+        check_labels(context)
+
+    def run(self, context: StageContext) -> ProbeOutput:
+        checkpoint = context.output("pretrain", PretrainOutput).checkpoint
+        out = context.path("probe")
+        results = run_probe(
+            checkpoint, context.embeddings, context.labels_files(), out, context.config.probe,
+            tracking_uri=context.tracking_uri,
+        )  # fmt: skip
+        return ProbeOutput(dir=out, results=results)

@@ -1,0 +1,61 @@
+"""The sweep stage: Ray Tune over probe hyperparameters for every labels file of the run;
+the best configuration is scored on the test split once (see
+:func:`pipelines.probe.run_sweep` and :mod:`tune.sweep`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from tune.space import load_space
+
+from lvmae.config import RunConfig
+from lvmae.probes.results import ProbeResult
+from pipelines.probe import run_sweep
+from pipelines.stages.base import BaseStage, StageContext, StageOutput, file_digest, sha
+from pipelines.stages.pretrain import PretrainOutput
+from pipelines.stages.probe import check_labels
+
+
+class TuneOutput(StageOutput):
+    """The sweep's directory and its tuned :class:`ProbeResult` rows (one per task)."""
+
+    dir: str
+    results: list[ProbeResult]
+
+    def digest(self) -> str:
+        return sha([r.as_row() for r in self.results])
+
+
+class TuneStage(BaseStage):
+    """ASHA + Optuna over the probe recipe; trials never see the test split."""
+
+    name: ClassVar[str] = "tune"
+    upstream: ClassVar[tuple[str, ...]] = ("extract", "pretrain")
+    requires: ClassVar[tuple[str, ...]] = ("extract", "pretrain")
+    output: ClassVar[type[StageOutput]] = TuneOutput
+
+    def settings(self, context: StageContext) -> dict[str, Any]:
+        t = context.config.tune
+        return {
+            "tune": t.model_dump(mode="json"),
+            "space": file_digest(t.space),
+            "labels": context.labels_settings(),
+        }
+
+    def resources(self, config: RunConfig) -> dict[str, float]:
+        t = config.tune
+        return {"CPU": float(t.max_concurrent), "GPU": (t.gpus_per_trial or 0.0) * t.max_concurrent}
+
+    def check(self, context: StageContext) -> None:
+        check_labels(context)
+        load_space(context.config.tune.space)
+
+    def run(self, context: StageContext) -> TuneOutput:
+        checkpoint = context.output("pretrain", PretrainOutput).checkpoint
+        out = context.path("probe")  # shares the probe stage's feature cache
+        results = run_sweep(
+            checkpoint, context.embeddings, context.labels_files(), out, context.config.tune,
+            tracking_uri=context.tracking_uri, verbose=0,
+        )  # fmt: skip
+        return TuneOutput(dir=str(Path(out) / "tune"), results=results)

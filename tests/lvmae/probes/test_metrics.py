@@ -1,0 +1,88 @@
+"""Probe metrics match brute-force counts: top-k, per-class accuracy, confusion matrix,
+the classification / regression reports and the confusion-matrix plot (LV-MAE §8,
+Tables 6–8)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lvmae.metrics import (
+    classification_report,
+    confusion_matrix,
+    per_class_accuracy,
+    plot_confusion_matrix,
+    regression_report,
+    top_k_accuracy,
+)
+
+
+def test_top_k_accuracy_matches_brute_force():
+    rng = np.random.default_rng(0)
+    scores, y = rng.normal(size=(50, 7)), rng.integers(0, 7, size=50)
+    for k in range(1, 8):
+        hits = [y[i] in np.argsort(-scores[i])[:k] for i in range(50)]
+        assert top_k_accuracy(scores, y, k) == pytest.approx(np.mean(hits))
+    assert top_k_accuracy(torch.from_numpy(scores), torch.from_numpy(y), 7) == 1.0
+    assert top_k_accuracy(np.zeros((3, 4)), [0, 1, 2], 1) == 1.0  # ties favour the sample
+    with pytest.raises(ValueError, match="k must be"):
+        top_k_accuracy(scores, y, 8)
+    with pytest.raises(ValueError, match="outside"):
+        top_k_accuracy(scores, np.full(50, 7), 1)
+    with pytest.raises(ValueError, match="at least one"):
+        top_k_accuracy(np.zeros((0, 3)), np.zeros(0, dtype=int), 1)
+
+
+def test_per_class_accuracy_and_confusion_matrix_match_brute_force():
+    rng = np.random.default_rng(1)
+    C = 5
+    y = rng.choice([0, 1, 2, 4], size=60)  # class 3 absent
+    pred = rng.integers(0, C, size=60)
+    acc = per_class_accuracy(pred, y, C)
+    assert np.isnan(acc[3])
+    for c in (0, 1, 2, 4):
+        assert acc[c] == pytest.approx(np.mean(pred[y == c] == c))
+    cm = confusion_matrix(pred, y, C)
+    brute = np.zeros((C, C), dtype=np.int64)
+    for t, p in zip(y, pred, strict=True):
+        brute[t, p] += 1
+    np.testing.assert_array_equal(cm, brute)
+    assert cm.dtype == np.int64 and cm.sum() == 60
+    np.testing.assert_array_equal(cm.sum(axis=1), np.bincount(y, minlength=C))
+    assert np.trace(cm) == np.sum(pred == y)
+    with pytest.raises(ValueError, match="entries"):
+        confusion_matrix(pred[:-1], y, C)
+    with pytest.raises(ValueError, match="outside"):
+        per_class_accuracy(pred, y, 4)
+
+
+def test_reports():
+    rng = np.random.default_rng(2)
+    logits, y = rng.normal(size=(40, 6)), rng.integers(0, 5, size=40)  # class 5 absent
+    names = [f"c{i}" for i in range(6)]
+    report = classification_report(logits, y, names)
+    assert report["top1"] == top_k_accuracy(logits, y, 1)
+    assert report["top5"] == top_k_accuracy(logits, y, 5)
+    assert report["n"] == 40 and np.isnan(report["per_class"]["c5"])
+    per_class = per_class_accuracy(logits.argmax(1), y, 6)
+    assert report["mean_class_accuracy"] == pytest.approx(np.nanmean(per_class))
+    assert "top5" not in classification_report(logits[:, :4], y % 4, names[:4])
+    reg = regression_report(np.array([1.0, 2.0, 4.0]), np.array([1.0, 3.0, 1.0]))
+    assert reg == {"mse": pytest.approx(10 / 3), "mae": pytest.approx(4 / 3), "n": 3}
+
+
+@pytest.mark.parametrize("n_classes", [12, 50])
+def test_confusion_matrix_plot_writes_png(tmp_path, n_classes):
+    C = n_classes
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, C, size=400)
+    pred = np.where(rng.random(400) < 0.7, y, rng.integers(0, C, size=400))
+    cm = confusion_matrix(pred, y, C)
+    names = [f"class_{i}" for i in range(C)]
+    path = plot_confusion_matrix(cm, names, tmp_path / "plots" / "cm.png", title="test")
+    assert path == tmp_path / "plots" / "cm.png"
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+    with pytest.raises(ValueError, match="class names"):
+        plot_confusion_matrix(cm, names[:-1], tmp_path / "bad.png")

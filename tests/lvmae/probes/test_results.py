@@ -1,0 +1,78 @@
+"""Results rows from trained probes: classification rows carry the test report and a
+confusion-matrix PNG, regression rows MSE/MAE in target units; the tables list every row."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from lvmae.labels import LabelSet
+from lvmae.metrics import classification_report
+from lvmae.probes import ProbeFit, ProbeResult, result_from_fit, write_results
+
+
+def _labels(task: str) -> LabelSet:
+    splits = ["train"] * 6 + ["val"] * 3 + ["test"] * 3
+    classification = task == "classification"
+    label = (
+        pa.array(["x", "y", "z"] * 4, pa.string())
+        if classification
+        else pa.array([float(i) for i in range(12)], pa.float64())
+    )
+    table = pa.table(
+        {"video_id": [f"v{i}.mp4" for i in range(12)], "label": label, "split": splits}
+    )
+    return LabelSet.from_table(table, task=task)
+
+
+def test_classification_row_has_the_report_and_a_confusion_matrix(tmp_path):
+    labels = _labels("classification")
+    scores = np.array([[2.0, 0, 0], [0, 0, 1.0], [0, 0, 3.0]], dtype=np.float32)
+    fit = ProbeFit(
+        best_epoch=4, val_metric=0.5, test_metrics={"top1": 2 / 3, "loss": 1.0, "n": 3},
+        history=[], test_predictions=scores.argmax(1), test_scores=scores, metric="val_top1",
+    )  # fmt: skip
+    row = result_from_fit("lvmae", "linear", task="genre", labels=labels, fit=fit, out=tmp_path)
+    report = classification_report(scores, labels.targets("test"), labels.classes)
+    assert row.top1 == report["top1"] and row.top5 is None
+    assert row.mean_class_accuracy == pytest.approx(report["mean_class_accuracy"])
+    assert (row.train, row.val, row.test, row.best_epoch, row.val_top1) == (6, 3, 3, 4, 0.5)
+    assert row.confusion_matrix == "confusion_genre_lvmae_linear.png"
+    assert (tmp_path / row.confusion_matrix).read_bytes()[:4] == b"\x89PNG"
+    assert list(row.as_row()) == [
+        "method", "probe", "task", "kind", "train", "val", "test", "best_epoch", "val_top1",
+        "top1", "mean_class_accuracy", "confusion_matrix",
+    ]  # fmt: skip
+    assert row.main_metric == ("top1", row.top1, "max")
+
+
+def test_regression_row_has_target_unit_errors(tmp_path):
+    labels = _labels("regression")
+    fit = ProbeFit(
+        best_epoch=0, val_metric=2.5, test_metrics={"mse": 4.0, "mae": 2.0, "n": 3},
+        history=[], test_predictions=np.zeros(3), metric="val_mse",
+    )  # fmt: skip
+    row = result_from_fit("mean-pool", "linear", task="views", labels=labels, fit=fit,
+                          out=tmp_path)  # fmt: skip
+    assert (row.kind, row.val_mse, row.mse, row.mae, row.n) == ("regression", 2.5, 4.0, 2.0, 3)
+    assert row.confusion_matrix is None and not list(tmp_path.iterdir())
+    assert row.val_metric == ("val_mse", 2.5)
+
+
+def test_results_tables_list_every_row(tmp_path):
+    rows = [
+        ProbeResult(method="lvmae", probe="linear", task="t", kind="classification", train=6,
+                    val=3, test=3, best_epoch=1, val_top1=0.5, top1=float("nan"), skipped=2),
+        ProbeResult(method="lvmae-tuned", probe="attentive", task="t", kind="classification",
+                    train=6, val=3, test=3, best_epoch=0, val_top1=1.0, top1=1.0, trials=4),
+    ]  # fmt: skip
+    csv_path, md_path = write_results(rows, tmp_path / "r")
+    with csv_path.open() as f:
+        read = list(csv.DictReader(f))
+    assert [r["method"] for r in read] == ["lvmae", "lvmae-tuned"]
+    assert read[0]["skipped"] == "2" and read[1]["trials"] == "4" and read[0]["trials"] == ""
+    md = md_path.read_text().splitlines()
+    assert md[0].startswith("| method | probe | task | kind |") and "| – |" in md[2]

@@ -1,0 +1,68 @@
+"""The stage list of the main job: names, upstream links, typed outputs, no cycle."""
+
+from __future__ import annotations
+
+import pytest
+
+from lvmae.config import STAGE_NAMES, load_run_config
+from pipelines.stages import STAGES, StageContext, StageOutput, StageRecord, stage_named
+from pipelines.stages.base import BaseStage
+
+
+def test_the_stage_list_matches_the_config_names():
+    assert tuple(s.name for s in STAGES) == STAGE_NAMES
+    assert stage_named("probe").name == "probe"
+    with pytest.raises(KeyError):
+        stage_named("nope")
+
+
+def test_every_upstream_exists_comes_earlier_and_there_is_no_cycle():
+    position = {s.name: i for i, s in enumerate(STAGES)}
+    for stage in STAGES:
+        assert set(stage.requires) <= set(stage.upstream), stage.name
+        for name in stage.upstream:
+            assert name in position, f"{stage.name}: unknown upstream {name}"
+            assert position[name] < position[stage.name], f"{stage.name} reads {name} later"
+    # an explicit cycle search too (the ordering check above implies none, but a reordered
+    # list with a back edge must be caught here)
+    graph = {s.name: set(s.upstream) for s in STAGES}
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, f"cycle: {' -> '.join((*path, name))}"
+        if name not in done:
+            for up in graph[name]:
+                visit(up, (*path, name))
+            done.add(name)
+
+    for name in graph:
+        visit(name, ())
+
+
+def test_every_stage_declares_its_parts(tmp_path):
+    config = load_run_config(None, {"run.input": "v", "run.labels": ["x.csv"]})
+    context = StageContext(config, f"sqlite:///{tmp_path}/m.db")
+    for stage in STAGES:
+        assert issubclass(stage.output, StageOutput), stage.name
+        assert isinstance(stage, BaseStage)
+        resources = stage.resources(config)
+        assert resources.get("CPU", 0) > 0, stage.name
+        assert all(v >= 0 for v in resources.values())
+        settings = stage.settings(context)
+        assert settings == stage.settings(context)  # deterministic
+
+
+def test_records_round_trip_and_typed_outputs_read_back(tmp_path):
+    from pipelines.stages.pretrain import PretrainOutput
+
+    output = PretrainOutput(checkpoint="c", run_name="r", mlflow_run_id=None, metrics={"step": 3})
+    record = StageRecord("pretrain", "f", output.digest(), output.model_dump(mode="json"))
+    record.write(str(tmp_path))
+    again = StageRecord.read(str(tmp_path), "pretrain")
+    assert again == record
+    config = load_run_config(
+        None, {"run.input": "v", "run.workdir": str(tmp_path), "run.stages": ["pretrain"]}
+    )
+    context = StageContext(config, "sqlite:///x.db", records={"pretrain": again})
+    assert context.output("pretrain", PretrainOutput) == output
+    assert output.digest() != PretrainOutput(**{**output.model_dump(), "checkpoint": "d"}).digest()
