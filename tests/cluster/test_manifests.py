@@ -1,7 +1,9 @@
 """The cluster/ recipes are well-formed: the launcher config validates against the schema
 that ships inside Ray, the KubeRay manifests have the shape the operator needs and run the
-`lvmae` command with configs from this repository, every node mounts the shared workdir,
-and the image installs what the jobs need.
+`lvmae` command with configs from the `lvmae-config` ConfigMap (a copy of configs/, mounted
+at /etc/lvmae), every pod mounts the shared workdir, takes MLflow's URI from that ConfigMap,
+shares one Hugging Face cache and has a bounded /tmp, and the image installs its pinned
+dependencies before the code. (The RayCluster / RayJob CRD schemas: test_kuberay_schemas.py.)
 
 Pure file parsing (plus Ray's own config and runtime-env validators and the `lvmae` CLI's own
 option parser and run-config loader): no cluster, no Docker.
@@ -10,6 +12,7 @@ option parser and run-config loader): no cluster, no Docker.
 from __future__ import annotations
 
 import copy
+import fnmatch
 import functools
 import importlib.util
 import json
@@ -20,8 +23,15 @@ from pathlib import Path, PurePosixPath
 import jsonschema
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
-from lvmae.config import load_run_config, parse_sets
+from lvmae.config import ConfigError, load_run_config, parse_sets
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = None
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "cluster"
@@ -33,6 +43,13 @@ DRIVER_RESOURCE = "lvmae_driver"
 SHARED_MOUNT = PurePosixPath("/mnt/lvmae")
 SHARED_CLAIM = "lvmae-shared"
 RAY_KINDS = {"RayCluster", "RayJob"}
+# Run configs and the MLflow URI: this ConfigMap (a copy of configs/), mounted here.
+CONFIG_MAP = "lvmae-config"
+CONFIG_MOUNT = PurePosixPath("/etc/lvmae")
+MLFLOW_KEY = "MLFLOW_TRACKING_URI"
+# The one Hugging Face cache, on the shared volume.
+HF_HOME = SHARED_MOUNT / "hf"
+CONSTRAINTS = CLUSTER / "constraints.txt"
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -134,6 +151,105 @@ def shared_volume_problems(spec: dict) -> list[str]:
                     f"{where}/{container['name']}: {SHARED_CLAIM} not at {SHARED_MOUNT}"
                 )
     return problems
+
+
+_QUANTITY_FACTORS = {
+    "": 1,
+    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50,
+}  # fmt: skip
+
+
+def quantity(value: str | int) -> float:
+    """A Kubernetes resource quantity in bytes (units): `120Gi`, `500M`, `4`."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?", str(value))
+    assert match, f"not a quantity: {value!r}"
+    return float(match.group(1)) * _QUANTITY_FACTORS[match.group(2) or ""]
+
+
+def pod_settings_problems(spec: dict) -> list[str]:
+    """What keeps a RayClusterSpec's containers from the settings every Ray pod needs:
+    MLFLOW_TRACKING_URI from the `lvmae-config` ConfigMap, HF_HOME on the shared volume, that
+    ConfigMap mounted at /etc/lvmae, /tmp a disk-backed emptyDir with a sizeLimit, and
+    ephemeral-storage requests and limits (the limit above the /tmp size)."""
+    problems = []
+    for group in group_specs(spec):
+        where = group.get("groupName", "head")
+        pod = group["template"]["spec"]
+        volumes = {v["name"]: v for v in pod.get("volumes") or []}
+        for container in pod["containers"]:
+            name = f"{where}/{container['name']}"
+            env = {e["name"]: e for e in container.get("env") or []}
+            ref = (env.get(MLFLOW_KEY, {}).get("valueFrom") or {}).get("configMapKeyRef") or {}
+            if (ref.get("name"), ref.get("key")) != (CONFIG_MAP, MLFLOW_KEY) or ref.get("optional"):
+                problems.append(f"{name}: {MLFLOW_KEY} not from the ConfigMap {CONFIG_MAP}")
+            hf_home = env.get("HF_HOME", {}).get("value")
+            if not (isinstance(hf_home, str) and is_shared_path(hf_home)):
+                problems.append(f"{name}: HF_HOME {hf_home!r} is not on {SHARED_MOUNT}")
+            mounts = {PurePosixPath(m["mountPath"]): m for m in container.get("volumeMounts") or []}
+            config = mounts.get(CONFIG_MOUNT)
+            config_volume = volumes.get(config["name"], {}) if config else {}
+            if (config_volume.get("configMap") or {}).get("name") != CONFIG_MAP or config.get(
+                "subPath"
+            ):
+                problems.append(f"{name}: the ConfigMap {CONFIG_MAP} is not at {CONFIG_MOUNT}")
+            tmp = mounts.get(PurePosixPath("/tmp"))
+            empty_dir = volumes.get(tmp["name"], {}).get("emptyDir") if tmp else None
+            tmp_size = None
+            if empty_dir is None or empty_dir.get("medium") or "sizeLimit" not in empty_dir:
+                problems.append(f"{name}: /tmp is not a disk-backed emptyDir with a sizeLimit")
+            else:
+                tmp_size = quantity(empty_dir["sizeLimit"])
+            resources = container.get("resources") or {}
+            request = (resources.get("requests") or {}).get("ephemeral-storage")
+            limit = (resources.get("limits") or {}).get("ephemeral-storage")
+            if request is None or limit is None:
+                problems.append(f"{name}: no ephemeral-storage request and limit")
+            elif quantity(request) > quantity(limit):
+                problems.append(f"{name}: ephemeral-storage request above its limit")
+            elif tmp_size is not None and quantity(limit) <= tmp_size:
+                problems.append(f"{name}: ephemeral-storage limit leaves no room beyond /tmp")
+    return problems
+
+
+@functools.cache
+def config_map() -> dict:
+    """The `lvmae-config` ConfigMap (do not mutate)."""
+    maps = [doc for _, doc in kuberay_docs("ConfigMap") if doc["metadata"]["name"] == CONFIG_MAP]
+    assert len(maps) == 1, f"one ConfigMap {CONFIG_MAP} in cluster/kuberay, found {len(maps)}"
+    return maps[0]
+
+
+def mounted_config(path: str, tmp_path: Path) -> Path:
+    """The file a pod reads as `path` (/etc/lvmae/<key>: that key of the ConfigMap), written
+    under tmp_path."""
+    p = PurePosixPath(path)
+    assert p.parent == CONFIG_MOUNT, f"--config {path} is not a file of {CONFIG_MOUNT}"
+    data = config_map()["data"]
+    assert p.name in data, f"--config {path}: the ConfigMap {CONFIG_MAP} has no key {p.name}"
+    out = tmp_path / p.name
+    out.write_text(data[p.name])
+    return out
+
+
+def repository_config(path: str) -> Path:
+    """The repository file behind a command's --config: configs/X.yaml for the ConfigMap's
+    /etc/lvmae/X.yaml, else the path relative to the repository root (a checkout shipped
+    with `ray job submit --runtime-env`)."""
+    p = PurePosixPath(path)
+    if p.is_absolute():
+        assert p.parent == CONFIG_MOUNT, f"--config {path} is neither configs/ nor {CONFIG_MOUNT}"
+        return ROOT / "configs" / p.name
+    return ROOT / path
+
+
+def make_configmap_module():
+    """cluster/make_configmap.py, which writes cluster/kuberay/configmap.yaml."""
+    spec = importlib.util.spec_from_file_location("make_configmap", CLUSTER / "make_configmap.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def is_shared_path(path: str) -> bool:
@@ -318,6 +434,21 @@ def test_launcher_mounts_the_shared_workdir(launcher):
     assert re.search(r"#.*mount -t nfs4", text) and re.search(rf"#.*\S+:/ {SHARED_MOUNT}", text)
 
 
+def test_launcher_has_image_id_placeholders(launcher):
+    """Ray's default AMI is end-of-life: every node type carries a commented `ImageId` in its
+    node_config, and with the comments taken away the config still passes Ray's schema with
+    an ImageId on every node type (so the lines sit where `ray up` reads them)."""
+    text = (CLUSTER / "launcher.yaml").read_text()
+    assert "end-of-life" in text, "say why the ImageId lines are there"
+    assert not any("ImageId" in t["node_config"] for t in launcher["available_node_types"].values())
+    uncommented = re.sub(r"^(\s*)#\s*(ImageId:\s*ami-)", r"\1\2", text, flags=re.M)
+    config = yaml.safe_load(uncommented)
+    for name, node_type in config["available_node_types"].items():
+        image = node_type["node_config"].get("ImageId", "")
+        assert re.fullmatch(r"ami-[0-9a-f]{8,17}", image), f"{name}: no ImageId placeholder"
+    jsonschema.validate(config, ray_schema())
+
+
 def test_launcher_starts_ray_with_token_auth(launcher):
     head = " ".join(launcher["head_start_ray_commands"])
     worker = " ".join(launcher["worker_start_ray_commands"])
@@ -333,19 +464,52 @@ def test_launcher_starts_ray_with_token_auth(launcher):
 
 
 def test_kuberay_manifests_are_ray_io_v1():
+    """Every document: apiVersion, kind and a valid metadata.name. The Ray resources are
+    checked against KubeRay's CRD schemas in test_kuberay_schemas.py; the others (the shared
+    volume's claim and the settings ConfigMap) are core v1 objects, checked for shape here."""
     manifests = load_kuberay()
-    expected = {"raycluster.yaml", "pvc.yaml"} | {
+    expected = {"raycluster.yaml", "pvc.yaml", "configmap.yaml"} | {
         f"rayjob-{job}.yaml" for job in ("extract", "pretrain", "probe", "tune", "run")
     }
     assert expected <= set(manifests)
     for name, docs in manifests.items():
         for doc in docs:
-            assert doc["metadata"]["name"], name
+            assert isinstance(doc, dict) and isinstance(doc.get("metadata"), dict), name
+            # A DNS-1123 subdomain, as the API server demands of these kinds.
+            assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", doc["metadata"]["name"])
+            labels = doc["metadata"].get("labels", {})
+            assert isinstance(labels, dict), name
+            assert all(isinstance(v, str) for v in labels.values()), name
             if doc["kind"] in RAY_KINDS:
                 assert doc["apiVersion"] == "ray.io/v1", name
             else:
-                # Besides the Ray resources, only the shared volume's claim.
-                assert (doc["apiVersion"], doc["kind"]) == ("v1", "PersistentVolumeClaim"), name
+                # Besides the Ray resources, only the shared volume's claim and the ConfigMap.
+                assert (doc["apiVersion"], doc["kind"]) in {
+                    ("v1", "PersistentVolumeClaim"),
+                    ("v1", "ConfigMap"),
+                }, name
+                assert set(doc) <= {"apiVersion", "kind", "metadata", "spec", "data"}, name
+
+
+def test_settings_configmap_is_configs_dir():
+    """The ConfigMap holds every configs/*.yaml unchanged (one key per file: the files the
+    pods see under /etc/lvmae) and the MLflow URI, and is what cluster/make_configmap.py
+    writes (after editing configs/, run `python cluster/make_configmap.py`)."""
+    configmap = config_map()
+    assert set(configmap) == {"apiVersion", "kind", "metadata", "data"}
+    data = configmap["data"]
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in data.items())
+    assert all(re.fullmatch(r"[-._a-zA-Z0-9]+", key) for key in data)
+    files = {path.name: path.read_text() for path in sorted((ROOT / "configs").glob("*.yaml"))}
+    assert {k: v for k, v in data.items() if k != MLFLOW_KEY} == files, (
+        "cluster/kuberay/configmap.yaml differs from configs/: run python cluster/make_configmap.py"
+    )
+    assert re.fullmatch(r"https?://\S+", data[MLFLOW_KEY]), data[MLFLOW_KEY]
+    # The whole file, comments included, is the generator's output.
+    generator = make_configmap_module()
+    assert (KUBERAY / "configmap.yaml").read_text() == generator.render(data[MLFLOW_KEY])
+    # ConfigMaps are limited to 1 MiB.
+    assert len((KUBERAY / "configmap.yaml").read_bytes()) < 2**20
 
 
 def test_shared_volume_claim():
@@ -435,12 +599,107 @@ def test_shared_volume_check_rejects_a_broken_spec(breakage):
     assert shared_volume_problems(spec)
 
 
-def test_raycluster_takes_mlflow_uri_from_a_configmap_or_secret():
-    ((_, cluster),) = kuberay_docs("RayCluster")
-    for container in containers(cluster["spec"]):
-        env = {e["name"]: e for e in container.get("env", [])}
-        source = env["MLFLOW_TRACKING_URI"]["valueFrom"]
-        assert {"configMapKeyRef", "secretKeyRef"} & set(source)
+@pytest.mark.parametrize(("name", "spec"), SPECS, ids=[name for name, _ in SPECS])
+def test_every_cluster_spec_pod_settings(name, spec):
+    """The RayCluster and every RayJob's cluster: MLflow's URI from the ConfigMap (the job
+    driver runs in the head pod and sees the head container's env), one HF cache on the
+    shared volume, the run configs at /etc/lvmae, a bounded /tmp and ephemeral-storage."""
+    assert pod_settings_problems(spec) == [], name
+
+
+def _hard_coded_mlflow_uri(spec):
+    container = spec["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    container["env"] = [
+        {"name": MLFLOW_KEY, "value": "http://mlflow:5000"} if e["name"] == MLFLOW_KEY else e
+        for e in container["env"]
+    ]
+
+
+def _mlflow_uri_from_another_configmap(spec):
+    container = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
+    container["env"] = [
+        {"name": MLFLOW_KEY, "valueFrom": {"configMapKeyRef": {"name": "x", "key": MLFLOW_KEY}}}
+        if e["name"] == MLFLOW_KEY
+        else e
+        for e in container["env"]
+    ]
+
+
+def _no_hf_home(spec):
+    container = spec["workerGroupSpecs"][-1]["template"]["spec"]["containers"][0]
+    container["env"] = [e for e in container["env"] if e["name"] != "HF_HOME"]
+
+
+def _hf_home_on_local_disk(spec):
+    container = spec["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    container["env"] = [
+        {"name": "HF_HOME", "value": "/tmp/hf"} if e["name"] == "HF_HOME" else e
+        for e in container["env"]
+    ]
+
+
+def _config_not_mounted(spec):
+    container = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
+    container["volumeMounts"] = [
+        m for m in container["volumeMounts"] if m["mountPath"] != str(CONFIG_MOUNT)
+    ]
+
+
+def _tmp_without_size_limit(spec):
+    pod = spec["workerGroupSpecs"][0]["template"]["spec"]
+    pod["volumes"] = [
+        {"name": v["name"], "emptyDir": {}} if v["name"] == "tmp" else v for v in pod["volumes"]
+    ]
+
+
+def _tmp_in_memory(spec):
+    pod = spec["headGroupSpec"]["template"]["spec"]
+    pod["volumes"] = [
+        {"name": v["name"], "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}
+        if v["name"] == "tmp"
+        else v
+        for v in pod["volumes"]
+    ]
+
+
+def _no_ephemeral_storage_limit(spec):
+    container = spec["workerGroupSpecs"][-1]["template"]["spec"]["containers"][0]
+    limits = container["resources"]["limits"]
+    container["resources"]["limits"] = {k: v for k, v in limits.items() if k != "ephemeral-storage"}
+
+
+def _ephemeral_storage_below_tmp(spec):
+    container = spec["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    container["resources"]["limits"]["ephemeral-storage"] = "1Gi"
+    container["resources"]["requests"]["ephemeral-storage"] = "1Gi"
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        _hard_coded_mlflow_uri,
+        _mlflow_uri_from_another_configmap,
+        _no_hf_home,
+        _hf_home_on_local_disk,
+        _config_not_mounted,
+        _tmp_without_size_limit,
+        _tmp_in_memory,
+        _no_ephemeral_storage_limit,
+        _ephemeral_storage_below_tmp,
+    ],
+)
+@pytest.mark.parametrize("index", [0, len(SPECS) - 1], ids=["raycluster", "rayjob"])
+def test_pod_settings_check_rejects_a_broken_spec(breakage, index):
+    spec = copy.deepcopy(SPECS[index][1])
+    breakage(spec)
+    assert pod_settings_problems(spec)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("120Gi", 120 * 2**30), ("500M", 5e8), ("4", 4), ("1.5Ti", 1.5 * 2**40)]
+)
+def test_quantity(text, expected):
+    assert quantity(text) == expected
 
 
 def test_one_image_everywhere():
@@ -458,30 +717,62 @@ RAYJOBS = kuberay_docs("RayJob")
 
 
 @pytest.mark.parametrize(("name", "job"), RAYJOBS, ids=[name for name, _ in RAYJOBS])
-def test_rayjob_config_is_in_the_repository(name, job):
-    """The image copies configs/ to /app/configs and runs from /app (test_dockerfile)."""
+def test_rayjob_config_is_in_the_configmap(name, job):
+    """The image holds no configs (test_dockerfile): --config names a file of the mounted
+    ConfigMap, /etc/lvmae/X.yaml, which is configs/X.yaml of this repository."""
     config = entrypoint_args(job).get("--config")
-    assert isinstance(config, str) and config.startswith("configs/"), name
-    assert (ROOT / config).is_file(), f"{name}: {config} does not exist in the repository"
+    assert isinstance(config, str), name
+    assert PurePosixPath(config).parent == CONFIG_MOUNT, f"{name}: --config {config}"
+    assert PurePosixPath(config).name in config_map()["data"], f"{name}: {config}"
+    assert repository_config(config).is_file(), f"{name}: no configs/ file for {config}"
+
+
+def lvmae_run_config(argv: list[str], config_file: Path):
+    """What `lvmae run` does with argv before any work: parse it with the real CLI, then load
+    its config (read from config_file, the file the pod would see) with its overrides."""
+    params = run_command_context(argv).params
+    overrides = {"run.workdir": params["workdir"], "run.address": params["address"]} | parse_sets(
+        params["sets"]
+    )
+    return params, load_run_config(config_file, overrides)
 
 
 @pytest.mark.parametrize(("name", "job"), RAYJOBS, ids=[name for name, _ in RAYJOBS])
-def test_rayjob_entrypoint_is_a_valid_lvmae_run(name, job):
-    """The real `lvmae run` parses the entrypoint, and its config loads with the entrypoint's
-    overrides (what the command does before any work): the workdir is on the shared volume."""
-    ctx = run_command_context(shlex.split(job["spec"]["entrypoint"]))
-    params = ctx.params
+def test_rayjob_entrypoint_is_a_valid_lvmae_run(name, job, tmp_path):
+    """The real `lvmae run` parses the entrypoint, and its config — the ConfigMap's copy at
+    /etc/lvmae — loads with the entrypoint's overrides: the workdir is on the shared volume."""
+    argv = shlex.split(job["spec"]["entrypoint"])
+    config_file = mounted_config(run_command_context(argv).params["config_file"], tmp_path)
+    params, config = lvmae_run_config(argv, config_file)
     workdir = params["workdir"]
     if workdir is not None:
         assert is_shared_path(workdir), f"{name}: --workdir {workdir} is not under {SHARED_MOUNT}"
-    overrides = {"run.workdir": workdir, "run.address": params["address"]} | parse_sets(
-        params["sets"]
-    )
-    config = load_run_config(ROOT / params["config_file"], overrides)
     assert is_shared_path(config.run.workdir), f"{name}: workdir {config.run.workdir}"
     if params["stages"]:
         chosen = {s.strip() for s in params["stages"].split(",") if s.strip()}
         assert chosen <= set(config.run.stages), f"{name}: {chosen} vs {config.run.stages}"
+
+
+def test_rayjob_entrypoint_takes_bucket_overrides(tmp_path):
+    """The README's other way to change a bucket without a rebuild: `--set` in the
+    entrypoint overrides the mounted config; a misspelt field is refused, naming --set."""
+    (name, job) = next((n, j) for n, j in RAYJOBS if n == "rayjob-run.yaml")
+    argv = shlex.split(job["spec"]["entrypoint"])
+    config_file = mounted_config(run_command_context(argv).params["config_file"], tmp_path)
+    sets = [
+        "--set",
+        "run.input=s3://other-bucket/videos/**/*.mp4",
+        "--set",
+        "run.embeddings=s3://other-bucket/lvmae/paper/extract",
+        "--set",
+        "pretrain.epochs=300",
+    ]
+    _, config = lvmae_run_config([*argv, *sets], config_file)
+    assert config.run.input == "s3://other-bucket/videos/**/*.mp4", name
+    assert config.run.embeddings == "s3://other-bucket/lvmae/paper/extract", name
+    assert config.pretrain.epochs == 300
+    with pytest.raises(ConfigError, match="--set"):
+        lvmae_run_config([*argv, "--set", "run.inptu=s3://other-bucket/x"], config_file)
 
 
 @pytest.mark.parametrize(
@@ -507,8 +798,11 @@ def test_rayjob(name, job):
     if stages is not None:
         assert set(stages.split(",")) <= set(STAGES), f"{name}: unknown stage in {stages}"
 
-    runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
-    assert "MLFLOW_TRACKING_URI" in runtime_env["env_vars"], name
+    # MLflow's URI comes from the ConfigMap through the pods' env (test_every_cluster_spec_pod_
+    # settings), never hard-coded in a runtime env; no working_dir (the code is in the image).
+    runtime_env = yaml.safe_load(spec.get("runtimeEnvYAML") or "{}")
+    assert MLFLOW_KEY not in (runtime_env.get("env_vars") or {}), name
+    assert "working_dir" not in runtime_env, name
     check_runtime_env(runtime_env)
 
     assert ("rayClusterSpec" in spec) != ("clusterSelector" in spec), name
@@ -572,11 +866,145 @@ def test_dockerfile():
                 assert "torchvision" not in command and "torchaudio" not in command
 
     assert ("WORKDIR", "/app") in instructions
-    copied = [a.split() for k, a in instructions if k == "COPY"]
-    sources = {s for args in copied for s in args[:-1] if not s.startswith("--")}
-    assert "configs" in sources, "configs/ must be in the image for --config configs/..."
+    sources = {s for args in dockerfile_copies() for s in args}
+    # Images hold code, not buckets: the run configs come from the ConfigMap.
+    assert "configs" not in sources, "configs/ must not be baked into the image"
     for source in sources:
         assert (ROOT / source).exists(), f"COPY source {source} is not in the repository"
+
+
+def dockerfile_copies() -> list[list[str]]:
+    """The sources of each COPY, in order (flags and the destination dropped)."""
+    copies = [a.split() for k, a in dockerfile_instructions() if k == "COPY"]
+    return [[s for s in args[:-1] if not s.startswith("--")] for args in copies]
+
+
+def test_dockerfile_installs_dependencies_before_the_source():
+    """A layer with the pinned dependencies (pyproject.toml's list, cluster/constraints.txt's
+    versions) comes before any source COPY, and the project itself is then installed without
+    dependencies: a code edit rebuilds only the last layers."""
+    steps = [(k, a) for k, a in dockerfile_instructions() if k in {"COPY", "RUN"}]
+    source_dirs = {"lvmae", "pipelines", "tune"}
+    copies = [
+        (i, [s for s in args.split()[:-1] if not s.startswith("--")])
+        for i, (keyword, args) in enumerate(steps)
+        if keyword == "COPY"
+    ]
+    first_source = min(i for i, sources in copies if source_dirs & set(sources))
+    manifests = {"pyproject.toml", "cluster/constraints.txt"}
+    manifest_copy = [i for i, sources in copies if manifests <= set(sources)]
+    assert manifest_copy and manifest_copy[0] < first_source, "copy pyproject + constraints first"
+    deps = [
+        i
+        for i, (keyword, args) in enumerate(steps)
+        if keyword == "RUN" and re.search(r"pip install[^&]*\s-c\s+\S*constraints\.txt", args)
+    ]
+    assert deps and manifest_copy[0] < deps[0] < first_source, "dependency layer"
+    # Nothing but the dependency manifests is copied before the dependency install.
+    for i, sources in copies:
+        if i < deps[0]:
+            assert set(sources) <= manifests, sources
+    dep_run = steps[deps[0]][1]
+    assert "pyproject.toml" in dep_run and "-r " in dep_run, "install pyproject's dependencies"
+    assert re.search(r"\bs3fs\b", dep_run) and re.search(r"\bgcsfs\b", dep_run)
+    project = [
+        i
+        for i, (k, a) in enumerate(steps)
+        if k == "RUN" and re.search(r"pip install[^&]*\s/app(\s|$)", a)
+    ]
+    assert project and project[0] > max(i for i, s in copies if source_dirs & set(s))
+    assert "--no-deps" in steps[project[0]][1], "the project layer must not install dependencies"
+
+
+def constraint_pins() -> dict[str, str]:
+    pins = {}
+    for raw in CONSTRAINTS.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", line)
+            assert match, f"cluster/constraints.txt: not NAME==VERSION: {line!r}"
+            name = canonicalize_name(match.group(1))
+            assert name not in pins, f"cluster/constraints.txt: {name} twice"
+            pins[name] = match.group(2)
+    return pins
+
+
+def test_constraints_pin_every_dependency():
+    """Every dependency in pyproject.toml is pinned in cluster/constraints.txt at a version
+    its range allows; torch and ray are the versions of the image; fsspec and its s3 / gcs
+    drivers are one release; nothing pulls in torchvision / torchaudio or CUDA libraries."""
+    if tomllib is None:
+        pytest.skip("reading pyproject.toml needs Python 3.11 (tomllib)")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = constraint_pins()
+    for text in project["dependencies"]:
+        req = Requirement(text)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"cluster/constraints.txt does not pin {name} ({text})"
+        assert req.specifier.contains(pins[name], prereleases=True), (
+            f"cluster/constraints.txt: {name}=={pins[name]} is outside pyproject's {text}"
+        )
+    variables = dockerfile_args()
+    assert pins["torch"] == variables["TORCH_VERSION"]
+    assert f":{pins['ray']}-" in variables["RAY_IMAGE"]
+    assert pins["fsspec"] == pins["s3fs"] == pins["gcsfs"]
+    assert not {"torchvision", "torchaudio", "triton"} & set(pins)
+    assert not [n for n in pins if n.startswith("nvidia-")]
+
+
+def dockerignore_patterns() -> list[str]:
+    path = ROOT / ".dockerignore"
+    assert path.is_file(), ".dockerignore is missing at the repository root"
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore keeps `path` (or a folder above it) out of the build context
+    (Docker's rules, for the patterns used here: root-relative globs, `**/` for any depth;
+    no `!` exceptions)."""
+    parts = PurePosixPath(path).parts
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    for raw in patterns:
+        assert not raw.startswith("!"), "exceptions are not handled by this check"
+        pattern = raw.strip("/")
+        for prefix in prefixes:
+            if fnmatch.fnmatchcase(prefix, pattern):
+                return True
+            if pattern.startswith("**/") and fnmatch.fnmatchcase(
+                prefix.rsplit("/", 1)[-1], pattern[3:]
+            ):
+                return True
+    return False
+
+
+def test_dockerignore():
+    """The build context leaves out the virtualenv, run outputs, git, caches and videos, but
+    keeps everything the Dockerfile copies."""
+    patterns = dockerignore_patterns()
+    for path in [
+        ".venv/bin/python",
+        "work/demo/mlflow.db",
+        "mlflow.db",
+        ".git/HEAD",
+        "lvmae/__pycache__/config.cpython-311.pyc",
+        "work/demo/videos/a.mp4",
+        "data/lvu/videos/b.mp4",
+        "c.mp4",
+        "work/bench/x.json",
+        "mlruns/0/meta.yaml",
+        ".pytest_cache/v/cache",
+        "lvmae.egg-info/PKG-INFO",
+        "configs/paper.yaml",
+    ]:
+        assert dockerignored(path, patterns), f".dockerignore does not exclude {path}"
+    for args in dockerfile_copies():
+        for source in args:
+            assert not dockerignored(source, patterns), f".dockerignore excludes COPY {source}"
+            for child in (ROOT / source).rglob("*.py") if (ROOT / source).is_dir() else []:
+                if "__pycache__" not in child.parts:
+                    relative = child.relative_to(ROOT).as_posix()
+                    assert not dockerignored(relative, patterns), relative
 
 
 def test_launcher_and_image_share_ray_base_and_torch():
@@ -615,7 +1043,23 @@ def test_readme_commands_parse_with_the_real_cli(argv):
         assert params["workdir"] is None or is_shared_path(params["workdir"]), " ".join(argv)
         # ... and their config loads with their overrides, as `lvmae run` would load it.
         overrides = {"run.workdir": params["workdir"]} | parse_sets(params["sets"])
-        load_run_config(ROOT / params["config_file"], overrides)
+        load_run_config(repository_config(params["config_file"]), overrides)
+
+
+def test_readme_kuberay_version_and_configmap_recipe():
+    """The README asks for the KubeRay the manifests need (authOptions.secretName: v1.6) and
+    shows the ConfigMap recipe: create / update it from configs/, and change a bucket without
+    a rebuild."""
+    text = (CLUSTER / "README.md").read_text()
+    kuberay = re.findall(r"KubeRay[^.\n]*?v?(\d+\.\d+(?:\.\d+)?)", text)
+    assert "1.6" in kuberay, kuberay
+    assert not [v for v in kuberay if tuple(map(int, v.split(".")))[:2] < (1, 6)], kuberay
+    assert "KubeRay ≥ 1.6" in text or "KubeRay >= 1.6" in text
+    assert re.search(rf"kubectl create configmap {CONFIG_MAP} --from-file=configs/", text)
+    assert "kubectl apply -f cluster/kuberay/configmap.yaml" in text
+    assert f"--config {CONFIG_MOUNT}/paper.yaml" in text
+    assert "--set run.input=" in text
+    assert "rebuild" in text
 
 
 def test_readme_refers_to_files_that_exist():
