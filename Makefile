@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 WORKDIR ?= work/demo
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo ui test lint bench clean
 
 # torch first (its CPU build here), so nothing else pulls CUDA wheels; then the project.
 $(VENV)/.installed: pyproject.toml
@@ -18,6 +18,10 @@ install: $(VENV)/.installed
 
 demo: install
 	$(BIN)/lvmae demo --workdir $(WORKDIR)
+
+# The MLflow UI on the demo's store (WORKDIR/mlflow.db), on http://127.0.0.1:5000.
+ui: install
+	$(BIN)/lvmae ui $(WORKDIR)
 
 test: install
 	$(BIN)/ruff check .

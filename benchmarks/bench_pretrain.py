@@ -1,158 +1,303 @@
-"""LV-MAE training-step throughput: tokens per second, step time and peak memory per preset,
-against PyTorch's own ``nn.TransformerEncoder`` of the same width/depth/heads measured in the
-same run (the baseline: the same work through the reference implementation).
+"""LV-MAE training-step throughput on variable-length batches: real tokens per second of the
+packed model (compute on real tokens only), of its dense path (padded to the batch's longest
+video), of a baseline that follows the authors' reference scheme, and of PyTorch's own
+``nn.TransformerEncoder`` — all measured in the same run on the same batches.
 
-On an NVIDIA GPU the ``paper`` preset at batch 16 runs in bf16 and the model-FLOPs
-utilisation (achieved FLOP/s over the GPU's dense bf16 peak) is printed.
+The reference-scheme baseline is written from its description (dense; the encoder padded to
+``cap + 1`` = [CLS] + cap slots and the decoder to ``cap + 1``; masks, position gathers and
+the decoder's un-shuffle built per sample in a Python loop; attention as explicit
+``softmax(QKᵀ/√d)V`` with ``-inf`` at pads, as in the authors' reference code). The
+``nn.TransformerEncoder`` baseline runs the same widths/depths/heads over the encoder's and
+decoder's token counts padded to the batch's longest video, with a key-padding mask.
 
-    .venv/bin/python benchmarks/bench_pretrain.py                       # CPU: tiny/small/base
-    python benchmarks/bench_pretrain.py --device cuda --presets paper --batch 16
+Lengths are drawn uniformly in ``[2, cap]`` per video (seeded); every row of the table
+counts only real tokens (the videos' lengths) per second of a full training step
+(forward + backward + AdamW), median over the timed steps; the models take turns step by step.
+
+    .venv/bin/python benchmarks/bench_pretrain.py                          # the CPU config
+    python benchmarks/bench_pretrain.py --device cuda --preset paper --batch 16   # bf16, MFU
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lvmae.losses import reconstruction_loss
 from lvmae.masking import random_mask
-from lvmae.model import LVMAE, model_config
+from lvmae.model import LVMAE, model_config, sincos_positions
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, SXM
 
 
-def train_flops(cfg, batch: int, tokens: int, mask_ratio: float) -> float:
-    """Model FLOPs of one training step (forward + backward = 3 × forward), counting the
-    matmuls: encoder over (1 - mask_ratio) L + 1 tokens, decoder over L + 1 tokens."""
+def make_batches(n: int, batch: int, cap: int, dim: int, *, seed: int, device) -> list[tuple]:
+    """``n`` batches ``(x [B, cap, dim], real [B, cap], mask [B, cap], lengths)`` with lengths
+    uniform in [2, cap] and random masks at ratio 0.5 (same batches for every model)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        lengths = torch.randint(2, cap + 1, (batch,), generator=g)
+        x = F.normalize(torch.randn(batch, cap, dim, generator=g), dim=-1)
+        real = torch.arange(cap)[None, :] < lengths[:, None]
+        mask = random_mask(real, 0.5, g)
+        out.append((x.to(device), real.to(device), mask.to(device), lengths.tolist()))
+    return out
 
-    def stack(width, depth, n, mlp):
-        per_token = 2 * (4 * width * width + 2 * mlp * width * width)  # qkv+proj, MLP
-        attn = 2 * 2 * n * n * width  # QK^T and AV
-        return depth * (batch * n * per_token + batch * attn)
 
-    n_enc = int(tokens * (1 - mask_ratio)) + 1
-    n_dec = tokens + 1
-    fwd = stack(cfg.width, cfg.depth, n_enc, cfg.mlp_ratio)
-    fwd += stack(cfg.decoder_width, cfg.decoder_depth, n_dec, cfg.mlp_ratio)
-    fwd += 2 * batch * tokens * (cfg.input_dim * cfg.width + cfg.width * cfg.decoder_width)
-    fwd += 2 * batch * tokens * cfg.decoder_width * cfg.input_dim
+def train_flops(cfg, lengths: list[int], mask_ratio: float = 0.5) -> float:
+    """Useful model FLOPs of one training step (3 × forward matmuls) over the real tokens:
+    encoder over [CLS] + the visible tokens, decoder over [CLS] + every real token."""
+
+    def stack(width, depth, n):
+        per_token = 2 * (4 * width * width + 2 * cfg.mlp_ratio * width * width)
+        return depth * (n * per_token + 2 * 2 * n * n * width)
+
+    fwd = 0.0
+    for n in lengths:
+        n_enc = int(n * (1 - mask_ratio)) + 1
+        fwd += stack(cfg.width, cfg.depth, n_enc) + stack(
+            cfg.decoder_width, cfg.decoder_depth, n + 1
+        )
+        proj = cfg.input_dim * cfg.width if cfg.input_dim != cfg.width else 0
+        fwd += 2 * n * (proj + cfg.width * cfg.decoder_width + cfg.decoder_width * cfg.input_dim)
     return 3.0 * fwd
 
 
-def peak_memory_mib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# ------------------------------------------------------------------ reference-scheme baseline
 
 
-def time_steps(step, steps: int, warmup: int, device) -> float:
-    for _ in range(warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / steps
+class _RefAttention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x, pad):  # pad: bool [B, N], True = padding
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        scores = (q @ k.transpose(-2, -1)) * self.scale
+        scores = scores.masked_fill(pad[:, None, None, :], float("-inf"))
+        return self.proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(B, N, C))
 
 
-def bench_lvmae(cfg, batch, tokens, *, device, dtype, steps, warmup):
-    model = LVMAE(cfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = nn.functional.normalize(torch.randn(batch, tokens, cfg.input_dim, device=device), dim=-1)
-    real = torch.ones(batch, tokens, dtype=torch.bool, device=device)
-    gen = torch.Generator().manual_seed(0)
-    mask = random_mask(real.cpu(), 0.5, gen).to(device)
+class _RefBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
+        self.attn = _RefAttention(dim, heads)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
-    def step():
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            pred = model(x, real, mask)
-        loss = reconstruction_loss(pred.float(), x, mask)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return time_steps(step, steps, warmup, device)
+    def forward(self, x, pad):
+        x = x + self.attn(self.norm1(x), pad)
+        return x + self.mlp(self.norm2(x))
 
 
-def bench_reference(cfg, batch, tokens, *, device, dtype, steps, warmup):
-    """nn.TransformerEncoder stacks of the same shapes over the same token counts."""
+class ReferenceScheme(nn.Module):
+    """Dense masked autoencoder in the authors' scheme: every sample padded to the cap."""
 
-    def layers(width, depth, heads):
-        layer = nn.TransformerEncoderLayer(
-            width, heads, int(width * cfg.mlp_ratio), dropout=0.0, batch_first=True,
-            norm_first=True, activation="gelu",
-        )  # fmt: skip
-        return nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+    def __init__(self, cfg) -> None:
+        super().__init__()
+        self.cap = cfg.max_tokens
+        self.embed = nn.Linear(cfg.input_dim, cfg.width) if cfg.input_dim != cfg.width else None
+        self.cls = nn.Parameter(torch.zeros(1, 1, cfg.width))
+        self.register_buffer("pos", sincos_positions(cfg.max_tokens + 1, cfg.width))
+        self.blocks = nn.ModuleList(
+            _RefBlock(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)
+        )
+        self.norm = nn.LayerNorm(cfg.width, eps=1e-6)
+        self.dec_embed = nn.Linear(cfg.width, cfg.decoder_width)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_width))
+        self.register_buffer("dec_pos", sincos_positions(cfg.max_tokens + 1, cfg.decoder_width))
+        self.dec_blocks = nn.ModuleList(
+            _RefBlock(cfg.decoder_width, cfg.decoder_heads, cfg.mlp_ratio)
+            for _ in range(cfg.decoder_depth)
+        )
+        self.dec_norm = nn.LayerNorm(cfg.decoder_width, eps=1e-6)
+        self.head = nn.Linear(cfg.decoder_width, cfg.input_dim)
 
-    enc = layers(cfg.width, cfg.depth, cfg.heads).to(device)
-    dec = layers(cfg.decoder_width, cfg.decoder_depth, cfg.decoder_heads).to(device)
-    proj = nn.Linear(cfg.width, cfg.decoder_width).to(device)
-    head = nn.Linear(cfg.decoder_width, cfg.input_dim).to(device)
-    params = [*enc.parameters(), *dec.parameters(), *proj.parameters(), *head.parameters()]
-    opt = torch.optim.AdamW(params, lr=1e-4)
-    xe = torch.randn(batch, tokens // 2 + 1, cfg.width, device=device)
-    xd = torch.randn(batch, tokens + 1, cfg.decoder_width, device=device)
+    def forward(self, x, lengths, ratio: float = 0.5):
+        B, cap, device = x.shape[0], self.cap, x.device
+        h = x if self.embed is None else self.embed(x)
+        enc_in, enc_pad, keeps, restores = [], [], [], []
+        for i, n in enumerate(lengths):  # per-sample masking, as a dataset item would
+            keep = int(n * (1 - ratio))
+            shuffle = torch.argsort(torch.rand(n, device=device))
+            restores.append(torch.argsort(shuffle))
+            keeps.append(keep)
+            ids = shuffle[:keep]
+            rows = h[i, ids] + self.pos[1 + ids]
+            enc_in.append(torch.cat([rows, rows.new_zeros(cap - keep, rows.shape[1])]))
+            enc_pad.append(torch.arange(cap + 1, device=device) > keep)
+        cls = (self.cls + self.pos[:1]).expand(B, -1, -1)
+        z = torch.cat([cls, torch.stack(enc_in)], dim=1)  # [B, cap + 1, W]
+        pad = torch.stack(enc_pad)
+        for block in self.blocks:
+            z = block(z, pad)
+        z = self.dec_embed(self.norm(z))
+        dec_in, dec_pad = [], []
+        for i, n in enumerate(lengths):  # per-sample un-shuffle with mask tokens
+            seq = torch.cat([z[i, 1 : 1 + keeps[i]], self.mask_token[0].expand(n - keeps[i], -1)])
+            seq = seq[restores[i]] + self.dec_pos[1 : n + 1]
+            seq = torch.cat([z[i, :1], seq, seq.new_zeros(cap - n, seq.shape[1])])
+            dec_in.append(seq)
+            dec_pad.append(torch.arange(cap + 1, device=device) > n)
+        d, pad = torch.stack(dec_in), torch.stack(dec_pad)
+        for block in self.dec_blocks:
+            d = block(d, pad)
+        return self.head(self.dec_norm(d))[:, 1:]
 
-    def step():
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            out = head(dec(xd + proj(enc(xe)).mean(1, keepdim=True)))
-        loss = out.float().pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
 
-    return time_steps(step, steps, warmup, device)
+# ------------------------------------------------------------------ nn.TransformerEncoder
+
+
+class TorchEncoders(nn.Module):
+    """PyTorch's ``nn.TransformerEncoder`` stacks of the model's shapes, padded to the batch's
+    longest video (encoder: [CLS] + visible; decoder: [CLS] + all real), key-padding mask."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__()
+
+        def stack(width, depth, heads):
+            layer = nn.TransformerEncoderLayer(
+                width, heads, int(width * cfg.mlp_ratio), dropout=0.0, batch_first=True,
+                norm_first=True, activation="gelu", layer_norm_eps=1e-6,
+            )  # fmt: skip
+            return nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+
+        self.enc = stack(cfg.width, cfg.depth, cfg.heads)
+        self.dec = stack(cfg.decoder_width, cfg.decoder_depth, cfg.decoder_heads)
+        self.proj = nn.Linear(cfg.width, cfg.decoder_width)
+        self.head = nn.Linear(cfg.decoder_width, cfg.input_dim)
+        self.width = cfg.width
+
+    def forward(self, x, real, mask):
+        B, device = x.shape[0], x.device
+        visible = real & ~mask
+        V, L = int(visible.sum(1).max()), int(real.sum(1).max())
+        order = torch.sort((~visible).to(torch.uint8), dim=1, stable=True).indices[:, :V]
+        kept = x[..., : self.width].gather(1, order[..., None].expand(-1, -1, self.width))
+        ones = torch.ones(B, 1, dtype=torch.bool, device=device)
+        enc_pad = ~torch.cat([ones, torch.arange(V, device=device) < visible.sum(1)[:, None]], 1)
+        z = self.enc(
+            torch.cat([kept.new_zeros(B, 1, self.width), kept], 1), src_key_padding_mask=enc_pad
+        )
+        dec_in = self.proj(z).mean(1, keepdim=True).expand(-1, L + 1, -1)
+        dec_pad = ~torch.cat([ones, real[:, :L]], 1)
+        return self.head(self.dec(dec_in, src_key_padding_mask=dec_pad))[:, 1:]
+
+
+# ------------------------------------------------------------------ timing
+
+
+def time_models(models: dict, batches, *, device, dtype, steps, warmup) -> dict[str, float]:
+    """Seconds per training step of each ``(model, step_fn)`` in ``models``, median over
+    ``steps`` after ``warmup``. The models take turns step by step (round robin), so a load
+    change on a shared machine hits all of them alike and the ratios stay comparable."""
+    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, (m, _) in models.items()}
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for i in range(warmup + steps):
+        for key, (model, step_fn) in models.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                loss = step_fn(model, *batches[i % len(batches)])
+            opts[key].zero_grad(set_to_none=True)
+            loss.backward()
+            opts[key].step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times[key].append(time.perf_counter() - t0)
+    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+
+
+def _lvmae_step(packed: bool):
+    def fn(model, x, real, mask, lengths):
+        L = max(lengths)
+        x, real, mask = x[:, :L], real[:, :L], mask[:, :L]  # a batch padded to its longest
+        return reconstruction_loss(model(x, real, mask, packed=packed).float(), x, mask)
+
+    return fn
+
+
+def _ref_step(model, x, real, mask, lengths):
+    pred = model(x, lengths)
+    return reconstruction_loss(pred.float(), x, mask)
+
+
+def _torch_step(model, x, real, mask, lengths):
+    L = max(lengths)
+    x, real, mask = x[:, :L], real[:, :L], mask[:, :L]
+    return reconstruction_loss(model(x, real, mask).float(), x, mask)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--presets", default=None, help="comma list (default: tiny,small,base on "
-                    "CPU; paper on CUDA)")  # fmt: skip
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--preset", default=None, help="model preset (default: the CPU config "
+                    "width 1024 depth 4 heads 16, decoder 512 x 2; 'paper' on CUDA)")  # fmt: skip
+    ap.add_argument("--batch", type=int, default=8, help="videos per step (lengths 2..cap)")
+    ap.add_argument("--cap", type=int, default=256, help="token cap (max_tokens)")
     ap.add_argument("--input-dim", type=int, default=1024)
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--models", default="reference,torch,dense,packed")
     ap.add_argument("--gpu", default="H100", choices=sorted(PEAK_BF16_TFLOPS))
     args = ap.parse_args()
     device = torch.device(args.device)
-    presets = (args.presets or ("paper" if device.type == "cuda" else "tiny,small,base")).split(",")
+    preset = args.preset or ("paper" if device.type == "cuda" else None)
+    if preset is None:
+        cfg = model_config("small", input_dim=args.input_dim, max_tokens=args.cap, width=1024,
+                           depth=4, heads=16, decoder_width=512, decoder_depth=2,
+                           decoder_heads=16)  # fmt: skip
+    else:
+        cfg = model_config(preset, input_dim=args.input_dim, max_tokens=args.cap)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    torch.manual_seed(0)
-    print(f"device {device}, dtype {dtype}, batch {args.batch}, {args.tokens} tokens/video, "
-          f"D_in {args.input_dim}, mask ratio 0.5, {torch.get_num_threads()} threads")  # fmt: skip
+    batches = make_batches(4, args.batch, args.cap, args.input_dim, seed=0, device=device)
+    real_tokens = sum(sum(b[3]) for b in batches) / len(batches)
+    print(f"device {device}, {dtype}, preset {preset or 'cpu-bench'} (width {cfg.width}, depth "
+          f"{cfg.depth}, heads {cfg.heads}; decoder {cfg.decoder_width} x {cfg.decoder_depth}), "
+          f"batch {args.batch}, lengths uniform 2..{args.cap} (mean real tokens/step "
+          f"{real_tokens:.0f}), mask 0.5, {torch.get_num_threads()} threads, "
+          f"{args.steps} timed steps after {args.warmup}")  # fmt: skip
+    builders = {
+        "reference": (ReferenceScheme, _ref_step, "reference scheme (dense, cap + 1)"),
+        "torch": (TorchEncoders, _torch_step, "nn.TransformerEncoder (batch max)"),
+        "dense": (LVMAE, _lvmae_step(False), "LV-MAE dense, packed=False (batch max)"),
+        "packed": (LVMAE, _lvmae_step(True), "LV-MAE packed (real tokens)"),
+    }
+    keys = args.models.split(",")
+    models = {}
+    for key in keys:
+        torch.manual_seed(0)
+        models[key] = (builders[key][0](cfg).to(device), builders[key][1])
+    times = time_models(
+        models, batches, device=device, dtype=dtype, steps=args.steps, warmup=args.warmup
+    )
+    flops = sum(train_flops(cfg, b[3]) for b in batches) / len(batches)
     print()
-    mem_head = "peak MiB (GPU)" if device.type == "cuda" else "max RSS so far, MiB"
-    print(f"| preset | params | step (s) | tokens/s | × nn.TransformerEncoder | {mem_head} | MFU |")
-    print("|---|---|---|---|---|---|---|")
-    for name in presets:
-        cfg = model_config(name, input_dim=args.input_dim, max_tokens=args.tokens)
-        n_params = sum(p.numel() for p in LVMAE(cfg).parameters())
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        run = {"device": device, "dtype": dtype, "steps": args.steps, "warmup": args.warmup}
-        t_ours = bench_lvmae(cfg, args.batch, args.tokens, **run)
-        mem = peak_memory_mib(device)
-        t_ref = bench_reference(cfg, args.batch, args.tokens, **run)
-        tokens_s = args.batch * args.tokens / t_ours
+    print(
+        "| model | step (s) | real tokens/s | × reference scheme | × nn.TransformerEncoder | MFU |"
+    )
+    print("|---|---|---|---|---|---|")
+    for key in keys:
+        t = times[key]
+        ratio = {b: f"{times[b] / t:.2f}" if b in times else "–" for b in ("reference", "torch")}
         mfu = "–"
         if device.type == "cuda":
-            flops = train_flops(cfg, args.batch, args.tokens, 0.5) / t_ours
-            mfu = f"{flops / (PEAK_BF16_TFLOPS[args.gpu] * 1e12):.1%}"
-        print(f"| {name} | {n_params / 1e6:.1f} M | {t_ours:.3f} | {tokens_s:,.0f} | "
-              f"{t_ref / t_ours:.2f} | {mem:,.0f} | {mfu} |")  # fmt: skip
+            mfu = f"{flops / t / (PEAK_BF16_TFLOPS[args.gpu] * 1e12):.1%}"
+        print(f"| {builders[key][2]} | {t:.3f} | {real_tokens / t:,.0f} | {ratio['reference']} "
+              f"| {ratio['torch']} | {mfu} |")  # fmt: skip
 
 
 if __name__ == "__main__":

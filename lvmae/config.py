@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
+from difflib import get_close_matches
 from pathlib import Path
-from typing import Any, ClassVar, Literal, get_args
+from types import UnionType
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -32,7 +34,8 @@ PROBE_KINDS: tuple[str, ...] = get_args(ProbeKind)
 BASELINES: tuple[str, ...] = get_args(BaselineName)
 """Baselines scored on the same splits as the probes (raw segment embeddings)."""
 CLS_SOURCES: tuple[str, ...] = get_args(ClsSource)
-"""Where the attentive probe's [CLS] comes from."""
+"""Where the attentive probe's [CLS] comes from: ``"encoder"`` (the frozen LV-MAE encoder's
+own [CLS] output, the paper's, LV-MAE §8) or ``"learned"`` (a new learned token)."""
 STAGE_NAMES: tuple[str, ...] = get_args(StageName)
 """The stages of the main job, in chain order (see ``pipelines/stages``)."""
 LABEL_DATASETS: tuple[str, ...] = get_args(LabelDataset)
@@ -124,11 +127,12 @@ class PretrainConfig(BaseModel):
     """Pre-training settings (stage 2 of LV-MAE: the masked-embedding autoencoder).
 
     Defaults follow the paper (Naiman et al., ICCV 2025, §4; docs/design.md "Reference facts"):
-    AdamW betas (0.9, 0.95), weight decay 0.05, ``lr = blr * batch / 256`` with blr 1.5e-4
-    (MAE's scaling rule), 40 warm-up epochs then cosine to 0 per iteration, global batch 16,
-    150 epochs, mask ratio 0.5, semantic masking, windows of up to 256 tokens (one token is
-    one ``segment_s`` segment). The model preset defaults to ``small`` (``paper`` is the
-    paper's 32-block encoder).
+    AdamW betas (0.9, 0.95), weight decay 0.05, ``lr = blr * global_batch / 256`` with blr
+    1.5e-4 (MAE's scaling rule), 40 warm-up epochs then cosine to 0 per iteration, batch 16
+    **per worker** (as the authors' reference code and MAE: ``global_batch = batch_size *
+    num_workers``, 128 on their 8 GPUs), 150 epochs, mask ratio 0.5, semantic masking,
+    windows of up to 256 tokens (one token is one ``segment_s`` segment). The model preset
+    defaults to ``small`` (``paper`` is the paper's 32-block encoder).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -162,8 +166,9 @@ class PretrainConfig(BaseModel):
     min_tokens: int = Field(2, ge=2, description="videos with fewer segments are skipped")
     window: Literal["cap", "random"] = Field(
         "cap",
-        description="cap: random window of min(len, max_tokens) tokens; random: random "
-        "duration between min_window_s and the cap (the reference code)",
+        description="cap: random window of min(len, max_tokens) tokens; random: a duration "
+        "uniform in [min_window_s, max_tokens * segment_s] clipped to the video (the "
+        "reference code)",
     )
     min_window_s: float = Field(10.0, ge=0, description="shortest 'random' window, seconds")
     segment_s: float = Field(5.0, gt=0, description="seconds per token (segment length)")
@@ -171,8 +176,8 @@ class PretrainConfig(BaseModel):
     split_seed: int = Field(0, description="seed of the stable train/val split by video id")
     # optimisation
     epochs: int = Field(150, ge=1, description="passes over the training videos")
-    batch_size: int = Field(16, ge=1, description="GLOBAL batch (windows), split over workers")
-    blr: float = Field(1.5e-4, gt=0, description="base lr; lr = blr * batch_size / 256")
+    batch_size: int = Field(16, ge=1, description="windows per worker per step (global: x workers)")
+    blr: float = Field(1.5e-4, gt=0, description="base lr; lr = blr * global batch / 256")
     lr: float | None = Field(None, gt=0, description="absolute peak lr (overrides blr)")
     warmup_epochs: int = Field(40, ge=0, description="linear warm-up epochs")
     weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay (not on 1-D)")
@@ -214,11 +219,6 @@ class PretrainConfig(BaseModel):
                 f"min_window_s ({self.min_window_s} s = {self.min_window_tokens()} tokens of "
                 f"{self.segment_s} s) must fit in max_tokens ({self.max_tokens})"
             )
-        if self.batch_size % self.num_workers:
-            raise ValueError(
-                f"batch_size ({self.batch_size}) is the global batch and must be divisible by "
-                f"num_workers ({self.num_workers})"
-            )
         if not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must each be in [0, 1), got {self.betas}")
         for w, h, side in (
@@ -233,10 +233,14 @@ class PretrainConfig(BaseModel):
             )
         return self
 
-    def effective_lr(self) -> float:
-        """Peak learning rate: ``lr`` when set, else ``blr * batch_size / 256`` (the MAE
-        scaling rule used by LV-MAE §4, with the global batch)."""
-        return self.lr if self.lr is not None else self.blr * self.batch_size / 256
+    def effective_lr(self, global_batch: int | None = None) -> float:
+        """Peak learning rate: ``lr`` when set, else ``blr * global_batch / 256`` (MAE's
+        scaling rule, used by LV-MAE §4 and the authors' reference code), with
+        ``global_batch`` defaulting to :meth:`global_batch_size`."""
+        if self.lr is not None:
+            return self.lr
+        batch = self.global_batch_size() if global_batch is None else global_batch
+        return self.blr * batch / 256
 
     def min_window_tokens(self) -> int:
         """Shortest ``"random"`` window in tokens: ``ceil(min_window_s / segment_s)``, at
@@ -246,8 +250,12 @@ class PretrainConfig(BaseModel):
         return max(self.min_tokens, math.ceil(self.min_window_s / self.segment_s - 1e-9))
 
     def worker_batch_size(self) -> int:
-        """Windows per worker per step: ``batch_size / num_workers``."""
-        return self.batch_size // self.num_workers
+        """Windows per worker per step: ``batch_size``."""
+        return self.batch_size
+
+    def global_batch_size(self) -> int:
+        """Windows per optimizer step over all workers: ``batch_size * num_workers``."""
+        return self.batch_size * self.num_workers
 
 
 # ------------------------------------------------------------------------------- probes
@@ -275,7 +283,10 @@ class ProbeRecipe(BaseModel):
         seed: seeds the probe's init, the shuffling and dropout.
         heads: attention heads of the attentive / pooler probes (8, as in the authors'
             code); must divide the feature width.
-        cls_source: the attentive probe's [CLS]: ``"learned"`` or ``"encoder"``.
+        cls_source: the attentive probe's [CLS]: ``"encoder"`` (default; the frozen
+            encoder's [CLS] output, adapted by one trainable block: LV-MAE §8 and the
+            authors' ``test_ap_movie_clip.py``) or ``"learned"`` (a new learned token; the
+            results name it ``attentive-learned``).
         num_queries: learned queries of the pooler.
         batch_norm: the linear probe standardises its input with a BatchNorm without affine
             parameters, as MAE's linear probe does (off in LV-MAE's recipe).
@@ -291,7 +302,7 @@ class ProbeRecipe(BaseModel):
     gamma: float | None = Field(None, gt=0, le=1)
     seed: int = 0
     heads: int = Field(8, ge=1)
-    cls_source: ClsSource = "learned"
+    cls_source: ClsSource = "encoder"
     num_queries: int = Field(1, ge=1)
     batch_norm: bool = False
 
@@ -341,6 +352,15 @@ class ProbeConfig(ProbeRecipe):
                 fields.update(recipe)
         return cls(kind=kind, **fields)
 
+    @property
+    def name(self) -> str:
+        """The probe's name in results tables: ``linear``, ``attentive`` (the paper's: the
+        encoder's [CLS] adapted by one block), ``attentive-learned`` (a learned [CLS]) or
+        ``pooler`` (V-JEPA's attentive pooler)."""
+        if self.kind == "attentive" and self.cls_source == "learned":
+            return "attentive-learned"
+        return self.kind
+
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as a JSON-able dict (for MLflow and run manifests)."""
         return self.model_dump(mode="json")
@@ -360,7 +380,16 @@ class ProbeConfig(ProbeRecipe):
 
 class ProbeSection(BaseModel):
     """The probe stage: probes on the frozen encoder and the baselines scored on the same
-    splits (LV-MAE §8, Tables 6–8)."""
+    splits (LV-MAE §8, Tables 6–8).
+
+    Every row (probe or baseline × task) is trained ``seeds`` times (seeds ``recipe.seed +
+    0 .. seeds - 1``) and reports the mean and standard deviation over them. Each seed
+    trains in a Ray task that reserves ``cpus_per_task`` CPUs and ``gpus_per_task`` GPUs
+    (default: 0.25 when the cluster has GPUs, else 0); ``device: auto`` trains on CUDA when
+    the task holds a GPU, else on CPU. The frozen encoder's features are computed on an actor
+    pool of ``encoder_actors`` (default: one per GPU of the cluster, at most 8; one CPU actor
+    without GPUs).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     SECTION: ClassVar[str] = "probe"
@@ -372,7 +401,19 @@ class ProbeSection(BaseModel):
     recipes: dict[ProbeKind, ProbeRecipe] = Field(
         default_factory=dict, description="per-probe recipe fields over the paper's"
     )
-    device: str = Field("cpu", description="torch device of the probes")
+    device: str = Field(
+        "auto", description="torch device of the probes: auto (CUDA when the task holds a GPU)"
+    )
+    seeds: int = Field(3, ge=1, description="seeds per row: results are mean ± std over them")
+    cpus_per_task: float = Field(1.0, gt=0, description="CPUs each probe-training task reserves")
+    gpus_per_task: float | None = Field(
+        None,
+        ge=0,
+        description="GPUs per probe-training task (default 0.25 if the cluster has GPUs)",
+    )
+    encoder_actors: int | None = Field(
+        None, ge=1, description="feature actors (default: one per cluster GPU, max 8; else 1)"
+    )
 
     def config(self, kind: str) -> ProbeConfig:
         """The resolved :class:`ProbeConfig` of probe ``kind`` (the paper's recipe with this
@@ -383,7 +424,14 @@ class ProbeSection(BaseModel):
 
 
 class TuneSection(BaseModel):
-    """The Ray Tune sweep over probe hyperparameters (see :mod:`tune.sweep`)."""
+    """The Ray Tune sweep over probe hyperparameters (see :mod:`tune.sweep`).
+
+    The first trial is the probe stage's recipe for ``probes[0]`` and the default space is
+    centred on it; the probe kind is swept only when ``probes`` lists several. ASHA measures
+    time in percent of each trial's own epochs and stops no trial before ``grace_period`` of
+    them. The chosen configuration is retrained ``seeds`` times and scored on the test split
+    once per seed.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     SECTION: ClassVar[str] = "tune"
@@ -395,6 +443,16 @@ class TuneSection(BaseModel):
         None, ge=0, description="GPUs per trial (default 0.25 when the cluster has GPUs)"
     )
     seed: int = Field(0, description="seed of the search algorithm")
+    probes: list[ProbeKind] = Field(
+        default_factory=lambda: ["linear"],
+        min_length=1,
+        description="probe kinds the sweep may pick; the first one's recipe is the first trial",
+    )
+    grace_period: float = Field(
+        0.5, gt=0, le=1, description="ASHA grace period, as a fraction of each trial's epochs"
+    )
+    seeds: int = Field(3, ge=1, description="seeds the chosen configuration is retrained with")
+    device: str = Field("auto", description="torch device of the trials (auto: CUDA with a GPU)")
 
 
 # ---------------------------------------------------------------------------- the run
@@ -526,21 +584,58 @@ class RunConfig(BaseModel):
 # ---------------------------------------------------------------------------- loading
 
 
+def _unwrap_optional(annotation: Any) -> Any:
+    """``X | None`` → ``X`` (the first pydantic model of a union); other types unchanged."""
+    if get_origin(annotation) in (Union, UnionType):
+        models = [a for a in get_args(annotation) if hasattr(a, "model_fields")]
+        return models[0] if models else annotation
+    return annotation
+
+
+def _fields_at(model: Any, path: Sequence[Any]) -> list[str]:
+    """The field names of the pydantic model reached from ``model`` along ``path`` (through
+    nested models, optional models, lists and dicts), or [] when it is not a model."""
+    node: Any = model
+    for part in path:
+        fields = getattr(node, "model_fields", None)
+        if fields is not None:
+            if part not in fields:
+                return []
+            node = fields[part].annotation
+        else:  # list[X] / dict[K, X]: the item's type
+            args = get_args(node)
+            node = args[-1] if args else None
+        node = _unwrap_optional(node)
+    return sorted(getattr(node, "model_fields", {}) or [])
+
+
 def format_validation_error(
-    exc: ValidationError, source: str, overrides: Sequence[str] = (), prefix: str = ""
+    exc: ValidationError,
+    source: str,
+    overrides: Sequence[str] = (),
+    prefix: str = "",
+    model: Any = None,
 ) -> str:
     """One line per problem: ``source: field: message (got value)``. A problem at (or
     under) a dotted key of ``overrides`` is reported as coming from ``--set KEY``;
-    ``prefix`` is prepended to field paths (``extract.`` for a section loaded alone)."""
+    ``prefix`` is prepended to field paths (``extract.`` for a section loaded alone). With
+    ``model`` (the validated class), an unknown field gets a "did you mean" suggestion."""
     lines = []
     for err in exc.errors():
-        loc = prefix + ".".join(str(p) for p in err["loc"]) if err["loc"] else "(config)"
-        got = f" (got {err['input']!r})" if "input" in err and err["type"] != "missing" else ""
+        parts = [str(p) for p in err["loc"]]
+        loc = prefix + ".".join(parts) if parts else prefix.rstrip(".") or "(config)"
+        shown = "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict)
+        got = f" (got {err['input']!r})" if shown else ""
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden" and model is not None and parts:
+            close = get_close_matches(parts[-1], _fields_at(model, err["loc"][:-1]), n=1)
+            if close:
+                msg += f"; did you mean {close[0]!r}?"
         hit = [
             k for k in overrides if loc == k or loc.startswith(k + ".") or k.startswith(loc + ".")
         ]
         where = f"--set {hit[0]}" if hit else source
-        lines.append(f"{where}: {loc}: {err['msg']}{got}")
+        lines.append(f"{where}: {loc}: {msg}{got}")
     return "\n".join(lines)
 
 
@@ -612,7 +707,9 @@ def load_run_config(path: str | Path | None, sets: Mapping[str, Any] | None = No
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, str(path or "config"), list(given))) from exc
+        raise ConfigError(
+            format_validation_error(exc, str(path or "config"), list(given), model=RunConfig)
+        ) from exc
 
 
 def load_config(
@@ -652,5 +749,5 @@ def load_config(
         return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(
-            format_validation_error(exc, source, list(given), prefix=f"{section}.")
+            format_validation_error(exc, source, list(given), prefix=f"{section}.", model=model)
         ) from exc

@@ -35,13 +35,13 @@ def window_batch(
     """One random contiguous window per video (``config.window`` mode, at most
     ``config.max_tokens`` tokens) → ``x`` float32 ``[B, L, D]`` and ``real`` bool ``[B, L]``
     (False at [PAD])."""
-    min_tokens = config.min_window_tokens()
     seqs = []
     for flat, length in zip(batch["embedding"], batch["length"], strict=True):
         seq = np.asarray(flat, dtype=np.float32).reshape(int(length), dim)
         start, end = sample_window(
-            len(seq), config.max_tokens, rng, mode=config.window, min_tokens=min_tokens
-        )
+            len(seq), config.max_tokens, rng, mode=config.window,
+            min_window_s=config.min_window_s, segment_s=config.segment_s,
+        )  # fmt: skip
         seqs.append(seq[start:end])
     return collate(seqs, config.max_tokens)
 

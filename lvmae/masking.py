@@ -5,9 +5,10 @@ is a bool tensor ``[B, L]`` with True = masked (hidden from the encoder, to be
 reconstructed). ``real`` (bool ``[B, L]``) marks real tokens; [PAD] tokens are never masked
 and never visible. All functions work on the whole batch at once (no loop over videos).
 
-Per video with ``n`` real tokens, :func:`random_mask` and :func:`semantic_mask` mask exactly
-``round(ratio * n)`` tokens (Python's ``round``: half to even), clamped so that at least one
-token stays visible and, when ``n >= 2``, at least one is masked.
+Per video with ``n`` real tokens, :func:`random_mask` and :func:`semantic_mask` keep
+``int(n * (1 - ratio))`` tokens visible, as the authors' reference code does, and mask the
+rest (``ceil(n * ratio)`` up to float rounding; 0.5 of 9 tokens masks 5), with at least one
+token kept visible.
 
 Sources: Naiman et al., "LV-MAE", ICCV 2025, §3.3 (random and semantic masking, mask ratio
 0.5 in §4); VideoMAE V2 (Wang et al., CVPR 2023) for dual masking (:func:`decoder_subset`);
@@ -47,9 +48,12 @@ def _check_ratio(ratio: float) -> None:
 def mask_counts(real: Tensor, ratio: float) -> Tensor:
     """Number of tokens to mask per video: long ``[B]``.
 
-    ``round(ratio * n_i)`` of the ``n_i = real[i].sum()`` real tokens (half to even, as
-    Python's ``round``), clamped to ``[1, n_i - 1]`` when ``n_i >= 2``; 0 when ``n_i <= 1``
-    (a lone token stays visible so the encoder always sees something).
+    The authors' reference code keeps ``int(n_i * (1 - ratio))`` of the ``n_i =
+    real[i].sum()`` real tokens visible (``1 - ratio`` and the product in float64, as in
+    Python) and masks the others, so an odd ``n_i`` at ratio 0.5 masks ``(n_i + 1) / 2``.
+    At least one token stays visible: where ``int(n_i * (1 - ratio))`` is 0 (the reference
+    skips such videos; a lone token here) one is kept, so a 1-token video masks nothing.
+    Every video with ``n_i >= 2`` masks at least one token.
 
     Args:
         real: bool ``[B, L]``, True for real tokens.
@@ -61,11 +65,10 @@ def mask_counts(real: Tensor, ratio: float) -> Tensor:
     _check_real(real)
     _check_ratio(ratio)
     n = real.sum(dim=1)
-    # float64 product = Python's float product, so this equals Python's round(ratio * n).
-    count = torch.round(n.double() * float(ratio)).long()
-    low = (n >= 2).long()
-    high = (n - 1).clamp(min=0)
-    return torch.minimum(torch.maximum(count, low), high)
+    # float64 product = Python's float product, so this equals int(n * (1 - ratio)).
+    keep = torch.floor(n.double() * (1.0 - float(ratio))).long()
+    keep = torch.minimum(torch.maximum(keep, torch.ones_like(keep)), n)
+    return n - keep
 
 
 def _mask_from_order(key: Tensor, real: Tensor, n_masked: Tensor) -> Tensor:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "check_finite",
     "classification_report",
     "confusion_matrix",
     "per_class_accuracy",
@@ -62,11 +63,13 @@ def _check_n_classes(n_classes: int) -> int:
 
 
 def top_k_accuracy(scores: Any, y: Any, k: int = 1) -> float:
-    """Fraction of samples whose true class is among the ``k`` highest scores.
+    """Fraction of samples whose true class is among the ``k`` highest scores, ties counted
+    against the prediction.
 
-    A sample counts as correct when fewer than ``k`` classes score strictly higher than its
-    true class (so ties resolve in the sample's favour; with real-valued logits they are
-    rare).
+    A sample is correct when fewer than ``k`` *other* classes score at least as high as its
+    true class: ``#{j != y: s_j >= s_y} < k``. A tie therefore never helps: constant scores
+    give top-1 = 0 (with C >= 2), so a collapsed probe cannot win a best-epoch selection
+    (LV-MAE §8 picks the best validation epoch by this number).
 
     Args:
         scores: float ``[N, C]`` logits, probabilities or any per-class scores.
@@ -77,8 +80,8 @@ def top_k_accuracy(scores: Any, y: Any, k: int = 1) -> float:
         Accuracy in ``[0, 1]``.
 
     Raises:
-        ValueError: ``N == 0``, shapes that do not match, ``k`` outside ``[1, C]`` or class
-            ids outside ``[0, C)``.
+        ValueError: ``N == 0``, shapes that do not match, ``k`` outside ``[1, C]``, class
+            ids outside ``[0, C)``, or a NaN / infinite score (named with its row).
     """
     s = _numpy(scores)
     if s.ndim != 2:
@@ -91,9 +94,26 @@ def top_k_accuracy(scores: Any, y: Any, k: int = 1) -> float:
         raise ValueError("top_k_accuracy needs at least one sample")
     if isinstance(k, bool) or not 1 <= k <= C:
         raise ValueError(f"k must be in [1, C={C}]; got {k!r}")
+    check_finite(s, "scores")
     true_score = s[np.arange(N), labels]
-    n_above = (s > true_score[:, None]).sum(axis=1)
-    return float(np.mean(n_above < k))
+    # >= counts the true class itself once: subtract it.
+    n_at_least = (s >= true_score[:, None]).sum(axis=1) - 1
+    return float(np.mean(n_at_least < k))
+
+
+def check_finite(a: np.ndarray, name: str) -> None:
+    """Raise ValueError naming the first row of ``a`` that holds a NaN or infinite value.
+
+    Scores that are not finite cannot be ranked (a NaN compares false with everything and
+    would silently count as correct or wrong); a diverged probe must fail loudly instead.
+    """
+    bad = ~np.isfinite(a)
+    if bad.any():
+        row = int(np.argwhere(bad)[0][0])
+        raise ValueError(
+            f"{name} holds {int(bad.sum())} non-finite values (NaN or inf), first in row {row}; "
+            "a diverged model cannot be scored"
+        )
 
 
 def _paired_ids(pred: Any, y: Any, n_classes: int) -> tuple[int, np.ndarray, np.ndarray]:
@@ -247,7 +267,13 @@ def classification_report(logits: Any, y: Any, class_names: Sequence[str]) -> di
     report: dict[str, Any] = {"top1": top_k_accuracy(s, y, 1)}
     if C >= 5:
         report["top5"] = top_k_accuracy(s, y, 5)
-    per_class = per_class_accuracy(s.argmax(axis=1), y, C)
+    # Per-class accuracy with the same tie rule as top-1: a sample whose true class ties
+    # with another for the top score is wrong, whatever argmax would pick.
+    labels = _class_ids(y, "y", C)
+    true_score = s[np.arange(s.shape[0]), labels]
+    correct = (s >= true_score[:, None]).sum(axis=1) == 1
+    pred = np.where(correct, labels, (labels + 1) % C)  # any wrong class stands for "wrong"
+    per_class = per_class_accuracy(pred, labels, C)
     present = per_class[~np.isnan(per_class)]
     report["mean_class_accuracy"] = float(present.mean()) if present.size else math.nan
     report["per_class"] = {name: float(a) for name, a in zip(names, per_class, strict=True)}

@@ -13,6 +13,13 @@ sin-cos positions and pre-norm transformer blocks built on
 tokens are never attended to and the outputs at real tokens do not depend on how much
 padding a batch carries.
 
+Compute follows the real tokens (the default, ``packed=True``): the tokens of every video are
+packed into one flat ``[T, C]`` sequence (T = the batch's real tokens plus one [CLS] per
+video), so every projection, MLP, norm and the output head runs on real tokens only; only
+the attention itself re-pads per video (``[B, S, C]`` with a key mask; its cost is a small
+fraction of the block's at these lengths). ``packed=False`` keeps the dense path (every video
+padded to the batch's longest); both give the same outputs to float rounding.
+
 Sources: Naiman et al., "LV-MAE", ICCV 2025, §3.2 (model), §4 (paper sizes: encoder width =
 embedding width 1024, depth 32, 16 heads, MLP ratio 4; decoder 512 wide, 8 blocks, 16 heads);
 MAE (He et al., CVPR 2022, ``models_mae.py``) for the layout and the initialisation.
@@ -33,9 +40,14 @@ __all__ = [
     "PRESETS",
     "Block",
     "LVMAEConfig",
+    "Packing",
     "model_config",
     "sincos_positions",
 ]
+
+LN_EPS = 1e-6
+"""LayerNorm epsilon of every norm in the model: MAE's ``partial(nn.LayerNorm, eps=1e-6)``,
+also the authors' reference code's."""
 
 
 @dataclass(frozen=True)
@@ -171,13 +183,59 @@ class DropPath(nn.Module):
         super().__init__()
         self.p = p
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``x`` ``[B, ...]`` → same shape, rescaled by ``1/(1-p)`` where kept."""
+    def forward(self, x: Tensor, sample: Tensor | None = None) -> Tensor:
+        """``x`` ``[B, ...]`` → same shape, rescaled by ``1/(1-p)`` where kept.
+
+        With ``sample`` (long ``[T]``, the video of each row of a packed ``x`` ``[T, C]``,
+        videos numbered ``0..B-1``), one draw per video is shared by all its rows.
+        """
         if not self.training or self.p == 0.0:
             return x
         keep = 1.0 - self.p
+        if sample is not None:
+            n = int(sample.max()) + 1 if sample.numel() else 0
+            draw = x.new_empty(n).bernoulli_(keep).div_(keep)
+            return x * draw[sample][:, None]
         shape = (x.shape[0],) + (1,) * (x.dim() - 1)
         return x * x.new_empty(shape).bernoulli_(keep).div_(keep)
+
+
+@dataclass(frozen=True)
+class Packing:
+    """Layout of a packed batch: B sequences of different lengths stored as one flat
+    ``[T, C]`` tensor, sequence after sequence (row ``t`` of the flat tensor is slot
+    ``index[t]`` of the padded ``[B * S]`` layout).
+
+    Attributes:
+        index: long ``[T]`` slots ``b * S + s`` of the flat rows in the padded layout.
+        sample: long ``[T]``, the sequence ``b`` of each flat row.
+        attend: bool ``[B, 1, 1, S]``, True at the slots that hold a row (the attention key
+            mask of the padded layout).
+        batch: ``B``; ``width``: ``S``, the longest sequence.
+    """
+
+    index: Tensor
+    sample: Tensor
+    attend: Tensor
+    batch: int
+    width: int
+
+    @classmethod
+    def from_valid(cls, valid: Tensor) -> Packing:
+        """The packing of the True slots of ``valid`` bool ``[B, S]`` (row-major order)."""
+        B, S = valid.shape
+        flat = valid.reshape(-1)
+        index = flat.nonzero().squeeze(1)
+        return cls(index, index // max(S, 1), valid[:, None, None, :], B, S)
+
+    def pad(self, x: Tensor) -> Tensor:
+        """Flat ``[T, C]`` → padded ``[B, S, C]`` (zeros at empty slots; differentiable)."""
+        out = x.new_zeros(self.batch * self.width, x.shape[-1])
+        return out.index_copy(0, self.index, x).view(self.batch, self.width, x.shape[-1])
+
+    def unpad(self, x: Tensor) -> Tensor:
+        """Padded ``[B, S, C]`` → flat ``[T, C]`` (the inverse of :meth:`pad`)."""
+        return x.reshape(self.batch * self.width, x.shape[-1]).index_select(0, self.index)
 
 
 class Attention(nn.Module):
@@ -191,14 +249,25 @@ class Attention(nn.Module):
         self.dropout = dropout
         self.proj_drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, attend: Tensor) -> Tensor:
-        """``x`` ``[B, S, C]``, ``attend`` bool ``[B, 1, 1, S]`` (True = key may be attended)."""
-        B, S, C = x.shape
-        q, k, v = self.qkv(x).view(B, S, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+    def forward(self, x: Tensor, attend: Tensor, packing: Packing | None = None) -> Tensor:
+        """``x`` ``[B, S, C]``, ``attend`` bool ``[B, 1, 1, S]`` (True = key may be attended).
+
+        Packed: ``x`` ``[T, C]`` laid out by ``packing`` (``attend`` is then
+        ``packing.attend``); the projections run on the T rows, attention per sequence.
+        """
+        qkv = self.qkv(x)
+        if packing is not None:
+            qkv = packing.pad(qkv)
+        B, S, C3 = qkv.shape
+        C = C3 // 3
+        q, k, v = qkv.view(B, S, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attend, dropout_p=self.dropout if self.training else 0.0
         )
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, S, C)))
+        out = out.transpose(1, 2).reshape(B, S, C)
+        if packing is not None:
+            out = packing.unpad(out)
+        return self.proj_drop(self.proj(out))
 
 
 class Block(nn.Module):
@@ -209,9 +278,9 @@ class Block(nn.Module):
     ) -> None:
         super().__init__()
         hidden = int(dim * mlp_ratio)
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
         self.attn = Attention(dim, heads, dropout)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
         self.mlp = nn.Sequential(
             nn.Linear(dim, hidden),
             nn.GELU(),
@@ -221,10 +290,12 @@ class Block(nn.Module):
         )
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: Tensor, attend: Tensor) -> Tensor:
-        """``x`` ``[B, S, C]``, ``attend`` bool ``[B, 1, 1, S]`` → ``[B, S, C]``."""
-        x = x + self.drop_path(self.attn(self.norm1(x), attend))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+    def forward(self, x: Tensor, attend: Tensor, packing: Packing | None = None) -> Tensor:
+        """``x`` ``[B, S, C]``, ``attend`` bool ``[B, 1, 1, S]`` → ``[B, S, C]``; or packed
+        ``x`` ``[T, C]`` with its ``packing`` → ``[T, C]`` (stochastic depth per video)."""
+        sample = packing.sample if packing is not None else None
+        x = x + self.drop_path(self.attn(self.norm1(x), attend, packing), sample)
+        return x + self.drop_path(self.mlp(self.norm2(x)), sample)
 
 
 def _key_mask(valid: Tensor) -> Tensor:
@@ -264,7 +335,7 @@ class LVMAE(nn.Module):
         self.blocks = nn.ModuleList(
             Block(c.width, c.heads, c.mlp_ratio, c.dropout, rate) for rate in rates
         )
-        self.norm = nn.LayerNorm(c.width)
+        self.norm = nn.LayerNorm(c.width, eps=LN_EPS)
 
         self.decoder_embed = nn.Linear(c.width, c.decoder_width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, c.decoder_width))
@@ -275,7 +346,7 @@ class LVMAE(nn.Module):
             Block(c.decoder_width, c.decoder_heads, c.mlp_ratio, c.dropout)
             for _ in range(c.decoder_depth)
         )
-        self.decoder_norm = nn.LayerNorm(c.decoder_width)
+        self.decoder_norm = nn.LayerNorm(c.decoder_width, eps=LN_EPS)
         self.head = nn.Linear(c.decoder_width, c.input_dim)
         self._init_weights()
 
@@ -384,24 +455,88 @@ class LVMAE(nn.Module):
             h = block(h, attend)
         return self.head(self.decoder_norm(h))[:, 1:]
 
-    def forward(self, x: Tensor, real: Tensor, mask: Tensor) -> Tensor:
+    def _encode_packed(self, x: Tensor, visible: Tensor) -> tuple[Tensor, Packing, Tensor]:
+        """Packed encoder over [CLS] + each video's ``visible`` tokens (bool ``[B, L]``).
+
+        Returns the flat latents ``[T, W]`` after the final norm (per video: [CLS], then its
+        visible tokens in time order), their :class:`Packing` and ``is_cls`` bool ``[T]``.
+        """
+        B, _ = visible.shape
+        n_visible = visible.sum(dim=1)
+        S = 1 + (int(n_visible.max()) if B else 0)
+        slots = torch.arange(S, device=visible.device)[None, :] <= n_visible[:, None]
+        packing = Packing.from_valid(slots)
+        is_cls = packing.index % S == 0
+        b, t = visible.nonzero(as_tuple=True)  # row-major: each video's tokens in time order
+        tokens = self.input_proj(x[b, t]) + self.pos_embed[t]  # projections on visible rows
+        cls = self.cls_token[0].to(tokens.dtype).expand(B, -1)
+        rows = torch.cat([is_cls.nonzero().squeeze(1), (~is_cls).nonzero().squeeze(1)])
+        h = tokens.new_empty(len(packing.index), tokens.shape[-1])
+        h = h.index_copy(0, rows, torch.cat([cls, tokens]))
+        for block in self.blocks:
+            h = block(h, packing.attend, packing)
+        return self.norm(h), packing, is_cls
+
+    def _forward_packed(self, x: Tensor, real: Tensor, mask: Tensor) -> Tensor:
+        """:meth:`forward` with compute on real tokens only (see the module docstring)."""
+        B, L = real.shape
+        visible = real & ~mask
+        latent, enc, enc_cls = self._encode_packed(x, visible)
+        h = self.decoder_embed(latent)  # [T_enc, Dd], real rows only
+        Dd = h.shape[-1]
+        # Decoder layout: per video [CLS] then its real tokens in time order (slot 1 + rank).
+        n_real = real.sum(dim=1)
+        S = 1 + (int(n_real.max()) if B else 0)
+        dec = Packing.from_valid(torch.arange(S, device=real.device)[None, :] <= n_real[:, None])
+        row_of_slot = torch.full((B * S,), -1, dtype=torch.long, device=real.device)
+        row_of_slot[dec.index] = torch.arange(len(dec.index), device=real.device)
+        rank = real.long().cumsum(dim=1) - 1  # rank of each real token within its video
+        vb, vt = visible.nonzero(as_tuple=True)
+        target = torch.empty(len(enc.index), dtype=torch.long, device=real.device)
+        target[enc_cls] = row_of_slot[torch.arange(B, device=real.device) * S]
+        target[~enc_cls] = row_of_slot[vb * S + 1 + rank[vb, vt]]
+        rb, rt = real.nonzero(as_tuple=True)
+        token_rows = row_of_slot[rb * S + 1 + rank[rb, rt]]
+        pos = torch.zeros(len(dec.index), Dd, device=real.device)
+        pos[token_rows] = self.decoder_pos_embed[rt]
+        # One shared mask token everywhere, then [CLS] and the visible latents at their slots;
+        # positions on the token slots (not on [CLS]), as in the dense path.
+        full = self.mask_token[0].to(h.dtype).expand(len(dec.index), Dd)
+        h = (full.index_copy(0, target, h) + pos).to(h.dtype)
+        for block in self.decoder_blocks:
+            h = block(h, dec.attend, dec)
+        out = self.head(self.decoder_norm(h.index_select(0, token_rows)))  # [T_real, D_in]
+        flat = rb * L + rt
+        pred = out.new_zeros(B * L, out.shape[-1]).index_copy(0, flat, out)
+        return pred.view(B, L, -1)
+
+    def forward(self, x: Tensor, real: Tensor, mask: Tensor, *, packed: bool = True) -> Tensor:
         """Masked reconstruction: ``x`` ``[B, L, input_dim]``, ``real``/``mask`` bool ``[B, L]``.
 
-        Returns ``pred`` ``[B, L, input_dim]`` (pads unspecified); compare it with the
-        L2-normalised target on masked, real tokens (:func:`lvmae.losses.reconstruction_loss`).
+        Returns ``pred`` ``[B, L, input_dim]`` (pads unspecified: zeros when ``packed``);
+        compare it with the L2-normalised target on masked, real tokens
+        (:func:`lvmae.losses.reconstruction_loss`). ``packed=True`` (default) runs every
+        projection and MLP on the real tokens only; ``packed=False`` is the dense path over
+        the batch padded to its longest video (:meth:`forward_encoder`,
+        :meth:`forward_decoder`). Both give the same predictions at real tokens to float
+        rounding.
 
         Raises:
             ValueError: ``L > max_tokens`` or mismatched shapes/dtypes.
         """
+        if packed:
+            self._check_inputs(x, real, mask)
+            return self._forward_packed(x, real, mask)
         latent, keep_index, keep_valid = self.forward_encoder(x, real, mask)
         return self.forward_decoder(latent, keep_index, keep_valid, real)
 
-    def encode(self, x: Tensor, real: Tensor) -> tuple[Tensor, Tensor]:
+    def encode(self, x: Tensor, real: Tensor, *, packed: bool = True) -> tuple[Tensor, Tensor]:
         """Encode whole windows without masking (for video embeddings and probes, LV-MAE §4).
 
         Args:
             x: float ``[B, L, input_dim]`` segment embeddings, ``L <= max_tokens``.
             real: bool ``[B, L]``, True for real tokens.
+            packed: compute on real tokens only (default); ``False``: the dense path.
 
         Returns:
             ``cls`` ``[B, W]`` and ``tokens`` ``[B, L, W]``, both after the final norm;
@@ -410,8 +545,15 @@ class LVMAE(nn.Module):
         Raises:
             ValueError: ``L > max_tokens`` or mismatched shapes/dtypes.
         """
-        latent, keep_index, keep_valid = self.forward_encoder(x, real, torch.zeros_like(real))
         B, L = real.shape
+        if packed:
+            self._check_inputs(x, real)
+            latent, _, is_cls = self._encode_packed(x, real)
+            rb, rt = real.nonzero(as_tuple=True)
+            W = latent.shape[-1]
+            tokens = latent.new_zeros(B * L, W).index_copy(0, rb * L + rt, latent[~is_cls])
+            return latent[is_cls], tokens.view(B, L, W)
+        latent, keep_index, keep_valid = self.forward_encoder(x, real, torch.zeros_like(real))
         W = latent.shape[-1]
         target = torch.where(keep_valid, keep_index, torch.full_like(keep_index, L))
         tokens = latent.new_zeros(B, L + 1, W)

@@ -1,9 +1,10 @@
 """Pre-training optimisation: AdamW parameter groups and the per-iteration lr schedule.
 
-The recipe is the paper's (Naiman et al., ICCV 2025, §4; docs/design.md "Reference facts"),
-which is MAE's (He et al., CVPR 2022, ``main_pretrain.py`` / ``util/lr_sched.py``): AdamW
-with betas (0.9, 0.95) and weight decay 0.05 on weights only (not on biases, norms, 1-D
-parameters or the [CLS]/mask tokens), ``lr = blr * batch / 256``
+The recipe is the paper's (Naiman et al., ICCV 2025, §4; docs/design.md "Reference facts")
+as the authors' reference code runs it, which is MAE's (He et al., CVPR 2022): AdamW with
+betas (0.9, 0.95) and weight decay 0.05 on every parameter of two or more dimensions —
+weights and the [CLS] and mask tokens — but not on biases, norms or other 1-D parameters,
+``lr = blr * global_batch / 256``
 (:meth:`lvmae.config.PretrainConfig.effective_lr`), linear warm-up then half-cycle cosine
 to ``min_lr``, updated every iteration (optimizer step), not every epoch.
 """
@@ -15,19 +16,18 @@ import math
 import torch
 from torch import nn
 
-NO_DECAY_SUFFIXES = ("cls_token", "mask_token")
-
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Split ``model``'s trainable parameters into AdamW groups ``[decay, no_decay]``.
 
     ``no_decay`` (weight decay 0) holds every parameter with ``ndim <= 1`` (biases,
-    LayerNorm/BatchNorm weights, scalars), parameters whose name ends in ``cls_token`` or
-    ``mask_token``, and names listed by ``model.no_weight_decay()`` when the model defines
-    it (the timm convention); ``decay`` (``weight_decay``) holds the rest (Linear/Conv
-    weights). Frozen parameters (``requires_grad=False``, e.g. fixed sin-cos positions) are
-    left out. Both groups are always returned (possibly empty) so optimizer state dicts have
-    the same layout for every model; each group carries a ``"name"`` key.
+    LayerNorm/BatchNorm weights, scalars) and names listed by ``model.no_weight_decay()``
+    when the model defines it (the timm convention); ``decay`` (``weight_decay``) holds the
+    rest: Linear/Conv weights and the [CLS] and mask tokens (``[1, 1, W]``), which MAE and
+    the authors' reference code decay too (timm's ``add_weight_decay``). Frozen parameters
+    (``requires_grad=False``, e.g. fixed sin-cos positions) are left out. Both groups are
+    always returned (possibly empty) so optimizer state dicts have the same layout for
+    every model; each group carries a ``"name"`` key.
 
     Raises:
         ValueError: ``weight_decay < 0``.
@@ -41,7 +41,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim <= 1 or name.endswith(NO_DECAY_SUFFIXES) or name in skip:
+        if p.ndim <= 1 or name in skip:
             no_decay.append(p)
         else:
             decay.append(p)
@@ -62,7 +62,7 @@ def build_optimizer(
 
     Args:
         lr: the peak learning rate, e.g. ``PretrainConfig.effective_lr()``
-            (``blr * batch / 256``); :func:`build_scheduler` scales it every step.
+            (``blr * global_batch / 256``); :func:`build_scheduler` scales it every step.
 
     Raises:
         ValueError: ``lr <= 0``, negative ``weight_decay``, or a model with no trainable

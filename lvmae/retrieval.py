@@ -489,8 +489,11 @@ def retrieval_ranks(
 
     For the reconstruction monitor, ``queries`` are reconstructed segment embeddings,
     ``candidates`` the true embeddings of the held-out set and ``targets[q]`` the row of
-    query q's true segment. ``rank[q] = 1 + #{j : s(q, j) > s(q, targets[q])}`` — ties
-    count in the query's favour, and scores are compared (never indices subtracted).
+    query q's true segment. ``rank[q] = 1 + #{j != targets[q] : s(q, j) >= s(q,
+    targets[q])}``: ties count *against* the query (a candidate scoring as high as the true
+    one ranks ahead of it), so degenerate reconstructions cannot look perfect — all-zero
+    queries score 0 against everything and get rank N, not 1. Scores are compared, never
+    indices subtracted.
 
     Each query's target score is read from the very same chunked score matrix used for
     counting (a first pass when the candidates span several chunks), so exact ties —
@@ -504,7 +507,8 @@ def retrieval_ranks(
         ``[Q]`` int64 ranks in ``[1, N]``.
 
     Raises:
-        ValueError: bad shapes, dim mismatch, empty candidates, targets out of range.
+        ValueError: bad shapes, dim mismatch, empty candidates, targets out of range, or a
+            NaN / infinite value in ``queries`` or ``candidates``.
     """
     chunk = _check_chunk(chunk)
     c = _matrix(candidates, "candidates")
@@ -530,7 +534,7 @@ def retrieval_ranks(
         for qs in _query_blocks(n_q, n):
             s = _block_scores(qn[qs], block)
             own = s[np.arange(s.shape[0]), tgt[qs]]
-            higher[qs] = (s > own[:, None]).sum(axis=1)
+            higher[qs] = (s >= own[:, None]).sum(axis=1) - 1  # minus the target itself
         return higher + 1
 
     own_score = np.zeros(n_q, dtype=np.float32)
@@ -546,12 +550,12 @@ def retrieval_ranks(
                 continue
             s = _block_scores(qn[qs], block)
             own_score[qs.start + rows] = s[rows, tgt[qs][rows] - start]
-    for start in starts:  # pass 2: count strictly higher scores
+    for start in starts:  # pass 2: count scores at least as high (the target included)
         block = normalize(c[start : start + chunk])
         for qs in _query_blocks(n_q, block.shape[0]):
             s = _block_scores(qn[qs], block)
-            higher[qs] += (s > own_score[qs, None]).sum(axis=1)
-    return higher + 1
+            higher[qs] += (s >= own_score[qs, None]).sum(axis=1)
+    return higher  # the count includes the target itself: 1 + #{others >= target}
 
 
 def _ranks(ranks: Any) -> np.ndarray:

@@ -40,9 +40,12 @@ from lvmae.labels import SPLITS
 
 __all__ = [
     "BROKEN_KINDS",
+    "DEFAULT_RECIPES",
+    "HARD_ORDER_RECIPES",
     "ORDER_RECIPES",
     "PALETTE",
     "RECIPES",
+    "RECIPE_JITTER",
     "SPLITS",
     "RenderSpec",
     "SampleVideo",
@@ -192,6 +195,14 @@ RECIPES: dict[str, tuple[str, ...]] = {
     "order_badc": _order("badc"),
     "order_cdab": _order("cdab"),
     "order_dcba": _order("dcba"),
+    # The harder variant: six scenes per video over the same multiset {a, a, b, b, c, d}
+    # in every class (so the mean still carries nothing), scenes repeat within a video,
+    # and durations are noisier (RECIPE_JITTER): order must be read over more, shorter and
+    # more uneven scenes.
+    "hard_abcadb": _order("abcadb"),
+    "hard_badbca": _order("badbca"),
+    "hard_cdabab": _order("cdabab"),
+    "hard_dbacba": _order("dbacba"),
     # Different scenes: classes a time-blind baseline (mean pooling) separates too.
     "testcard": ("testsrc2", "zoneplate", "colorchart"),
     "textures": ("perlin", "cellauto", "ocean", "sierpinski"),
@@ -200,6 +211,17 @@ RECIPES: dict[str, tuple[str, ...]] = {
 
 ORDER_RECIPES: tuple[str, ...] = ("order_abcd", "order_badc", "order_cdab", "order_dcba")
 """The recipes that share the same scenes and differ only in their order."""
+
+HARD_ORDER_RECIPES: tuple[str, ...] = ("hard_abcadb", "hard_badbca", "hard_cdabab", "hard_dbacba")
+"""The harder variant of :data:`ORDER_RECIPES`: six scenes per video (the same multiset in
+every class, scenes repeating), durations jittered by :data:`RECIPE_JITTER`."""
+
+DEFAULT_RECIPES: tuple[str, ...] = tuple(r for r in RECIPES if r not in HARD_ORDER_RECIPES)
+"""The recipes written when none are named: all but the harder variant."""
+
+RECIPE_JITTER: dict[str, float] = dict.fromkeys(HARD_ORDER_RECIPES, 0.75)
+"""Per-recipe scene-duration jitter that overrides a smaller ``jitter`` of
+:func:`plan_samples` (scene weights drawn from [1 - j, 1 + j])."""
 
 
 @dataclass(frozen=True)
@@ -444,7 +466,8 @@ def plan_samples(
 
     Each video lasts a duration drawn uniformly from [``min_seconds``, ``max_seconds``]
     seconds, shared among its recipe's scenes in proportion to weights drawn from
-    [1 - ``jitter``, 1 + ``jitter``]. Splits are stratified per recipe: ``round(n *
+    [1 - ``jitter``, 1 + ``jitter``] (or the recipe's larger :data:`RECIPE_JITTER`: the
+    :data:`HARD_ORDER_RECIPES`). Splits are stratified per recipe: ``round(n *
     val_fraction)`` val and ``round(n * test_fraction)`` test videos, the rest (at least
     one) train, assigned by a seeded shuffle.
 
@@ -456,7 +479,7 @@ def plan_samples(
             ``0 < min_seconds <= max_seconds``, ``jitter`` outside [0, 1), or fractions
             outside [0, 1).
     """
-    names = tuple(RECIPES) if recipes is None else tuple(recipes)
+    names = DEFAULT_RECIPES if recipes is None else tuple(recipes)
     unknown = sorted(set(names) - RECIPES.keys())
     if unknown or not names or len(set(names)) < len(names):
         raise ValueError(
@@ -483,7 +506,8 @@ def plan_samples(
         for k in range(videos_per_recipe):
             rng = random.Random(f"lvmae.samples video {seed} {recipe} {k}")
             total = rng.uniform(min_seconds, max_seconds)
-            weights = [rng.uniform(1 - jitter, 1 + jitter) for _ in sources]
+            j = max(jitter, RECIPE_JITTER.get(recipe, 0.0))
+            weights = [rng.uniform(1 - j, 1 + j) for _ in sources]
             scenes = tuple(
                 Scene(src, round(total * w / sum(weights), 3))
                 for src, w in zip(sources, weights, strict=True)
@@ -518,14 +542,16 @@ def make_samples(
     """Write the sample library: labelled long videos whose classes differ in scene order.
 
     Layout: ``<out_dir>/<recipe>/<recipe>_<k:03d>.mp4`` for every recipe of ``recipes``
-    (default: all of :data:`RECIPES`) and ``k < videos_per_recipe``, plus
+    (default: :data:`DEFAULT_RECIPES`) and ``k < videos_per_recipe``, plus
     ``<out_dir>/labels.csv`` with header ``video_id,label,split``: ``video_id`` is the
     video's path relative to ``out_dir`` (POSIX), ``label`` the recipe, ``split`` one of
     ``train`` / ``val`` / ``test`` (see :func:`plan_samples`). Durations are drawn in
     [``min_seconds``, ``max_seconds``] seconds.
 
     The default recipes include two whose scenes differ (``testcard``, ``textures``);
-    pass ``recipes=ORDER_RECIPES`` for classes that differ *only* in scene order.
+    pass ``recipes=ORDER_RECIPES`` for classes that differ *only* in scene order, or
+    ``recipes=HARD_ORDER_RECIPES`` for the harder variant (six scenes per video, noisier
+    durations). Default: every recipe but the hard ones.
 
     Idempotent: a video whose file already exists with the same inputs (fingerprint in its
     mp4 ``comment`` tag, and the expected frame count) is kept as is; others are (re)encoded,
@@ -540,7 +566,7 @@ def make_samples(
         width, height: frame size in pixels (even, >= 16).
         fps: frames per second.
         seed: seeds durations, scene lengths, variations and splits.
-        recipes: names from :data:`RECIPES` (default: all of them, in that order).
+        recipes: names from :data:`RECIPES` (default: :data:`DEFAULT_RECIPES`, in order).
         workers: ffmpeg processes run at once (>= 1).
         crf: x264 constant rate factor.
         keyint_s: maximum seconds between key frames.

@@ -8,6 +8,12 @@ ICCV 2025, §4), tiles whole videos into windows for inference, and pads windows
 ``x`` float32 ``[B, L, D]`` plus ``real`` bool ``[B, L]`` (True = real token, False = [PAD];
 the real tokens of a row are a prefix).
 
+For pre-training it also gives each epoch's sample order (:func:`epoch_indices`, the
+semantics of PyTorch's ``DistributedSampler`` with ``set_epoch``, as in the authors'
+reference code) and random access to the per-video sequence rows stored as Parquet
+(:class:`SequenceStore`), so every worker can read the videos its share of the global,
+seeded permutation names (:func:`epoch_batches`).
+
 Pure numpy / pyarrow: no torch, no Ray.
 """
 
@@ -21,6 +27,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 WINDOW_MODES = ("cap", "random")
 
@@ -143,7 +151,8 @@ def sample_window(
     rng: np.random.Generator,
     *,
     mode: str = "cap",
-    min_tokens: int = 2,
+    min_window_s: float = 10.0,
+    segment_s: float = 5.0,
 ) -> tuple[int, int]:
     """A random contiguous training window ``[start, end)`` of a ``length``-token video.
 
@@ -151,24 +160,27 @@ def sample_window(
     ICCV 2025, §4; docs/design.md "Reference facts"):
 
     - ``"cap"``: ``end - start == min(length, max_tokens)`` at a uniformly random start.
-    - ``"random"``: the reference code's random duration: a length drawn uniformly from
-      ``[min(min_tokens, length), min(length, max_tokens)]`` tokens, at a uniformly random
-      start. Callers convert the reference's 10 s minimum with :func:`seconds_to_tokens`.
+    - ``"random"``: the authors' reference code's scheme: a duration ``d`` drawn uniformly
+      in whole seconds from ``[min_window_s, max_tokens * segment_s]`` (10–1280 s for
+      5-s tokens and a 256-token cap), ``floor(d / segment_s)`` tokens (at least 1), then
+      clipped to the video, at a uniformly random start. Short videos are therefore mostly
+      used whole: for ``length`` 20 the window is the whole video with probability 0.93
+      (mean 19.3 tokens), for ``length`` 100 with probability 0.61 (mean 81).
 
     Args:
         length: tokens in the video (>= 1).
         max_tokens: the model's token cap (>= 1).
         rng: numpy generator (seed it per worker/epoch for reproducibility).
         mode: ``"cap"`` or ``"random"``.
-        min_tokens: shortest window in ``"random"`` mode, tokens (1 <= min_tokens <=
-            max_tokens).
+        min_window_s: shortest ``"random"`` duration, seconds (the reference's 10 s).
+        segment_s: seconds per token (> 0).
 
     Returns:
         ``(start, end)`` token indices, ``0 <= start < end <= length``.
 
     Raises:
-        ValueError: non-positive ``length``/``max_tokens``, bad ``min_tokens`` or unknown
-            ``mode``.
+        ValueError: non-positive ``length``/``max_tokens``/``segment_s``, a ``min_window_s``
+            outside ``[0, max_tokens * segment_s]``, or an unknown ``mode``.
     """
     if length < 1:
         raise ValueError(f"length must be >= 1 token, got {length}")
@@ -177,12 +189,15 @@ def sample_window(
     if mode == "cap":
         n = min(length, max_tokens)
     elif mode == "random":
-        if not 1 <= min_tokens <= max_tokens:
+        if segment_s <= 0:
+            raise ValueError(f"segment_s must be > 0 seconds, got {segment_s}")
+        lo, hi = math.ceil(min_window_s - 1e-9), math.floor(max_tokens * segment_s + 1e-9)
+        if not 0 <= lo <= hi:
             raise ValueError(
-                f"min_tokens must be in [1, max_tokens={max_tokens}], got {min_tokens}"
+                f"min_window_s must be in [0, max_tokens * segment_s = {hi} s], got {min_window_s}"
             )
-        hi = min(length, max_tokens)
-        n = int(rng.integers(min(min_tokens, hi), hi + 1))
+        duration = int(rng.integers(lo, hi + 1))  # whole seconds, as the reference draws
+        n = max(1, min(int(duration // segment_s), length, max_tokens))
     else:
         raise ValueError(f"mode must be one of {WINDOW_MODES}, got {mode!r}")
     start = int(rng.integers(0, length - n + 1))
@@ -274,3 +289,165 @@ def sequence_table(group: pa.Table) -> pa.Table:
             "embedding": pa.array(flats, pa.list_(pa.float32())),
         }
     )
+
+
+# --------------------------------------------------------------------------- epoch order
+
+
+def epoch_indices(n: int, *, epoch: int, rank: int, world: int, seed: int = 0) -> np.ndarray:
+    """The indices (into ``n`` training videos) that ``rank`` of ``world`` workers visits in
+    ``epoch``, in visiting order: PyTorch's ``DistributedSampler(shuffle=True,
+    drop_last=False)`` after ``set_epoch(epoch)``, the authors' reference sampler.
+
+    Each epoch draws one permutation of all ``n`` videos from ``(seed, epoch)`` (numpy's
+    PCG64, so the same pair gives the same order on every machine and a new epoch gives a
+    new order); it is padded by repeating its head (cyclically when ``n`` is smaller than
+    the padding) to ``ceil(n / world) * world`` entries, and rank ``r`` takes entries
+    ``r, r + world, ...``. Every rank gets ``ceil(n / world)`` indices; over all ranks
+    every video appears once, plus ``ceil(n / world) * world - n`` repeats.
+
+    Returns:
+        int64 ``[ceil(n / world)]`` (empty when ``n == 0``).
+
+    Raises:
+        ValueError: ``n < 0``, ``epoch < 0``, ``world < 1`` or ``rank`` outside
+            ``[0, world)``.
+    """
+    if n < 0 or epoch < 0:
+        raise ValueError(f"n and epoch must be >= 0, got n={n}, epoch={epoch}")
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"need 0 <= rank < world, got rank={rank}, world={world}")
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    rng = np.random.default_rng([int(seed) % 2**64, int(epoch)])
+    order = rng.permutation(n).astype(np.int64)
+    total = -(-n // world) * world
+    if total > n:
+        order = np.concatenate([order, np.resize(order, total - n)])
+    return order[rank:total:world]
+
+
+def index_batches(indices: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """``indices`` cut into consecutive batches of ``batch_size``; an incomplete last batch
+    is dropped (the reference DataLoader's ``drop_last=True``).
+
+    Raises:
+        ValueError: ``batch_size < 1``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    full = len(indices) // batch_size
+    return [np.asarray(indices[i * batch_size : (i + 1) * batch_size]) for i in range(full)]
+
+
+class SequenceStore:
+    """Random access to per-video sequence rows stored as Parquet (the rows of
+    :func:`sequence_table`: ``video_id``, ``length``, ``embedding`` flat ``[L * D]``).
+
+    Opening reads every file's footer and the small ``video_id`` and ``length`` columns;
+    a :meth:`batch` reads the ``embedding`` column of only the row groups that hold the
+    rows asked for, one row group at a time (write the store with small row groups to
+    bound the memory of a read). Row ``i`` of the store is the ``i``-th video in
+    ascending ``video_id`` order, so the numbering does not depend on how the files
+    were written (file names, row order, a rewrite on resume).
+
+    Args:
+        path: a directory (or one file) of Parquet files: a local path or a URI pyarrow
+            understands (``s3://``, ``gs://``, ``hdfs://``...).
+        filesystem: a ``pyarrow.fs.FileSystem`` to read ``path`` with (default: from the
+            URI, else local).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: a column is missing or a ``video_id`` repeats.
+    """
+
+    def __init__(self, path: str, filesystem=None) -> None:
+        dataset = pads.dataset(path, format="parquet", filesystem=filesystem)
+        self.path, self._fs, self._files = path, dataset.filesystem, sorted(dataset.files)
+        self._open: dict[int, pq.ParquetFile] = {}
+        ids, lengths, groups, starts, row = [], [], [], [], 0
+        for f in range(len(self._files)):
+            pf = self._file(f)
+            missing = {"video_id", "length", "embedding"} - set(pf.schema_arrow.names)
+            if missing:
+                raise ValueError(f"{self._files[f]} lacks column(s) {sorted(missing)}")
+            table = pf.read(columns=["video_id", "length"])
+            ids.extend(table["video_id"].to_pylist())
+            lengths.append(table["length"].to_numpy().astype(np.int64))
+            for g in range(pf.metadata.num_row_groups):
+                groups.append((f, g))
+                starts.append(row)
+                row += pf.metadata.row_group(g).num_rows
+            self._open.pop(f)  # footers read; reopen on demand, not one handle per file
+        id_array = np.asarray(ids, dtype=object)
+        self._rows = np.argsort(id_array, kind="stable").astype(np.int64)
+        self.video_ids = id_array[self._rows]
+        if len(ids) > 1 and np.any(self.video_ids[1:] == self.video_ids[:-1]):
+            raise ValueError(f"{path} repeats video ids; rewrite the sequence store")
+        self.lengths = (np.concatenate(lengths) if lengths else np.zeros(0, np.int64))[self._rows]
+        self._groups, self._starts = groups, np.asarray(starts, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def _file(self, f: int) -> pq.ParquetFile:
+        if f not in self._open:
+            self._open[f] = pq.ParquetFile(self._files[f], filesystem=self._fs)
+        return self._open[f]
+
+    def batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+        """The rows at ``indices`` (store positions, repeats allowed), in that order.
+
+        Returns:
+            ``{"video_id": object [B] str, "length": int64 [B] tokens, "embedding":
+            object [B] of float32 [length_i * D]}`` — the batch format of
+            :mod:`lvmae.engine`.
+
+        Raises:
+            IndexError: an index outside ``[0, len(self))``.
+        """
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"indices must be in [0, {len(self)}), got {idx.min()}..{idx.max()}")
+        rows = self._rows[idx]
+        group = np.searchsorted(self._starts, rows, side="right") - 1
+        embedding = np.empty(len(rows), dtype=object)
+        for g in np.unique(group):
+            where = np.flatnonzero(group == g)
+            f, rg = self._groups[g]
+            column = self._file(f).read_row_group(int(rg), columns=["embedding"])["embedding"]
+            taken = column.take(pa.array(rows[where] - self._starts[g])).combine_chunks()
+            flat = taken.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+            sizes = pc.list_value_length(taken).to_numpy(zero_copy_only=False)
+            for j, part in zip(where, np.split(flat, np.cumsum(sizes)[:-1]), strict=True):
+                embedding[j] = part
+        return {
+            "video_id": self.video_ids[idx],
+            "length": self.lengths[idx],
+            "embedding": embedding,
+        }
+
+
+def epoch_batches(
+    store: SequenceStore,
+    *,
+    epoch: int,
+    rank: int,
+    world: int,
+    batch_size: int,
+    seed: int = 0,
+    skip: int = 0,
+) -> Iterator[dict[str, np.ndarray] | None]:
+    """One worker's training batches of ``epoch``: its :func:`epoch_indices` over the whole
+    ``store``, cut into :func:`index_batches` of ``batch_size`` (drop last), each read with
+    :meth:`SequenceStore.batch` when reached. The first ``skip`` batches (done before a
+    resume) are yielded as ``None`` without reading anything: the positions
+    :func:`lvmae.engine.train_one_epoch` passes over when resuming mid-epoch.
+
+    Yields:
+        ``ceil(len(store) / world) // batch_size`` batches (or ``None`` placeholders).
+    """
+    indices = epoch_indices(len(store), epoch=epoch, rank=rank, world=world, seed=seed)
+    for i, chunk in enumerate(index_batches(indices, batch_size)):
+        yield None if i < skip else store.batch(chunk)

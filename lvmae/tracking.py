@@ -4,15 +4,28 @@ by ``MLFLOW_TRACKING_URI`` on a cluster."""
 
 from __future__ import annotations
 
+import functools
+import getpass
 import json
 import os
-from collections.abc import Iterator
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+from mlflow.tracking import MlflowClient
+
+from lvmae.errors import LvmaeError
+from lvmae.storage import read_manifest
+
 ARTIFACTS_DIR = "mlartifacts"
+STORE_FILE = "mlflow.db"
 PARENT_TAG = "mlflow.parentRunId"  # what the MLflow UI nests runs by
 
 # (experiment name, parent run id) of the enclosing stage of `lvmae run`, if any.
@@ -34,7 +47,7 @@ def nested_under(experiment: str, parent_run_id: str) -> Iterator[None]:
 def default_tracking_uri(out: str) -> str:
     """``MLFLOW_TRACKING_URI`` when set, else a SQLite store under ``out`` (a local path)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or (
-        f"sqlite:///{Path(out).absolute() / 'mlflow.db'}"
+        f"sqlite:///{Path(out).absolute() / STORE_FILE}"
     )
 
 
@@ -71,9 +84,6 @@ def open_run(
     dicts as JSON). A new experiment keeps its artifacts under ``<out>/mlartifacts`` when
     the store is a local SQLite file, never in the current directory. Inside
     :func:`nested_under`, the run lives in that block's experiment, under its parent run."""
-    from mlflow.entities import Param
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(tracking_uri=tracking_uri)
     parent = _PARENT.get()
     query = f"tags.`lvmae.run_name` = '{run_name}'"
@@ -93,7 +103,9 @@ def open_run(
     if runs:
         return runs[0].info.run_id
     run = client.create_run(
-        experiment_id, run_name=run_name, tags={"lvmae.run_name": run_name, **(tags or {})}
+        experiment_id,
+        run_name=run_name,
+        tags={**source_tags(), "lvmae.run_name": run_name, **(tags or {})},
     )
     items = []
     for key, value in sorted((params or {}).items()):
@@ -104,12 +116,150 @@ def open_run(
     return run.info.run_id
 
 
+@contextmanager
+def system_metrics(run_id: str, tracking_uri: str, interval_s: float = 10.0) -> Iterator[None]:
+    """Log this machine's CPU, memory, disk, network and (where present) GPU use to
+    ``run_id`` every ``interval_s`` seconds (MLflow's ``system/...`` metrics) while the
+    block runs."""
+    monitor = SystemMetricsMonitor(
+        run_id, sampling_interval=interval_s, resume_logging=True, tracking_uri=tracking_uri
+    )
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
+
+
+def log_numbers(
+    client: MlflowClient, run_id: str, values: Mapping[str, Any], *, step: int = 0, prefix: str = ""
+) -> None:
+    """Log the real-number entries of ``values`` (bools and non-numbers left out) as metrics
+    at ``step``, in one call per 1,000 (MLflow's batch limit)."""
+    ts = int(time.time() * 1000)
+    metrics = [
+        Metric(metric_key(prefix + k), float(v), ts, step)
+        for k, v in values.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    ]
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[i : i + 1000])
+
+
+def end_run(client: MlflowClient, run_id: str, exc: BaseException | None) -> None:
+    """End ``run_id``: FINISHED, or FAILED (KILLED on Ctrl-C) with the error in the
+    ``lvmae.error`` tag."""
+    if exc is None:
+        client.set_terminated(run_id, "FINISHED")
+        return
+    client.set_tag(run_id, "lvmae.error", f"{type(exc).__name__}: {exc}"[:5000])
+    client.set_terminated(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+
+
+@contextmanager
+def tracked_run(
+    tracking_uri: str,
+    experiment: str,
+    run_name: str,
+    *,
+    out: str,
+    tags: dict[str, str] | None = None,
+    params: dict[str, Any] | None = None,
+    with_system_metrics: bool = False,
+) -> Iterator[str]:
+    """:func:`open_run`, marked RUNNING for the block and ended however the block exits:
+    FINISHED, or FAILED with the error as the ``lvmae.error`` tag (the exception
+    propagates). Yields the run id."""
+    run_id = open_run(tracking_uri, experiment, run_name, out=out, tags=tags, params=params)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    client.update_run(run_id, status="RUNNING")
+    try:
+        if with_system_metrics:
+            with system_metrics(run_id, tracking_uri):
+                yield run_id
+        else:
+            yield run_id
+    except BaseException as exc:
+        end_run(client, run_id, exc)
+        raise
+    end_run(client, run_id, None)
+
+
+def log_embeddings_input(tracking_uri: str, run_id: str, embeddings: str) -> None:
+    """Record that ``run_id`` read the segment embeddings under ``embeddings`` (MLflow's
+    dataset lineage): the URI as the source and the extraction's ``config_id`` (from its
+    manifest) as the digest, context ``training``."""
+    manifest = read_manifest(embeddings) or {}
+    dataset = Dataset(
+        name="segment-embeddings",
+        digest=str(manifest.get("config_id", "unknown")),
+        source_type="path" if "://" not in embeddings else embeddings.split("://", maxsplit=1)[0],
+        source=json.dumps({"uri": embeddings}),
+        schema=json.dumps({"encoder": manifest.get("encoder", {}).get("name")}),
+    )
+    tags = [InputTag(key="mlflow.data.context", value="training")]
+    MlflowClient(tracking_uri=tracking_uri).log_inputs(run_id, [DatasetInput(dataset, tags)])
+
+
 def mlflow_ui_hint(tracking_uri: str) -> str:
-    """How to open the MLflow UI on ``tracking_uri`` (the project installs mlflow-skinny,
-    which has no UI server: the UI comes with the full ``mlflow`` package)."""
+    """How to open the MLflow UI on ``tracking_uri``: its URL for a tracking server, else
+    ``lvmae ui <dir>`` for a store at ``<dir>/mlflow.db`` (or ``mlflow ui``)."""
     if tracking_uri.startswith(("http://", "https://")):
         return f"MLflow UI: {tracking_uri}"
-    return (
-        f"MLflow UI (needs the full `mlflow` package, e.g. `pip install mlflow` in another "
-        f"environment): mlflow ui --backend-store-uri {tracking_uri}"
-    )
+    if tracking_uri.startswith("sqlite:///") and tracking_uri.endswith("/" + STORE_FILE):
+        folder = Path(tracking_uri.removeprefix("sqlite:///")).parent
+        return f"MLflow UI: lvmae ui {folder}  (then open http://127.0.0.1:5000)"
+    return f"MLflow UI: mlflow ui --backend-store-uri {tracking_uri}"
+
+
+class TrackingError(LvmaeError, ValueError):
+    """A tracking store cannot be found or served; the message says what to fix."""
+
+
+@functools.cache
+def source_tags() -> dict[str, str]:
+    """MLflow's source tags for runs this process opens: the command (``mlflow.source.name``),
+    ``mlflow.source.type`` ``LOCAL``, the user (``mlflow.user``) and, inside a git checkout,
+    the commit (``mlflow.source.git.commit``) and whether the tree had uncommitted changes
+    (``lvmae.git.dirty``)."""
+    tags = {
+        "mlflow.source.name": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:500] or "python",
+        "mlflow.source.type": "LOCAL",
+        "mlflow.user": getpass.getuser(),
+    }
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return tags  # an installed package or an image without git: no commit to record
+    tags["mlflow.source.git.commit"] = commit
+    tags["lvmae.git.dirty"] = str(bool(dirty)).lower()
+    return tags
+
+
+def ui_command(workdir: str | Path, *, host: str = "127.0.0.1", port: int = 5000):
+    """The command that serves the MLflow UI on ``<workdir>/mlflow.db`` (the store the jobs
+    write by default) and that store's URI: ``(argv, tracking_uri)``.
+
+    Raises:
+        TrackingError: ``workdir`` holds no ``mlflow.db``.
+    """
+    db = Path(workdir).absolute() / STORE_FILE
+    if not db.is_file():
+        raise TrackingError(
+            f"no MLflow store at {db}: run `lvmae demo` (or a job writing to {workdir}) "
+            f"first, or open a tracking server's URL"
+        )
+    uri = f"sqlite:///{db}"
+    argv = [
+        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+        "--host", host, "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    return argv, uri

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 import sys
 from pathlib import Path
 
 import click
+import yaml
 
+from lvmae import __version__
 from lvmae.config import (
     BASELINES,
     ENCODER_NAMES,
@@ -28,10 +31,16 @@ from lvmae.config import (
 )
 from lvmae.errors import LvmaeError
 from lvmae.labels import from_source, write_labels
-from lvmae.samples import make_samples, write_broken_videos
+from lvmae.samples import (
+    DEFAULT_RECIPES,
+    HARD_ORDER_RECIPES,
+    ORDER_RECIPES,
+    RECIPES,
+    make_samples,
+    write_broken_videos,
+)
 from lvmae.storage import read_videos
-from lvmae.tracking import default_tracking_uri, mlflow_ui_hint
-from pipelines.report import results_table
+from pipelines.connect import connect_ray, set_verbose
 
 
 def set_option(section: str):
@@ -43,9 +52,14 @@ def set_option(section: str):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
+@click.option(
+    "-v", "--verbose", is_flag=True,
+    help="Log at INFO level and show Ray workers' logs (also after the subcommand).",
+)  # fmt: skip
+@click.version_option(__version__, "--version", prog_name="lvmae")
 def cli(verbose: bool) -> None:
     """lvmae: long-video representations with LV-MAE on Ray."""
+    set_verbose(verbose)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -93,21 +107,30 @@ def extract(input_path, out, config_file, overwrite, no_progress, sets, **option
 @click.option("--use-gpu", is_flag=True, default=None, help="One GPU per worker, bf16.")
 @click.option("--preset", type=click.Choice(["paper", "base", "small", "tiny"]))
 @click.option("--epochs", type=int)
-@click.option("--batch-size", type=int, help="Global batch size (videos).")
+@click.option("--batch-size", type=int, help="Videos per worker per step (global = × workers).")
 @click.option("--run-name", help="Same name again resumes from the latest checkpoint.")
 @set_option("pretrain")
 def pretrain(embeddings, out, config_file, sets, **options) -> None:
     """Pre-train LV-MAE on the segment embeddings under --embeddings (Ray Train DDP)."""
+    from lvmae.registry import register_encoder  # heavy (MLflow, torch)
+    from lvmae.tracking import (  # heavy (MLflow)
+        default_tracking_uri,
+        log_embeddings_input,
+        mlflow_ui_hint,
+    )
     from pipelines.pretrain import run_pretrain  # heavy (Ray, torch): only for this command
 
     config = load_config(PretrainConfig, config_file, options, parse_sets(sets))
+    connect_ray()
     result = run_pretrain(embeddings, out, config)
     click.echo(f"run {result.run_name}: {json.dumps(result.metrics, default=str)}")
     click.echo(f"checkpoint: {result.checkpoint}")
-    click.echo(
-        f"MLflow run {result.mlflow_run_id}; open the UI with: mlflow ui "
-        f"--backend-store-uri {config.tracking_uri or default_tracking_uri(out)}"
-    )
+    uri = config.tracking_uri or default_tracking_uri(out)
+    if result.checkpoint and result.mlflow_run_id:
+        log_embeddings_input(uri, result.mlflow_run_id, embeddings)
+        model = register_encoder(result.checkpoint, tracking_uri=uri, run_id=result.mlflow_run_id)
+        click.echo(f"registered {model.model_uri}")
+    click.echo(f"MLflow run {result.mlflow_run_id}; {mlflow_ui_hint(uri)}")
 
 
 @cli.command()
@@ -121,6 +144,7 @@ def embed(*, checkpoint, embeddings, out, batch_size, actors, use_gpu) -> None:
     """Per-video representations ([CLS] and mean of token outputs) for whole videos."""
     from pipelines.embed import run_embed  # heavy (Ray, torch): only for this command
 
+    connect_ray()
     result = run_embed(
         checkpoint, embeddings, out, batch_size=batch_size, actors=actors, use_gpu=use_gpu
     )
@@ -156,6 +180,7 @@ def probe(checkpoint, embeddings, labels, config_file, out, sets, **options) -> 
     if "baselines" not in options and not config_file:
         options["baselines"] = []
     section = load_config(ProbeSection, config_file, options, parse_sets(sets))
+    connect_ray()
     results = run_probe(checkpoint, embeddings, list(labels), out, section)
     click.echo((Path(out) / "results.md").read_text())
     click.echo(f"{len(results)} rows: {Path(out) / 'results.csv'}")
@@ -177,6 +202,7 @@ def tune(checkpoint, embeddings, labels, config_file, out, sets, **options) -> N
     from pipelines.probe import run_sweep  # heavy (Ray, torch): only for this command
 
     section = load_config(TuneSection, config_file, options, parse_sets(sets))
+    connect_ray()
     results = run_sweep(checkpoint, embeddings, list(labels), out, section)
     click.echo((Path(out) / "tune" / "results.md").read_text())
     click.echo(f"{len(results)} tasks swept; trials in {Path(out) / 'tune'}")
@@ -243,6 +269,7 @@ def monitor(checkpoint, embeddings, captions, out) -> None:
     segments among the held-out set; nearest captions as HTML with --captions."""
     from pipelines.monitor import run_monitor  # heavy (Ray, torch): only for this command
 
+    connect_ray()
     metrics = run_monitor(checkpoint, embeddings, out, captions=captions)
     click.echo(json.dumps(metrics, indent=2))
 
@@ -256,9 +283,17 @@ def monitor(checkpoint, embeddings, captions, out) -> None:
 @click.option("--height", default=120, show_default=True, type=click.IntRange(16))
 @click.option("--fps", default=10, show_default=True, type=click.IntRange(1))
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--recipes", type=click.Choice(["default", "order", "hard", *RECIPES]), multiple=True,
+    help="Recipes (repeatable): 'order' = the four scene orders of the demo, 'hard' = their "
+    "harder variant (six scenes per video, noisier durations) [default: all but hard].",
+)  # fmt: skip
 @click.option("--with-broken", is_flag=True, help="Also write broken files (bad-input demo).")
-def make_samples_cmd(out_dir, with_broken, **kwargs) -> None:
+def make_samples_cmd(out_dir, with_broken, recipes, **kwargs) -> None:
     """Write procedural long videos (real H.264 mp4) and labels.csv into OUT_DIR."""
+    groups = {"default": DEFAULT_RECIPES, "order": ORDER_RECIPES, "hard": HARD_ORDER_RECIPES}
+    chosen = [r for name in recipes for r in groups.get(name, (name,))]
+    kwargs["recipes"] = list(dict.fromkeys(chosen)) or None
 
     if kwargs["min_seconds"] > kwargs["max_seconds"]:
         raise click.BadParameter("--min-seconds must not exceed --max-seconds")
@@ -270,6 +305,9 @@ def make_samples_cmd(out_dir, with_broken, **kwargs) -> None:
 
 
 def _print_run_result(result) -> None:
+    from lvmae.tracking import mlflow_ui_hint  # heavy (MLflow, torch): only after a run
+    from pipelines.report import results_table  # heavy (torch, matplotlib)
+
     if result.results:
         click.echo("")
         click.echo(results_table(result.results))
@@ -288,14 +326,18 @@ def _print_run_result(result) -> None:
 @click.option("--stages", help="Comma-separated subset of the config's stages.")
 @click.option("--force", multiple=True, help="Rerun this stage even if done (repeatable).")
 @click.option("--address", help="Ray cluster address (default RAY_ADDRESS or local Ray).")
+@click.option("--print-config", is_flag=True, help="Print the resolved config (YAML) and exit.")
 @set_option("pretrain")
-def run(config_file, workdir, stages, force, address, sets) -> None:
+def run(config_file, workdir, stages, force, address, print_config, sets) -> None:
     """The main job: extract → pretrain → probe → tune → report. Finished stages are
     skipped, so a rerun resumes where the last one stopped."""
     from pipelines.run import run_main  # heavy (Ray, torch, MLflow): only for this command
 
     sets = {"run.workdir": workdir, "run.address": address} | parse_sets(sets)
     config = load_run_config(config_file, sets)
+    if print_config:
+        click.echo(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), nl=False)
+        return
     chosen = [s.strip() for s in stages.split(",") if s.strip()] if stages else None
     result = run_main(config, stages=chosen, force=force, echo=click.echo)
     _print_run_result(result)
@@ -313,8 +355,32 @@ def demo(workdir) -> None:
     _print_run_result(result)
 
 
+@cli.command()
+@click.argument("workdir", type=click.Path(file_okay=False), default="work/demo")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
+def ui(workdir, host, port) -> None:
+    """Serve the MLflow UI on WORKDIR's tracking store (WORKDIR/mlflow.db; the demo's is
+    work/demo). Stops with Ctrl-C."""
+    from lvmae.tracking import ui_command  # heavy (MLflow): only for this command
+
+    command, uri = ui_command(workdir, host=host, port=port)
+    click.echo(f"MLflow UI for {uri}: http://{host}:{port}  (Ctrl-C to stop)")
+    sys.exit(subprocess.run(command, check=False).returncode)
+
+
+def _verbose_first(argv: list[str]) -> list[str]:
+    """``-v`` / ``--verbose`` are the group's options; accept them after the subcommand too
+    (``lvmae run -v ...``) by moving them to the front (never past a ``--``)."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    flags = [a for a in argv[:end] if a in ("-v", "--verbose")]
+    rest = [a for a in argv[:end] if a not in ("-v", "--verbose")]
+    return flags[:1] + rest + argv[end:]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``lvmae`` command: user errors print one message, exit 1."""
+    argv = _verbose_first(list(sys.argv[1:] if argv is None else argv))
     try:
         cli.main(args=argv, prog_name="lvmae", standalone_mode=False)
     except click.exceptions.Abort:

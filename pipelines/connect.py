@@ -76,15 +76,28 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         ) from exc
 
 
+_VERBOSE = {"on": False}
+
+
+def set_verbose(verbose: bool) -> None:
+    """``-v``: stream Ray workers' logs and Ray Data's execution plans to this console. Off
+    by default: workers' own output (decoder warnings, per-report reprs) stays in Ray's log
+    files under the session directory, and errors still reach the driver as exceptions or
+    as the videos table's ``error`` column."""
+    _VERBOSE["on"] = verbose
+
+
 def connect_ray(address: str | None = None) -> None:
     """Initialise Ray once per process: join ``address`` (else ``RAY_ADDRESS``, which
     ``ray job submit`` sets for a job's entrypoint), or start a local instance when neither
-    is given. A no-op when Ray is already initialised.
+    is given. A no-op when Ray is already initialised. Workers' logs reach this console
+    only after :func:`set_verbose` (``lvmae -v``).
 
     Raises:
         ClusterError: the address is unreachable, malformed, or Ray refuses to connect.
     """
-    import ray
+    import ray  # heavy: only the commands that use a cluster load Ray
+    from ray.data import DataContext
 
     if ray.is_initialized():
         return
@@ -92,7 +105,13 @@ def connect_ray(address: str | None = None) -> None:
     if address is not None:
         check_reachable(address)
     try:
-        ray.init(address=address, configure_logging=True, logging_level=logging.WARNING)
+        ray.init(
+            address=address,
+            configure_logging=True,
+            logging_level=logging.INFO if _VERBOSE["on"] else logging.WARNING,
+            log_to_driver=_VERBOSE["on"],
+        )
+        DataContext.get_current().print_on_execution_start = _VERBOSE["on"]
     except ConnectionError as exc:
         raise ClusterError(
             f"could not join the Ray cluster at {address or 'a local instance'}: {exc}"

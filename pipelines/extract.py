@@ -23,12 +23,16 @@ import os
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
 
 from lvmae import __version__
 from lvmae.clips import Clip, VideoReport, read_clips_bounded
@@ -36,6 +40,7 @@ from lvmae.config import ExtractConfig
 from lvmae.encoders import build_encoder, describe_encoder
 from lvmae.errors import LvmaeError
 from lvmae.inputs import VideoSource, list_videos, local_copy
+from lvmae.progress import Progress
 from lvmae.storage import (
     VIDEO_SCHEMA,
     read_manifest,
@@ -44,7 +49,8 @@ from lvmae.storage import (
     write_manifest,
     write_table_atomic,
 )
-from lvmae.tracking import default_tracking_uri, open_run
+from lvmae.tracking import default_tracking_uri, tracked_run
+from pipelines.connect import connect_ray
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +304,8 @@ def run_extraction(
         out: output directory (local path or pyarrow filesystem URI).
         config: extraction settings.
         overwrite: allow writing into an output made with another configuration.
-        progress: show a progress bar.
+        progress: show progress: a bar on a TTY, else a line every 30 s
+            (:class:`lvmae.progress.Progress`).
         tracking_uri: MLflow store; default ``MLFLOW_TRACKING_URI`` or
             ``sqlite:///<out>/mlflow.db`` (experiment ``lvmae-extract``, one run per output
             directory and config: params = resolved config, metrics = the summary, the
@@ -312,8 +319,6 @@ def run_extraction(
         InputError: the input names no videos / does not exist (nothing written).
         ExtractError, EncoderUnavailableError: the run cannot start (nothing written).
     """
-    from tqdm.auto import tqdm
-
     t0 = time.perf_counter()
     sources = list_videos(input_path, config.extensions)
     encoder = describe_encoder(config.encoder, config.encoder_checkpoint, config.encoder_seed)
@@ -333,39 +338,47 @@ def run_extraction(
     }
     todo = [s for s in sources if s.video_id not in done_ids]
     summary = ExtractionSummary(videos_total=len(sources), videos_skipped=len(sources) - len(todo))
-    if todo:
-        _run_pipeline(todo, out, config, encoder, summary, progress=progress, tqdm=tqdm)
-    summary.wall_s = time.perf_counter() - t0
-    manifest.update(
-        status="done",
-        finished_at=datetime.now(timezone.utc).isoformat(),
-        summary=summary.to_dict(),
-    )
-    write_manifest(out, manifest)
-    if track:
-        _track(out, manifest, summary, tracking_uri)
+    with _tracking(out, manifest, tracking_uri, track) as run_id:
+        if todo:
+            _run_pipeline(todo, out, config, encoder, summary, progress=progress)
+        summary.wall_s = time.perf_counter() - t0
+        manifest.update(
+            status="done",
+            finished_at=datetime.now(timezone.utc).isoformat(),
+            summary=summary.to_dict(),
+        )
+        write_manifest(out, manifest)
+        if run_id is not None:
+            _log_summary(run_id, tracking_uri or default_tracking_uri(out), manifest, summary)
     return summary
 
 
-def _track(out: str, manifest: dict, summary: ExtractionSummary, tracking_uri: str | None) -> None:
-    """Log the run to MLflow: config as params, the summary as metrics, the manifest."""
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
+@contextmanager
+def _tracking(out: str, manifest: dict, tracking_uri: str | None, track: bool) -> Iterator:
+    """The extraction's MLflow run (experiment ``lvmae-extract``, one per output directory
+    and config: the config and encoder as params), open while the work runs and ended
+    FINISHED or FAILED; yields its id, or None when not tracking (``track=False``, or a
+    remote output without ``MLFLOW_TRACKING_URI``)."""
+    if not track:
+        yield None
+        return
     if tracking_uri is None and "://" in out and not os.environ.get("MLFLOW_TRACKING_URI"):
         log.warning("no MLflow tracking for remote output %s: set MLFLOW_TRACKING_URI", out)
+        yield None
         return
     uri = tracking_uri or default_tracking_uri(out)
     params = {f"extract.{k}": v for k, v in manifest["config"].items()}
     params.update({f"encoder.{k}": v for k, v in manifest["encoder"].items()})
-    run_id = open_run(
-        uri,
-        "lvmae-extract",
-        f"{out.rstrip('/')}:{manifest['config_id']}",
-        out=out,
-        tags={"lvmae.stage": "extract", "lvmae.out": out},
-        params=params,
-    )
+    with tracked_run(
+        uri, "lvmae-extract", f"{out.rstrip('/')}:{manifest['config_id']}", out=out,
+        tags={"lvmae.stage": "extract", "lvmae.out": out}, params=params,
+        with_system_metrics=True,
+    ) as run_id:  # fmt: skip
+        yield run_id
+
+
+def _log_summary(run_id: str, uri: str, manifest: dict, summary: ExtractionSummary) -> None:
+    """The summary as metrics (one step per run into this output) and the manifest."""
     client = MlflowClient(tracking_uri=uri)
     metrics = {k: v for k, v in summary.to_dict().items() if isinstance(v, int | float)}
     ts = int(time.time() * 1000)
@@ -378,10 +391,7 @@ def _track(out: str, manifest: dict, summary: ExtractionSummary, tracking_uri: s
 
 
 def _ray_init() -> None:
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(log_to_driver=True, configure_logging=True, logging_level=logging.WARNING)
+    connect_ray()
 
 
 def build_dataset(todo: list[VideoSource], out: str, config: ExtractConfig, encoder: dict):
@@ -428,7 +438,7 @@ def build_dataset(todo: list[VideoSource], out: str, config: ExtractConfig, enco
     )
 
 
-def _run_pipeline(todo, out, config, encoder, summary, *, progress, tqdm) -> None:
+def _run_pipeline(todo, out, config, encoder, summary, *, progress) -> None:
     from ray.data import DataContext
 
     _ray_init()
@@ -443,8 +453,8 @@ def _run_pipeline(todo, out, config, encoder, summary, *, progress, tqdm) -> Non
     reports: dict[str, dict] = {}
     finished: set[str] = set()
     pending_rows: list[dict] = []
-    last_flush = time.perf_counter()
-    bar = tqdm(total=len(todo), unit="video", desc="extract", disable=not progress)
+    last_flush = bar_t0 = time.perf_counter()
+    bar = Progress(len(todo), "extract", "videos", enabled=progress)
 
     def flush() -> None:
         nonlocal pending_rows, last_flush
@@ -461,8 +471,12 @@ def _run_pipeline(todo, out, config, encoder, summary, *, progress, tqdm) -> Non
             summary.failures[video_id] = report.get("error") or "unknown error"
         summary.video_seconds += float((report.get("info") or {}).get("duration_s") or 0.0)
         pending_rows.append(_video_row(by_id[video_id], report, config_id))
-        bar.update(1)
-        bar.set_postfix(segments=summary.segments_written, not_ok=len(summary.failures))
+        hours = summary.video_seconds / 3600
+        rate = hours / max((time.perf_counter() - bar_t0) / 3600, 1e-9)
+        bar.update(
+            1, segments=summary.segments_written, failed=len(summary.failures),
+            video_h=f"{hours:.2f}", video_h_per_h=f"{rate:.0f}",
+        )  # fmt: skip
 
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
+
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
 
 from lvmae.checkpoints import load_checkpoint
 from lvmae.labels import read_labels
@@ -14,7 +18,7 @@ from lvmae.model import LVMAE, LVMAEConfig
 from lvmae.monitor import caption_report_html, reconstruct, retrieval_metrics
 from lvmae.sequences import sequences_from_table, split_of
 from lvmae.storage import StorageError, read_segments
-from lvmae.tracking import metric_key, open_run, tracking_uri_near
+from lvmae.tracking import metric_key, tracked_run, tracking_uri_near
 from pipelines.embed import resolve_checkpoint
 from pipelines.pretrain import embedding_dim_of
 from pipelines.search import text_encoder
@@ -58,7 +62,6 @@ def run_monitor(
             embedding width.
     """
     import torch
-    from mlflow.tracking import MlflowClient
 
     ckpt = resolve_checkpoint(checkpoint)
     state = load_checkpoint(ckpt)
@@ -104,16 +107,22 @@ def run_monitor(
         (out_dir / "monitor.html").write_text(page)
         files.append(out_dir / "monitor.html")
     uri = tracking_uri or tracking_uri_near(ckpt, out)
-    run_id = open_run(
+    with tracked_run(
         uri,
         train_cfg.get("experiment", "lvmae-pretrain"),
         train_cfg.get("run_name") or "lvmae",
         out=out,
         tags={"lvmae.stage": "pretrain"},
-    )
-    client = MlflowClient(tracking_uri=uri)
-    for key, value in metrics.items():
-        client.log_metric(run_id, metric_key(f"monitor/{key}"), value, step=int(state["step"]))
-    for f in files:
-        client.log_artifact(run_id, str(f), artifact_path="monitor")
+    ) as run_id:
+        step = int(state["step"])
+        client = MlflowClient(tracking_uri=uri)
+        ts = int(time.time() * 1000)
+        client.log_batch(
+            run_id,
+            metrics=[
+                Metric(metric_key(f"monitor/{k}"), float(v), ts, step) for k, v in metrics.items()
+            ],
+        )
+        for f in files:
+            client.log_artifact(run_id, str(f), artifact_path="monitor")
     return metrics

@@ -4,23 +4,32 @@
 
     segments table (Parquet) ──Ray Data──▶ one row per video: its ordered sequence of
         segment embeddings (grouped on the workers, deduplicated, never collected on the
-        driver), split train/val by video, materialised once
-    TorchTrainer (DDP: gloo on CPU, NCCL on GPU), each worker reading its Ray Data shard:
-        random contiguous window per video → [B, L, D] batch + [PAD] mask → masking
-        (semantic or random) → LV-MAE → masked-token loss → AdamW with per-iteration
-        warm-up + cosine
+        driver), split train/val by video, written by Ray Data to Parquet under the run
+        directory (``<out>/runs/<run_name>/sequences/{train,val}/``)
+    TorchTrainer (DDP: gloo on CPU, NCCL on GPU), batch_size videos per worker per step
+        (global batch = batch_size x workers, lr = blr x global / 256); every epoch a
+        seeded permutation of ALL training videos, split across workers as PyTorch's
+        DistributedSampler does after set_epoch (lvmae.sequences.epoch_indices), each
+        worker reading only its videos' rows from the Parquet store (no Ray tasks inside
+        the workers): random contiguous window per video → [B, L, D] batch + [PAD] mask →
+        masking (semantic or random) → LV-MAE → masked-token loss → AdamW with
+        per-iteration warm-up + cosine
     checkpoints every N steps through Ray Train (kept k), automatic recovery
-    (FailureConfig), resume by rerunning with the same run name; MLflow tracking.
+    (FailureConfig), resume by rerunning with the same run name; MLflow tracking (the run
+    ends FINISHED or FAILED with the error), progress in epochs on the driver's stderr.
 
-The model, masking, loss, data windows, optimiser and checkpoint format are plain code in
-:mod:`lvmae`; this module only wires them to Ray.
+The model, masking, loss, data windows, sample order, optimiser and checkpoint format are
+plain code in :mod:`lvmae`; this module only wires them to Ray.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,13 +48,18 @@ from lvmae.errors import LvmaeError
 from lvmae.model import LVMAE, LVMAEConfig, model_config
 from lvmae.monitor import reconstruct, retrieval_metrics
 from lvmae.optim import build_optimizer, build_scheduler
-from lvmae.sequences import sequence_table, split_of
+from lvmae.progress import Progress
+from lvmae.sequences import SequenceStore, epoch_batches, sequence_table, split_of
 from lvmae.storage import SEGMENTS_DIR, StorageError
-from lvmae.tracking import default_tracking_uri, metric_key, open_run
+from lvmae.tracking import default_tracking_uri, metric_key, tracked_run
+from pipelines.connect import connect_ray
 
 log = logging.getLogger(__name__)
 
 RUNS_DIR = "runs"  # Ray Train storage under the output directory
+SEQUENCES_DIR = "sequences"  # per-video sequence stores under the run directory
+ROWS_PER_GROUP = 32  # videos per Parquet row group of a sequence store: bounds one read
+POLL_S = 3.0  # seconds between the driver's looks at the run's MLflow metrics
 
 
 class PretrainError(LvmaeError, RuntimeError):
@@ -141,6 +155,16 @@ def sequence_datasets(embeddings: str, config: PretrainConfig):
     return train.materialize(), val.materialize()
 
 
+def write_sequence_store(ds, path: Path) -> str:
+    """Write the per-video sequence rows of the Ray Dataset ``ds`` as Parquet under ``path``
+    (replacing what a previous attempt left there), in row groups of
+    :data:`ROWS_PER_GROUP` videos, with Ray Data on the cluster (nothing is collected on
+    the driver). Returns ``path`` as a string, for :class:`lvmae.sequences.SequenceStore`."""
+    shutil.rmtree(path, ignore_errors=True)
+    ds.write_parquet(str(path), row_group_size=ROWS_PER_GROUP)
+    return str(path)
+
+
 # --------------------------------------------------------------------------- worker
 
 
@@ -156,18 +180,18 @@ class _Trainer:
     resumed_from: int | None = None
 
 
-def _build_trainer(config: PretrainConfig, mcfg: LVMAEConfig, steps_per_epoch: int, device):
-    """Model, AdamW and the warm-up + cosine schedule; restored from Ray Train's latest
-    checkpoint when there is one (a resumed or restarted run)."""
+def _build_trainer(
+    config: PretrainConfig, mcfg: LVMAEConfig, steps_per_epoch: int, device, lr: float
+):
+    """Model, AdamW at peak ``lr`` and the warm-up + cosine schedule; restored from Ray
+    Train's latest checkpoint when there is one (a resumed or restarted run)."""
     import ray.train  # heavy: Ray Train, only inside workers
     import ray.train.torch
 
     torch.manual_seed(config.seed)
     model = ray.train.torch.prepare_model(LVMAE(mcfg))
     core = model.module if hasattr(model, "module") else model
-    optimizer = build_optimizer(
-        core, lr=config.effective_lr(), weight_decay=config.weight_decay, betas=config.betas
-    )
+    optimizer = build_optimizer(core, lr=lr, weight_decay=config.weight_decay, betas=config.betas)
     scheduler = build_scheduler(
         optimizer,
         total_steps=steps_per_epoch * config.epochs,
@@ -254,8 +278,10 @@ class _StepLogger:
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
-    """Ray Train worker: DDP training of LV-MAE on this worker's data shard, one
-    :func:`lvmae.engine.train_one_epoch` per epoch, validation every ``val_every_epochs``."""
+    """Ray Train worker: DDP training of LV-MAE, one :func:`lvmae.engine.train_one_epoch`
+    per epoch over this rank's share of the epoch's global permutation of the training
+    videos (:func:`lvmae.sequences.epoch_batches`, read from the Parquet store at
+    ``loop_config["train_path"]``), validation every ``val_every_epochs``."""
     import ray.train  # heavy: Ray Train, only inside workers
     import ray.train.torch
 
@@ -266,19 +292,21 @@ def train_loop_per_worker(loop_config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    trainer = _build_trainer(config, mcfg, steps_per_epoch, device)
+    train_store = SequenceStore(loop_config["train_path"])
+    if len(train_store) != loop_config["n_train"]:
+        raise PretrainError(
+            f"{loop_config['train_path']} holds {len(train_store)} videos, expected "
+            f"{loop_config['n_train']}: the sequence store changed during the run"
+        )
+    val_store = SequenceStore(loop_config["val_path"]) if loop_config["val_path"] else None
+    trainer = _build_trainer(config, mcfg, steps_per_epoch, device, loop_config["lr"])
     reporter = _Reporter(loop_config, trainer, rank)
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val") if loop_config["has_val"] else None
     for epoch in range(trainer.step // steps_per_epoch, config.epochs):
         on_step = _StepLogger(reporter, config, epoch, world)
-        batches = train_shard.iter_batches(
-            batch_size=per_worker_batch,
-            batch_format="numpy",
-            drop_last=True,
-            local_shuffle_buffer_size=max(per_worker_batch * 4, 16),
-            local_shuffle_seed=config.seed + epoch * 1000 + rank,
-        )
+        batches = epoch_batches(
+            train_store, epoch=epoch, rank=rank, world=world, batch_size=per_worker_batch,
+            seed=config.seed, skip=trainer.step - epoch * steps_per_epoch,
+        )  # fmt: skip
         result = train_one_epoch(
             trainer.model, trainer.optimizer, trainer.scheduler, batches, config,
             epoch=epoch, step=trainer.step, steps_per_epoch=steps_per_epoch,
@@ -289,25 +317,36 @@ def train_loop_per_worker(loop_config: dict) -> None:
         metrics = {"step": trainer.step, "epoch": epoch + 1}
         if result.losses:
             metrics["train/epoch_loss"] = float(np.mean(result.losses))
-        metrics |= _validation(trainer, val_shard, config, epoch, rank=rank, device=device)
+        metrics |= _validation(trainer, val_store, config, epoch, rank=rank, device=device)
         reporter.log(metrics, trainer.step)
         reporter.report(metrics, trainer.step)
 
 
-def _validation(trainer: _Trainer, shard, config: PretrainConfig, epoch: int, *, rank, device):
-    """``val/loss`` averaged over workers (fixed windows and masks every epoch) when due,
-    and on rank 0 the reconstruction-retrieval monitor (LV-MAE §4.4) when due."""
+def _validation(
+    trainer: _Trainer,
+    store: SequenceStore | None,
+    config: PretrainConfig,
+    epoch: int,
+    *,
+    rank: int,
+    device,
+) -> dict[str, float]:
+    """``val/loss`` averaged over all validation videos (fixed windows and masks every
+    epoch; rank r reads videos r, r + world, ... of the store in order) when due, and on
+    rank 0 the reconstruction-retrieval monitor (LV-MAE §4.4) when due."""
     monitor_due = config.monitor_every_epochs and (epoch + 1) % config.monitor_every_epochs == 0
-    if shard is None or not ((epoch + 1) % config.val_every_epochs == 0 or monitor_due):
+    if store is None or not ((epoch + 1) % config.val_every_epochs == 0 or monitor_due):
         return {}
-    batches = shard.iter_batches(batch_size=16, batch_format="numpy")
-    total, count, kept = evaluate(
-        trainer.model, batches, config, rng=np.random.default_rng([config.seed, rank, 10**6]),
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    mine = np.arange(rank, len(store), world)
+    batches = (store.batch(mine[i : i + 16]) for i in range(0, len(mine), 16))
+    total, count, kept = evaluate(  # the bare module: ranks may run unequal batch counts
+        trainer.core, batches, config, rng=np.random.default_rng([config.seed, rank, 10**6]),
         dim=trainer.core.config.input_dim, device=device,
         keep=64 if monitor_due and rank == 0 else 0,
     )  # fmt: skip
     sums = torch.tensor([total, count], dtype=torch.float64)
-    if dist.is_available() and dist.is_initialized():
+    if world > 1:
         on_device = sums.to(device)
         dist.all_reduce(on_device)
         sums = on_device.cpu()
@@ -324,6 +363,27 @@ def _validation(trainer: _Trainer, shard, config: PretrainConfig, epoch: int, *,
 # --------------------------------------------------------------------------- driver
 
 
+def batch_plan(config: PretrainConfig, n_train: int) -> tuple[int, int, float, int]:
+    """``(per-worker batch, global batch, peak lr, steps per epoch)`` for ``n_train``
+    training videos. ``batch_size`` is per worker (the reference code's and MAE's
+    convention); each worker gets ``ceil(n_train / workers)`` videos an epoch
+    (:func:`lvmae.sequences.epoch_indices`) and drops its last incomplete batch, so
+    ``steps per epoch = ceil(n_train / workers) // per-worker batch``. A data set too
+    small for ``batch_size`` gets a smaller batch, and the lr (``blr * global / 256``)
+    follows the batch actually used. Logged at start."""
+    workers = config.num_workers
+    per_rank = -(-n_train // workers)
+    per_worker_batch = max(1, min(config.batch_size, per_rank))
+    global_batch = per_worker_batch * workers
+    lr = config.effective_lr(global_batch)
+    steps_per_epoch = max(1, per_rank // per_worker_batch)
+    log.warning(
+        "pre-training %d videos on %d workers: %d per worker, global batch %d, peak lr %.3g",
+        n_train, workers, per_worker_batch, global_batch, lr,
+    )  # fmt: skip
+    return per_worker_batch, global_batch, lr, steps_per_epoch
+
+
 @dataclass
 class PretrainResult:
     """What a pre-training run left: the latest ``checkpoint`` directory, the last reported
@@ -335,34 +395,76 @@ class PretrainResult:
     run_name: str
 
 
-def run_pretrain(embeddings: str, out: str, config: PretrainConfig) -> PretrainResult:
-    """Pre-train LV-MAE on the segment embeddings under ``embeddings``; write checkpoints and
-    the MLflow store under ``out``.
+def epoch_status(client: MlflowClient, run_id: str) -> tuple[int, dict[str, str]]:
+    """What the workers' rank 0 has logged to ``run_id`` so far: the epochs done (the
+    largest ``epoch`` metric; 0 when none) and the last ``train/epoch_loss`` and
+    ``val/loss`` (by step) as ``{"train_loss": ..., "val_loss": ...}`` (4 significant
+    digits; a key is absent until its metric appears)."""
+    done = max((m.value for m in client.get_metric_history(run_id, "epoch")), default=0)
+    shown = {}
+    for key, label in (("train/epoch_loss", "train_loss"), ("val/loss", "val_loss")):
+        history = client.get_metric_history(run_id, metric_key(key))
+        if history:
+            last = max(history, key=lambda m: (m.step, m.timestamp))
+            shown[label] = f"{last.value:.4g}"
+    return int(done), shown
 
-    Rerunning with the same ``run_name`` continues from its latest checkpoint (same step and
-    learning rate); a finished run returns at once.
 
-    Raises:
-        StorageError: missing/empty embeddings or mixed embedding widths (before any worker).
-        CheckpointError: the run's latest checkpoint is corrupt or was made with another
-            model configuration (before any worker).
-        PretrainError: too few videos to train on.
-    """
-    import ray
-    import ray.train
-    from ray.train.torch import TorchTrainer
+def fit_with_progress(
+    fit: Callable[[], Any],
+    client: MlflowClient,
+    run_id: str,
+    bar: Progress,
+    poll_s: float = POLL_S,
+) -> Any:
+    """Run ``fit`` (``TorchTrainer.fit``) in a thread and, every ``poll_s`` seconds until it
+    ends and once after, move ``bar`` to :func:`epoch_status` of ``run_id`` (epochs done,
+    last train and val loss): Ray workers' logs do not reach the driver's console, so the
+    driver follows the metrics they log (a failed read of the store skips one update).
+    Returns what ``fit`` returned; re-raises what it raised."""
+    outcome: dict[str, Any] = {}
 
+    def target() -> None:
+        try:
+            outcome["result"] = fit()
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="pretrain-fit", daemon=True)
+    thread.start()
+    while True:
+        thread.join(poll_s)
+        try:
+            done, shown = epoch_status(client, run_id)
+        except Exception as exc:  # progress is best effort: a busy store must not stop training
+            log.debug("could not read the run's metrics for progress: %s", exc)
+        else:
+            bar.update(max(0, done - bar.n), **shown)
+        if not thread.is_alive():
+            break
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def _preflight(embeddings: str, out: str, config: PretrainConfig) -> tuple[int, LVMAEConfig]:
+    """The embedding width and the model config; the run's latest checkpoint, if any, must
+    load and match it (StorageError / CheckpointError before anything starts)."""
     dim = embedding_dim_of(embeddings)
     mcfg = resolve_model_config(config, dim)
-    run_name = config.run_name or "lvmae"
-    previous = latest_run_checkpoint(out, run_name)
+    previous = latest_run_checkpoint(out, config.run_name or "lvmae")
     if previous is not None:
-        state = load_checkpoint(previous)
-        check_compatible(state, mcfg.to_dict())
+        check_compatible(load_checkpoint(previous), mcfg.to_dict())
+    return dim, mcfg
 
-    if not ray.is_initialized():
-        ray.init(configure_logging=True, logging_level=logging.WARNING)
-    from ray.data import DataContext
+
+def _prepare_data(embeddings: str, out: str, config: PretrainConfig) -> dict[str, Any]:
+    """Group, split, count and write the per-video sequence stores under the run directory.
+
+    Raises:
+        PretrainError: fewer training videos than workers.
+    """
+    from ray.data import DataContext  # heavy: Ray Data, only on this path
 
     DataContext.get_current().enable_progress_bars = False
     train_ds, val_ds = sequence_datasets(embeddings, config)
@@ -373,59 +475,105 @@ def run_pretrain(embeddings: str, out: str, config: PretrainConfig) -> PretrainR
             f"{n_train} training videos (of at least {config.min_tokens} segments) for "
             f"{workers} workers: extract more videos, lower min_tokens, or use fewer workers"
         )
-    per_worker_batch = max(1, min(config.batch_size // workers, n_train // workers))
-    steps_per_epoch = max(1, (n_train // workers) // per_worker_batch)
-
-    tracking_uri = config.tracking_uri or default_tracking_uri(out)
-    params = {
-        **{f"pretrain.{k}": v for k, v in config.model_dump(mode="json").items()},
-        **{f"model.{k}": v for k, v in mcfg.to_dict().items()},
-        "data.embeddings": embeddings,
-        "data.train_videos": n_train,
-        "data.val_videos": n_val,
-        "data.embedding_dim": dim,
-        "train.per_worker_batch": per_worker_batch,
-        "train.steps_per_epoch": steps_per_epoch,
-        "train.lr": config.effective_lr(),
+    root = run_dir(out, config.run_name or "lvmae") / SEQUENCES_DIR
+    return {
+        "n_train": n_train,
+        "n_val": n_val,
+        "train_path": write_sequence_store(train_ds, root / "train"),
+        "val_path": write_sequence_store(val_ds, root / "val") if n_val else None,
     }
-    mlflow_run_id = open_run(
-        tracking_uri,
-        config.experiment,
-        run_name,
-        out=out,
-        tags={"lvmae.stage": "pretrain"},
-        params=params,
-    )
-    datasets = {"train": train_ds}
-    if n_val:
-        datasets["val"] = val_ds
-    trainer = TorchTrainer(
+
+
+def _log_missing_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    """Log the ``params`` the run does not have yet (a resumed run keeps its first values)."""
+    have = client.get_run(run_id).data.params
+    for key, value in params.items():
+        if key not in have:
+            client.log_param(run_id, key, value)
+
+
+def _trainer(config: PretrainConfig, out: str, loop_config: dict):
+    """The :class:`ray.train.torch.TorchTrainer` of this run (no Ray Datasets: the workers
+    read the Parquet sequence stores named in ``loop_config``)."""
+    import ray.train  # heavy: Ray Train, only on this path
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "config": config.model_dump(mode="json"),
-            "model_config": mcfg.to_dict(),
-            "steps_per_epoch": steps_per_epoch,
-            "per_worker_batch": per_worker_batch,
-            "has_val": bool(n_val),
-            "mlflow_run_id": mlflow_run_id,
-            "tracking_uri": tracking_uri,
-        },
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=config.use_gpu),
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.num_workers, use_gpu=config.use_gpu
+        ),
         run_config=ray.train.RunConfig(
-            name=run_name,
+            name=config.run_name or "lvmae",
             storage_path=str(Path(out).absolute() / RUNS_DIR),
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.keep_checkpoints),
         ),
-        datasets=datasets,
     )
-    result = trainer.fit()
-    checkpoint = result.checkpoint.path if result.checkpoint else None
-    from mlflow.tracking import MlflowClient
 
+
+def run_pretrain(
+    embeddings: str, out: str, config: PretrainConfig, *, progress: bool = True
+) -> PretrainResult:
+    """Pre-train LV-MAE on the segment embeddings under ``embeddings``; write checkpoints,
+    the per-video sequence stores and the MLflow store under ``out``.
+
+    Rerunning with the same ``run_name`` continues from its latest checkpoint (same step and
+    learning rate); a finished run returns at once. The MLflow run ends FINISHED, or FAILED
+    with the error as its ``lvmae.error`` tag (KILLED on Ctrl-C), and logs system metrics.
+    With ``progress``, the epochs done and the last train / val loss go to stderr
+    (:class:`lvmae.progress.Progress`: a bar on a TTY, else a line every 30 s). Joins Ray
+    with :func:`pipelines.connect.connect_ray` unless it is already initialised.
+
+    Raises:
+        StorageError: missing/empty embeddings or mixed embedding widths (before any worker
+            and before the MLflow run).
+        CheckpointError: the run's latest checkpoint is corrupt or was made with another
+            model configuration (before any worker and before the MLflow run).
+        PretrainError: too few videos to train on (the MLflow run ends FAILED).
+        ClusterError: the Ray cluster named by ``RAY_ADDRESS`` cannot be reached.
+    """
+    dim, mcfg = _preflight(embeddings, out, config)
+    run_name = config.run_name or "lvmae"
+    connect_ray()
+    tracking_uri = config.tracking_uri or default_tracking_uri(out)
     client = MlflowClient(tracking_uri=tracking_uri)
-    if checkpoint:
-        client.set_tag(mlflow_run_id, "lvmae.checkpoint", checkpoint)
+    params = {
+        **{f"pretrain.{k}": v for k, v in config.model_dump(mode="json").items()},
+        **{f"model.{k}": v for k, v in mcfg.to_dict().items()},
+        "data.embeddings": embeddings,
+        "data.embedding_dim": dim,
+    }
+    with tracked_run(
+        tracking_uri, config.experiment, run_name, out=out,
+        tags={"lvmae.stage": "pretrain"}, params=params, with_system_metrics=True,
+    ) as mlflow_run_id:  # fmt: skip
+        data = _prepare_data(embeddings, out, config)
+        per_worker_batch, global_batch, lr, steps_per_epoch = batch_plan(config, data["n_train"])
+        _log_missing_params(client, mlflow_run_id, {
+            "data.train_videos": data["n_train"],
+            "data.val_videos": data["n_val"],
+            "train.per_worker_batch": per_worker_batch,
+            "train.global_batch": global_batch,
+            "train.steps_per_epoch": steps_per_epoch,
+            "train.lr": lr,
+        })  # fmt: skip
+        trainer = _trainer(config, out, {
+            "config": config.model_dump(mode="json"),
+            "model_config": mcfg.to_dict(),
+            "steps_per_epoch": steps_per_epoch,
+            "per_worker_batch": per_worker_batch,
+            "lr": lr,
+            **data,
+            "mlflow_run_id": mlflow_run_id,
+            "tracking_uri": tracking_uri,
+        })  # fmt: skip
+        with Progress(config.epochs, "pretrain", "epochs", enabled=progress) as bar:
+            result = fit_with_progress(trainer.fit, client, mlflow_run_id, bar)
+        checkpoint = result.checkpoint.path if result.checkpoint else None
+        if checkpoint:
+            client.set_tag(mlflow_run_id, "lvmae.checkpoint", checkpoint)
     return PretrainResult(checkpoint, dict(result.metrics or {}), mlflow_run_id, run_name)
 
 
@@ -434,5 +582,7 @@ __all__ = [
     "PretrainError",
     "PretrainResult",
     "embedding_dim_of",
+    "epoch_status",
+    "fit_with_progress",
     "run_pretrain",
 ]

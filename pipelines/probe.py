@@ -1,45 +1,49 @@
 """Probes on the frozen LV-MAE encoder, the baselines on the same splits, and the probe
 sweep (stage 3 of Naiman et al., ICCV 2025, §8, Tables 6–8): the Ray parts.
 
-The encoder runs once per video (Ray Data actor pool, :class:`pipelines.embed.EmbedVideos`)
-and its outputs are cached under ``<out>/features/<checkpoint key>/``: per video the mean of
-the token outputs ``[W]``, the [CLS] output ``[W]`` and every token's output ``[L, W]``.
-Probes then train on the cache (:func:`lvmae.probes.evaluate`), never re-running the
-encoder. Baselines use the raw segment embeddings: ``mean-pool`` (their mean → linear
-probe) and ``transformer`` (a small transformer trained from scratch: the paper's
-"LanguageBind-Transformer" row).
+Where the work runs (the driver only orchestrates):
 
-Outputs of :func:`run_probe`: ``results.csv`` / ``results.md`` (one row per method × task),
-a confusion-matrix PNG per classification row, all logged to MLflow (experiment
-``lvmae-probe``). :func:`run_sweep` shares the same feature cache and hands the tasks to
+- the encoder runs once per video on a Ray Data actor pool
+  (:class:`pipelines.embed.EmbedVideos`), one GPU per actor when the cluster has GPUs, and
+  its outputs are cached as Parquet under ``<out>/features/<checkpoint key>/``: per video
+  the mean of the token outputs ``[W]``, the [CLS] output ``[W]`` and every token's output
+  ``[L, W]``;
+- a Ray task reads the cache (and another the raw segment embeddings, for the baselines)
+  into the object store (:func:`tune.tasks.load_features_remote`); the driver holds only
+  their references;
+- every probe row × seed trains in its own Ray task with declared CPUs and GPUs
+  (:func:`tune.tasks.fit_seeds`), on CUDA when it holds a GPU, and reports the node and
+  device it ran on.
+
+Baselines use the raw segment embeddings: ``mean-pool`` (their mean → linear probe) and
+``transformer`` (a small transformer trained from scratch: the paper's
+"LanguageBind-Transformer" row). Outputs of :func:`run_probe`: ``results.csv`` /
+``results.md`` (one row per method × task, mean ± std over seeds), a confusion-matrix PNG
+per classification row, all logged to MLflow (experiment ``lvmae-probe``).
+:func:`run_sweep` shares the same feature cache and hands the tasks to
 :func:`tune.sweep.run_tune` (outputs under ``<out>/tune``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+import ray
 from mlflow.tracking import MlflowClient
 
 from lvmae.config import ProbeConfig, ProbeSection, TuneSection
-from lvmae.probes.features import (
-    Features,
-    ProbeTask,
-    evaluate,
-    load_features,
-    load_tasks,
-    raw_features,
-    video_ids,
-)
-from lvmae.probes.heads import TransformerBaseline
-from lvmae.probes.results import ProbeResult, result_from_fit, write_results
-from lvmae.tracking import open_run, tracking_uri_near
+from lvmae.probes.features import ProbeTask, load_tasks, video_ids
+from lvmae.probes.results import ProbeResult, result_from_fits, write_results
+from lvmae.progress import Progress
+from lvmae.tracking import log_numbers, tracked_run, tracking_uri_near
 from pipelines.embed import encoded_videos, resolve_checkpoint
 from tune.space import load_space
 from tune.sweep import run_tune
+from tune.tasks import SCRATCH, SeedFit, fit_seeds, gpus_per_task, load_features_remote
 
 __all__ = [
     "FEATURES_DIR",
@@ -50,6 +54,7 @@ __all__ = [
 ]
 
 FEATURES_DIR = "features"
+MAX_ENCODER_ACTORS = 8
 
 
 # --------------------------------------------------------------------------- features
@@ -63,11 +68,20 @@ def feature_cache_dir(out: str, checkpoint: Path) -> Path:
     return Path(out) / FEATURES_DIR / key.hexdigest()[:12]
 
 
-def compute_features(checkpoint: str, embeddings: str, out: str) -> Path:
+def _ensure_ray() -> None:
+    if not ray.is_initialized():
+        ray.init(configure_logging=True, logging_level=logging.WARNING)
+
+
+def compute_features(
+    checkpoint: str, embeddings: str, out: str, *, actors: int | None = None
+) -> Path:
     """Frozen LV-MAE features for every video under ``embeddings``, computed once and cached
     (Parquet: ``video_id``, ``num_tokens``, ``cls`` ``[W]``, ``mean`` ``[W]``, ``tokens``
     ``[L * W]``; read back with :func:`lvmae.probes.load_features`). A finished cache is
-    reused.
+    reused. The encoder runs on a Ray Data actor pool: ``actors`` actors (default: one per
+    GPU of the cluster, at most 8, each holding one GPU; one CPU actor on a cluster without
+    GPUs); the rows go from the actors to Parquet without passing through the driver.
 
     Raises:
         CheckpointError, StorageError: see :func:`pipelines.embed.run_embed`.
@@ -76,7 +90,10 @@ def compute_features(checkpoint: str, embeddings: str, out: str) -> Path:
     target = feature_cache_dir(out, ckpt)
     if (target / "_SUCCESS").is_file():
         return target
-    feats = encoded_videos(ckpt, embeddings, with_tokens=True)
+    _ensure_ray()
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    n = actors or (min(gpus, MAX_ENCODER_ACTORS) if gpus else 1)
+    feats = encoded_videos(ckpt, embeddings, with_tokens=True, actors=n, use_gpu=gpus > 0)
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     feats.write_parquet(str(tmp))
@@ -89,28 +106,57 @@ def compute_features(checkpoint: str, embeddings: str, out: str) -> Path:
 # --------------------------------------------------------------------------- probing
 
 
-def _baselines(
-    task: ProbeTask, raw: Features, section: ProbeSection, out: Path
-) -> list[tuple[ProbeResult, ProbeConfig]]:
-    """The baselines of ``section`` on ``task``, on the raw segment embeddings."""
+class _Row:
+    """One pending results row: its method, probe name, recipe and the seeds' tasks."""
+
+    def __init__(self, task: ProbeTask, method: str, probe: str, config: ProbeConfig, refs):
+        self.task, self.method, self.probe, self.config, self.refs = (
+            task, method, probe, config, refs,
+        )  # fmt: skip
+
+    def result(self, fits: Sequence[SeedFit], out: Path) -> ProbeResult:
+        labels = self.task.labels
+        row = result_from_fits(
+            self.method, self.probe, task=self.task.name, labels=labels,
+            fits=[f.fit for f in fits], out=out,
+            nodes=[f.node for f in fits], devices=[f.device for f in fits],
+        )  # fmt: skip
+        return (
+            row.model_copy(update={"skipped": self.task.skipped}) if self.method == "lvmae" else row
+        )
+
+
+def _start_rows(
+    tasks: Sequence[ProbeTask], section: ProbeSection, lvmae_ref, raw_ref
+) -> list[_Row]:
+    """Start every row's seeds as Ray tasks (all at once: Ray queues what does not fit)."""
+    gpus = gpus_per_task(section.gpus_per_task, section.device)
+    place = {"seeds": section.seeds, "device": section.device,
+             "cpus": section.cpus_per_task, "gpus": gpus}  # fmt: skip
     rows = []
-    labels, device = task.labels, section.device
-    if "mean-pool" in section.baselines:
-        config = section.config("linear")  # the two linear rows differ only in their features
-        fit = evaluate(labels, raw, config, device=device)
-        row = result_from_fit("mean-pool", "linear", task=task.name, labels=labels, fit=fit,
-                              out=out)  # fmt: skip
-        rows.append((row, config))
-    if "transformer" in section.baselines:
-        dim = next(iter(raw.tokens.values())).shape[1]
-        n_out = labels.num_classes if labels.task == "classification" else 1
-        config = ProbeConfig.paper("attentive")
-        model = TransformerBaseline(dim, n_out)
-        fit = evaluate(labels, raw, config, model=model, device=device)
-        row = result_from_fit("transformer", "scratch", task=task.name, labels=labels, fit=fit,
-                              out=out)  # fmt: skip
-        rows.append((row, config))
+    for task in tasks:
+        for kind in dict.fromkeys(section.probes):
+            config = section.config(kind)
+            refs = fit_seeds(lvmae_ref, task.labels, config, **place)
+            rows.append(_Row(task, "lvmae", config.name, config, refs))
+        if "mean-pool" in section.baselines:  # the linear probe's recipe, raw features
+            config = section.config("linear")
+            refs = fit_seeds(raw_ref, task.labels, config, **place)
+            rows.append(_Row(task, "mean-pool", "linear", config, refs))
+        if "transformer" in section.baselines:
+            config = ProbeConfig.paper("attentive")
+            refs = fit_seeds(raw_ref, task.labels, config, baseline=SCRATCH, **place)
+            rows.append(_Row(task, "transformer", "scratch", config, refs))
     return rows
+
+
+def _wait_with_progress(refs: list) -> None:
+    """Wait for every probe fit (row × seed), showing how many are done."""
+    with Progress(len(refs), "probe", "fits") as bar:
+        left = list(refs)
+        while left:
+            done, left = ray.wait(left, num_returns=1)
+            bar.update(len(done))
 
 
 def run_probe(
@@ -126,40 +172,41 @@ def run_probe(
     each); write ``results.csv``/``results.md`` and confusion matrices under ``out``; log
     every row to MLflow.
 
+    Each row is trained ``section.seeds`` times, each seed in a Ray task that reserves
+    ``section.cpus_per_task`` CPUs and ``section.gpus_per_task`` GPUs (default 0.25 on a
+    cluster with GPUs) and trains on ``section.device`` (``auto``: CUDA when it holds a
+    GPU). The feature tables reach the tasks through the object store; the driver never
+    loads them. Rows report the mean and standard deviation over seeds, and the node and
+    device their seeds ran on.
+
     Args:
         checkpoint: a checkpoint or pre-training run directory.
         embeddings: the extraction output (holds ``segments/``).
         labels_paths: labels files, one task each (named by the file's stem).
-        out: the output directory (also holds the feature cache, ``<out>/features``).
+        out: the output directory (also holds the feature cache, ``<out>/features``); on a
+            cluster, a filesystem every node mounts.
         section: ``probes`` (each trained with ``section.config(kind)``: the paper's recipe
             under the section's), ``baselines`` (``mean-pool`` trains with the linear probe's
             recipe, so the two linear rows differ only in their features; ``transformer``
-            with the paper's attentive recipe) and the torch ``device``.
+            with the paper's attentive recipe), seeds, device and task resources.
         tracking_uri: the MLflow store; default: the pre-training run's store above the
             checkpoint, else ``<out>/mlflow.db`` (:func:`lvmae.tracking.tracking_uri_near`).
 
     Returns:
-        One row per task × (probe kind, then baselines).
+        One row per task × (probe, then baselines).
 
     Raises:
         ProbeError (:mod:`lvmae.probes.features`), LabelsError, StorageError,
         CheckpointError: bad input, before any training.
     """
-    kinds = list(dict.fromkeys(section.probes))
-    configs = {kind: section.config(kind) for kind in kinds}
     tasks = load_tasks(labels_paths, video_ids(embeddings))
-    lvmae = load_features(compute_features(checkpoint, embeddings, out))
-    raw = raw_features(embeddings) if section.baselines else None
+    cache = compute_features(checkpoint, embeddings, out, actors=section.encoder_actors)
+    lvmae_ref = load_features_remote("cache", str(cache))
+    raw_ref = load_features_remote("raw", embeddings) if section.baselines else None
     out_dir = Path(out)
-    rows: list[tuple[ProbeResult, ProbeConfig]] = []
-    for task in tasks:
-        for kind in kinds:
-            fit = evaluate(task.labels, lvmae, configs[kind], device=section.device)
-            row = result_from_fit("lvmae", kind, task=task.name, labels=task.labels, fit=fit,
-                                  out=out_dir)  # fmt: skip
-            rows.append((row.model_copy(update={"skipped": task.skipped}), configs[kind]))
-        if raw is not None:
-            rows += _baselines(task, raw, section, out_dir)
+    pending = _start_rows(tasks, section, lvmae_ref, raw_ref)
+    _wait_with_progress([ref for row in pending for ref in row.refs])
+    rows = [(row.result(ray.get(row.refs), out_dir), row.config) for row in pending]
     files = write_results([row for row, _ in rows], out_dir)
     uri = tracking_uri or tracking_uri_near(checkpoint, out)
     _track(rows, files, out=out, tracking_uri=uri)
@@ -180,18 +227,16 @@ def _track(
     for result, config in rows:
         row = result.as_row()
         name = f"{result.task}:{result.method}:{result.probe}"
-        run_id = open_run(
+        with tracked_run(
             tracking_uri, "lvmae-probe", name, out=out, tags={"lvmae.stage": "probe"},
             params={**{f"probe.{k}": v for k, v in config.to_dict().items()},
                     "method": result.method, "task": result.task},
-        )  # fmt: skip
-        for key, value in row.items():
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                client.log_metric(run_id, key, float(value))
-        if result.confusion_matrix:
-            client.log_artifact(run_id, str(Path(out) / result.confusion_matrix))
-        for f in files:
-            client.log_artifact(run_id, str(f))
+        ) as run_id:  # fmt: skip
+            log_numbers(client, run_id, row)
+            if result.confusion_matrix:
+                client.log_artifact(run_id, str(Path(out) / result.confusion_matrix))
+            for f in files:
+                client.log_artifact(run_id, str(f))
 
 
 # --------------------------------------------------------------------------- sweeping
@@ -204,17 +249,22 @@ def run_sweep(
     out: str,
     section: TuneSection,
     *,
+    probe: ProbeSection | None = None,
     tracking_uri: str | None = None,
     verbose: int = 1,
 ) -> list[ProbeResult]:
     """Sweep probe hyperparameters on every labels file (a task each) with
     :func:`tune.sweep.run_tune`, on the frozen encoder's features cached under
-    ``<out>/features`` (the cache :func:`run_probe` uses with the same ``out``).
+    ``<out>/features`` (the cache :func:`run_probe` uses with the same ``out``). The
+    features reach the trials through the object store, never through the driver.
 
     Args:
         checkpoint, embeddings, labels_paths, out: as for :func:`run_probe`; the sweep's
             outputs go under ``<out>/tune``.
-        section: the sweep's settings (trials, search space, concurrency, GPUs, seed).
+        section: the sweep's settings (trials, search space, kinds, grace period, seeds,
+            concurrency, GPUs, seed).
+        probe: the probe stage's section: its recipes are the sweep's first trial and the
+            centre of the default space (default: the paper's recipes).
         tracking_uri: the MLflow store (default as for :func:`run_probe`).
         verbose: Ray Tune's verbosity (0-3).
 
@@ -225,8 +275,13 @@ def run_sweep(
         ConfigError (bad search space), ProbeError, LabelsError, StorageError,
         CheckpointError: bad input, before any trial starts.
     """
-    load_space(section.space)  # a bad space fails before the features are computed
+    probe = probe or ProbeSection()
+    recipes = {kind: probe.config(kind) for kind in section.probes}
+    load_space(section.space, recipes=recipes)  # a bad space fails before any work
     tasks = load_tasks(labels_paths, video_ids(embeddings))
-    features = load_features(compute_features(checkpoint, embeddings, out))
+    cache = compute_features(checkpoint, embeddings, out, actors=probe.encoder_actors)
+    features = load_features_remote("cache", str(cache))
     uri = tracking_uri or tracking_uri_near(checkpoint, out)
-    return run_tune(tasks, features, out, section, tracking_uri=uri, verbose=verbose)
+    return run_tune(
+        tasks, features, out, section, recipes=recipes, tracking_uri=uri, verbose=verbose
+    )

@@ -151,14 +151,28 @@ def _table(header: Sequence[str], body: Iterable[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _pm(value: float | None, std: float | None) -> str:
+    """``value ± std`` (3 decimals), just the value without a spread, blank when missing."""
+    if value is None:
+        return ""
+    return _cell(value) if std is None else f"{_cell(value)} ± {_cell(std)}"
+
+
+def _std_of(result: ProbeResult, key: str) -> float | None:
+    return getattr(result, f"{key}_std", None)
+
+
 def results_table(results: Sequence[ProbeResult]) -> str:
     """The probe results as a Markdown table (also fit to print on a terminal).
 
-    Columns: task, method, probe, then each metric that some result holds (top-1, top-5,
-    mean class accuracy as fractions in ``[0, 1]``; MSE, MAE in the targets' units), then
-    ``test n`` (the test-split size). Floats are written with 3 decimals, NaN as "–"; a
-    metric a result does not have is left blank. Results are grouped by task (in order of
-    first appearance), keeping their order.
+    Columns: task, method, probe, seeds, ``val`` (the validation metric that picked the
+    epoch: top-1 or MSE), each test metric that some result holds (top-1, top-5, mean class
+    accuracy as fractions in ``[0, 1]``; MSE, MAE in the targets' units), ``sweep / recipe
+    val`` when a tuned row is present (the chosen trial's val next to the recipe trial's,
+    so tuning that did not help on val is visible before test), and ``test n``. A value
+    trained with several seeds is written ``mean ± std``. Floats have 3 decimals, NaN is
+    "–"; a metric a result does not have is left blank. Results are grouped by task (in
+    order of first appearance), keeping their order.
 
     Returns:
         The table without a trailing newline, or ``"No probe results."`` when ``results``
@@ -170,12 +184,21 @@ def results_table(results: Sequence[ProbeResult]) -> str:
     metrics = [
         (k, h) for k, h in _METRIC_COLUMNS if any(getattr(r, k) is not None for r in ordered)
     ]
-    header = ["task", "method", "probe", *(h for _, h in metrics), "test n"]
+    tuned = any(r.recipe_val is not None or r.sweep_val is not None for r in ordered)
+    header = ["task", "method", "probe", "seeds", "val", *(h for _, h in metrics)]
+    header += ["sweep / recipe val"] if tuned else []
+    header += ["test n"]
 
     def cells(r: ProbeResult) -> list[str]:
-        values = (getattr(r, key) for key, _ in metrics)
-        scores = ["" if v is None else _cell(v) for v in values]
-        return [_cell(r.task), _cell(r.method), _cell(r.probe), *scores, _cell(r.test)]
+        val_key, val = r.val_metric
+        scores = [_pm(getattr(r, key), _std_of(r, key)) for key, _ in metrics]
+        row = [_cell(r.task), _cell(r.method), _cell(r.probe), _cell(r.seeds),
+               _pm(val, _std_of(r, val_key)), *scores]  # fmt: skip
+        if tuned:
+            row.append(
+                f"{_cell(r.sweep_val)} / {_cell(r.recipe_val)}" if r.sweep_val is not None else ""
+            )
+        return [*row, _cell(r.test)]
 
     return _table(header, (cells(r) for r in ordered))
 
@@ -275,30 +298,47 @@ def _plot_probes(groups: Mapping[str, Sequence[ProbeResult]], path: Path) -> boo
     ncols = min(len(panels), 4)
     nrows = math.ceil(len(panels) / ncols)
     panel_width = max(2.6, 0.7 * max(len(g) for _, g, _, _ in panels) + 1.0)
-    fig = _new_figure(panel_width * ncols, 3.6 * nrows + 0.4 * math.ceil(len(names) / 3))
+    legend_width = 0.085 * max(18, *(len(n) for n in names)) + 0.6
+    fig = _new_figure(panel_width * ncols + legend_width, 3.6 * nrows)
     for i, (task, group, key, mode) in enumerate(panels):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         values = [_score(r, key) for r in group]
+        stds = [r.main_std if v is not None and r.main_std is not None else 0.0
+                for r, v in zip(group, values, strict=True)]  # fmt: skip
         bars = ax.bar(
             range(len(group)),
             [0.0 if v is None else v for v in values],
+            yerr=stds,  # the spread over seeds (sample std); 0 for one seed
+            capsize=4,
+            ecolor="#333333",
             color=[colours[r.name] for r in group],
         )
-        ax.bar_label(bars, labels=["–" if v is None else f"{v:.3f}" for v in values],
+        ax.bar_label(bars, labels=[_bar_text(v, s) for v, s in zip(values, stds, strict=True)],
                      padding=2, fontsize=8)  # fmt: skip
         ax.set_xticks([])
         ax.set_title(task)
         ax.set_ylabel(f"{_METRIC_LABELS[key]} ({'higher' if mode == 'max' else 'lower'} is better)")
-        top = max((v for v in values if v is not None), default=0.0)
+        top = max((v + s for v, s in zip(values, stds, strict=True) if v is not None),
+                  default=0.0)  # fmt: skip
         if key == "top1":
             ax.set_ylim(0.0, 1.1)
         elif top > 0:
             ax.set_ylim(0.0, 1.15 * top)
     handles = [Patch(facecolor=colours[n]) for n in names]
-    fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 3), frameon=False)
-    # The legend can be wider than narrow panels; "tight" grows the saved image to hold it.
-    fig.savefig(path, format="png", bbox_inches="tight")
+    # One entry per line, to the right of the panels: constrained layout makes room for it
+    # whatever the names' length (a centred legend wider than the panels used to spill
+    # past the figure's left edge); "tight" keeps every drawn pixel in the saved image.
+    fig.legend(handles, names, loc="outside right upper", ncol=1, frameon=False,
+               title="whiskers: ± std over seeds",
+               title_fontsize=8, fontsize=9)  # fmt: skip
+    fig.savefig(path, format="png", bbox_inches="tight", pad_inches=0.15)
     return True
+
+
+def _bar_text(value: float | None, std: float) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.3f}" if not std else f"{value:.3f}±{std:.3f}"
 
 
 def _resolve(cm: str, task: str, probe_dir: Path | None) -> Path | None:

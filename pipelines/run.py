@@ -32,7 +32,7 @@ import ray
 
 from lvmae.config import STAGE_NAMES, ConfigError, RunConfig, load_run_config
 from lvmae.probes.results import ProbeResult
-from lvmae.tracking import default_tracking_uri
+from lvmae.tracking import default_tracking_uri, log_embeddings_input
 from pipelines.connect import check_reachable, connect_ray
 from pipelines.stages import STAGES, Stage, StageContext, StageError, StageRecord
 from pipelines.stages.base import sha
@@ -133,6 +133,8 @@ class _Chain:
         resources = stage.resources(self.context.config)
         with tracker.stage(stage.name, {"resources": resources}) as run_id:
             self.context.stage_run_id = run_id
+            if "extract" in stage.requires:  # the stage reads the segment embeddings
+                log_embeddings_input(self.context.tracking_uri, run_id, self.context.embeddings)
             output = stage.run(self.context)
             record = StageRecord(
                 stage.name, fingerprint, output.digest(), output.model_dump(mode="json"),

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from mlflow.tracking import MlflowClient
 
 from lvmae.config import RunConfig
-from lvmae.tracking import PARENT_TAG, nested_under, open_run
+from lvmae.tracking import PARENT_TAG, nested_under, open_run, system_metrics
 
 
 class RunTracker:
@@ -52,7 +52,7 @@ class RunTracker:
         run_id = self.open_stage(stage, params)
         self.client.update_run(run_id, status="RUNNING")
         try:
-            with nested_under(self.experiment, run_id):
+            with nested_under(self.experiment, run_id), system_metrics(run_id, self.uri):
                 yield run_id
         except BaseException as exc:
             status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"

@@ -1,6 +1,6 @@
 """Search spaces of the probe sweep: which recipe fields a sweep may vary, how a YAML file
-describes their ranges, and how a trial's sampled values become a
-:class:`~lvmae.config.ProbeConfig`.
+describes their ranges, the default space centred on the recipe, the recipe as the first
+trial, and how a trial's sampled values become a :class:`~lvmae.config.ProbeConfig`.
 
 A space file maps a parameter of :data:`KNOBS` to one sampler of :data:`SAMPLERS` with its
 arguments, or to a constant::
@@ -8,29 +8,32 @@ arguments, or to a constant::
     probe: {choice: [linear, attentive]}
     lr: {loguniform: [1.0e-5, 3.0e-3]}
     batch_size: 16
+
+Without a file, :func:`default_space_spec` centres the space on the recipe being tuned
+(lr ÷10..×10, batch size and epochs ×½, ×1, ×1.5–2, dropout 0–0.3) and sweeps the probe
+kind only when several kinds are asked for.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from ray import tune
+from ray.tune.search.sample import Domain
 
 from lvmae.config import ConfigError, ProbeConfig, read_yaml_mapping
 
-__all__ = ["DEFAULT_SPACE", "KNOBS", "SAMPLERS", "load_space", "max_epochs", "probe_config"]
-
-DEFAULT_SPACE: dict[str, dict[str, list[Any]]] = {
-    "probe": {"choice": ["linear", "attentive"]},
-    "lr": {"loguniform": [1e-5, 3e-3]},
-    "weight_decay": {"loguniform": [1e-6, 1e-2]},
-    "batch_size": {"choice": [8, 16, 32]},
-    "epochs": {"choice": [10, 20, 30]},
-    "dropout": {"uniform": [0.0, 0.3]},
-}
-"""The space swept when none is given: probe kind, Adam lr and weight decay, batch size
-(videos), epochs and dropout."""
+__all__ = [
+    "KNOBS",
+    "SAMPLERS",
+    "default_space_spec",
+    "load_space",
+    "max_epochs",
+    "probe_config",
+    "recipe_point",
+]
 
 SAMPLERS = ("choice", "uniform", "loguniform", "randint", "grid")
 """Samplers a space file may use (Ray Tune's ``choice``, ``uniform``, ``loguniform``,
@@ -41,6 +44,39 @@ KNOBS = {"probe", "lr", "weight_decay", "batch_size", "epochs", "dropout", "gamm
 :class:`~lvmae.config.ProbeConfig`."""
 
 _RECIPE_KNOBS = ("lr", "weight_decay", "batch_size", "epochs", "dropout", "gamma")
+
+
+def _paper_recipes() -> dict[str, ProbeConfig]:
+    return {"linear": ProbeConfig.paper("linear")}
+
+
+def default_space_spec(recipes: Mapping[str, ProbeConfig]) -> dict[str, Any]:
+    """The default space (as a space file would write it), centred on the first recipe of
+    ``recipes`` (kind → resolved recipe): lr log-uniform in [lr/10, 10·lr]; batch size and
+    epochs among {½, 1, 1.5}× the recipe's (batch size also 2×); weight decay among
+    {0, 1e-4, 1e-3, 1e-2} plus the recipe's; dropout uniform in [0, 0.3]. The probe kind is
+    a choice only when ``recipes`` holds several kinds.
+
+    Raises:
+        ValueError: ``recipes`` is empty.
+    """
+    if not recipes:
+        raise ValueError("default_space_spec needs at least one recipe")
+    kinds = list(recipes)
+    r = recipes[kinds[0]]
+    assert r.lr is not None and r.epochs is not None and r.batch_size is not None
+    batches = sorted({max(1, r.batch_size // 2), r.batch_size, 2 * r.batch_size})
+    epochs = sorted({max(1, r.epochs // 2), r.epochs, math.ceil(1.5 * r.epochs)})
+    spec: dict[str, Any] = {
+        "lr": {"loguniform": [r.lr / 10, r.lr * 10]},
+        "batch_size": {"choice": batches},
+        "epochs": {"choice": epochs},
+        "weight_decay": {"choice": sorted({0.0, 1e-4, 1e-3, 1e-2, r.weight_decay})},
+        "dropout": {"uniform": [0.0, 0.3]},
+    }
+    if len(kinds) > 1:
+        spec = {"probe": {"choice": kinds}, **spec}
+    return spec
 
 
 def _sampler(name: str, sampler: str, args: Any) -> Any:
@@ -56,17 +92,21 @@ def _sampler(name: str, sampler: str, args: Any) -> Any:
         raise ConfigError(f"search space: {name}: bad {sampler} arguments {args!r}") from exc
 
 
-def load_space(path: str | None = None) -> dict[str, Any]:
+def load_space(
+    path: str | None = None, *, recipes: Mapping[str, ProbeConfig] | None = None
+) -> dict[str, Any]:
     """A Tune search space from YAML (``{param: {sampler: args}}``, samplers
-    ``choice``/``uniform``/``loguniform``/``randint``/``grid``, or a plain constant);
-    :data:`DEFAULT_SPACE` when ``path`` is None.
+    ``choice``/``uniform``/``loguniform``/``randint``/``grid``, or a plain constant); the
+    :func:`default_space_spec` of ``recipes`` (default: the paper's linear recipe) when
+    ``path`` is None.
 
     Raises:
         ConfigError: unreadable file, unknown parameter or sampler, bad arguments.
     """
-    spec: Mapping[str, Any] = DEFAULT_SPACE
     if path is not None:
-        spec = read_yaml_mapping(path, "search space")
+        spec: Mapping[str, Any] = read_yaml_mapping(path, "search space")
+    else:
+        spec = default_space_spec(recipes or _paper_recipes())
     space: dict[str, Any] = {}
     for name, value in spec.items():
         if name not in KNOBS:
@@ -84,8 +124,8 @@ def load_space(path: str | None = None) -> dict[str, Any]:
 
 
 def max_epochs(space: Mapping[str, Any]) -> int:
-    """The most epochs a trial of ``space`` can run (ASHA's ``max_t``); 30 (the linear
-    probe's paper recipe) when the space does not vary ``epochs``."""
+    """The most epochs a trial of ``space`` can run; 30 (the linear probe's paper recipe)
+    when the space does not vary ``epochs``."""
     epochs = space.get("epochs", 30)
     if hasattr(epochs, "categories"):
         return max(epochs.categories)
@@ -96,12 +136,49 @@ def max_epochs(space: Mapping[str, Any]) -> int:
     return int(epochs)
 
 
-def probe_config(params: Mapping[str, Any]) -> ProbeConfig:
-    """The probe recipe of one trial's sampled ``params`` (kind ``params["probe"]``, linear
-    when not swept; unswept fields keep the paper's values for that kind).
+def _nearest(domain: Any, value: Any) -> Any:
+    """The value of a sampled Tune domain nearest to ``value``: ``value`` itself when the
+    domain holds it; else the closest category (numbers) or the first one; else ``value``
+    clipped into ``[lower, upper]`` (``upper - 1`` for integer domains, whose upper bound is
+    exclusive)."""
+    if hasattr(domain, "categories"):
+        cats = list(domain.categories)
+        if value in cats:
+            return value
+        numeric = [c for c in cats if isinstance(c, int | float) and not isinstance(c, bool)]
+        if isinstance(value, int | float) and numeric:
+            return min(numeric, key=lambda c: abs(c - value))
+        return cats[0]
+    integer = isinstance(domain.lower, int)
+    upper = domain.upper - 1 if integer else domain.upper
+    return min(max(value, domain.lower), upper)
+
+
+def recipe_point(space: Mapping[str, Any], recipe: ProbeConfig) -> dict[str, Any]:
+    """The recipe as a trial of ``space`` (for ``points_to_evaluate``): for every sampled
+    parameter, the recipe's value (``probe``: its kind; ``gamma``: 1.0, a constant lr, when
+    the recipe has none), or the nearest value the parameter's domain holds when a space
+    file leaves the recipe's value out. Constants and grids are not part of the point."""
+    values = {"probe": recipe.kind, **{k: getattr(recipe, k) for k in _RECIPE_KNOBS}}
+    if values["gamma"] is None:
+        values["gamma"] = 1.0
+    return {
+        k: _nearest(d, values[k]) for k, d in space.items() if k in values and isinstance(d, Domain)
+    }
+
+
+def probe_config(
+    params: Mapping[str, Any], recipes: Mapping[str, ProbeConfig] | None = None
+) -> ProbeConfig:
+    """The probe recipe of one trial's sampled ``params``: kind ``params["probe"]`` (else the
+    first kind of ``recipes``, else linear), its recipe from ``recipes`` (else the paper's)
+    with the sampled fields on top.
 
     Raises:
         pydantic.ValidationError (a ``ValueError``): a sampled value out of range.
     """
-    kind = params.get("probe", "linear")
-    return ProbeConfig(kind=kind, **{k: params[k] for k in _RECIPE_KNOBS if k in params})
+    recipes = recipes or {}
+    kind = params.get("probe", next(iter(recipes), "linear"))
+    base = recipes.get(kind) or ProbeConfig.paper(kind)
+    picked = {k: params[k] for k in _RECIPE_KNOBS if k in params}
+    return ProbeConfig(**{**base.model_dump(exclude={"kind"}), **picked, "kind": kind})

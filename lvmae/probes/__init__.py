@@ -11,7 +11,8 @@ those cached features, so the encoder never runs inside the probe's epochs.
   validation, test scores at the best validation epoch).
 - :mod:`lvmae.probes.features`: cached per-video features, labels → splits, and
   :func:`evaluate` (one probe on one labels set).
-- :mod:`lvmae.probes.results`: the typed results row :class:`ProbeResult`.
+- :mod:`lvmae.probes.results`: the typed results row :class:`ProbeResult` (mean ± std
+  over seeds, :func:`result_from_fits`).
 
 The recipes (:class:`ProbeConfig`, the paper's values in
 :data:`lvmae.config.PAPER_PROBE_RECIPES`) live in :mod:`lvmae.config`.
@@ -44,8 +45,8 @@ from lvmae.probes.heads import (
     build_probe,
     mean_pool,
 )
-from lvmae.probes.results import ProbeResult, result_from_fit, write_results
-from lvmae.probes.train import VAL_METRIC, ProbeData, ProbeFit, train_probe
+from lvmae.probes.results import ProbeResult, result_from_fit, result_from_fits, write_results
+from lvmae.probes.train import VAL_METRIC, ProbeData, ProbeFit, resolve_device, train_probe
 
 __all__ = [
     "CLS_SOURCES",
@@ -71,7 +72,9 @@ __all__ = [
     "mean_pool",
     "probe_data",
     "raw_features",
+    "resolve_device",
     "result_from_fit",
+    "result_from_fits",
     "train_probe",
     "video_ids",
     "write_results",

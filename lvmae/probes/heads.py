@@ -5,7 +5,8 @@
 - :class:`LinearProbe`: ``Linear(W, n_out)`` on the mean-pooled features (the paper's
   linear probe).
 - :class:`AttentiveProbe`: the paper's attentive probe, one trainable transformer block
-  over [CLS] + tokens, a LayerNorm and a linear classifier on the [CLS] output.
+  over the frozen encoder's [CLS] + its tokens, a LayerNorm and a linear classifier on the
+  [CLS] output (a learned [CLS] as an option).
 - :class:`PoolerProbe`: V-JEPA's attentive pooler (learned query, cross-attention).
 - :class:`TransformerBaseline`: the paper's "LanguageBind-Transformer" row, a small
   transformer trained from scratch on the raw segment embeddings (no LV-MAE).
@@ -125,11 +126,13 @@ class AttentiveProbe(nn.Module):
     ``mlp_ratio``); [PAD] tokens are masked out of attention, so outputs do not depend on
     how much padding a batch carries. The [CLS] slot is filled by:
 
-    - ``cls_source="learned"`` (default): a learned token prepended to the frozen tokens.
-      Needs only the cached token sequence.
-    - ``cls_source="encoder"``: the frozen encoder's own [CLS] output, passed as
-      ``forward(..., cls=...)``. This is what the authors' public code does (it feeds the
-      encoder's whole output, [CLS] first, to the block).
+    - ``cls_source="encoder"`` (default, the paper's): the frozen encoder's own [CLS]
+      output, passed as ``forward(..., cls=...)``; the block adapts it while attending to
+      the encoder's token outputs, and its [CLS] output feeds the classifier (LV-MAE §8,
+      Table 7; the authors' public ``test_ap_movie_clip.py`` feeds the encoder's whole
+      output, [CLS] first, to the block). Results call it ``attentive``.
+    - ``cls_source="learned"``: a new learned token prepended to the frozen tokens; needs
+      only the cached token sequence. Results call it ``attentive-learned``.
 
     The probe adds no positions: the frozen LV-MAE tokens already carry the encoder's.
     ``dropout`` applies inside the block and before the classifier (0 in the paper). The
@@ -146,7 +149,7 @@ class AttentiveProbe(nn.Module):
         heads: int = 8,
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
-        cls_source: str = "learned",
+        cls_source: str = "encoder",
     ) -> None:
         super().__init__()
         _check_heads(width, heads)

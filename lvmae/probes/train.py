@@ -30,7 +30,7 @@ from lvmae.metrics import regression_report, top_k_accuracy
 from lvmae.probes.heads import build_probe
 from lvmae.sequences import collate
 
-__all__ = ["VAL_METRIC", "ProbeData", "ProbeFit", "train_probe"]
+__all__ = ["VAL_METRIC", "ProbeData", "ProbeFit", "resolve_device", "train_probe"]
 
 VAL_METRIC: dict[str, tuple[str, str]] = {
     "classification": ("val_top1", "max"),
@@ -43,6 +43,22 @@ _EVAL_BATCH = 64  # videos per forward pass when scoring val/test (no effect on 
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 """``on_epoch(epoch, metrics)``: the 0-based epoch and that epoch's history row."""
+
+
+def resolve_device(device: str, *, holds_gpu: bool) -> str:
+    """The torch device a probe trains on.
+
+    ``"auto"``: ``"cuda"`` when the caller holds a GPU (a Ray task or trial that reserved
+    one) and CUDA is available, else ``"cpu"``. Any other value is returned unchanged.
+
+    Raises:
+        ValueError: an explicit CUDA device without CUDA on this machine.
+    """
+    if device == "auto":
+        return "cuda" if holds_gpu and torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but CUDA is not available here")
+    return device
 
 
 # ------------------------------------------------------------------------------------ data

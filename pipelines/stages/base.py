@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from lvmae.config import LabelsSource, RunConfig
 from lvmae.errors import LvmaeError
 from lvmae.labels import from_source, write_labels
-from lvmae.samples import ORDER_RECIPES
+from lvmae.samples import HARD_ORDER_RECIPES, ORDER_RECIPES
 from lvmae.storage import read_videos
 
 log = logging.getLogger(__name__)
@@ -220,7 +220,8 @@ class StageContext:
         samples = self.config.samples
         if samples is not None:
             recipes = samples.recipes
-            name = "scene_order" if recipes and set(recipes) <= set(ORDER_RECIPES) else "recipe"
+            orders = {*ORDER_RECIPES, *HARD_ORDER_RECIPES}
+            name = "scene_order" if recipes and set(recipes) <= orders else "recipe"
             target = Path(self.path("labels", f"{name}.csv"))
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(Path(self.config.run.input) / "labels.csv", target)

@@ -82,7 +82,7 @@ class ExtractStage(BaseStage):
             context.config.run.input,
             context.embeddings,
             context.config.extract,
-            progress=False,
+            progress=True,
             tracking_uri=context.tracking_uri,
         )
         videos = read_videos(context.embeddings)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from lvmae.config import RunConfig
+from lvmae.registry import register_encoder
 from pipelines.pretrain import run_pretrain
 from pipelines.stages.base import BaseStage, StageContext, StageError, StageOutput, numbers, sha
 
@@ -18,6 +19,7 @@ class PretrainOutput(StageOutput):
     run_name: str
     mlflow_run_id: str | None
     metrics: dict[str, float]
+    model_uri: str | None = None
 
     def digest(self) -> str:
         return sha([self.checkpoint, self.metrics.get("step")])
@@ -50,9 +52,15 @@ class PretrainStage(BaseStage):
         result = run_pretrain(context.embeddings, context.path("pretrain"), config)
         if result.checkpoint is None:
             raise StageError("pre-training finished without a checkpoint")
+        model_uri = None
+        if result.mlflow_run_id is not None:
+            model_uri = register_encoder(
+                result.checkpoint, tracking_uri=context.tracking_uri, run_id=result.mlflow_run_id
+            ).model_uri
         return PretrainOutput(
             checkpoint=result.checkpoint,
             run_name=result.run_name,
             mlflow_run_id=result.mlflow_run_id,
             metrics=numbers(result.metrics),
+            model_uri=model_uri,
         )

@@ -54,7 +54,11 @@ class ProbeStage(BaseStage):
         }
 
     def resources(self, config: RunConfig) -> dict[str, float]:
-        return {"CPU": 1.0, "GPU": 1.0 if config.probe.device.startswith("cuda") else 0.0}
+        """What each probe-training task reserves (the driver itself only orchestrates;
+        the GPU share is resolved against the cluster when the stage runs)."""
+        p = config.probe
+        gpus = p.gpus_per_task if p.gpus_per_task is not None else 0.0
+        return {"CPU": p.cpus_per_task, "GPU": gpus}
 
     def check(self, context: StageContext) -> None:
         check_labels(context)

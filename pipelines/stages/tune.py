@@ -7,14 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from tune.space import load_space
-
 from lvmae.config import RunConfig
 from lvmae.probes.results import ProbeResult
 from pipelines.probe import run_sweep
 from pipelines.stages.base import BaseStage, StageContext, StageOutput, file_digest, sha
 from pipelines.stages.pretrain import PretrainOutput
 from pipelines.stages.probe import check_labels
+from tune.space import load_space
 
 
 class TuneOutput(StageOutput):
@@ -39,6 +38,7 @@ class TuneStage(BaseStage):
         t = context.config.tune
         return {
             "tune": t.model_dump(mode="json"),
+            "recipes": {k: context.config.probe.config(k).to_dict() for k in t.probes},
             "space": file_digest(t.space),
             "labels": context.labels_settings(),
         }
@@ -49,13 +49,14 @@ class TuneStage(BaseStage):
 
     def check(self, context: StageContext) -> None:
         check_labels(context)
-        load_space(context.config.tune.space)
+        t = context.config.tune
+        load_space(t.space, recipes={k: context.config.probe.config(k) for k in t.probes})
 
     def run(self, context: StageContext) -> TuneOutput:
         checkpoint = context.output("pretrain", PretrainOutput).checkpoint
         out = context.path("probe")  # shares the probe stage's feature cache
         results = run_sweep(
             checkpoint, context.embeddings, context.labels_files(), out, context.config.tune,
-            tracking_uri=context.tracking_uri, verbose=0,
+            probe=context.config.probe, tracking_uri=context.tracking_uri, verbose=0,
         )  # fmt: skip
         return TuneOutput(dir=str(Path(out) / "tune"), results=results)

@@ -17,9 +17,11 @@ def _real(lengths: list[int], total: int | None = None) -> torch.Tensor:
 
 
 def _expected_count(n: int, ratio: float) -> int:
-    if n <= 1:
+    """The authors' reference code: ``int(n * (1 - ratio))`` tokens stay visible (at least
+    one here), the rest are masked."""
+    if n == 0:
         return 0
-    return min(max(round(ratio * n), 1), n - 1)
+    return n - max(int(n * (1 - ratio)), 1)
 
 
 LENGTHS = [0, 1, 2, 3, 5, 7, 10, 16, 33, 64]
@@ -38,6 +40,20 @@ def test_counts_per_video_and_pads(kind, ratio):
     assert mask_counts(real, ratio).tolist() == counts
     visible = real & ~mask
     assert all(v >= 1 for v, n in zip(visible.sum(1).tolist(), LENGTHS, strict=True) if n >= 1)
+
+
+@pytest.mark.parametrize("kind", ["random", "semantic"])
+def test_mask_counts_follow_the_reference_code(kind):
+    """The reference keeps int(n * (1 - r)) visible, so it masks ceil(n * r): an odd n at
+    ratio 0.5 masks one more than it keeps; a 1-token video keeps its token."""
+    lengths = [1, 2, 3, 5, 9, 17, 256]
+    real = _real(lengths)
+    x = F.normalize(torch.randn(*real.shape, 8, generator=torch.Generator().manual_seed(1)), dim=-1)
+    mask = make_mask(kind, x, real, 0.5, torch.Generator().manual_seed(0))
+    assert mask.sum(1).tolist() == [0, 1, 2, 3, 5, 9, 128]
+    assert [math.ceil(n * 0.5) for n in lengths[1:]] == [1, 2, 3, 5, 9, 128]
+    assert mask_counts(_real([10]), 0.3).tolist() == [3]  # int(10 * 0.7) = 7 visible
+    assert mask_counts(_real([10]), 0.75).tolist() == [8]  # int(2.5) = 2 visible
 
 
 def test_random_masks_reproducible_and_varied():

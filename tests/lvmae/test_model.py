@@ -191,3 +191,54 @@ def test_tiny_model_overfits_a_tiny_batch():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] / 10, (losses[0], losses[-1])
+
+
+@pytest.mark.parametrize("masking", ["random", "semantic"])
+def test_packed_and_padded_forward_agree(masking):
+    """The packed path (compute on real tokens only) gives the dense path's predictions and
+    encodings to 1e-5, for lengths from 1 to the cap and both maskings, and the same loss
+    gradients."""
+    from lvmae.masking import make_mask
+
+    model = _tiny(max_tokens=24).train()  # dropout/drop_path are 0: train mode is deterministic
+    lengths = [1, 2, 3, 7, 24, 13, 5]
+    x, real = _batch(lengths, 24, seed=4)
+    mask = make_mask(masking, x, real, 0.5, torch.Generator().manual_seed(5))
+    dense = model(x, real, mask, packed=False)
+    packed = model(x, real, mask)
+    assert packed.shape == dense.shape == (len(lengths), 24, D_IN)
+    torch.testing.assert_close(packed[real], dense[real], atol=1e-5, rtol=1e-5)
+    assert torch.equal(packed[~real], torch.zeros_like(packed[~real]))
+    # Training signal: the same loss and the same gradient on every parameter.
+    grads = []
+    for out in (dense, packed):
+        model.zero_grad()
+        loss = reconstruction_loss(out, x, mask)
+        loss.backward(retain_graph=True)
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, atol=1e-5, rtol=1e-4, msg=name)
+    with torch.no_grad():
+        cls_d, tok_d = model.encode(x, real, packed=False)
+        cls_p, tok_p = model.encode(x, real)
+    torch.testing.assert_close(cls_p, cls_d, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tok_p, tok_d, atol=1e-5, rtol=1e-5)
+
+
+def test_packed_drop_path_drops_whole_videos():
+    """Stochastic depth in the packed layout draws once per video, as in the dense layout."""
+    from lvmae.model import DropPath
+
+    torch.manual_seed(0)
+    drop = DropPath(0.5).train()
+    sample = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    out = drop(torch.ones(9, 4), sample)
+    for b in range(3):
+        rows = out[sample == b]
+        assert torch.all(rows == rows[0, 0]) and rows[0, 0].item() in (0.0, 2.0)
+
+
+def test_layer_norms_use_maes_epsilon():
+    model = _tiny()
+    norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
+    assert norms and all(m.eps == 1e-6 for m in norms)

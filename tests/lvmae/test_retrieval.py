@@ -29,9 +29,15 @@ def _brute_top_k(q: np.ndarray, c: np.ndarray, k: int) -> tuple[np.ndarray, np.n
 
 
 def _brute_ranks(q: np.ndarray, c: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Reference: an explicit per-query count of strictly higher candidates."""
+    """Reference: an explicit per-query count of the OTHER candidates scoring at least as
+    high as the target (ties count against the query)."""
     s = normalize(q) @ normalize(c).T
-    return np.array([1 + int(np.sum(s[i] > s[i, t])) for i, t in enumerate(targets)])
+    return np.array(
+        [
+            1 + sum(1 for j in range(s.shape[1]) if j != t and s[i, j] >= s[i, t])
+            for i, t in enumerate(targets)
+        ]
+    )
 
 
 def _dyadic(rng: np.random.Generator, n: int, d: int = 8) -> np.ndarray:
@@ -255,7 +261,7 @@ def test_retrieval_ranks_match_brute_force(chunk):
 
 
 @pytest.mark.parametrize("chunk", [3, 1000])
-def test_retrieval_ranks_exact_ties_count_for_the_query(chunk):
+def test_retrieval_ranks_exact_ties_count_against_the_query(chunk):
     rng = np.random.default_rng(5)
     cands = _dyadic(rng, 40)
     cands = np.concatenate([cands, cands[:10]])  # duplicates: exact ties with the target
@@ -263,9 +269,31 @@ def test_retrieval_ranks_exact_ties_count_for_the_query(chunk):
     targets = rng.integers(0, 50, 30)
     ranks = retrieval_ranks(queries, cands, targets, chunk=chunk)
     np.testing.assert_array_equal(ranks, _brute_ranks(queries, cands, targets))
-    # Rank is 1 + strictly higher: a query equal to a duplicated candidate is first.
+    # Rank is 1 + others at least as high: a query equal to a duplicated candidate ties
+    # with the duplicate, so it is second, not first.
     same = retrieval_ranks(cands[:10], cands, np.arange(40, 50), chunk=chunk)
-    np.testing.assert_array_equal(same, 1)
+    np.testing.assert_array_equal(same, 2)
+
+
+@pytest.mark.parametrize("chunk", [4, 1000])
+def test_all_zero_reconstructions_rank_last_not_first(chunk):
+    """Zero queries score 0 against every candidate: all tie, so each target ranks N and
+    R@1 is 0 (a tie-in-favour rule would report a perfect R@1 = 1.0)."""
+    cands = np.random.default_rng(8).standard_normal((10, 6)).astype(np.float32)
+    ranks = retrieval_ranks(np.zeros((7, 6), np.float32), cands, np.arange(7), chunk=chunk)
+    np.testing.assert_array_equal(ranks, 10)
+    assert recall_at_k(ranks, (1,)) == {"R@1": 0.0}
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_retrieval_ranks_refuse_non_finite_scores(bad):
+    cands = np.eye(4, dtype=np.float32)
+    q = np.ones((2, 4), np.float32)
+    q[1, 2] = bad
+    with pytest.raises(ValueError, match="finite"):
+        retrieval_ranks(q, cands, np.array([0, 1]))
+    with pytest.raises(ValueError, match="finite"):
+        retrieval_ranks(cands, np.where(np.eye(4) > 0, bad, 0).astype(np.float32), np.arange(4))
 
 
 def test_retrieval_ranks_not_index_differences():

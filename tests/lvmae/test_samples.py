@@ -15,6 +15,8 @@ import pytest
 from lvmae import samples
 from lvmae.samples import (
     BROKEN_KINDS,
+    DEFAULT_RECIPES,
+    HARD_ORDER_RECIPES,
     ORDER_RECIPES,
     PALETTE,
     RECIPES,
@@ -135,9 +137,25 @@ def test_order_recipes_share_scenes_and_differ_only_in_order():
         assert len(set(position)) == len(orders)
 
 
+def test_the_hard_variant_has_more_scenes_the_same_multiset_and_noisier_durations():
+    hard = [RECIPES[name] for name in HARD_ORDER_RECIPES]
+    assert all(len(h) == 6 for h in hard)  # more scenes per video than the 4 of ORDER_RECIPES
+    assert len({tuple(sorted(h)) for h in hard}) == 1  # the mean cannot tell them apart
+    assert set(hard[0]) == set(RECIPES[ORDER_RECIPES[0]])  # over the same four scenes
+    assert len(set(hard)) == len(hard)
+    assert not set(HARD_ORDER_RECIPES) & set(DEFAULT_RECIPES)
+
+    def spread(recipes):
+        plan = plan_samples(videos_per_recipe=20, min_seconds=60, max_seconds=60, seed=3,
+                            recipes=recipes)  # fmt: skip
+        return np.std([s.seconds / v.seconds * len(v.scenes) for v in plan for s in v.scenes])
+
+    assert spread(HARD_ORDER_RECIPES) > 1.5 * spread(ORDER_RECIPES)  # noisier durations
+
+
 def test_plan_durations_and_jitter():
     plan = plan_samples(videos_per_recipe=4, min_seconds=60, max_seconds=600, seed=7)
-    assert len(plan) == 4 * len(RECIPES)
+    assert len(plan) == 4 * len(DEFAULT_RECIPES)
     for video in plan:
         assert tuple(s.source for s in video.scenes) == RECIPES[video.label]
         assert 60 - 0.01 <= video.seconds <= 600 + 0.01
@@ -154,7 +172,7 @@ def test_plan_durations_and_jitter():
 )
 def test_plan_splits_are_stratified(n, counts):
     plan = plan_samples(videos_per_recipe=n, seed=0)
-    for recipe in RECIPES:
+    for recipe in DEFAULT_RECIPES:
         got = Counter(v.split for v in plan if v.label == recipe)
         assert (got["train"], got["val"], got["test"]) == counts
 
@@ -189,8 +207,8 @@ def library(tmp_path_factory) -> Path:
 def test_make_samples_layout_and_labels(library):
     rows = _read_labels(library / "labels.csv")
     assert (library / "labels.csv").read_text().splitlines()[0] == "video_id,label,split"
-    assert len(rows) == 3 * len(RECIPES)
-    assert {r["label"] for r in rows} == set(RECIPES)
+    assert len(rows) == 3 * len(DEFAULT_RECIPES)
+    assert {r["label"] for r in rows} == set(DEFAULT_RECIPES)
     on_disk = sorted(p.relative_to(library).as_posix() for p in library.rglob("*.mp4"))
     assert sorted(r["video_id"] for r in rows) == on_disk
     for row in rows:
@@ -202,7 +220,7 @@ def test_make_samples_layout_and_labels(library):
             assert stream.codec_context.name == "h264"
             assert (stream.width, stream.height, stream.average_rate) == (160, 120, 10)
             assert 10 - 0.1 <= container.duration / 1e6 <= 20 + 0.1
-    for recipe in RECIPES:
+    for recipe in DEFAULT_RECIPES:
         splits = sorted(r["split"] for r in rows if r["label"] == recipe)
         assert splits == ["test", "train", "val"]
 

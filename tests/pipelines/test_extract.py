@@ -316,3 +316,6 @@ def test_run_is_tracked_in_mlflow_with_config_summary_and_manifest(extracted):
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
     assert artifacts == ["manifest.json"]
     assert (out / "mlartifacts").is_dir()  # artifacts beside the outputs, not in the cwd
+    # the run ended, and says where its code came from
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.source.git.commit"] and run.data.tags["mlflow.user"]

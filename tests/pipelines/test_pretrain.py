@@ -19,11 +19,12 @@ from click.testing import CliRunner
 
 from lvmae.checkpoints import CheckpointError, load_checkpoint
 from lvmae.config import ExtractConfig, PretrainConfig
+from lvmae.sequences import SequenceStore
 from lvmae.storage import StorageError, read_segments
 from pipelines.cli import cli
 from pipelines.embed import run_embed
 from pipelines.extract import run_extraction
-from pipelines.pretrain import latest_run_checkpoint, run_pretrain
+from pipelines.pretrain import PretrainError, latest_run_checkpoint, run_pretrain
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,7 +46,7 @@ def small_config(**overrides) -> PretrainConfig:
         "preset": "tiny",
         "epochs": 3,
         "warmup_epochs": 1,
-        "batch_size": 4,
+        "batch_size": 2,  # per worker: global 4
         "num_workers": 2,
         "max_tokens": 8,
         "min_window_s": 4.0,
@@ -86,6 +87,20 @@ def test_two_worker_ddp_run_writes_checkpoints_and_mlflow_metrics(trained):
 
     client = mlflow_client(out)
     run = client.get_run(result.mlflow_run_id)
+    assert run.info.status == "FINISHED" and "lvmae.error" not in run.data.tags
+    assert client.get_metric_history(result.mlflow_run_id, "system/cpu_utilization_percentage")
+    n_train = int(run.data.params["data.train_videos"])
+    store = SequenceStore(str(out / "runs" / "ddp" / "sequences" / "train"))
+    assert len(store) == n_train  # the driver's Parquet store the workers read
+    assert len(SequenceStore(str(out / "runs" / "ddp" / "sequences" / "val"))) == int(
+        run.data.params["data.val_videos"]
+    )
+    per_rank = -(-n_train // config.num_workers)  # DistributedSampler: ceil(n / world) each
+    assert steps_per_epoch == per_rank // config.batch_size
+    assert run.data.params["train.steps_per_epoch"] == str(steps_per_epoch)
+    assert [m.value for m in client.get_metric_history(result.mlflow_run_id, "epoch")] == [
+        1.0, 2.0, 3.0
+    ]  # fmt: skip
     assert run.data.params["pretrain.mask_ratio"] == "0.5"
     assert run.data.params["pretrain.masking"] == "semantic"
     assert run.data.params["model.width"] == "64"
@@ -103,13 +118,32 @@ def test_two_worker_ddp_run_writes_checkpoints_and_mlflow_metrics(trained):
     assert client.get_metric_history(result.mlflow_run_id, "monitor/median_rank")
 
 
-def test_rerun_with_the_same_run_name_resumes_at_the_same_step(trained, embeddings):
+def test_rerun_with_the_same_run_name_resumes_at_the_same_step(trained, embeddings, capsys):
     out, config, first = trained
     again = run_pretrain(str(embeddings), str(out), config)
     assert again.mlflow_run_id == first.mlflow_run_id
     assert again.metrics["step"] == first.metrics["step"]
-    resumed = mlflow_client(out).get_metric_history(first.mlflow_run_id, "resumed_from_step")
+    client = mlflow_client(out)
+    resumed = client.get_metric_history(first.mlflow_run_id, "resumed_from_step")
     assert [m.value for m in resumed] == [first.metrics["step"]]
+    assert client.get_run(first.mlflow_run_id).info.status == "FINISHED"
+    err = capsys.readouterr().err  # no TTY: plain progress lines on stderr
+    assert f"pretrain: {config.epochs}/{config.epochs} epochs (100%)" in err
+    assert "train_loss=" in err and "val_loss=" in err
+
+
+def test_a_run_that_fails_after_it_opened_ends_failed_with_the_error(embeddings, tmp_path):
+    config = small_config(run_name="few", num_workers=64)  # more workers than videos
+    with pytest.raises(PretrainError, match="64 workers"):
+        run_pretrain(str(embeddings), str(tmp_path), config)
+    client = mlflow_client(tmp_path)
+    experiment = client.get_experiment_by_name(config.experiment)
+    (run,) = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`lvmae.run_name` = 'few'"
+    )
+    assert run.info.status == "FAILED"
+    assert run.data.tags["lvmae.error"].startswith("PretrainError: ")
+    assert "64 workers" in run.data.tags["lvmae.error"]
 
 
 def test_a_killed_worker_is_replaced_and_training_continues_from_the_checkpoint(

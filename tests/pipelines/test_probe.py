@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+import ray
 import torch
 from click.testing import CliRunner
 
@@ -83,7 +84,7 @@ def linear_run(setup):
     out = root / "linear"
     section = ProbeSection(
         probes=["linear"], baselines=["mean-pool", "transformer"],
-        recipes={"linear": {"lr": 3e-3, "epochs": 15}},
+        recipes={"linear": {"lr": 3e-3, "epochs": 15}}, seeds=2,
     )  # fmt: skip
     rows = run_probe(ckpt, emb, [labels], str(out), section)
     return out, rows
@@ -101,6 +102,11 @@ def test_results_table_has_a_row_per_method_and_the_probe_learns(linear_run):
     assert by["lvmae"].skipped == 1  # the labelled video without embeddings
     assert by["mean-pool"].skipped is None
     assert all(r.test == 6 and r.train == 24 and r.kind == "classification" for r in rows)
+    # Two seeds per row, trained in Ray tasks on this node's CPU: mean ± std and placement.
+    node = ray.get_runtime_context().get_node_id()
+    assert all(r.seeds == 2 and r.top1_std is not None and r.val_top1_std is not None
+               for r in rows)  # fmt: skip
+    assert all((r.node, r.device) == (node, "cpu") for r in rows)
     with (out / "results.csv").open() as f:
         assert [r["method"] for r in csv.DictReader(f)] == ["lvmae", "mean-pool", "transformer"]
     md = (out / "results.md").read_text()
@@ -132,14 +138,16 @@ def test_attentive_probe_reuses_the_cached_features(setup, linear_run):
     root, emb, labels, ckpt = setup
 
     cache = feature_cache_dir(str(root / "att"), Path(ckpt))
-    section = ProbeSection(probes=["attentive"], baselines=[],
+    section = ProbeSection(probes=["attentive"], baselines=[], seeds=1,
                            recipes={"attentive": {"epochs": 8}})  # fmt: skip
     rows = run_probe(ckpt, emb, [labels], str(root / "att"), section)
     stamp = (cache / "_SUCCESS").stat().st_mtime_ns
-    assert [(r.method, r.probe) for r in rows] == [("lvmae", "attentive")]
+    assert [(r.method, r.probe) for r in rows] == [("lvmae", "attentive")]  # encoder [CLS]
     assert rows[0].top1 >= 0.8
-    section = ProbeSection(probes=["pooler"], baselines=[], recipes={"pooler": {"epochs": 1}})
-    run_probe(ckpt, emb, [labels], str(root / "att"), section)
+    learned = {"attentive": {"epochs": 1, "cls_source": "learned"}}
+    section = ProbeSection(probes=["attentive"], baselines=[], seeds=1, recipes=learned)
+    rows = run_probe(ckpt, emb, [labels], str(root / "att"), section)
+    assert [(r.method, r.probe) for r in rows] == [("lvmae", "attentive-learned")]
     assert (cache / "_SUCCESS").stat().st_mtime_ns == stamp  # computed once, then reused
 
 
@@ -161,7 +169,7 @@ def test_sweep_shares_the_probe_feature_cache_and_returns_tuned_rows(setup, line
     stamp = (cache / "_SUCCESS").stat().st_mtime_ns
     space = root / "space.yaml"
     space.write_text("probe: linear\nlr: {loguniform: [1e-3, 1e-2]}\nepochs: 2\nbatch_size: 8\n")
-    section = TuneSection(num_samples=2, space=str(space), max_concurrent=2)
+    section = TuneSection(num_samples=2, space=str(space), max_concurrent=2, seeds=1)
     (row,) = run_sweep(ckpt, emb, [labels], str(out), section, verbose=0)
     assert (cache / "_SUCCESS").stat().st_mtime_ns == stamp  # the probe stage's features
     assert isinstance(row, ProbeResult) and (row.method, row.probe) == ("lvmae-tuned", "linear")

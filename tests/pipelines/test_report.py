@@ -124,7 +124,7 @@ def test_full_report_writes_markdown_html_and_valid_figures(tmp_path, probe_out)
     assert md.startswith("# LV-MAE run\n")
     assert "| videos failed | 5 |" in md
     assert "| hours of video | 0.660 |" in md
-    assert "| genre | lvmae | attentive | 0.800 |" in md
+    assert "| genre | lvmae | attentive | 1 | 0.800 | 0.800 |" in md
     assert "mlflow ui --backend-store-uri" in md
     assert "No " not in md  # nothing is reported missing
 
@@ -247,14 +247,19 @@ def test_regression_best_is_the_lowest_mse(tmp_path):
     )
 
 
-def test_probe_comparison_legend_is_not_cut_off(tmp_path):
-    # One narrow panel, four long legend entries: the legend is wider than the panel.
+@pytest.mark.parametrize("tasks", [1, 3])
+def test_probe_comparison_legend_is_not_cut_off(tmp_path, tasks):
+    # Narrow panels, six long legend entries with error bars: wider than the panels.
+    spread = {"seeds": 3, "top1_std": 0.04}
     rows = [
-        _cls_row("lvmae", "linear", 0.7),
-        _cls_row("lvmae", "attentive", 0.8),
-        _cls_row("mean-pool", "linear", 0.65),
-        _cls_row("lvmae-tuned", "pooler", 0.9),
-    ]
+        _cls_row(method, probe, top1, task=f"task{t}").model_copy(update=spread)
+        for t in range(tasks)
+        for method, probe, top1 in [
+            ("lvmae", "linear", 0.7), ("lvmae", "attentive", 0.8),
+            ("lvmae", "attentive-learned", 0.75), ("mean-pool", "linear", 0.65),
+            ("transformer", "scratch", 0.6), ("lvmae-tuned", "attentive-learned", 0.9),
+        ]
+    ]  # fmt: skip
     write_report(tmp_path, title="t", summary={}, loss_history={}, results=rows)
     image = imread(tmp_path / "figures" / "probe_comparison.png")[..., :3]
     # Nothing is drawn on the image's outer columns and rows: the saved area holds it all.
@@ -269,9 +274,32 @@ def test_results_table_formats_values_nan_and_missing_cells():
         _cls_row("mean-pool", "linear", np.float32(2 / 3)),
     ]
     table = results_table(rows).splitlines()
-    assert table[0] == ("| task | method | probe | top-1 | mean class acc. | MSE | MAE | test n |")
+    assert table[0] == (
+        "| task | method | probe | seeds | val | top-1 | mean class acc. | MSE | MAE | test n |"
+    )
     # Grouped by task in order of first appearance; NaN is "–"; absent metrics are blank.
-    assert table[2] == "| genre | lvmae | linear | – | – |  |  | 6 |"
-    assert table[3] == "| genre | mean-pool | linear | 0.667 | 0.667 |  |  | 6 |"
-    assert table[4] == "| like_ratio | lvmae | linear |  |  | 1.235 | 0.500 | 6 |"
+    assert table[2] == "| genre | lvmae | linear | 1 | – | – | – |  |  | 6 |"
+    assert table[3] == "| genre | mean-pool | linear | 1 | 0.667 | 0.667 | 0.667 |  |  | 6 |"
+    assert table[4] == "| like_ratio | lvmae | linear | 1 | 1.235 |  |  | 1.235 | 0.500 | 6 |"
     assert results_table([]) == "No probe results."
+
+
+def test_results_table_shows_the_spread_and_the_tuned_rows_val_next_to_the_recipes():
+    seeded = _cls_row("lvmae", "attentive", 0.75).model_copy(
+        update={"seeds": 3, "top1_std": 0.05, "val_top1_std": 0.02}
+    )
+    tuned = _cls_row("lvmae-tuned", "linear", 0.8).model_copy(
+        update={"seeds": 3, "top1_std": 0.1, "sweep_val": 0.9, "recipe_val": 0.85}
+    )
+    table = results_table([seeded, tuned]).splitlines()
+    assert table[0] == (
+        "| task | method | probe | seeds | val | top-1 | mean class acc. "
+        "| sweep / recipe val | test n |"
+    )
+    assert (
+        table[2]
+        == "| genre | lvmae | attentive | 3 | 0.750 ± 0.020 | 0.750 ± 0.050 | 0.750 |  | 6 |"
+    )
+    assert table[3] == (
+        "| genre | lvmae-tuned | linear | 3 | 0.800 | 0.800 ± 0.100 | 0.800 | 0.900 / 0.850 | 6 |"
+    )

@@ -34,7 +34,8 @@ def small_config(workdir: Path, **overrides):
         num_workers=1, epochs=3, warmup_epochs=1, batch_size=4, log_every_steps=1
     )
     data["probe"]["recipes"] = {"linear": {"epochs": 3}, "attentive": {"epochs": 2}}
-    data["tune"].update(num_samples=2, space=str(space), max_concurrent=1)
+    data["probe"]["seeds"] = 1
+    data["tune"].update(num_samples=2, space=str(space), max_concurrent=1, seeds=1)
     for key, value in overrides.items():
         section, field = key.split(".")
         data[section][field] = value
@@ -257,3 +258,43 @@ def test_stage_records_are_json_with_fingerprint_and_digest(chain):
     record = json.loads((Path(config.run.workdir) / "stages" / "pretrain.json").read_text())
     assert {"fingerprint", "digest", "outputs", "finished_at"} <= set(record)
     assert Path(record["outputs"]["checkpoint"]).is_dir()
+
+
+def test_no_run_is_left_running_and_the_encoder_is_registered(chain, tmp_path, monkeypatch):
+    import mlflow.pytorch
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+
+    from lvmae.sequences import sequences_from_table
+    from lvmae.storage import read_segments
+    from pipelines.embed import run_embed
+
+    config, result, _ = chain
+    client = _client(result)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, max_results=1000)
+    assert runs and all(r.info.status != "RUNNING" for r in runs), [
+        (r.data.tags.get("lvmae.stage"), r.info.status) for r in runs
+    ]
+    # the encoder: registered from the stage's checkpoint, with its step
+    pretrain = result.records["pretrain"].outputs
+    version = client.get_model_version("lvmae-encoder", pretrain["model_uri"].rsplit("/", 1)[1])
+    assert version.tags["step"] == str(int(pretrain["metrics"]["step"]))
+    # ... and it reproduces `lvmae embed`'s [CLS] for a whole video
+    embed = run_embed(pretrain["checkpoint"], config.run.embeddings_uri(), str(tmp_path / "e"))
+    reps = pq.read_table(embed.path).to_pylist()
+    video = next(r for r in reps if r["num_windows"] == 1)
+    table = read_segments(config.run.embeddings_uri())
+    seq = dict(sequences_from_table(table))[video["video_id"]]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", result.tracking_uri)  # resolve models:/ there
+    model = mlflow.pytorch.load_model(pretrain["model_uri"], map_location="cpu")
+    x = torch.from_numpy(seq[None])
+    cls = model(x, torch.ones(x.shape[:2], dtype=torch.bool)).numpy()[0]
+    np.testing.assert_allclose(cls, np.asarray(video["cls"], np.float32), atol=1e-5)
+    # the stages that read the embeddings record them as their input (digest = config_id)
+    stage_runs = {r.data.tags.get("lvmae.stage"): r for r in runs
+                  if r.data.tags.get("mlflow.parentRunId") == result.parent_run_id}  # fmt: skip
+    inputs = stage_runs["pretrain"].inputs.dataset_inputs
+    assert [i.dataset.digest for i in inputs] == [config.extract.config_id()]
+    assert "extract" not in {s for s, r in stage_runs.items() if r.inputs.dataset_inputs}

@@ -12,10 +12,10 @@ import pyarrow as pa
 import pytest
 from ray import tune
 
-from lvmae.config import ConfigError, TuneSection
+from lvmae.config import ConfigError, ProbeConfig, TuneSection
 from lvmae.labels import LabelSet
 from lvmae.probes import Features, ProbeResult, ProbeTask
-from tune.space import DEFAULT_SPACE, load_space, max_epochs, probe_config
+from tune.space import default_space_spec, load_space, max_epochs, probe_config, recipe_point
 from tune.sweep import run_tune
 
 DIM = 16
@@ -43,10 +43,9 @@ def test_a_good_space_gives_tune_domains_and_constants(tmp_path):
     assert space["batch_size"] == {"grid_search": [8, 16]}
     assert space["weight_decay"] == 0.001
     assert max_epochs(space) == 9
-    assert set(load_space(None)) == set(DEFAULT_SPACE) == {
-        "probe", "lr", "weight_decay", "batch_size", "epochs", "dropout",
-    }  # fmt: skip
-    assert max_epochs(load_space(None)) == 30
+    # The default space is centred on the recipe and sweeps the kind only when asked.
+    assert set(load_space(None)) == {"lr", "weight_decay", "batch_size", "epochs", "dropout"}
+    assert max_epochs(load_space(None)) == 45  # the paper's linear recipe: 30 epochs × 1.5
 
 
 @pytest.mark.parametrize(
@@ -69,6 +68,22 @@ def test_search_space_errors_are_clear(tmp_path, text, match):
 def test_a_missing_space_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_space(str(tmp_path / "none.yaml"))
+
+
+def test_the_default_space_is_centred_on_the_recipe_which_is_a_point_of_it():
+    recipe = ProbeConfig("linear", lr=1e-2, epochs=100, batch_size=8, weight_decay=1e-2)
+    spec = default_space_spec({"linear": recipe})
+    assert spec["lr"] == {"loguniform": [pytest.approx(1e-3), pytest.approx(1e-1)]}
+    assert spec["epochs"] == {"choice": [50, 100, 150]}
+    assert spec["batch_size"] == {"choice": [4, 8, 16]}
+    assert "probe" not in spec
+    space = load_space(None, recipes={"linear": recipe})
+    point = recipe_point(space, recipe)
+    assert point == {"lr": 1e-2, "epochs": 100, "batch_size": 8, "weight_decay": 1e-2,
+                     "dropout": 0.0}  # fmt: skip
+    assert probe_config(point, {"linear": recipe}) == recipe
+    both = default_space_spec({"linear": recipe, "attentive": ProbeConfig("attentive")})
+    assert both["probe"] == {"choice": ["linear", "attentive"]}
 
 
 def test_trial_params_become_probe_configs():
@@ -115,7 +130,8 @@ def test_small_sweep_logs_nested_trials_and_scores_the_best_on_test(ray_local, t
     task, features = _task()
     out = tmp_path / "sweep"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    section = TuneSection(num_samples=3, space=str(space), max_concurrent=2)
+    section = TuneSection(num_samples=3, space=str(space), max_concurrent=2, seeds=2,
+                          probes=["linear", "attentive"])  # fmt: skip
     (row,) = run_tune([task], features, str(out), section, tracking_uri=uri, verbose=0)
 
     assert isinstance(row, ProbeResult) and row.method == "lvmae-tuned"
@@ -123,6 +139,7 @@ def test_small_sweep_logs_nested_trials_and_scores_the_best_on_test(ray_local, t
     assert best["probe"] in {"linear", "attentive"} and 1e-3 <= best["lr"] <= 1e-2
     assert row.probe == best["probe"] and row.task == "genre" and row.test == 6
     assert row.trials == 3 and 0.0 <= row.top1 <= 1.0
+    assert row.seeds == 2 and row.top1_std is not None and row.device == "cpu"
     task_dir = out / "tune" / "genre"
     with (task_dir / "trials.csv").open() as f:
         assert len(list(csv.DictReader(f))) == 3
@@ -159,3 +176,25 @@ def test_trials_never_read_the_test_split(ray_local, tmp_path):
     with (out / "tune" / "genre" / "trials.csv").open() as f:
         trials = list(csv.DictReader(f))
     assert len(trials) == 2 and all(t["val_top1"] for t in trials)
+
+
+def test_the_recipe_is_the_first_trial_and_tuning_can_only_help_on_val(ray_local, tmp_path):
+    """The default space is centred on the recipe, whose configuration is trial 0; the
+    tuned row's val (its chosen trial's) is at least the recipe trial's; ASHA stops no trial
+    before the grace period (a fraction of each trial's OWN epochs)."""
+    task, features = _task(2)
+    recipe = ProbeConfig("linear", lr=3e-3, epochs=6, batch_size=8)
+    section = TuneSection(num_samples=3, max_concurrent=2, seeds=1, grace_period=0.5)
+    out = tmp_path / "sweep"
+    (row,) = run_tune([task], features, str(out), section, recipes={"linear": recipe},
+                      tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", verbose=0)  # fmt: skip
+    with (out / "tune" / "genre" / "trials.csv").open() as f:
+        trials = list(csv.DictReader(f))  # in the order the trials were created
+    first = trials[0]
+    assert float(first["config/lr"]) == pytest.approx(3e-3)
+    assert (int(first["config/epochs"]), int(first["config/batch_size"])) == (6, 8)
+    assert float(first["config/weight_decay"]) == 0.0 and float(first["config/dropout"]) == 0.0
+    assert row.recipe_val is not None and row.sweep_val is not None
+    assert row.sweep_val >= row.recipe_val
+    assert all(float(t["progress"]) >= 50.0 for t in trials)
+    assert row.probe == "linear" and "probe" not in json.loads(row.best_config)

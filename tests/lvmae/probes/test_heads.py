@@ -22,8 +22,8 @@ from tests.lvmae.probes.tasks import W
 def _token_models() -> dict[str, torch.nn.Module]:
     torch.manual_seed(0)
     return {
-        "attentive": AttentiveProbe(W, 3, heads=4),
-        "attentive-encoder-cls": AttentiveProbe(W, 3, heads=4, cls_source="encoder"),
+        "attentive": AttentiveProbe(W, 3, heads=4),  # the encoder's [CLS] (default)
+        "attentive-learned": AttentiveProbe(W, 3, heads=4, cls_source="learned"),
         "pooler": PoolerProbe(W, 3, heads=4, num_queries=2),
         "baseline": TransformerBaseline(W, 3, width=32, depth=2, heads=4),
     }
@@ -65,10 +65,42 @@ def test_build_probe_follows_the_config():
         kind: build_probe(ProbeConfig(kind, heads=4, num_queries=2), W, 5) for kind in PROBE_KINDS
     }
     assert isinstance(heads["linear"], LinearProbe) and heads["linear"].input_kind == "pooled"
-    assert isinstance(heads["attentive"], AttentiveProbe) and not heads["attentive"].wants_cls
+    assert isinstance(heads["attentive"], AttentiveProbe) and heads["attentive"].wants_cls
     assert isinstance(heads["pooler"], PoolerProbe) and heads["pooler"].queries.shape[1] == 2
     assert all(h.head.out_features == 5 for h in heads.values())
-    encoder_cls = build_probe(ProbeConfig("attentive", heads=4, cls_source="encoder"), W, 5)
-    assert encoder_cls.wants_cls
+    learned = build_probe(ProbeConfig("attentive", heads=4, cls_source="learned"), W, 5)
+    assert not learned.wants_cls and learned.cls_token is not None
+    assert ProbeConfig("attentive").name == "attentive"
+    assert ProbeConfig("attentive", cls_source="learned").name == "attentive-learned"
+    assert ProbeConfig("pooler").name == "pooler" and ProbeConfig("linear").name == "linear"
     with pytest.raises(ValueError, match="multiple of heads"):
         build_probe(ProbeConfig("pooler", heads=5), W, 5)
+
+
+def test_the_default_attentive_probe_reads_the_encoders_cls():
+    """LV-MAE §8: the paper's attentive probe adapts the frozen encoder's [CLS]. With the
+    default config, changing only the encoder's [CLS] (a new value of its learned token, so
+    its [CLS] output changes; the tokens fed to the probe are kept) changes the probe's
+    output; the learned-[CLS] variant takes no [CLS]."""
+    from lvmae.model import LVMAE, model_config
+
+    torch.manual_seed(0)
+    encoder = LVMAE(model_config("tiny", input_dim=16)).eval()
+    x = torch.randn(2, 5, 16)
+    real = torch.ones(2, 5, dtype=torch.bool)
+    with torch.no_grad():
+        cls, tokens = encoder.encode(x, real)
+        encoder.cls_token.copy_(torch.randn_like(encoder.cls_token))
+        cls_changed, _ = encoder.encode(x, real)
+    probe = build_probe(ProbeConfig("attentive", heads=4), tokens.shape[-1], 3).eval()
+    assert probe.wants_cls
+    with torch.no_grad():
+        a = probe(tokens, real, cls=cls)
+        b = probe(tokens, real, cls=cls_changed)
+    assert not torch.allclose(cls, cls_changed)
+    assert not torch.allclose(a, b, atol=1e-4)
+    with pytest.raises(ValueError, match="encoder's cls"):
+        probe(tokens, real)
+    learned = build_probe(ProbeConfig("attentive", heads=4, cls_source="learned"), 64, 3)
+    with pytest.raises(ValueError, match="learns its own"):
+        learned(tokens, real, cls=cls)

@@ -25,13 +25,51 @@ def test_top_k_accuracy_matches_brute_force():
         hits = [y[i] in np.argsort(-scores[i])[:k] for i in range(50)]
         assert top_k_accuracy(scores, y, k) == pytest.approx(np.mean(hits))
     assert top_k_accuracy(torch.from_numpy(scores), torch.from_numpy(y), 7) == 1.0
-    assert top_k_accuracy(np.zeros((3, 4)), [0, 1, 2], 1) == 1.0  # ties favour the sample
+    assert top_k_accuracy(np.zeros((3, 4)), [0, 1, 2], 1) == 0.0  # ties count against
     with pytest.raises(ValueError, match="k must be"):
         top_k_accuracy(scores, y, 8)
     with pytest.raises(ValueError, match="outside"):
         top_k_accuracy(scores, np.full(50, 7), 1)
     with pytest.raises(ValueError, match="at least one"):
         top_k_accuracy(np.zeros((0, 3)), np.zeros(0, dtype=int), 1)
+
+
+def _brute_top_k(scores: np.ndarray, y: np.ndarray, k: int) -> float:
+    """Correct when fewer than k OTHER classes score at least as high as the true one."""
+    hits = [
+        sum(1 for j in range(scores.shape[1]) if j != t and scores[i, j] >= scores[i, t]) < k
+        for i, t in enumerate(y)
+    ]
+    return float(np.mean(hits))
+
+
+def test_ties_count_against_the_prediction_as_a_brute_force_count_says():
+    rng = np.random.default_rng(3)
+    # Scores on a coarse grid: many exact ties, including with the true class.
+    scores = rng.integers(0, 3, size=(200, 5)).astype(np.float64)
+    y = rng.integers(0, 5, size=200)
+    for k in range(1, 6):
+        assert top_k_accuracy(scores, y, k) == pytest.approx(_brute_top_k(scores, y, k))
+    # Constant logits (a collapsed probe) are wrong for every sample, at any k < C.
+    const = np.full((8, 4), 0.7)
+    assert top_k_accuracy(const, np.arange(8) % 4, 1) == 0.0
+    assert top_k_accuracy(const, np.arange(8) % 4, 3) == 0.0
+    assert top_k_accuracy(const, np.arange(8) % 4, 4) == 1.0  # every class is in the top 4
+    # A two-way tie at the top: wrong at k=1, right at k=2.
+    tied = np.array([[2.0, 2.0, 0.0]])
+    assert top_k_accuracy(tied, [0], 1) == 0.0 and top_k_accuracy(tied, [0], 2) == 1.0
+    report = classification_report(const[:4], [0, 1, 2, 3], ["a", "b", "c", "d"])
+    assert report["top1"] == 0.0 and report["mean_class_accuracy"] == 0.0
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_scores_raise(bad):
+    scores = np.zeros((3, 4))
+    scores[2, 1] = bad
+    with pytest.raises(ValueError, match=r"non-finite.*row 2"):
+        top_k_accuracy(scores, [0, 1, 2], 1)
+    with pytest.raises(ValueError, match="non-finite"):
+        classification_report(scores, [0, 1, 2], ["a", "b", "c", "d"])
 
 
 def test_per_class_accuracy_and_confusion_matrix_match_brute_force():

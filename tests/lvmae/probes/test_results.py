@@ -12,6 +12,7 @@ import pytest
 from lvmae.labels import LabelSet
 from lvmae.metrics import classification_report
 from lvmae.probes import ProbeFit, ProbeResult, result_from_fit, write_results
+from lvmae.probes.results import result_from_fits
 
 
 def _labels(task: str) -> LabelSet:
@@ -43,8 +44,8 @@ def test_classification_row_has_the_report_and_a_confusion_matrix(tmp_path):
     assert row.confusion_matrix == "confusion_genre_lvmae_linear.png"
     assert (tmp_path / row.confusion_matrix).read_bytes()[:4] == b"\x89PNG"
     assert list(row.as_row()) == [
-        "method", "probe", "task", "kind", "train", "val", "test", "best_epoch", "val_top1",
-        "top1", "mean_class_accuracy", "confusion_matrix",
+        "method", "probe", "task", "kind", "train", "val", "test", "best_epoch", "seeds",
+        "val_top1", "top1", "mean_class_accuracy", "confusion_matrix",
     ]  # fmt: skip
     assert row.main_metric == ("top1", row.top1, "max")
 
@@ -76,3 +77,29 @@ def test_results_tables_list_every_row(tmp_path):
     assert read[0]["skipped"] == "2" and read[1]["trials"] == "4" and read[0]["trials"] == ""
     md = md_path.read_text().splitlines()
     assert md[0].startswith("| method | probe | task | kind |") and "| – |" in md[2]
+
+
+def test_several_seeds_give_mean_and_sample_std(tmp_path):
+    labels = _labels("classification")
+    y = labels.targets("test")
+    right = np.eye(3, dtype=np.float32)[y] * 3.0  # every test video correct
+    wrong = np.eye(3, dtype=np.float32)[(y + 1) % 3] * 3.0  # every test video wrong
+    fits = [
+        ProbeFit(best_epoch=e, val_metric=v, test_metrics={}, history=[],
+                 test_predictions=s.argmax(1), test_scores=s, metric="val_top1")
+        for e, v, s in ((2, 0.5, right), (3, 1.0, wrong), (1, 0.75, right))
+    ]  # fmt: skip
+    row = result_from_fits("lvmae", "attentive", task="genre", labels=labels, fits=fits,
+                           out=tmp_path, nodes=["n1", "n1", "n2"], devices=["cpu"] * 3)  # fmt: skip
+    assert row.seeds == 3 and row.best_epoch == 2
+    assert row.top1 == pytest.approx(2 / 3) and row.top1_std == pytest.approx(
+        np.std([1, 0, 1], ddof=1)
+    )
+    assert row.val_top1 == pytest.approx(0.75) and row.val_top1_std == pytest.approx(0.25)
+    assert (row.node, row.device) == ("n1,n2", "cpu")
+    assert row.main_std == row.top1_std
+    one = result_from_fits("lvmae", "linear", task="genre", labels=labels, fits=fits[:1],
+                           out=tmp_path)  # fmt: skip
+    assert one.seeds == 1 and one.top1_std is None and one.val_top1_std is None
+    with pytest.raises(ValueError, match="at least one"):
+        result_from_fits("lvmae", "linear", task="genre", labels=labels, fits=[], out=tmp_path)

@@ -51,7 +51,7 @@ def test_token_probes_solve_order_task_that_mean_pooling_cannot(order_splits, ki
     linear = train_probe(train, val, test, config=ProbeConfig("linear", lr=1e-2, epochs=10))
     assert linear.test_metrics["top1"] < 0.5  # chance is 0.25: the mean has no signal
     lr = 3e-3 if kind == "attentive" else 1e-2
-    config = ProbeConfig(kind, lr=lr, epochs=10, heads=4)
+    config = ProbeConfig(kind, lr=lr, epochs=10, heads=4, cls_source="learned")
     result = train_probe(train, val, test, config=config)
     assert result.test_metrics["top1"] >= 0.9
     assert [h["epoch"] for h in result.history] == list(range(10))
@@ -62,7 +62,8 @@ def test_transformer_baseline_learns_order_from_raw_embeddings():
     """Raw segment embeddings carry no positions: a position-free attentive probe is
     permutation-invariant and stays at chance; the baseline adds its own positions."""
     splits = [order_task(n, s, positions=False) for n, s in ((128, 0), (64, 1), (64, 2))]
-    probe = train_probe(*splits, config=ProbeConfig("attentive", lr=3e-3, epochs=5, heads=4))
+    config = ProbeConfig("attentive", lr=3e-3, epochs=5, heads=4, cls_source="learned")
+    probe = train_probe(*splits, config=config)
     assert probe.test_metrics["top1"] < 0.5
     torch.manual_seed(0)
     model = TransformerBaseline(W, N_CLASSES, width=32, depth=1, heads=4)

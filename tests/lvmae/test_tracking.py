@@ -1,0 +1,69 @@
+"""MLflow runs the project opens always end: FINISHED, FAILED with the error, or KILLED;
+embeddings read are recorded as inputs. Real MLflow (SQLite in a temp dir)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from lvmae.storage import write_manifest
+from lvmae.tracking import (
+    log_embeddings_input,
+    mlflow_ui_hint,
+    open_run,
+    source_tags,
+    tracked_run,
+)
+
+
+@pytest.fixture
+def uri(tmp_path):
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def _run(uri, run_id):
+    return MlflowClient(tracking_uri=uri).get_run(run_id)
+
+
+def test_a_tracked_run_ends_finished_or_failed_with_the_error(uri, tmp_path):
+    with tracked_run(uri, "e", "ok", out=str(tmp_path)) as run_id:
+        assert _run(uri, run_id).info.status == "RUNNING"
+    assert _run(uri, run_id).info.status == "FINISHED"
+    with pytest.raises(ValueError, match="boom"), tracked_run(uri, "e", "bad", out=str(tmp_path)):
+        raise ValueError("boom")
+    bad = MlflowClient(tracking_uri=uri).search_runs(
+        [MlflowClient(tracking_uri=uri).get_experiment_by_name("e").experiment_id],
+        filter_string="tags.`lvmae.run_name` = 'bad'",
+    )[0]
+    assert bad.info.status == "FAILED"
+    assert bad.data.tags["lvmae.error"] == "ValueError: boom"
+    with pytest.raises(KeyboardInterrupt), tracked_run(uri, "e", "ok", out=str(tmp_path)) as again:
+        raise KeyboardInterrupt
+    assert again == run_id  # the same run name is the same run (a resumed job)
+    assert _run(uri, run_id).info.status == "KILLED"
+
+
+def test_runs_carry_source_tags(uri, tmp_path):
+    run_id = open_run(uri, "e", "tagged", out=str(tmp_path))
+    tags = _run(uri, run_id).data.tags
+    assert tags["mlflow.user"] == source_tags()["mlflow.user"]
+    assert len(tags["mlflow.source.git.commit"]) == 40  # the tests run from a git checkout
+
+
+def test_embeddings_are_logged_as_the_run_input(uri, tmp_path):
+    out = tmp_path / "emb"
+    out.mkdir()
+    write_manifest(str(out), {"config_id": "abc123", "encoder": {"name": "tiny"}})
+    run_id = open_run(uri, "e", "reader", out=str(tmp_path))
+    log_embeddings_input(uri, run_id, str(out))
+    (inp,) = _run(uri, run_id).inputs.dataset_inputs
+    assert inp.dataset.digest == "abc123"
+    assert json.loads(inp.dataset.source) == {"uri": str(out)}
+    assert {t.key: t.value for t in inp.tags} == {"mlflow.data.context": "training"}
+
+
+def test_ui_hint_names_the_command():
+    assert mlflow_ui_hint("sqlite:////w/demo/mlflow.db").startswith("MLflow UI: lvmae ui /w/demo")
+    assert mlflow_ui_hint("http://mlflow:5000") == "MLflow UI: http://mlflow:5000"

@@ -1,0 +1,123 @@
+"""The `lvmae` command's conveniences: --version, -v anywhere, --print-config, "did you
+mean" for misspelt fields, and `lvmae ui` serving a real MLflow store over loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from lvmae import __version__
+from lvmae.config import ConfigError, load_run_config
+from pipelines.cli import _verbose_first, cli, main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_version():
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"lvmae, version {__version__}"
+
+
+def test_verbose_is_accepted_after_the_subcommand():
+    assert _verbose_first(["run", "--config", "c.yaml", "-v"]) == [
+        "-v",
+        "run",
+        "--config",
+        "c.yaml",
+    ]
+    assert _verbose_first(["-v", "demo", "--verbose"]) == ["-v", "demo"]
+    assert _verbose_first(["run", "--", "-v"]) == ["run", "--", "-v"]  # after --: an argument
+
+
+def test_print_config_round_trips(tmp_path, capsys):
+    main(["run", "--config", str(REPO / "configs" / "demo.yaml"), "--print-config",
+          "--set", "pretrain.epochs=7", "-v"])  # fmt: skip
+    printed = capsys.readouterr().out
+    path = tmp_path / "resolved.yaml"
+    path.write_text(printed)
+    resolved = load_run_config(path)
+    assert resolved == load_run_config(REPO / "configs" / "demo.yaml", {"pretrain.epochs": 7})
+    assert yaml.safe_load(printed)["pretrain"]["epochs"] == 7
+    assert not (tmp_path / "work").exists()  # nothing ran
+
+
+def test_a_misspelt_field_gets_a_suggestion(tmp_path):
+    with pytest.raises(ConfigError, match=r"pretrain.epocs: .*did you mean 'epochs'\?"):
+        load_run_config(REPO / "configs" / "demo.yaml", {"pretrain.epocs": 3})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run: {input: v, stages: [extract]}\nextract: {segmnet_s: 2}\n")
+    with pytest.raises(
+        ConfigError, match=r"bad.yaml: extract.segmnet_s: .*did you mean 'segment_s'"
+    ):
+        load_run_config(bad)
+    with pytest.raises(ConfigError, match=r"probe.recipes.linear.lrr: .*did you mean 'lr'"):
+        load_run_config(REPO / "configs" / "demo.yaml", {"probe.recipes.linear.lrr": 1})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def test_ui_serves_the_store_over_loopback(tmp_path):
+    store = tmp_path / "w"
+    store.mkdir()
+    client = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
+    experiment = client.create_experiment("ui-test", artifact_location=(store / "a").as_uri())
+    run = client.create_run(experiment, run_name="served")
+    client.log_metric(run.info.run_id, "top1", 0.75)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "ui", str(store), "--port", str(port)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        runs = None
+        for _ in range(360):  # MLflow's server takes ~20 s to start on a busy 2-core machine
+            try:
+                runs = _post(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment]})
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    break
+                time.sleep(0.5)
+        assert runs is not None, proc.stdout.read() if proc.poll() is not None else "no answer"
+        assert [r["info"]["run_name"] for r in runs["runs"]] == ["served"]
+        metrics = {m["key"]: m["value"] for m in runs["runs"][0]["data"]["metrics"]}
+        assert metrics == {"top1": 0.75}
+        with urllib.request.urlopen(base, timeout=5) as page:  # the UI itself
+            assert page.status == 200
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    first = proc.stdout.read().splitlines()[0]
+    assert first.startswith("MLflow UI for sqlite:///") and f"http://127.0.0.1:{port}" in first
+
+
+def test_ui_without_a_store_says_what_to_do(tmp_path):
+    with pytest.raises(SystemExit) as info:
+        main(["ui", str(tmp_path)])
+    assert info.value.code == 1

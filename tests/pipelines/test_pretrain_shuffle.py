@@ -1,0 +1,92 @@
+"""Pre-training's sample order under real Ray Train (2 DDP workers, gloo): the driver's
+Parquet sequence store (written by Ray Data), each worker's epoch batches from the
+global seeded permutation (lvmae.sequences.epoch_batches), as ``train_loop_per_worker``
+builds them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from lvmae.config import PretrainConfig
+from lvmae.sequences import SequenceStore, epoch_batches
+from lvmae.storage import segment_schema, write_table_atomic
+from pipelines.pretrain import batch_plan, sequence_datasets, write_sequence_store
+
+D = 8
+N_VIDEOS = 10
+
+
+def write_segments(root: Path) -> Path:
+    """A segments table of N_VIDEOS videos of 3–5 segments (D = 8), rows shuffled."""
+    rows = [(f"v{k:02d}.mp4", i) for k in range(N_VIDEOS) for i in range(3 + k % 3)]
+    rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
+    table = pa.table(
+        {
+            "video_id": [v for v, _ in rows],
+            "segment_index": pa.array([i for _, i in rows], pa.int32()),
+            "start_s": [5.0 * i for _, i in rows],
+            "end_s": [5.0 * i + 5.0 for _, i in rows],
+            "frame_indices": [[0] for _ in rows],
+            "frame_times_s": [[0.0] for _ in rows],
+            "embedding": [[float(i)] * D for _, i in rows],
+            "encoder": ["tiny"] * len(rows),
+            "config_id": ["c"] * len(rows),
+        },
+        schema=segment_schema(D),
+    )
+    write_table_atomic(table, str(root), "segments")
+    return root
+
+
+def test_each_epoch_is_a_new_global_permutation_over_two_ddp_workers(ray_local, tmp_path):
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    config = PretrainConfig(
+        preset="tiny", num_workers=2, batch_size=1, val_fraction=0.0, max_tokens=8, seed=5
+    )
+    train_ds, _ = sequence_datasets(str(write_segments(tmp_path / "emb")), config)
+    path = write_sequence_store(train_ds, tmp_path / "sequences" / "train")
+    store = SequenceStore(path)
+    assert len(store) == N_VIDEOS and len(store.video_ids) == len(set(store.video_ids))
+    per_worker_batch, _, _, steps_per_epoch = batch_plan(config, len(store))
+    seen_dir = tmp_path / "seen"
+    seen_dir.mkdir()
+
+    def loop(cfg: dict) -> None:  # a closure: Ray pickles it by value
+        ctx = ray.train.get_context()
+        rank, world = ctx.get_world_rank(), ctx.get_world_size()
+        worker_store = SequenceStore(cfg["path"])
+        seen = {}
+        for epoch in range(2):
+            batches = epoch_batches(
+                worker_store, epoch=epoch, rank=rank, world=world,
+                batch_size=cfg["batch"], seed=cfg["seed"],
+            )  # fmt: skip
+            seen[epoch] = [[str(v) for v in b["video_id"]] for b in batches]
+        Path(cfg["seen_dir"], f"rank{rank}.json").write_text(json.dumps(seen))
+
+    TorchTrainer(
+        loop,
+        train_loop_config={
+            "path": path, "batch": per_worker_batch, "seed": config.seed,
+            "seen_dir": str(seen_dir),
+        },
+        scaling_config=ray.train.ScalingConfig(num_workers=2),
+        run_config=ray.train.RunConfig(name="order", storage_path=str(tmp_path / "runs")),
+    ).fit()  # fmt: skip
+
+    ranks = [json.loads((seen_dir / f"rank{r}.json").read_text()) for r in (0, 1)]
+    orders = []
+    for epoch in ("0", "1"):
+        for rank in ranks:
+            assert len(rank[epoch]) == steps_per_epoch  # the plan matches what a worker gets
+            assert all(len(batch) == per_worker_batch for batch in rank[epoch])
+        flat = [[v for batch in rank[epoch] for v in batch] for rank in ranks]
+        assert sorted(flat[0] + flat[1]) == sorted(store.video_ids.tolist())  # each once
+        orders.append(flat)
+    assert orders[0] != orders[1]  # a new order every epoch
