@@ -9,6 +9,8 @@ representation of each video window.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -107,11 +109,13 @@ def register_encoder(
     mlflow.set_tracking_uri(tracking_uri)
     # Two input tensors (embeddings + mask), loaded with mlflow.pytorch.load_model: the
     # PyTorch pyfunc server takes one array, so MLflow's serving-input check can only warn.
-    quiet = logging.getLogger("mlflow.models.model")
+    # MLflow's notes on this kind of model (pickled, serving input, local torch version
+    # label, "registered model ...") are not the user's business: errors still raise.
+    quiet = logging.getLogger("mlflow")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        with mlflow.start_run(run_id=run_id):
+        with mlflow.start_run(run_id=run_id), contextlib.redirect_stderr(io.StringIO()):
             info = mlflow.pytorch.log_model(
                 module,
                 name="encoder",

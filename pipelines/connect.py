@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import warnings
 from urllib.parse import urlsplit
 
 from lvmae.errors import LvmaeError
@@ -79,6 +80,21 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
 _VERBOSE = {"on": False}
 
 
+QUIET_LOGGERS = ("ray.data", "ray.train", "ray.tune", "ray.air", "mlflow", "optuna")
+"""Libraries whose INFO chatter (dataset plans and finishes, system-metrics monitor starts,
+model-logging notes) stays off the console unless ``-v``; their warnings still show."""
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Without ``verbose``, the :data:`QUIET_LOGGERS` log warnings and errors only, and
+    Ray Data's notice about filters written as Python functions is not repeated."""
+    level = logging.INFO if verbose else logging.WARNING
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+    if not verbose:
+        warnings.filterwarnings("ignore", message="Use 'expr' instead of 'fn'")
+
+
 def set_verbose(verbose: bool) -> None:
     """``-v``: stream Ray workers' logs and Ray Data's execution plans to this console. Off
     by default: workers' own output (decoder warnings, per-report reprs) stays in Ray's log
@@ -112,6 +128,7 @@ def connect_ray(address: str | None = None) -> None:
             log_to_driver=_VERBOSE["on"],
         )
         DataContext.get_current().print_on_execution_start = _VERBOSE["on"]
+        quiet_libraries(_VERBOSE["on"])
     except ConnectionError as exc:
         raise ClusterError(
             f"could not join the Ray cluster at {address or 'a local instance'}: {exc}"
