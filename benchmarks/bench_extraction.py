@@ -1,15 +1,23 @@
-"""Extraction throughput and memory, against baselines measured in the same run.
+"""Extraction at archive scale, against baselines measured in the same run.
 
-1. Throughput (CPU): seconds of video per CPU-second for decode → sample → tiny encoder,
-   per decoder, against a plain ``ffmpeg -threads 1 -i X -f null -`` full decode of the
-   same files (the cost of touching every frame once).
-2. The Ray Data pipeline end to end on local Ray: seconds of video per wall second.
-3. Peak memory (max RSS of a fresh process) extracting a 60-minute video against a 1-minute
-   one of the same resolution, per decoder.
+On >= 20 min of 1280x720 H.264 with B-frames (x264 ``veryfast``, 3 B-frames, 5-s GOP, as
+camera and web files are), all in one run:
+
+1. Per CPU-second, one process, one thread: decode → sample → tiny encoder in
+   ``decode_mode: exact`` (decord, PyAV) and ``fast``, as multiples of a plain
+   ``ffmpeg -threads 1 -i X -f null -`` full decode of the same files.
+2. ``lvmae extract`` end to end (a fresh local Ray on this machine's cores), exact and fast:
+   seconds of video per wall-second; efficiency = that / (cores × the best single-process
+   rate of the same mode); time to the first durable output (first segments file, first
+   videos-table file) as a % of the run, polled from outside; and the mean cosine between
+   the fast and exact embeddings of every segment.
+3. Peak memory of ``lvmae extract`` over 200 and 2,000 small videos: the largest sum of
+   PSS over the run's processes (driver, raylet, workers), sampled every 0.5 s, and the
+   driver's own peak RSS.
 
     .venv/bin/python benchmarks/bench_extraction.py [--workdir work/bench] [--quick]
 
-Prints a Markdown table to paste into benchmarks/RESULTS.md.
+Prints Markdown tables for benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -18,61 +26,76 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 from pathlib import Path
+
+import numpy as np
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lvmae.ffmpeg import ffmpeg_exe  # noqa: E402
-from lvmae.samples import PALETTE, Scene, make_video  # noqa: E402
+from lvmae.samples import Scene, make_video  # noqa: E402
+
+W, H, FPS = 1280, 720, 25
+SOURCES = ("testsrc2", "smptebars", "gradients")  # cheap to render at 720p
 
 
-def long_video(path: Path, minutes: float, width: int, height: int, fps: int) -> Path:
-    if path.exists():  # written atomically by make_video: an existing file is complete
-        return path
-    names = sorted(PALETTE)
-    n = max(1, round(minutes * 60 / 30))
-    scenes = [Scene(names[i % len(names)], minutes * 60 / n) for i in range(n)]
-    return make_video(path, scenes, width=width, height=height, fps=fps)
+def archive(work: Path, files: int, minutes_per_file: float) -> list[Path]:
+    """``files`` 720p videos of ``minutes_per_file`` each: a 60-s clip (three scenes) made
+    once, then repeated by stream copy (the decoder's work per frame is what matters)."""
+    clip = work / "clip720.mp4"
+    if not clip.exists():
+        make_video(
+            clip, [Scene(s, 20.0) for s in SOURCES], width=W, height=H, fps=FPS,
+            keyint_s=5.0, bframes=3,
+        )  # fmt: skip
+    out = []
+    for i in range(files):
+        path = work / f"archive_{files}x{minutes_per_file:g}min" / f"v{i}.mp4"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            listing = work / "concat.txt"
+            listing.write_text(f"file '{clip}'\n" * max(1, round(minutes_per_file)))
+            tmp = path.with_suffix(".part.mp4")
+            subprocess.run(
+                [ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-y", "-f", "concat",
+                 "-safe", "0", "-i", str(listing), "-c", "copy", str(tmp)],
+                check=True,
+            )  # fmt: skip
+            tmp.replace(path)
+        out.append(path)
+    return out
 
 
 def ffmpeg_decode_cpu_s(path: Path) -> float:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(
-        [
-            ffmpeg_exe(),
-            "-nostdin",
-            "-loglevel",
-            "error",
-            "-threads",
-            "1",
-            "-i",
-            str(path),
-            "-f",
-            "null",
-            "-",
-        ],
+        [ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-threads", "1", "-i", str(path),
+         "-f", "null", "-"],
         check=True,
-    )
+    )  # fmt: skip
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 WORKER = r"""
-import json, resource, sys, time
+import json, sys, time
 import numpy as np
+import torch
 from lvmae.clips import Clip, read_clips_bounded
 from lvmae.config import ExtractConfig
 from lvmae.encoders import build_encoder
-path, decoder = sys.argv[1], sys.argv[2]
-config = ExtractConfig(decoder=decoder)
+torch.set_num_threads(1)
+path, decoder, mode = sys.argv[1:4]
+config = ExtractConfig(decoder=decoder, decode_mode=mode)
 enc = build_encoder("tiny", device="cpu")
-import torch; torch.set_num_threads(1)
-t0, c0 = time.perf_counter(), time.process_time()
+c0 = time.process_time()
 batch, n, duration = [], 0, 0.0
 for item in read_clips_bounded(path, config):
     if isinstance(item, Clip):
@@ -84,94 +107,164 @@ for item in read_clips_bounded(path, config):
         duration = item.info.duration_s
 if batch:
     enc.encode(np.stack(batch)); n += len(batch)
-print(json.dumps({"segments": n, "duration_s": duration, "cpu_s": time.process_time() - c0,
-                  "wall_s": time.perf_counter() - t0,
-                  "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"segments": n, "duration_s": duration, "cpu_s": time.process_time() - c0}))
 """
 
 
-def run_worker(path: Path, decoder: str) -> dict:
+def single_process(path: Path, decoder: str, mode: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(
-        [sys.executable, "-c", WORKER, str(path), decoder],
-        check=True,
-        capture_output=True,
+    res = subprocess.run(
+        [sys.executable, "-c", WORKER, str(path), decoder, mode],
+        check=True, capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+class TreeSampler(threading.Thread):
+    """Peak total PSS of a process and its descendants, and the root's own peak RSS."""
+
+    def __init__(self, pid: int, every_s: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.root, self.every_s = psutil.Process(pid), every_s
+        self.peak_pss = self.peak_root_rss = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            total = 0
+            try:
+                procs = [self.root, *self.root.children(recursive=True)]
+                self.peak_root_rss = max(self.peak_root_rss, self.root.memory_info().rss)
+            except psutil.NoSuchProcess:
+                return
+            for p in procs:
+                try:
+                    total += p.memory_full_info().pss
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+            self.peak_pss = max(self.peak_pss, total)
+            self.done.wait(self.every_s)
+
+
+def run_extract(videos: Path, out: Path, *sets: str, sample_memory: bool = False) -> dict:
+    """``lvmae extract`` in a fresh process (its own local Ray); the run's wall time, when
+    its first segments and videos files appeared, and (optionally) its memory."""
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [str(Path(sys.executable).parent / "lvmae"), "extract", str(videos), "--out", str(out)]
+    for s in sets:
+        cmd += ["--set", s]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [*cmd, "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
-        env=env,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    )  # fmt: skip
+    sampler = TreeSampler(proc.pid) if sample_memory else None
+    if sampler:
+        sampler.start()
+    first: dict[str, float] = {}
+    while proc.poll() is None:
+        for sub in ("segments", "videos"):
+            if sub not in first and any((out / sub).glob("*.parquet")):
+                first[sub] = time.perf_counter() - t0
+        time.sleep(0.05)
+    wall = time.perf_counter() - t0
+    _, stderr = proc.communicate()
+    if sampler:
+        sampler.done.set()
+        sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"lvmae extract failed:\n{stderr[-4000:]}")
+    manifest = json.loads((out / "manifest.json").read_text())
+    result = {"wall_s": wall, "summary": manifest["summary"], "first": first}
+    if sampler:
+        result["peak_pss_mib"] = sampler.peak_pss / 2**20
+        result["driver_rss_mib"] = sampler.peak_root_rss / 2**20
+    return result
+
+
+def embeddings(out: Path) -> np.ndarray:
+    from lvmae.storage import read_segments
+
+    table = read_segments(str(out), columns=["embedding"])
+    return np.stack(table["embedding"].to_numpy(zero_copy_only=False))
+
+
+def throughput(files: list[Path], work: Path) -> None:
+    video_s = 0.0
+    base_cpu = 0.0
+    for p in files:
+        base_cpu += ffmpeg_decode_cpu_s(p)
+    rows, best = [], {}
+    for decoder, mode in (("decord", "exact"), ("pyav", "exact"), ("pyav", "fast")):
+        res = [single_process(p, decoder, mode) for p in files]
+        video_s = sum(r["duration_s"] for r in res)
+        rate = video_s / sum(r["cpu_s"] for r in res)
+        best[mode] = max(best.get(mode, 0.0), rate)
+        rows.append((f"decode+sample+tiny encoder, {mode}, {decoder}, 1 thread", rate))
+    base_rate = video_s / base_cpu
+    print(f"\n## Per CPU-second ({len(files)} files, {video_s / 60:.0f} min of {W}x{H} "
+          f"@ {FPS} fps H.264 with B-frames)\n")  # fmt: skip
+    print("| what | seconds of video per CPU-second | × ffmpeg full decode |")
+    print("|---|---|---|")
+    print(f"| `ffmpeg -threads 1 -f null` full decode (baseline) | {base_rate:.1f} | 1.00 |")
+    for name, rate in rows:
+        print(f"| {name} | {rate:.1f} | {rate / base_rate:.2f} |")
+
+    cores = os.cpu_count() or 1
+    print(f"\n## `lvmae extract` end to end (local Ray, {cores} cores)\n")
+    print("| mode | video-s per wall-s | efficiency | first segments file | "
+          "first videos file | wall |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    outs = {}
+    for mode in ("exact", "fast"):
+        outs[mode] = work / f"out_{mode}"
+        r = run_extract(files[0].parent, outs[mode], f"extract.decode_mode={mode}")
+        rate = r["summary"]["video_seconds"] / r["wall_s"]
+        eff = rate / (cores * best[mode])
+        wall = r["wall_s"]
+        seg, vid = (r["first"].get(k, float("nan")) for k in ("segments", "videos"))
+        print(f"| {mode} | {rate:.1f} | {eff:.2f} | {seg:.1f} s ({100 * seg / wall:.0f} %)"
+              f" | {vid:.1f} s ({100 * vid / wall:.0f} %) | {wall:.1f} s |")  # fmt: skip
+    a, b = embeddings(outs["exact"]), embeddings(outs["fast"])
+    cos = (a * b).sum(axis=1)
+    print(f"\nfast vs exact: {len(a)} vs {len(b)} segments; cosine mean {cos.mean():.4f}, "
+          f"min {cos.min():.4f}")  # fmt: skip
+
+
+def memory(work: Path, counts: tuple[int, ...]) -> None:
+    one = work / "small.mp4"
+    if not one.exists():
+        make_video(one, [Scene("testsrc2", 3.0)], width=64, height=48, fps=10)
+    print("\n## Peak memory of `lvmae extract` by archive size (3-s 64x48 videos)\n")
+    print("| videos | peak PSS, all processes | driver peak RSS | wall |")
+    print("|---|---|---|---|")
+    for n in counts:
+        d = work / f"many_{n}"
+        if not d.exists() or len(list(d.glob("*.mp4"))) != n:
+            shutil.rmtree(d, ignore_errors=True)
+            d.mkdir(parents=True)
+            for i in range(n):
+                os.link(one, d / f"v{i:05d}.mp4")
+        r = run_extract(d, work / f"out_many_{n}", sample_memory=True)
+        assert r["summary"]["videos_ok"] == n, r["summary"]
+        print(f"| {n} | {r['peak_pss_mib']:.0f} MiB | {r['driver_rss_mib']:.0f} MiB "
+              f"| {r['wall_s']:.0f} s |")  # fmt: skip
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workdir", default=str(ROOT / "work" / "bench"))
-    ap.add_argument("--quick", action="store_true", help="10-minute long video, fewer files")
+    ap.add_argument("--quick", action="store_true", help="2 min of video, 20/200 videos")
+    ap.add_argument("--skip", choices=["throughput", "memory"], action="append", default=[])
     args = ap.parse_args()
     work = Path(args.workdir)
-    (work / "throughput").mkdir(parents=True, exist_ok=True)
-    w, h, fps = 320, 240, 25
-
-    print(f"# generating videos under {work} (cached) ...", flush=True)
-    files = [
-        long_video(work / "throughput" / f"v{i}.mp4", 2.0, w, h, fps)
-        for i in range(2 if args.quick else 4)
-    ]
-    long_minutes = 10.0 if args.quick else 60.0
-    mem_minutes = (1.0, 3.0, long_minutes)
-    mem_videos = [long_video(work / f"mem_{int(m)}min.mp4", m, w, h, fps) for m in mem_minutes]
-
-    rows = []
-    base_cpu = sum(ffmpeg_decode_cpu_s(p) for p in files)
-    video_s = 120.0 * len(files)
-    base_rate = video_s / base_cpu
-    rows.append(("ffmpeg -threads 1 full decode (baseline)", f"{base_rate:.1f}", "1.00"))
-    for decoder in ("decord", "pyav"):
-        res = [run_worker(p, decoder) for p in files]
-        cpu = sum(r["cpu_s"] for r in res)
-        rate = sum(r["duration_s"] for r in res) / cpu
-        rows.append(
-            (
-                f"decode+sample+tiny encoder, {decoder}, 1 thread",
-                f"{rate:.1f}",
-                f"{rate / base_rate:.2f}",
-            )
-        )
-
-    # the Ray Data pipeline end to end (2 CPUs here)
-    import ray
-
-    from lvmae.config import ExtractConfig
-    from pipelines.extract import run_extraction
-
-    ray.init(include_dashboard=False, log_to_driver=False)
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        summary = run_extraction(str(work / "throughput"), tmp, ExtractConfig(), progress=False)
-        wall = time.perf_counter() - t0
-    ray.shutdown()
-    cpus = os.cpu_count()
-    rows.append(
-        (
-            f"Ray Data pipeline, tiny encoder, local Ray ({cpus} CPUs), per wall-second",
-            f"{summary.video_seconds / wall:.1f}",
-            f"{summary.video_seconds / wall / base_rate:.2f}",
-        )
-    )
-
-    print(f"\n## Throughput ({len(files)} videos × 2 min, {w}x{h} @ {fps} fps, H.264)\n")
-    print("| what | seconds of video per CPU-second | × ffmpeg decode |")
-    print("|---|---|---|")
-    for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]} |")
-
-    print(f"\n## Peak memory ({w}x{h} @ {fps} fps; max RSS of the extracting process)\n")
-    heads = " | ".join(f"{m:g} min" for m in mem_minutes)
-    print(f"| decoder | {heads} | {long_minutes:g} min / 1 min | {long_minutes:g} min / 3 min |")
-    print("|---|---|---|---|---|---|")
-    for decoder in ("decord", "pyav"):
-        rss = [run_worker(v, decoder)["max_rss_mib"] for v in mem_videos]
-        cells = " | ".join(f"{r:.0f} MiB" for r in rss)
-        print(f"| {decoder} | {cells} | {rss[2] / rss[0]:.2f} | {rss[2] / rss[1]:.2f} |")
+    work.mkdir(parents=True, exist_ok=True)
+    if "throughput" not in args.skip:
+        files = archive(work, 2, 1) if args.quick else archive(work, 4, 5)
+        throughput(files, work)
+    if "memory" not in args.skip:
+        memory(work, (20, 200) if args.quick else (200, 2000))
 
 
 if __name__ == "__main__":

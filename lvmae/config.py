@@ -40,6 +40,15 @@ STAGE_NAMES: tuple[str, ...] = get_args(StageName)
 """The stages of the main job, in chain order (see ``pipelines/stages``)."""
 LABEL_DATASETS: tuple[str, ...] = get_args(LabelDataset)
 """Benchmarks whose annotations convert into labels files (see :mod:`lvmae.labels`)."""
+ShotDetector = Literal["transnetv2", "adaptive", "histogram"]
+SHOT_DETECTORS: dict[str, tuple[float, float, float, str]] = {
+    "transnetv2": (0.5, 0.0, 1.0, "TransNetV2's per-frame transition probability"),
+    "adaptive": (3.0, 0.0, float("inf"), "PySceneDetect's adaptive ratio (a frame's content "
+                 "change over its neighbours' mean)"),
+    "histogram": (0.3, 0.0, 1.0, "the colour-histogram distance of consecutive frames"),
+}  # fmt: skip
+"""Cut detectors of ``segmenter: shots`` (see :mod:`lvmae.shots`): name -> (default
+threshold, lower and upper bound (exclusive), what the threshold is)."""
 
 
 class ConfigError(LvmaeError, ValueError):
@@ -67,15 +76,27 @@ class ExtractConfig(BaseModel):
     segment_s: float = Field(5.0, gt=0, description="segment length, seconds")
     stride_s: float | None = Field(None, gt=0, description="seconds between segment starts")
     min_segment_s: float = Field(1.0, ge=0, description="shortest trailing segment kept, s")
-    shot_threshold: float = Field(0.3, gt=0, lt=1, description="histogram distance of a cut")
+    shot_detector: ShotDetector = Field(
+        "transnetv2", description="cut detector of segmenter: shots (see SHOT_DETECTORS)"
+    )
+    shot_threshold: float | None = Field(
+        None, description="cut threshold of the shot detector; None: the detector's default"
+    )
     shot_min_s: float = Field(2.0, ge=0, description="shots shorter than this are merged, s")
     shot_max_s: float = Field(10.0, gt=0, description="shots longer than this are split, s")
-    shot_analysis_fps: float = Field(4.0, gt=0, description="frames/s decoded to find cuts")
+    shot_analysis_fps: float = Field(
+        4.0, gt=0, description="frames/s the histogram detector looks at (others: every frame)"
+    )
     # frame sampling
     frames_per_segment: int = Field(8, ge=1, le=64)
     image_size: int = Field(224, ge=16, le=1024, description="pixels, square crop")
     # decoding
     decoder: Literal["decord", "pyav"] = "decord"
+    decode_mode: Literal["exact", "fast"] = Field(
+        "exact",
+        description="exact: the planned frames; fast: PyAV skipping non-reference frames and "
+        "the loop filter, the nearest decodable frame to each planned time",
+    )
     decode_threads: int = Field(1, ge=0, le=64, description="threads per decoder (0: auto)")
     video_time_limit_s: float = Field(3600.0, gt=0, description="per video, seconds")
     max_clips_in_flight: int = Field(4, ge=1, le=1024, description="per video")
@@ -88,17 +109,38 @@ class ExtractConfig(BaseModel):
     batch_size: int = Field(16, ge=1, description="segments per encoder call")
     encoder_actors: int = Field(1, ge=1, description="encoder actor pool size")
     gpus_per_actor: float | None = Field(
-        None, ge=0, description="GPUs per encoder actor; default 1 when the cluster has GPUs"
+        None,
+        ge=0,
+        description="GPUs per encoder actor; default 1 for languagebind-* (even before a GPU "
+        "node is up), 0 for tiny; 0 runs the encoder on CPU",
+    )
+    encoder_cpus: float | None = Field(
+        None,
+        ge=0,
+        description="CPUs reserved per encoder actor; default 0.25 with a GPU, 1 without",
     )
     decode_cpus: float = Field(1.0, gt=0, description="CPUs reserved per decode task")
     decode_memory_mb: int = Field(
         1024, ge=64, description="memory reserved per decode task (MiB), for Ray's scheduler"
     )
     # output
-    rows_per_file: int = Field(256, ge=1, description="segment rows per Parquet file")
+    rows_per_file: int = Field(
+        4096, ge=1, description="most segment rows per Parquet file (a flush writes sooner)"
+    )
+    flush_s: float = Field(
+        30.0, gt=0, description="seconds between writes of finished videos' rows, at most"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ExtractConfig:
+        if self.shot_threshold is not None:
+            default, low, high, meaning = SHOT_DETECTORS[self.shot_detector]
+            if not low < self.shot_threshold < high:
+                raise ValueError(
+                    f"shot_threshold {self.shot_threshold} is out of range for shot_detector "
+                    f"{self.shot_detector!r}: it is {meaning}, in ({low:g}, {high:g}) "
+                    f"(default {default:g}; null for the default)"
+                )
         if self.shot_min_s > self.shot_max_s:
             raise ValueError(
                 f"shot_min_s ({self.shot_min_s}) must not exceed shot_max_s ({self.shot_max_s})"
@@ -107,15 +149,47 @@ class ExtractConfig(BaseModel):
             raise ValueError("extensions must name at least one file extension")
         return self
 
+    def encoder_gpus(self) -> float:
+        """GPUs per encoder actor: ``gpus_per_actor``, else 1 for the ``languagebind-*``
+        encoders (whether or not a GPU node is up yet) and 0 for ``tiny``."""
+        if self.gpus_per_actor is not None:
+            return self.gpus_per_actor
+        return 0.0 if self.encoder == "tiny" else 1.0
+
+    def encoder_cpu_share(self) -> float:
+        """CPUs reserved per encoder actor: ``encoder_cpus``, else 0.25 beside a GPU (it only
+        feeds the GPU) and 1 when the encoder computes on the CPU."""
+        if self.encoder_cpus is not None:
+            return self.encoder_cpus
+        return 0.25 if self.encoder_gpus() > 0 else 1.0
+
+    def encodes_in_decode_tasks(self) -> bool:
+        """The ``tiny`` encoder on CPU costs a tenth of decoding: it runs inside each decode
+        task (loaded once per worker process), so every core decodes and no frame crosses
+        the object store. Any other encoder gets its own actor pool."""
+        return self.encoder == "tiny" and self.encoder_gpus() == 0
+
     def embedding_fields(self) -> dict[str, Any]:
         """The fields that change the embeddings written (not how fast they are made)."""
         keys = [
             "segmenter", "segment_s", "stride_s", "min_segment_s", "frames_per_segment",
-            "image_size", "encoder", "encoder_checkpoint", "encoder_seed",
+            "image_size", "encoder", "encoder_checkpoint", "encoder_seed", "decode_mode",
         ]  # fmt: skip
         if self.segmenter == "shots":
-            keys += ["shot_threshold", "shot_min_s", "shot_max_s", "shot_analysis_fps"]
-        return {k: getattr(self, k) for k in keys}
+            keys += ["shot_detector", "shot_min_s", "shot_max_s"]
+            if self.shot_detector == "histogram":
+                keys.append("shot_analysis_fps")
+        fields = {k: getattr(self, k) for k in keys}
+        if self.segmenter == "shots":
+            fields["shot_threshold"] = self.shot_cut_threshold
+        return fields
+
+    @property
+    def shot_cut_threshold(self) -> float:
+        """``shot_threshold``, or the shot detector's default when it is None."""
+        if self.shot_threshold is not None:
+            return self.shot_threshold
+        return SHOT_DETECTORS[self.shot_detector][0]
 
     def config_id(self) -> str:
         """Short stable hash of :meth:`embedding_fields`: equal ids ⇒ comparable outputs."""

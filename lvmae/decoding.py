@@ -10,6 +10,7 @@ is the fallback when decord cannot open a file (docs/design.md, "Environment fac
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -123,6 +124,7 @@ class DecordReader(VideoReader):
     def __init__(self, path: str | Path, *, short_side: int, threads: int = 1) -> None:
         import decord
 
+        decord.logging.set_level(decord.logging.QUIET)  # its errors reach us as exceptions
         width, height = probe_size(path)
         self.out_size = resized_shape(width, height, short_side)
         try:
@@ -161,15 +163,24 @@ class DecordReader(VideoReader):
 
 class PyAVReader(VideoReader):
     """PyAV reader: timestamps from demuxed packets; frames decoded forward from the nearest
-    keyframe and converted (and resized) by libswscale."""
+    keyframe and converted (and resized) by libswscale.
 
-    def __init__(self, path: str | Path, *, short_side: int, threads: int = 1) -> None:
+    With ``fast=True`` the decoder skips non-reference frames and the deblocking (loop)
+    filter, where the codec allows (H.264, HEVC): frames it still outputs are slightly
+    softer, and only :meth:`nearest_frames` makes sense (the frame at an exact index may
+    never be decoded).
+    """
+
+    def __init__(
+        self, path: str | Path, *, short_side: int, threads: int = 1, fast: bool = False
+    ) -> None:
         import av
 
         try:
             self._container = av.open(str(path))
         except Exception as exc:
             raise DecodeError(f"PyAV cannot open the file: {exc}") from exc
+        self.fast = fast
         try:
             self._init_stream(short_side, threads)
         except Exception as exc:
@@ -183,6 +194,9 @@ class PyAVReader(VideoReader):
             raise DecodeError("no video stream")
         stream = self._stream = self._container.streams.video[0]
         stream.codec_context.thread_count = threads
+        if self.fast:  # set before the first packet opens the decoder
+            stream.codec_context.skip_frame = "NONREF"
+            stream.codec_context.options = {"skip_loop_filter": "all"}
         width, height = stream.codec_context.width, stream.codec_context.height
         if not width or not height:
             raise DecodeError("video stream has no frame size")
@@ -231,15 +245,69 @@ class PyAVReader(VideoReader):
         out = np.empty((len(indices), self.out_size[1], self.out_size[0], 3), dtype=np.uint8)
         for k, i in enumerate(indices):
             try:
-                frame = self._frame_at(int(self._pts[int(i)]))
-                out[k] = frame.reformat(
-                    width=self.out_size[0], height=self.out_size[1], format="rgb24"
-                ).to_ndarray()
+                out[k] = self._rgb(self._frame_at(int(self._pts[int(i)])))
             except DecodeError as exc:
                 raise DecodeError(f"PyAV failed to decode frame {int(i)}: {exc}") from exc
             except Exception as exc:
                 raise DecodeError(f"PyAV failed to decode frame {int(i)}: {exc}") from exc
         return out
+
+    def nearest_frames(self, targets_s: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
+        """One forward pass over the video: for each target time, the decoded frame nearest
+        to it (the earlier one on a tie). In fast mode that is the nearest *decodable* frame.
+
+        Args:
+            targets_s: ``[K]`` target times in seconds from the first frame, non-decreasing.
+
+        Yields:
+            ``(k, frame_index, frame)`` for ``k = 0..K-1`` in order: the frame's index in
+            :attr:`frame_times_s` and the frame, ``[out_h, out_w, 3]`` uint8 RGB. Memory holds
+            two decoded frames whatever the video's length.
+
+        Raises:
+            ValueError: targets not sorted.
+            DecodeError: the stream cannot be decoded (or yields no frame at all).
+        """
+        targets = np.asarray(targets_s, dtype=np.float64)
+        if targets.size > 1 and np.any(np.diff(targets) < 0):
+            raise ValueError("targets_s must be non-decreasing")
+        cache: dict[int, np.ndarray] = {}
+
+        def pick(frame) -> tuple[int, np.ndarray]:
+            index = int(np.clip(np.searchsorted(self._pts, frame.pts), 0, len(self._pts) - 1))
+            if index not in cache:
+                cache.clear()  # the same frame often serves consecutive targets
+                cache[index] = self._rgb(frame)
+            return index, cache[index]
+
+        k, prev, prev_t = 0, None, -np.inf
+        try:
+            self._seek(int(self._pts[0]))
+            for frame in self._frames:
+                if frame.pts is None:
+                    continue
+                t = float(frame.pts - self._pts[0]) * float(self._stream.time_base)
+                while k < targets.size and targets[k] <= t:
+                    earlier = prev is not None and targets[k] - prev_t <= t - targets[k]
+                    best = prev if earlier else frame
+                    yield (k, *pick(best))
+                    k += 1
+                if k == targets.size:
+                    return
+                prev, prev_t = frame, t
+        except DecodeError:
+            raise
+        except Exception as exc:  # PyAV's FFmpegError family on a damaged stream
+            raise DecodeError(f"PyAV failed to decode: {exc}") from exc
+        if prev is None and k < targets.size:
+            raise DecodeError("PyAV decoded no frame")
+        for j in range(k, targets.size):  # targets after the last decodable frame
+            yield (j, *pick(prev))
+
+    def _rgb(self, frame) -> np.ndarray:
+        return frame.reformat(
+            width=self.out_size[0], height=self.out_size[1], format="rgb24"
+        ).to_ndarray()
 
     def close(self) -> None:
         self._frames = None

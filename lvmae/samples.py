@@ -286,9 +286,11 @@ def _fingerprint(
     seed: int,
     crf: int,
     keyint_s: float,
+    **extra: int,
 ) -> str:
     """What :func:`make_video` was asked for, hashed; stored in the mp4's comment tag."""
     spec = {
+        **extra,
         "scenes": [[s.source, float(s.seconds)] for s in scenes],
         "size": [int(width), int(height)],
         "fps": float(fps),
@@ -304,8 +306,10 @@ def _part_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
 
 
-def _encode_h264(video: ffmpeg.nodes.Node, path: Path, *, crf: int, **options: Any) -> Path:
-    """Encode ``video`` to ``path`` as H.264 mp4 (ultrafast, yuv420p, faststart, no audio),
+def _encode_h264(
+    video: ffmpeg.nodes.Node, path: Path, *, crf: int, preset: str = "ultrafast", **options: Any
+) -> Path:
+    """Encode ``video`` to ``path`` as H.264 mp4 (``preset``, yuv420p, faststart, no audio),
     through a temporary file renamed into place. ``options`` are extra ffmpeg options."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _part_path(path)
@@ -313,7 +317,7 @@ def _encode_h264(video: ffmpeg.nodes.Node, path: Path, *, crf: int, **options: A
         str(tmp),
         format="mp4",
         vcodec="libx264",
-        preset="ultrafast",
+        preset=preset,
         crf=crf,
         pix_fmt="yuv420p",
         movflags="+faststart",
@@ -338,10 +342,13 @@ def make_video(
     seed: int = 0,
     crf: int = 30,
     keyint_s: float = 2.0,
+    bframes: int = 0,
 ) -> Path:
     """Encode ``scenes`` one after another into one H.264 mp4.
 
-    The file is libx264 (``ultrafast`` preset), yuv420p, constant frame rate, with the moov
+    The file is libx264 (``ultrafast`` preset; ``veryfast``, with its deblocking filter and
+    ``bframes`` B-frames in a pyramid, when ``bframes > 0``, as camera and web files are),
+    yuv420p, constant frame rate, with the moov
     atom at the front (``+faststart``) and no audio. Scene ``i`` is ``PALETTE[source]``
     rendered with a variation seed derived from (``seed``, ``i``). Scene boundaries are
     rounded to whole frames cumulatively, so the video has ``round(sum(seconds) * fps)``
@@ -357,6 +364,7 @@ def make_video(
         seed: variation seed for the seeded sources (Game of Life, gradients, ...).
         crf: x264 constant rate factor (higher = smaller, blurrier).
         keyint_s: maximum seconds between key frames (x264 also cuts at scene changes).
+        bframes: most consecutive B-frames (0: none).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -386,8 +394,9 @@ def make_video(
         )
         streams.append(ffmpeg.input(graph, f="lavfi"))
     video = streams[0] if len(streams) == 1 else ffmpeg.concat(*streams, v=1, a=0)
+    extra = {"bframes": bframes} if bframes else {}  # files made before bframes keep their hash
     fingerprint = _fingerprint(
-        scenes, width=width, height=height, fps=fps, seed=seed, crf=crf, keyint_s=keyint_s
+        scenes, width=width, height=height, fps=fps, seed=seed, crf=crf, keyint_s=keyint_s, **extra
     )
     return _encode_h264(
         video,
@@ -395,6 +404,7 @@ def make_video(
         crf=crf,
         g=max(1, round(keyint_s * fps)),
         metadata=f"comment={_COMMENT_PREFIX}{fingerprint}",
+        **({"preset": "veryfast", "bf": bframes} if bframes else {}),
     )
 
 

@@ -9,6 +9,7 @@ frame timestamps, so variable-frame-rate videos come out right. Pure NumPy; no d
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -159,30 +160,135 @@ def detect_cuts(
     return cuts
 
 
+def shot_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two shot descriptors (0 when either is all zeros)."""
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    return float(np.dot(a, b) / (na * nb)) if na > 0 and nb > 0 else 0.0
+
+
+def _shots(
+    cut_times_s: Iterable[float], duration_s: float, shot_features: np.ndarray | None
+) -> tuple[list[tuple[float, float]], np.ndarray | None]:
+    """The shots ``[(start, end)]`` between the cuts, with their descriptors; cuts outside
+    ``(0, duration_s)`` and the empty shots they would make are dropped."""
+    cuts = [float(c) for c in cut_times_s]
+    if shot_features is None:
+        cuts.sort()
+    elif any(b < a for a, b in itertools.pairwise(cuts)):
+        raise ValueError("with shot_features, cut_times_s must be in increasing order")
+    bounds = [0.0, *(min(max(c, 0.0), float(duration_s)) for c in cuts), float(duration_s)]
+    keep = [i for i, (a, b) in enumerate(itertools.pairwise(bounds)) if b - a > _EPS]
+    spans = [(bounds[i], bounds[i + 1]) for i in keep]
+    if shot_features is None:
+        return spans, None
+    features = np.asarray(shot_features, dtype=np.float64)
+    if features.ndim != 2 or len(features) != len(cuts) + 1:
+        raise ValueError(
+            f"shot_features must be [len(cut_times_s) + 1, D] = [{len(cuts) + 1}, D], "
+            f"got shape {features.shape}"
+        )
+    return spans, features[keep]
+
+
+def merge_short_shots(
+    spans: list[tuple[float, float]], features: np.ndarray | None, min_segment_s: float
+) -> list[tuple[float, float]]:
+    """Merge every shot shorter than ``min_segment_s`` into a neighbour, shortest first.
+
+    A short shot joins the neighbour whose descriptor is most similar to its own (cosine of
+    the duration-weighted mean descriptor of each merged group; the following neighbour on
+    a tie, and always when ``features`` is None); the first and last shots have one
+    neighbour. Only a cut next to a short group is ever removed, so a cut between two shots
+    that are both at least ``min_segment_s`` long always stays. Stops when every group is
+    long enough or one group is left.
+
+    Args:
+        spans: contiguous ``(start_s, end_s)`` shots in time order.
+        features: ``[len(spans), D]`` shot descriptors, or None.
+        min_segment_s: the shortest group kept on its own, seconds.
+
+    Returns:
+        The merged groups' ``(start_s, end_s)`` in time order.
+    """
+    n = len(spans)
+    start = [a for a, _ in spans]
+    end = [b for _, b in spans]
+    weight = [b - a for a, b in spans]
+    feat = None if features is None else [f * w for f, w in zip(features, weight, strict=True)]
+    prev = list(range(-1, n - 1))
+    nxt = [*range(1, n), -1]
+    alive = [True] * n
+    heap = [(end[i] - start[i], i) for i in range(n)]
+    heapq.heapify(heap)
+    groups = n
+    while heap and groups > 1:
+        length, i = heapq.heappop(heap)
+        if not alive[i] or length != end[i] - start[i]:
+            continue  # merged away, or grown since it was queued
+        if length >= min_segment_s - _EPS:
+            break
+        left, right = prev[i], nxt[i]
+        into = right
+        if right < 0 or (
+            left >= 0
+            and feat is not None
+            and shot_similarity(feat[i], feat[left]) > shot_similarity(feat[i], feat[right])
+        ):
+            into = left
+        # absorb i into its neighbour ``into``; the survivor keeps the index ``into``
+        start[into], end[into] = min(start[into], start[i]), max(end[into], end[i])
+        weight[into] += weight[i]
+        if feat is not None:
+            feat[into] = feat[into] + feat[i]
+        alive[i] = False
+        if into == left:
+            nxt[left] = right
+            if right >= 0:
+                prev[right] = left
+        else:
+            prev[right] = left
+            if left >= 0:
+                nxt[left] = right
+        groups -= 1
+        heapq.heappush(heap, (end[into] - start[into], into))
+    return sorted((start[i], end[i]) for i in range(n) if alive[i])
+
+
 def shot_segments(
     cut_times_s: Iterable[float],
     duration_s: float,
     *,
     min_segment_s: float = 2.0,
     max_segment_s: float = 10.0,
+    shot_features: np.ndarray | None = None,
 ) -> list[Segment]:
     """Shot-based plan: segments follow the video's shots, then are brought within bounds.
 
-    Shots (spans between consecutive cuts) shorter than ``min_segment_s`` are merged into the
-    following shot (the last one into its predecessor); shots longer than ``max_segment_s``
-    are split into the fewest equal parts no longer than ``max_segment_s``.
+    Shots (spans between consecutive cuts) shorter than ``min_segment_s`` join the
+    neighbour they are most similar to (:func:`merge_short_shots`; without
+    ``shot_features``, the following shot, the last one its predecessor); a cut between two
+    shots that are both at least ``min_segment_s`` long is never removed. Then shots longer
+    than ``max_segment_s`` are split into the fewest equal parts no longer than
+    ``max_segment_s``. Every segment is then at most ``max_segment_s`` long, and at least
+    ``min_segment_s`` when ``min_segment_s <= max_segment_s / 2`` (a split part is longer
+    than half the maximum) — except a video shorter than ``min_segment_s``, which is one
+    segment.
 
     Args:
-        cut_times_s: cut times in seconds (any order; those outside ``(0, duration_s)`` are
-            ignored).
+        cut_times_s: cut times in seconds: the start of each new shot. Those outside
+            ``(0, duration_s)`` are ignored. Any order without ``shot_features``;
+            increasing with them.
         duration_s: video duration in seconds (> 0).
         min_segment_s, max_segment_s: bounds in seconds, ``0 <= min <= max``, ``max > 0``.
+        shot_features: optional ``[len(cut_times_s) + 1, D]`` descriptor of each shot (row
+            ``i`` is the shot that ends at cut ``i``), e.g. its mean colour histogram.
 
     Returns:
         Contiguous segments covering ``[0, duration_s)`` in time order.
 
     Raises:
-        ValueError: a non-positive duration or inconsistent bounds.
+        ValueError: a non-positive duration, inconsistent bounds, or features that do not
+            match the cuts.
     """
     if not duration_s > 0:
         raise ValueError(f"duration_s must be > 0, got {duration_s}")
@@ -191,18 +297,11 @@ def shot_segments(
             f"need 0 <= min_segment_s <= max_segment_s and max_segment_s > 0, "
             f"got {min_segment_s}, {max_segment_s}"
         )
-    cuts = sorted(c for c in cut_times_s if _EPS < c < duration_s - _EPS)
-    bounds = [0.0, *cuts, float(duration_s)]
-    merged = [bounds[0]]
-    for b in bounds[1:-1]:
-        if b - merged[-1] >= min_segment_s - _EPS:
-            merged.append(b)
-    merged.append(bounds[-1])
-    if len(merged) > 2 and merged[-1] - merged[-2] < min_segment_s - _EPS:
-        del merged[-2]  # the last shot is too short: merge it into its predecessor
-    spans: list[tuple[float, float]] = []
-    for a, b in itertools.pairwise(merged):
+    spans, features = _shots(cut_times_s, duration_s, shot_features)
+    merged = merge_short_shots(spans, features, min_segment_s)
+    out: list[tuple[float, float]] = []
+    for a, b in merged:
         parts = max(1, int(np.ceil((b - a) / max_segment_s - _EPS)))
         edges = np.linspace(a, b, parts + 1)
-        spans.extend(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True))
-    return [Segment(i, float(a), float(b)) for i, (a, b) in enumerate(spans)]
+        out.extend(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True))
+    return [Segment(i, float(a), float(b)) for i, (a, b) in enumerate(out)]

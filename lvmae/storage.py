@@ -47,7 +47,10 @@ VIDEO_SCHEMA = pa.schema(
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("num_frames", pa.int64()),
-        ("num_segments", pa.int32()),
+        ("segments_planned", pa.int32()),  # the segment plan's length
+        ("segments_written", pa.int32()),  # segment rows written for the video by this attempt
+        ("shot_detector", pa.string()),  # segmenter: shots — the cut detector, else null
+        ("cuts_s", pa.list_(pa.float64())),  # its cut times, seconds (null: fixed segments)
         ("size_bytes", pa.int64()),
         ("decode_s", pa.float64()),
         ("node_id", pa.string()),  # the Ray node that decoded the video (hex id)
@@ -141,13 +144,43 @@ def read_segments(out: str, *, columns: list[str] | None = None) -> pa.Table:
     return table.select(columns) if columns else table
 
 
+def written_segments(out: str, config_id: str) -> dict[str, list[int]]:
+    """Video id → indices of its segments on disk under ``out`` made with ``config_id``
+    (reads only the key columns); empty when there are none. What a resumed run skips."""
+    fs, root = _fs(out)
+    directory = f"{root.rstrip('/')}/{SEGMENTS_DIR}"
+    if fs.get_file_info(directory).type != pafs.FileType.Directory:
+        return {}
+    dataset = pads.dataset(directory, filesystem=fs, format="parquet")
+    if not dataset.files:
+        return {}
+    keys = dataset.to_table(
+        columns=["video_id", "segment_index"], filter=pads.field("config_id") == config_id
+    )
+    found: dict[str, set[int]] = {}
+    for vid, idx in zip(
+        keys["video_id"].to_pylist(), keys["segment_index"].to_pylist(), strict=True
+    ):
+        found.setdefault(vid, set()).add(idx)
+    return {vid: sorted(indices) for vid, indices in found.items()}
+
+
 def read_videos(out: str) -> pa.Table:
     """The videos table under ``out``, one row per ``video_id`` (its latest), sorted by id;
-    an empty table with :data:`VIDEO_SCHEMA` when there is none yet."""
-    table = _read_dir(out, VIDEOS_DIR)
-    if table is None:
+    an empty table with :data:`VIDEO_SCHEMA` when there is none yet.
+
+    Every file is read as :data:`VIDEO_SCHEMA`: a column that files written by an older
+    version lack (``cuts_s``, ``shot_detector``) reads as null there, and a column the
+    schema no longer has is left out.
+    """
+    fs, root = _fs(out)
+    directory = f"{root.rstrip('/')}/{VIDEOS_DIR}"
+    if fs.get_file_info(directory).type != pafs.FileType.Directory:
         return VIDEO_SCHEMA.empty_table()
-    return _keep_last(table, ["video_id"]).sort_by("video_id")
+    dataset = pads.dataset(directory, filesystem=fs, format="parquet", schema=VIDEO_SCHEMA)
+    if not dataset.files:
+        return VIDEO_SCHEMA.empty_table()
+    return _keep_last(dataset.to_table(), ["video_id"]).sort_by("video_id")
 
 
 def read_manifest(out: str) -> dict | None:

@@ -21,6 +21,7 @@ from lvmae.config import (
     ENCODER_NAMES,
     LABEL_DATASETS,
     PROBE_KINDS,
+    SHOT_DETECTORS,
     ExtractConfig,
     PretrainConfig,
     ProbeSection,
@@ -77,10 +78,23 @@ def cli(verbose: bool) -> None:
 @click.option("--min-segment-seconds", "min_segment_s", type=float, help="Shortest tail [1].")
 @click.option("--frames-per-segment", type=int, help="Frames sampled per segment [8].")
 @click.option("--segmenter", type=click.Choice(["fixed", "shots"]), help="Segment plan.")
+@click.option(
+    "--shot-detector",
+    type=click.Choice(list(SHOT_DETECTORS)),
+    help="Cut detector of --segmenter shots [transnetv2].",
+)
 @click.option("--decoder", type=click.Choice(["decord", "pyav"]), help="Video decoder.")
+@click.option(
+    "--decode-mode",
+    type=click.Choice(["exact", "fast"]),
+    help="fast: skip non-reference frames, nearest decodable frame [exact].",
+)
 @click.option("--batch-size", type=int, help="Segments per encoder call [16].")
 @click.option("--encoder-actors", type=int, help="Encoder actor pool size [1].")
-@click.option("--gpus-per-actor", type=float, help="GPUs per encoder actor [1 if GPUs].")
+@click.option(
+    "--gpus-per-actor", type=float, help="GPUs per encoder actor [languagebind 1, tiny 0]."
+)
+@click.option("--flush-seconds", "flush_s", type=float, help="Write output this often [30].")
 @click.option("--video-time-limit", "video_time_limit_s", type=float, help="Seconds/video.")
 @click.option("--overwrite", is_flag=True, help="Write into an output made with another config.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")

@@ -91,6 +91,8 @@ def quiet_libraries(verbose: bool) -> None:
     level = logging.INFO if verbose else logging.WARNING
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(level)
+    # "Progress bars disabled": ours replace Ray Data's (lvmae.progress), on purpose
+    logging.getLogger("ray.data._internal.progress").setLevel(level if verbose else logging.ERROR)
     if not verbose:
         warnings.filterwarnings("ignore", message="Use 'expr' instead of 'fn'")
 

@@ -3,12 +3,17 @@
 The Ray side stays thin; the per-video and per-batch logic lives in :mod:`lvmae`::
 
     list videos (driver)
-      → decode   (CPU tasks, one video each: lvmae.clips.read_clips_bounded; emits small
-                  per-segment clips, never a row per decoded frame, and one report per video)
-      → encode   (actor pool, ActorPoolStrategy; one GPU per actor where GPUs exist)
-      → write    (tasks: segment rows to Parquet, atomically)
-      → driver   (counts each video's written segments; records its row in the videos table
-                  once all its segments are on disk; progress; summary)
+      → decode   (CPU tasks, one video each: lvmae.clips.read_clips_bounded; at most
+                  max_clips_in_flight clips in memory, one report per video). The tiny
+                  encoder on CPU runs right here, loaded once per worker process.
+      → encode   (otherwise: an actor pool; languagebind-* take one GPU each by default,
+                  and a quarter CPU; see ExtractConfig.encoder_gpus)
+      → driver   (OutputWriter: segment rows and, once all of a video's segments are on
+                  disk, its videos-table row, written as the first video finishes and then
+                  every flush_s seconds or rows_per_file rows; progress; MLflow step metrics)
+
+Embeddings are a few KiB per segment, so the driver writes them itself: no write task
+competes with decoding for CPUs, and a video's row never lands before its segments.
 
 Resume: a video whose row says ``ok`` under the same config is skipped on a rerun; anything
 else is redone, and readers key on ``(video_id, segment_index)``, so a run killed at any
@@ -17,6 +22,7 @@ point and rerun reads back every segment exactly once.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -37,7 +43,7 @@ from mlflow.tracking import MlflowClient
 from lvmae import __version__
 from lvmae.clips import Clip, VideoReport, read_clips_bounded
 from lvmae.config import ExtractConfig
-from lvmae.encoders import build_encoder, describe_encoder
+from lvmae.encoders import FrozenEncoder, build_encoder, describe_encoder
 from lvmae.errors import LvmaeError
 from lvmae.inputs import VideoSource, list_videos, local_copy
 from lvmae.progress import Progress
@@ -48,13 +54,12 @@ from lvmae.storage import (
     segment_schema,
     write_manifest,
     write_table_atomic,
+    written_segments,
 )
 from lvmae.tracking import default_tracking_uri, tracked_run
 from pipelines.connect import connect_ray
 
 log = logging.getLogger(__name__)
-
-FLUSH_EVERY_S = 10.0  # the driver writes finished videos' rows at least this often
 
 
 class ExtractError(LvmaeError, RuntimeError):
@@ -96,34 +101,60 @@ def _report_batch(
     }
 
 
+@functools.lru_cache(maxsize=2)
+def _worker_encoder(name: str, checkpoint: str | None, seed: int) -> FrozenEncoder:
+    """The frozen encoder of this worker process, built on first use (Ray reuses workers)."""
+    return build_encoder(name, checkpoint=checkpoint, seed=seed)
+
+
+def _embed(batch: dict[str, np.ndarray], encoder: FrozenEncoder) -> dict[str, np.ndarray]:
+    """Replace ``frames`` by ``embedding`` (``[n, D]`` float32; zeros on report rows)."""
+    frames = batch.pop("frames")
+    is_clip = batch["segment_index"] >= 0
+    emb = np.zeros((len(is_clip), encoder.embedding_dim), dtype=np.float32)
+    if is_clip.any():
+        emb[is_clip] = encoder.encode(frames[is_clip])
+    batch["embedding"] = emb
+    return batch
+
+
 def decode_videos(batch: dict[str, np.ndarray], config_json: str):
-    """Ray Data stage: for each input video row (``video_id``, ``uri``) yield batches of
-    clips (``frames``: ``[n, T, S, S, 3]`` uint8) and, last, its report row."""
+    """Ray Data stage: for each input video row (``video_id``, ``uri``, ``done``: indices
+    of its segments already on disk, skipped) yield batches of clips (``frames``:
+    ``[n, T, S, S, 3]`` uint8) and, last, its report row. Where the encoder runs in the
+    decode tasks (:meth:`ExtractConfig.encodes_in_decode_tasks`), the batches carry
+    ``embedding`` (``[n, D]``) instead of frames."""
     import ray
 
     config = ExtractConfig.model_validate_json(config_json)
     node_id = ray.get_runtime_context().get_node_id()
-    for video_id, uri in zip(batch["video_id"], batch["uri"], strict=True):
+    encoder = None
+    if config.encodes_in_decode_tasks():
+        encoder = _worker_encoder(config.encoder, config.encoder_checkpoint, config.encoder_seed)
+
+    def out(rows: dict) -> dict:
+        return _embed(rows, encoder) if encoder is not None else rows
+
+    for video_id, uri, done in zip(batch["video_id"], batch["uri"], batch["done"], strict=True):
         chunk: list[Clip] = []
         try:
             with local_copy(str(uri)) as path:
-                for item in read_clips_bounded(path, config):
+                for item in read_clips_bounded(path, config, frozenset(done.tolist())):
                     if isinstance(item, Clip):
                         chunk.append(item)
                         if len(chunk) >= config.batch_size:
-                            yield _clip_batch(video_id, chunk)
+                            yield out(_clip_batch(video_id, chunk))
                             chunk = []
                         continue
                     if chunk:
-                        yield _clip_batch(video_id, chunk)
+                        yield out(_clip_batch(video_id, chunk))
                         chunk = []
-                    yield _report_batch(video_id, item, config, node_id)
+                    yield out(_report_batch(video_id, item, config, node_id))
         except Exception as exc:  # the copy from remote storage failed
             if chunk:
-                yield _clip_batch(video_id, chunk)
-            yield _report_batch(
-                video_id, VideoReport("failed", f"cannot read {uri}: {exc}"), config, node_id
-            )
+                yield out(_clip_batch(video_id, chunk))
+            report = VideoReport("failed", f"cannot read {uri}: {exc}")
+            yield out(_report_batch(video_id, report, config, node_id))
 
 
 class EncodeClips:
@@ -131,52 +162,38 @@ class EncodeClips:
     (``[n, D]`` float32, L2-normalised) and drops ``frames``."""
 
     def __init__(self, config_json: str) -> None:
-
         config = ExtractConfig.model_validate_json(config_json)
         self.encoder = build_encoder(
             config.encoder, checkpoint=config.encoder_checkpoint, seed=config.encoder_seed
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        frames = batch.pop("frames")
-        is_clip = batch["segment_index"] >= 0
-        emb = np.zeros((len(is_clip), self.encoder.embedding_dim), dtype=np.float32)
-        if is_clip.any():
-            emb[is_clip] = self.encoder.encode(frames[is_clip])
-        batch["embedding"] = emb
-        return batch
+        return _embed(batch, self.encoder)
 
 
-def write_segments(
-    batch: dict[str, np.ndarray], out: str, encoder: str, config_id: str, dim: int
-) -> dict[str, np.ndarray]:
-    """Ray Data stage: write the batch's segment rows as one Parquet file (atomically);
-    return ``video_id``/``segment_index``/``report`` for the driver's bookkeeping."""
+def segment_table(batch: dict[str, np.ndarray], encoder: str, config_id: str, dim: int):
+    """The batch's segment rows (``segment_index >= 0``) as an Arrow table of
+    :func:`lvmae.storage.segment_schema`."""
     is_clip = batch["segment_index"] >= 0
     n = int(is_clip.sum())
-    if n:
-        table = pa.table(
-            {
-                "video_id": pa.array(batch["video_id"][is_clip].tolist(), pa.string()),
-                "segment_index": pa.array(batch["segment_index"][is_clip], pa.int32()),
-                "start_s": pa.array(batch["start_s"][is_clip], pa.float64()),
-                "end_s": pa.array(batch["end_s"][is_clip], pa.float64()),
-                "frame_indices": pa.array(list(batch["frame_indices"][is_clip])),
-                "frame_times_s": pa.array(list(batch["frame_times_s"][is_clip])),
-                "embedding": pa.FixedSizeListArray.from_arrays(
-                    pa.array(batch["embedding"][is_clip].astype(np.float32).ravel()), dim
-                ),
-                "encoder": pa.array([encoder] * n, pa.string()),
-                "config_id": pa.array([config_id] * n, pa.string()),
-            },
-            schema=segment_schema(dim),
-        )
-        write_table_atomic(table, out, "segments")
-    return {
-        "video_id": batch["video_id"],
-        "segment_index": batch["segment_index"],
-        "report": batch["report"],
-    }
+    return pa.table(
+        {
+            "video_id": pa.array(batch["video_id"][is_clip].tolist(), pa.string()),
+            "segment_index": pa.array(batch["segment_index"][is_clip], pa.int32()),
+            "start_s": pa.array(batch["start_s"][is_clip], pa.float64()),
+            "end_s": pa.array(batch["end_s"][is_clip], pa.float64()),
+            "frame_indices": pa.array(list(batch["frame_indices"][is_clip]), pa.list_(pa.int64())),
+            "frame_times_s": pa.array(
+                list(batch["frame_times_s"][is_clip]), pa.list_(pa.float64())
+            ),
+            "embedding": pa.FixedSizeListArray.from_arrays(
+                pa.array(batch["embedding"][is_clip].astype(np.float32).ravel()), dim
+            ),
+            "encoder": pa.array([encoder] * n, pa.string()),
+            "config_id": pa.array([config_id] * n, pa.string()),
+        },
+        schema=segment_schema(dim),
+    )
 
 
 # ----------------------------------------------------------------------------- driver
@@ -193,6 +210,7 @@ class ExtractionSummary:
     videos_partial: int = 0
     videos_failed: int = 0
     segments_written: int = 0
+    segments_resumed: int = 0
     video_seconds: float = 0.0
     wall_s: float = 0.0
     failures: dict[str, str] = field(default_factory=dict)
@@ -210,7 +228,8 @@ class ExtractionSummary:
         lines = [
             f"videos: {self.videos_total} total, {self.videos_skipped} already done, "
             f"{self.videos_ok} ok, {self.videos_partial} partial, {self.videos_failed} failed",
-            f"segments written: {self.segments_written}",
+            f"segments written: {self.segments_written}"
+            + (f" ({self.segments_resumed} already on disk)" if self.segments_resumed else ""),
             f"video processed: {self.video_seconds / 3600:.3f} h in {self.wall_s:.1f} s "
             f"({self.video_seconds_per_wall_second:.1f} s of video per second, "
             f"{self.segments_written / max(self.wall_s, 1e-9):.1f} segments/s)",
@@ -233,7 +252,10 @@ def _video_row(source: VideoSource, report: dict, config_id: str) -> dict:
         "width": info.get("width"),
         "height": info.get("height"),
         "num_frames": info.get("num_frames"),
-        "num_segments": report.get("num_clips", 0),
+        "segments_planned": report.get("num_segments", 0),
+        "segments_written": report.get("num_clips", 0),
+        "shot_detector": report.get("shot_detector"),
+        "cuts_s": report.get("cuts_s"),
         "size_bytes": source.size_bytes,
         "decode_s": report.get("decode_s"),
         "node_id": report.get("node_id"),
@@ -322,6 +344,8 @@ def run_extraction(
     t0 = time.perf_counter()
     sources = list_videos(input_path, config.extensions)
     encoder = describe_encoder(config.encoder, config.encoder_checkpoint, config.encoder_seed)
+    connect_ray()
+    check_gpus(config)
     manifest = prepare_output(out, config, encoder, overwrite=overwrite)
     config_id = config.config_id()
 
@@ -338,9 +362,15 @@ def run_extraction(
     }
     todo = [s for s in sources if s.video_id not in done_ids]
     summary = ExtractionSummary(videos_total=len(sources), videos_skipped=len(sources) - len(todo))
+    written = written_segments(out, config_id) if todo else {}
+    summary.segments_resumed = sum(len(written.get(s.video_id, ())) for s in todo)
     with _tracking(out, manifest, tracking_uri, track) as run_id:
         if todo:
-            _run_pipeline(todo, out, config, encoder, summary, progress=progress)
+            on_flush = _step_logger(run_id, tracking_uri or default_tracking_uri(out))
+            _run_pipeline(
+                todo, out, config, encoder, summary,
+                done=written, progress=progress, on_flush=on_flush,
+            )  # fmt: skip
         summary.wall_s = time.perf_counter() - t0
         manifest.update(
             status="done",
@@ -377,6 +407,24 @@ def _tracking(out: str, manifest: dict, tracking_uri: str | None, track: bool) -
         yield run_id
 
 
+def _step_logger(run_id: str | None, uri: str):
+    """A callback logging the running counts as MLflow step metrics (``progress.*``, step =
+    videos done) at every write of the output; a no-op when not tracking."""
+    if run_id is None:
+        return lambda counts: None
+    client = MlflowClient(tracking_uri=uri)
+
+    def log_counts(counts: dict[str, float]) -> None:
+        ts, step = int(time.time() * 1000), int(counts["videos_done"])
+        metrics = [Metric(f"progress.{k}", float(v), ts, step) for k, v in counts.items()]
+        try:
+            client.log_batch(run_id, metrics=metrics)
+        except Exception as exc:  # tracking trouble must not stop the extraction
+            log.warning("could not log progress to MLflow: %s", exc)
+
+    return log_counts
+
+
 def _log_summary(run_id: str, uri: str, manifest: dict, summary: ExtractionSummary) -> None:
     """The summary as metrics (one step per run into this output) and the manifest."""
     client = MlflowClient(tracking_uri=uri)
@@ -390,24 +438,110 @@ def _log_summary(run_id: str, uri: str, manifest: dict, summary: ExtractionSumma
         client.log_artifact(run_id, str(path))
 
 
-def _ray_init() -> None:
-    connect_ray()
+class OutputWriter:
+    """The driver's side of durable output: buffers segment rows and finished videos' rows,
+    and writes them (segments first, then the videos that are complete) as Parquet files,
+    each atomically.
+
+    A write happens as soon as the first rows arrive, then whenever ``flush_s`` seconds
+    have passed since the last one or ``rows_per_file`` segment rows are waiting, so files
+    are sized by rows and by time. A video's row is written only once all its segment rows
+    are on disk. A kill at any moment loses at most the rows received since the last write:
+    the rerun skips the videos with an ``ok`` row and, in the others, the segments already
+    on disk.
+    """
+
+    def __init__(self, out: str, *, flush_s: float, rows_per_file: int, clock=time.monotonic):
+        self.out, self.flush_s, self.rows_per_file, self.clock = out, flush_s, rows_per_file, clock
+        self.segments: list[pa.Table] = []
+        self.videos: list[dict] = []
+        self.pending_rows = 0
+        self.last_write = -float("inf")  # the first finished video is written at once
+        self.files_written = 0
+
+    def add_segments(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self.segments.append(table)
+            self.pending_rows += table.num_rows
+        if self.pending_rows >= self.rows_per_file:
+            self._write_segments()
+
+    def add_video(self, row: dict) -> None:
+        self.videos.append(row)
+
+    def maybe_flush(self) -> bool:
+        """Write now if rows are waiting and ``flush_s`` has passed; True if it wrote."""
+        if (self.videos or self.segments) and self.clock() - self.last_write >= self.flush_s:
+            self.flush()
+            return True
+        return False
+
+    def flush(self) -> None:
+        """Write every buffered row: segments, then the finished videos."""
+        self._write_segments()
+        if self.videos:
+            write_table_atomic(pa.Table.from_pylist(self.videos, VIDEO_SCHEMA), self.out, "videos")
+            self.files_written += 1
+            self.videos = []
+        self.last_write = self.clock()
+
+    def _write_segments(self) -> None:
+        if self.segments:
+            write_table_atomic(pa.concat_tables(self.segments), self.out, "segments")
+            self.files_written += 1
+            self.segments, self.pending_rows = [], 0
 
 
-def build_dataset(todo: list[VideoSource], out: str, config: ExtractConfig, encoder: dict):
-    """The extraction as a lazy Ray Dataset: decode (CPU tasks) → encode (actor pool) →
-    write (tasks). Its rows are the driver's bookkeeping: ``video_id``,
-    ``segment_index`` (-1 for a video's report row) and ``report`` (JSON or empty)."""
+def check_gpus(config: ExtractConfig) -> None:
+    """Stop before any work when the encoder asks for GPUs the cluster can never provide.
+
+    GPUs can come when the cluster has them now, or when its autoscaler has a node group
+    with GPUs (KubeRay and ``ray up`` clusters report their node groups to Ray). A cluster
+    with neither (a local Ray instance on a machine without GPUs) never will.
+
+    Raises:
+        ExtractError: naming ``extract.gpus_per_actor`` and how to run on CPU.
+    """
+    import ray
+    from ray._private.state import state  # how Ray Train/Data read the autoscaler's limits
+
+    gpus = config.encoder_gpus()
+    if gpus <= 0 or ray.cluster_resources().get("GPU", 0) >= gpus:
+        return
+    try:
+        limits = state.get_max_resources_from_cluster_config() or {}
+    except Exception:  # an older GCS without autoscaler state: assume it cannot
+        limits = {}
+    if limits.get("GPU", 0) >= gpus:
+        log.info("no GPU node is up yet; the autoscaler can add one (up to %s GPUs)", limits)
+        return
+    raise ExtractError(
+        f"encoder {config.encoder} asks for {gpus:g} GPU per actor "
+        f"(extract.gpus_per_actor), but this Ray cluster has no GPU and no autoscaler "
+        f"node group with one. Run it on a cluster with GPUs, or set "
+        f"--set extract.gpus_per_actor=0 to run the encoder on CPU (slow)."
+    )
+
+
+def build_dataset(
+    todo: list[VideoSource], config: ExtractConfig, done: dict[str, list[int]] | None = None
+):
+    """The extraction as a lazy Ray Dataset: decode (CPU tasks, one video each) and, unless
+    the encoder runs inside them, encode (actor pool with ``encoder_gpus()`` GPUs and
+    ``encoder_cpu_share()`` CPUs each). Rows: ``video_id``, ``segment_index`` (-1 for a
+    video's report row), ``start_s``, ``end_s``, ``frame_indices``, ``frame_times_s``,
+    ``embedding``, ``report`` (JSON or empty). ``done`` maps a video to the indices of its
+    segments already on disk (not decoded again)."""
     import ray
     from ray.data import ActorPoolStrategy
 
     config_json = config.model_dump_json()
-    gpus = config.gpus_per_actor
-    if gpus is None:
-        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-    ds = ray.data.from_items(
-        [{"video_id": s.video_id, "uri": s.uri} for s in todo], override_num_blocks=len(todo)
-    )
+    done = done or {}
+    items = [
+        {"video_id": s.video_id, "uri": s.uri, "done": np.asarray(done.get(s.video_id, []))}
+        for s in todo
+    ]
+    ds = ray.data.from_items(items, override_num_blocks=len(todo))
     ds = ds.map_batches(
         decode_videos,
         batch_size=1,
@@ -417,92 +551,120 @@ def build_dataset(todo: list[VideoSource], out: str, config: ExtractConfig, enco
         # decoding must scale out over CPU tasks, not run serially inside the actor pool.
         memory=config.decode_memory_mb * 2**20,
     )
-    ds = ds.map_batches(
+    if config.encodes_in_decode_tasks():
+        return ds
+    return ds.map_batches(
         EncodeClips,
         fn_constructor_kwargs={"config_json": config_json},
         batch_size=config.batch_size,
         compute=ActorPoolStrategy(size=config.encoder_actors),
-        num_gpus=gpus,
-        num_cpus=1 if not gpus else 0.5,
-    )
-    return ds.map_batches(
-        write_segments,
-        batch_size=config.rows_per_file,
-        fn_kwargs={
-            "out": out,
-            "encoder": encoder["name"],
-            "config_id": config.config_id(),
-            "dim": encoder["embedding_dim"],
-        },
-        num_cpus=0.25,
+        num_gpus=config.encoder_gpus(),
+        num_cpus=config.encoder_cpu_share(),
     )
 
 
-def _run_pipeline(todo, out, config, encoder, summary, *, progress) -> None:
-    from ray.data import DataContext
+class _Bookkeeping:
+    """The driver's view of the run: segments received per video, reports, finished videos,
+    the summary and the progress shown."""
 
-    _ray_init()
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.max_errored_blocks = len(todo)  # a crashed decode task loses one video, not the run
-    config_id = config.config_id()
-    by_id = {s.video_id: s for s in todo}
-    ds = build_dataset(todo, out, config, encoder)
+    def __init__(self, todo, config, summary, writer, *, progress: Progress, on_flush) -> None:
+        self.by_id = {s.video_id: s for s in todo}
+        self.config_id = config.config_id()
+        self.summary, self.writer, self.bar, self.on_flush = summary, writer, progress, on_flush
+        self.received: dict[str, int] = defaultdict(int)
+        self.reports: dict[str, dict] = {}
+        self.finished: set[str] = set()
+        self.t0 = time.perf_counter()
 
-    written: dict[str, int] = defaultdict(int)
-    reports: dict[str, dict] = {}
-    finished: set[str] = set()
-    pending_rows: list[dict] = []
-    last_flush = bar_t0 = time.perf_counter()
-    bar = Progress(len(todo), "extract", "videos", enabled=progress)
+    def add(self, batch: dict[str, np.ndarray], table: pa.Table) -> None:
+        self.writer.add_segments(table)
+        for vid, idx, rep in zip(
+            batch["video_id"], batch["segment_index"], batch["report"], strict=True
+        ):
+            if idx >= 0:
+                self.received[vid] += 1
+                self.summary.segments_written += 1
+            else:
+                self.reports[vid] = json.loads(rep)
+            report = self.reports.get(vid)
+            if report and vid not in self.finished and self.received[vid] >= report["num_clips"]:
+                self.finish(vid, report)
+        if self.writer.maybe_flush():
+            self.on_flush(self.counts())
 
-    def flush() -> None:
-        nonlocal pending_rows, last_flush
-        if pending_rows:
-            write_table_atomic(pa.Table.from_pylist(pending_rows, VIDEO_SCHEMA), out, "videos")
-            pending_rows = []
-        last_flush = time.perf_counter()
-
-    def finish(video_id: str, report: dict) -> None:
-        finished.add(video_id)
-        status = report["status"]
-        setattr(summary, f"videos_{status}", getattr(summary, f"videos_{status}") + 1)
+    def finish(self, video_id: str, report: dict) -> None:
+        self.finished.add(video_id)
+        status, s = report["status"], self.summary
+        setattr(s, f"videos_{status}", getattr(s, f"videos_{status}") + 1)
         if status != "ok":
-            summary.failures[video_id] = report.get("error") or "unknown error"
-        summary.video_seconds += float((report.get("info") or {}).get("duration_s") or 0.0)
-        pending_rows.append(_video_row(by_id[video_id], report, config_id))
-        hours = summary.video_seconds / 3600
-        rate = hours / max((time.perf_counter() - bar_t0) / 3600, 1e-9)
-        bar.update(
-            1, segments=summary.segments_written, failed=len(summary.failures),
-            video_h=f"{hours:.2f}", video_h_per_h=f"{rate:.0f}",
+            s.failures[video_id] = report.get("error") or "unknown error"
+        s.video_seconds += float((report.get("info") or {}).get("duration_s") or 0.0)
+        row = _video_row(self.by_id[video_id], report, self.config_id)
+        row["segments_written"] = self.received[video_id]
+        self.writer.add_video(row)
+        counts = self.counts()
+        self.bar.update(
+            1, segments=s.segments_written, failed=len(s.failures),
+            video_h=f"{counts['video_hours']:.2f}", video_h_per_h=f"{counts['video_h_per_h']:.0f}",
         )  # fmt: skip
 
+    def finish_missing(self) -> None:
+        """Videos whose task died without a report (a native crash, out of memory)."""
+        for vid in self.by_id:
+            if vid in self.finished:
+                continue
+            got = self.received[vid]
+            report = self.reports.get(vid) or {"status": "failed", "num_clips": got}
+            error = report.get("error") or "no result: the decode task died (crash or OOM?)"
+            self.finish(vid, {**report, "status": "partial" if got else "failed", "error": error})
+
+    def counts(self) -> dict[str, float]:
+        """Step metrics for MLflow: videos done, segments, failures, hours of video and
+        hours of video per wall-clock hour."""
+        s, hours = self.summary, self.summary.video_seconds / 3600
+        elapsed_h = max((time.perf_counter() - self.t0) / 3600, 1e-9)
+        return {
+            "videos_done": float(len(self.finished)),
+            "segments_written": float(s.segments_written),
+            "videos_not_ok": float(len(s.failures)),
+            "video_hours": hours,
+            "video_h_per_h": hours / elapsed_h,
+        }
+
+
+@contextmanager
+def _data_context(config: ExtractConfig, encoder: dict, n_videos: int) -> Iterator[None]:
+    """Ray Data settings for the extraction's dataset, restored afterwards: no progress bars
+    (ours count videos), a crashed decode task loses one video rather than the run, and,
+    where decode tasks embed, output blocks of about one encoder batch, so segments reach
+    the driver (and disk) while a long video is still being decoded."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    saved = ctx.enable_progress_bars, ctx.max_errored_blocks, ctx.target_max_block_size
+    ctx.enable_progress_bars = False
+    ctx.max_errored_blocks = n_videos
+    if config.encodes_in_decode_tasks():
+        row_bytes = 4 * encoder["embedding_dim"] + 16 * config.frames_per_segment + 128
+        ctx.target_max_block_size = config.batch_size * row_bytes
     try:
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for vid, idx, rep in zip(
-                batch["video_id"], batch["segment_index"], batch["report"], strict=True
-            ):
-                if idx >= 0:
-                    written[vid] += 1
-                    summary.segments_written += 1
-                else:
-                    reports[vid] = json.loads(rep)
-                done = vid in reports and written[vid] >= reports[vid].get("num_clips", 0)
-                if done and vid not in finished:
-                    finish(vid, reports[vid])
-            if time.perf_counter() - last_flush > FLUSH_EVERY_S:
-                flush()
-        for vid in by_id:
-            if vid not in finished:  # its task died (e.g. a native crash in the decoder)
-                report = reports.get(vid) or {"status": "failed", "num_clips": written[vid]}
-                report = {
-                    **report,
-                    "status": "partial" if written[vid] else "failed",
-                    "error": report.get("error")
-                    or "no result: the decode task died (native crash or out of memory?)",
-                }
-                finish(vid, report)
+        yield
     finally:
-        flush()
+        ctx.enable_progress_bars, ctx.max_errored_blocks, ctx.target_max_block_size = saved
+
+
+def _run_pipeline(todo, out, config, encoder, summary, *, done, progress, on_flush) -> None:
+    writer = OutputWriter(out, flush_s=config.flush_s, rows_per_file=config.rows_per_file)
+    bar = Progress(len(todo), "extract", "videos", enabled=progress)
+    book = _Bookkeeping(todo, config, summary, writer, progress=bar, on_flush=on_flush)
+    dim, config_id = encoder["embedding_dim"], config.config_id()
+    try:
+        with _data_context(config, encoder, len(todo)):
+            ds = build_dataset(todo, config, done)
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            book.add(batch, segment_table(batch, encoder["name"], config_id, dim))
+        book.finish_missing()
+    finally:
+        writer.flush()
         bar.close()
+        on_flush(book.counts())

@@ -67,7 +67,8 @@ class ExtractStage(BaseStage):
 
     def resources(self, config: RunConfig) -> dict[str, float]:
         e = config.extract
-        return {"CPU": e.decode_cpus, "GPU": (e.gpus_per_actor or 0.0) * e.encoder_actors}
+        gpus = 0.0 if e.encodes_in_decode_tasks() else e.encoder_gpus() * e.encoder_actors
+        return {"CPU": e.decode_cpus, "GPU": gpus}
 
     def prepare(self, context: StageContext) -> None:
         make_samples_for(context.config)
@@ -90,7 +91,7 @@ class ExtractStage(BaseStage):
             zip(
                 videos["video_id"].to_pylist(),
                 videos["status"].to_pylist(),
-                videos["num_segments"].to_pylist(),
+                videos["segments_written"].to_pylist(),
                 videos["duration_s"].to_pylist(),
                 strict=True,
             )

@@ -139,3 +139,101 @@ def test_bounded_reader_matches_the_plain_one(wide_video):
     for a, b in zip(plain[:-1], bounded[:-1], strict=True):
         assert np.array_equal(a.frames, b.frames)
     assert bounded[-1].status == "ok"
+
+
+# ------------------------------------------------------------------ decode_mode: fast
+
+BFRAMES, FPS = 3, 25
+
+
+@pytest.fixture(scope="module")
+def bframe_video(media_dir):
+    """20 s of H.264 with B-frames in a pyramid and a 5-s GOP, as camera and web files are."""
+    from lvmae.samples import Scene, make_video
+
+    return make_video(
+        media_dir / "bframes.mp4",
+        [Scene("mandelbrot", 6.0), Scene("testsrc2", 6.0), Scene("life", 8.0)],
+        width=320, height=240, fps=FPS, keyint_s=5.0, bframes=BFRAMES,
+    )  # fmt: skip
+
+
+def _pict_types(path):
+    import av
+
+    with av.open(str(path)) as container:
+        return [str(f.pict_type) for f in container.decode(video=0)]
+
+
+def test_fast_mode_takes_the_nearest_decodable_frame_to_each_planned_time(bframe_video):
+    from lvmae.encoders import build_encoder
+
+    assert _pict_types(bframe_video).count("3") > 100  # really has B-frames ("3" = B)
+    exact = list(read_clips(bframe_video, ExtractConfig(decode_mode="exact")))
+    fast = list(read_clips(bframe_video, ExtractConfig(decode_mode="fast")))
+    assert exact[-1].status == fast[-1].status == "ok"
+    exact, fast = exact[:-1], fast[:-1]
+    # the same plan, every segment present
+    assert [c.segment for c in fast] == [c.segment for c in exact] and len(fast) == 4
+    for e, f in zip(exact, fast, strict=True):
+        # within the spacing of the frames a skipping decoder still outputs
+        assert np.abs(f.frame_times_s - e.frame_times_s).max() <= (BFRAMES + 1) / FPS + 1e-6
+        assert np.all(np.diff(f.frame_indices) >= 0)
+        assert f.frames.shape == e.frames.shape
+    # frames really were skipped: some planned frames were replaced by decodable neighbours
+    changed = sum(
+        int((e.frame_indices != f.frame_indices).sum()) for e, f in zip(exact, fast, strict=True)
+    )
+    assert changed >= 8
+    encoder = build_encoder("tiny")
+    a = encoder.encode(np.stack([c.frames for c in exact]))
+    b = encoder.encode(np.stack([c.frames for c in fast]))
+    assert float((a * b).sum(axis=1).mean()) >= 0.98
+
+
+def test_nearest_frames_skips_non_reference_frames_and_picks_the_nearest(bframe_video):
+    from lvmae.decoding import PyAVReader
+
+    types = np.array(_pict_types(bframe_video))
+    with PyAVReader(bframe_video, short_side=32, fast=True) as reader:
+        times = reader.frame_times_s
+        targets = np.array([0.0, 1.01, 1.02, 7.5, 19.99, 50.0])
+        got = list(reader.nearest_frames(targets))
+    assert [k for k, _, _ in got] == list(range(len(targets)))
+    chosen = np.array([i for _, i, _ in got])
+    # brute force over the frames that are never skipped (I and P): the chosen frame is at
+    # least as near as the nearest of them
+    never_skipped = times[types != "3"]
+    for t, i in zip(targets, chosen, strict=True):
+        assert abs(times[i] - t) <= np.abs(never_skipped - t).min() + 1e-9
+    assert chosen[-1] == len(times) - 1 or types[-1] == "3"  # past the end: the last output
+    # asking for every frame: I and P frames come back as themselves, and some B-frames
+    # are never decoded, so their neighbours stand in
+    with PyAVReader(bframe_video, short_side=32, fast=True) as reader:
+        every = np.array([i for _, i, _ in reader.nearest_frames(times)])
+    ip = np.flatnonzero(types != "3")
+    assert np.array_equal(every[ip], ip)
+    assert len(set(every.tolist())) < len(times) - 100
+    assert got[0][2].shape == (32, 43, 3)
+
+
+def test_nearest_frames_needs_sorted_targets(bframe_video):
+    from lvmae.decoding import PyAVReader
+
+    with (
+        PyAVReader(bframe_video, short_side=32, fast=True) as reader,
+        pytest.raises(ValueError, match="non-decreasing"),
+    ):
+        list(reader.nearest_frames(np.array([2.0, 1.0])))
+
+
+@pytest.mark.parametrize("kind", ["zero_byte", "truncated", "text"])
+def test_fast_mode_records_bad_files_as_failures(kind, broken_videos):
+    *clips, report = read_clips(broken_videos[kind], ExtractConfig(decode_mode="fast"))
+    assert clips == [] and report.status == "failed" and report.error
+
+
+def test_fast_mode_on_a_partly_decodable_file_keeps_its_good_clips(broken_videos):
+    *clips, report = read_clips(broken_videos["partial"], ExtractConfig(decode_mode="fast"))
+    assert report.status in ("partial", "ok")
+    assert len(clips) == report.num_clips and report.num_clips >= 1

@@ -101,6 +101,7 @@ def test_tiny_build_leaves_the_global_rng_alone():
     np.testing.assert_array_equal(torch.rand(3).numpy(), expected.numpy())
 
 
+@pytest.mark.slow
 def test_tiny_is_bit_identical_across_processes(tiny, frames, tmp_path):
     """A fresh interpreter gets the same embeddings (and importing the module is cheap: it
     does not import languagebind until an encoder is built)."""

@@ -81,6 +81,7 @@ def test_tiny_encode_text_is_deterministic_and_discriminative(tiny):
     assert a @ c < 0.999
 
 
+@pytest.mark.slow
 def test_tiny_encode_text_is_the_same_in_a_fresh_process(tiny, tmp_path):
     script = textwrap.dedent(
         f"""

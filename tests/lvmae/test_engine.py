@@ -48,6 +48,7 @@ def val_loss(model, config, batches):
     return total / count
 
 
+@pytest.mark.slow
 def test_training_epochs_lower_the_validation_loss():
     config, model, optimizer, scheduler = setup()
     data, held_out = toy_batches(seed=0), toy_batches(n_batches=3, seed=1)

@@ -16,6 +16,7 @@ from lvmae.model import LVMAE, model_config
 from lvmae.registry import REGISTERED_NAME, register_encoder
 
 
+@pytest.mark.slow
 def test_register_and_load_the_encoder(tmp_path, monkeypatch):
     torch.manual_seed(0)
     cfg = model_config("tiny", input_dim=12, max_tokens=16)

@@ -80,6 +80,7 @@ def _post(url: str, body: dict) -> dict:
         return json.loads(response.read())
 
 
+@pytest.mark.slow
 def test_ui_serves_the_store_over_loopback(tmp_path):
     store = tmp_path / "w"
     store.mkdir()

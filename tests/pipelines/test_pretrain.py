@@ -1,13 +1,14 @@
 """LV-MAE pre-training on real Ray Train (2 CPU workers, gloo DDP) over a real extraction,
-tracked in a real SQLite MLflow store; recovery after a killed worker; per-video embeddings."""
+tracked in a real SQLite MLflow store; recovery after a killed worker; per-video embeddings.
+
+The extraction and the 3-epoch run are the session's (``tests/pipelines/conftest.py``),
+shared read-only: tests that resume or damage the run work on a copy."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,48 +16,25 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
+import torch
 
 from lvmae.checkpoints import CheckpointError, load_checkpoint
-from lvmae.config import ExtractConfig, PretrainConfig
-from lvmae.sequences import SequenceStore
+from lvmae.engine import evaluate
+from lvmae.model import LVMAE, LVMAEConfig
+from lvmae.monitor import reconstruct
+from lvmae.sequences import SequenceStore, sequences_from_table, windows_for_inference
 from lvmae.storage import StorageError, read_segments
-from pipelines.cli import cli
-from pipelines.embed import run_embed
-from pipelines.extract import run_extraction
+from pipelines.cli import main
+from pipelines.embed import resolve_checkpoint, run_embed
 from pipelines.pretrain import PretrainError, latest_run_checkpoint, run_pretrain
+from tests.pipelines.conftest import (
+    brute_force_ranks,
+    copy_outputs,
+    recall_summary,
+    small_pretrain_config,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def embeddings(tmp_path_factory, ray_local):
-    """A real extraction of 12 generated videos (20–40 s, 2-s segments: 10–20 tokens)."""
-    from lvmae.samples import make_samples
-
-    root = tmp_path_factory.mktemp("pretrain")
-    make_samples(root / "videos", videos_per_recipe=2, min_seconds=20, max_seconds=40, seed=1)
-    out = root / "extract"
-    run_extraction(str(root / "videos"), str(out), ExtractConfig(segment_s=2.0), progress=False)
-    return out
-
-
-def small_config(**overrides) -> PretrainConfig:
-    base = {
-        "preset": "tiny",
-        "epochs": 3,
-        "warmup_epochs": 1,
-        "batch_size": 2,  # per worker: global 4
-        "num_workers": 2,
-        "max_tokens": 8,
-        "min_window_s": 4.0,
-        "segment_s": 2.0,
-        "checkpoint_every_steps": 2,
-        "log_every_steps": 1,
-        "val_fraction": 0.25,
-        "blr": 1e-2,
-    }
-    return PretrainConfig(**{**base, **overrides})
+pytestmark = pytest.mark.slow
 
 
 def mlflow_client(out: Path):
@@ -65,63 +43,90 @@ def mlflow_client(out: Path):
     return MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
 
 
-@pytest.fixture(scope="module")
-def trained(embeddings, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    config = small_config(run_name="ddp", monitor_every_epochs=3)
-    return out, config, run_pretrain(str(embeddings), str(out), config)
+def load_model(checkpoint: str) -> LVMAE:
+    state = load_checkpoint(checkpoint)
+    model = LVMAE(LVMAEConfig.from_dict(state["model_config"]))
+    model.load_state_dict(state["model_state"])
+    return model.eval()
 
 
-def test_two_worker_ddp_run_writes_checkpoints_and_mlflow_metrics(trained):
-    out, config, result = trained
+def test_two_worker_ddp_run_writes_checkpoints_and_mlflow_metrics(pretrained):
+    out, config, result = pretrained.out, pretrained.config, pretrained.result
     state = load_checkpoint(result.checkpoint)  # weights_only=True inside
     steps_per_epoch = int(result.metrics["step"]) // config.epochs
     assert steps_per_epoch >= 1 and state["step"] == result.metrics["step"]
     assert state["epoch"] == config.epochs
     assert state["model_config"]["input_dim"] == 64 and state["model_config"]["max_tokens"] == 8
-    assert "val/loss" in result.metrics and np.isfinite(result.metrics["val/loss"])
     deadline = time.monotonic() + 30  # Ray Train deletes old checkpoints in the background
-    while len(list((out / "runs" / "ddp").glob("checkpoint_*/"))) > config.keep_checkpoints:
+    while len(list(pretrained.run_dir.glob("checkpoint_*/"))) > config.keep_checkpoints:
         assert time.monotonic() < deadline, "more checkpoints kept than keep_checkpoints"
         time.sleep(0.5)
 
     client = mlflow_client(out)
-    run = client.get_run(result.mlflow_run_id)
+    run_id = result.mlflow_run_id
+    run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and "lvmae.error" not in run.data.tags
-    assert client.get_metric_history(result.mlflow_run_id, "system/cpu_utilization_percentage")
+    assert client.get_metric_history(run_id, "system/cpu_utilization_percentage")
     n_train = int(run.data.params["data.train_videos"])
-    store = SequenceStore(str(out / "runs" / "ddp" / "sequences" / "train"))
+    store = SequenceStore(str(pretrained.run_dir / "sequences" / "train"))
     assert len(store) == n_train  # the driver's Parquet store the workers read
-    assert len(SequenceStore(str(out / "runs" / "ddp" / "sequences" / "val"))) == int(
-        run.data.params["data.val_videos"]
-    )
+    val = SequenceStore(str(pretrained.run_dir / "sequences" / "val"))
+    assert len(val) == int(run.data.params["data.val_videos"]) > 0
     per_rank = -(-n_train // config.num_workers)  # DistributedSampler: ceil(n / world) each
     assert steps_per_epoch == per_rank // config.batch_size
     assert run.data.params["train.steps_per_epoch"] == str(steps_per_epoch)
-    assert [m.value for m in client.get_metric_history(result.mlflow_run_id, "epoch")] == [
-        1.0, 2.0, 3.0
-    ]  # fmt: skip
+    assert [m.value for m in client.get_metric_history(run_id, "epoch")] == [1.0, 2.0, 3.0]
     assert run.data.params["pretrain.mask_ratio"] == "0.5"
     assert run.data.params["pretrain.masking"] == "semantic"
     assert run.data.params["model.width"] == "64"
     assert run.data.tags["lvmae.checkpoint"] == result.checkpoint
-    losses = client.get_metric_history(result.mlflow_run_id, "train/loss")
-    assert len(losses) == result.metrics["step"]  # logged every step
-    lrs = [m.value for m in sorted(client.get_metric_history(result.mlflow_run_id, "lr"),
-                                   key=lambda m: m.step)]  # fmt: skip
+    losses = client.get_metric_history(run_id, "train/loss")
+    assert sorted(m.step for m in losses) == list(range(1, int(result.metrics["step"]) + 1))
+    lrs = [m.value for m in sorted(client.get_metric_history(run_id, "lr"), key=lambda m: m.step)]
     assert max(lrs) == pytest.approx(config.effective_lr(), rel=0.05)  # warm-up then cosine
     assert lrs[-1] < max(lrs)
-    assert client.get_metric_history(result.mlflow_run_id, "train/tokens_per_s")
-    assert len(client.get_metric_history(result.mlflow_run_id, "val/loss")) == config.epochs
-    (r1,) = client.get_metric_history(result.mlflow_run_id, "monitor/R_at_1")  # epoch 3 only
-    assert 0.0 <= r1.value <= 1.0
-    assert client.get_metric_history(result.mlflow_run_id, "monitor/median_rank")
+    speeds = client.get_metric_history(run_id, "train/tokens_per_s")
+    assert len(speeds) == len(losses) and all(m.value > 0 for m in speeds)
+    assert len(client.get_metric_history(run_id, "val/loss")) == config.epochs
+
+    # The last epoch's validation and monitor, recomputed here from the final checkpoint
+    # (the weights they ran with): val/loss over BOTH ranks' shares of the validation
+    # videos (rank r reads videos r, r + 2, ...), the monitor on rank 0's, its ranks counted
+    # by brute force.
+    model = load_model(result.checkpoint)
+    totals, counts, kept = [], [], []
+    for rank in range(config.num_workers):
+        mine = np.arange(rank, len(val), config.num_workers)
+        batches = (val.batch(mine[i : i + 16]) for i in range(0, len(mine), 16))
+        total, count, keep = evaluate(
+            model, batches, config, rng=np.random.default_rng([config.seed, rank, 10**6]),
+            dim=64, device=torch.device("cpu"), keep=64 if rank == 0 else 0,
+        )  # fmt: skip
+        totals.append(total)
+        counts.append(count)
+        kept += keep
+    assert sum(counts) == len(val)
+    (logged_val,) = [m.value for m in client.get_metric_history(run_id, "val/loss")
+                     if m.step == result.metrics["step"]]  # fmt: skip
+    assert logged_val == pytest.approx(sum(totals) / sum(counts), rel=1e-4)
+    rec = reconstruct(model.eval(), kept, mask_ratio=config.mask_ratio, masking=config.masking,
+                      seed=config.seed)  # fmt: skip
+    candidates = np.concatenate([s[: config.max_tokens] for s in kept])  # its first windows
+    ranks = brute_force_ranks(rec.preds, candidates, rec.target_index)
+    expected = {**recall_summary(ranks), "queries": len(ranks), "candidates": len(candidates)}
+    for name, value in expected.items():
+        key = name.replace("@", "_at_")
+        (logged,) = client.get_metric_history(run_id, f"monitor/{key}")  # epoch 3 only
+        assert (logged.step, logged.value) == (result.metrics["step"], pytest.approx(value)), name
 
 
-def test_rerun_with_the_same_run_name_resumes_at_the_same_step(trained, embeddings, capsys):
-    out, config, first = trained
-    again = run_pretrain(str(embeddings), str(out), config)
-    assert again.mlflow_run_id == first.mlflow_run_id
+def test_rerun_with_the_same_run_name_resumes_at_the_same_step(
+    pretrained, sample_extraction, tmp_path, capsys
+):
+    out = copy_outputs(pretrained.out, tmp_path / "out")
+    first, config = pretrained.result, pretrained.config
+    again = run_pretrain(str(sample_extraction), str(out), config)
+    assert again.mlflow_run_id == first.mlflow_run_id  # the copied store's run, reopened
     assert again.metrics["step"] == first.metrics["step"]
     client = mlflow_client(out)
     resumed = client.get_metric_history(first.mlflow_run_id, "resumed_from_step")
@@ -130,12 +135,16 @@ def test_rerun_with_the_same_run_name_resumes_at_the_same_step(trained, embeddin
     err = capsys.readouterr().err  # no TTY: plain progress lines on stderr
     assert f"pretrain: {config.epochs}/{config.epochs} epochs (100%)" in err
     assert "train_loss=" in err and "val_loss=" in err
+    # the shared run itself was not touched: its store never saw the resume
+    assert not mlflow_client(pretrained.out).get_metric_history(
+        first.mlflow_run_id, "resumed_from_step"
+    )
 
 
-def test_a_run_that_fails_after_it_opened_ends_failed_with_the_error(embeddings, tmp_path):
-    config = small_config(run_name="few", num_workers=64)  # more workers than videos
+def test_a_run_that_fails_after_it_opened_ends_failed_with_the_error(sample_extraction, tmp_path):
+    config = small_pretrain_config(run_name="few", num_workers=64)  # more workers than videos
     with pytest.raises(PretrainError, match="64 workers"):
-        run_pretrain(str(embeddings), str(tmp_path), config)
+        run_pretrain(str(sample_extraction), str(tmp_path), config)
     client = mlflow_client(tmp_path)
     experiment = client.get_experiment_by_name(config.experiment)
     (run,) = client.search_runs(
@@ -146,15 +155,31 @@ def test_a_run_that_fails_after_it_opened_ends_failed_with_the_error(embeddings,
     assert "64 workers" in run.data.tags["lvmae.error"]
 
 
-def test_a_killed_worker_is_replaced_and_training_continues_from_the_checkpoint(
-    embeddings, tmp_path
-):
+def own_train_workers() -> list[int]:
+    """PIDs of the live Ray Train workers of THIS driver's job, from the actor table of the
+    Ray instance this process started, kept only when they are this process's own
+    descendants: never another run's workers, on this machine or in another Ray session."""
     import psutil
+    import ray
+    from ray._private import state  # the GCS actor table; the state API needs a dashboard
 
-    config = small_config(run_name="crash", epochs=12, warmup_epochs=2, checkpoint_every_steps=1)
+    job = ray.get_runtime_context().get_job_id()
+    pids = [
+        a["Pid"] for a in state.actors().values()
+        if a["ActorClassName"] == "RayTrainWorker" and a["State"] == "ALIVE"
+        and a["JobID"] == job and a["Pid"]
+    ]  # fmt: skip
+    mine = {p.pid for p in psutil.Process().children(recursive=True)}
+    return [pid for pid in pids if pid in mine]
+
+
+def test_a_killed_worker_is_replaced_and_training_continues_from_the_checkpoint(
+    sample_extraction, tmp_path
+):
+    config = small_pretrain_config(run_name="crash", epochs=6, checkpoint_every_steps=1)
     result: dict = {}
     thread = threading.Thread(
-        target=lambda: result.update(r=run_pretrain(str(embeddings), str(tmp_path), config))
+        target=lambda: result.update(r=run_pretrain(str(sample_extraction), str(tmp_path), config))
     )
     thread.start()
     snapshot = tmp_path / "runs" / "crash" / "checkpoint_manager_snapshot.json"
@@ -162,12 +187,9 @@ def test_a_killed_worker_is_replaced_and_training_continues_from_the_checkpoint(
     while not snapshot.is_file() or '"checkpoint_dir_name"' not in snapshot.read_text():
         assert time.monotonic() < deadline and thread.is_alive(), "no checkpoint registered"
         time.sleep(0.1)
-    workers = [  # Ray titles worker processes "ray::RayTrainWorker..."
-        p for p in psutil.process_iter(["cmdline"])
-        if any("RayTrainWorker" in part for part in p.info["cmdline"] or [])
-    ]  # fmt: skip
-    assert workers
-    os.kill(workers[-1].pid, signal.SIGKILL)
+    workers = own_train_workers()
+    assert len(workers) == config.num_workers, workers
+    os.kill(workers[-1], signal.SIGKILL)
     thread.join(timeout=600)
     r = result["r"]
     total = r.metrics["step"]
@@ -179,20 +201,20 @@ def test_a_killed_worker_is_replaced_and_training_continues_from_the_checkpoint(
 
 def test_missing_or_empty_embeddings_stop_before_any_worker(tmp_path):
     with pytest.raises(StorageError, match="lvmae extract"):
-        run_pretrain(str(tmp_path / "nothing"), str(tmp_path / "out"), small_config())
+        run_pretrain(str(tmp_path / "nothing"), str(tmp_path / "out"), small_pretrain_config())
     (tmp_path / "empty" / "segments").mkdir(parents=True)
     with pytest.raises(StorageError, match="no Parquet files"):
-        run_pretrain(str(tmp_path / "empty"), str(tmp_path / "out"), small_config())
+        run_pretrain(str(tmp_path / "empty"), str(tmp_path / "out"), small_pretrain_config())
     assert not (tmp_path / "out").exists()
 
 
-def test_mixed_embedding_widths_are_refused(embeddings, tmp_path):
+def test_mixed_embedding_widths_are_refused(sample_extraction, tmp_path):
     import pyarrow as pa
 
     from lvmae.storage import segment_schema, write_table_atomic
 
     mixed = tmp_path / "mixed"
-    shutil.copytree(embeddings / "segments", mixed / "segments")
+    shutil.copytree(sample_extraction / "segments", mixed / "segments")
     table = pa.table(
         {"video_id": ["x"], "segment_index": pa.array([0], pa.int32()), "start_s": [0.0],
          "end_s": [2.0], "frame_indices": [[0]], "frame_times_s": [[0.0]],
@@ -202,60 +224,69 @@ def test_mixed_embedding_widths_are_refused(embeddings, tmp_path):
     )  # fmt: skip
     write_table_atomic(table, str(mixed), "segments")
     with pytest.raises(StorageError, match="mixes embedding widths"):
-        run_pretrain(str(mixed), str(tmp_path / "out"), small_config())
+        run_pretrain(str(mixed), str(tmp_path / "out"), small_pretrain_config())
 
 
-def test_resume_with_a_corrupt_or_incompatible_checkpoint_names_the_file(trained, embeddings):
-    out, config, _ = trained
-    with pytest.raises(CheckpointError, match="width"):
-        run_pretrain(str(embeddings), str(out), small_config(run_name="ddp", width=32, heads=4))
-    latest = latest_run_checkpoint(str(out), "ddp")
-    model_file = latest / "model.pt"
-    saved = model_file.read_bytes()
-    try:
-        model_file.write_bytes(saved[: len(saved) // 3])
-        with pytest.raises(CheckpointError, match=r"model\.pt"):
-            run_pretrain(str(embeddings), str(out), config)
-    finally:
-        model_file.write_bytes(saved)
+def test_resume_with_a_corrupt_or_incompatible_checkpoint_names_the_file(
+    pretrained, sample_extraction, tmp_path
+):
+    config = pretrained.config
+    with pytest.raises(CheckpointError, match="width"):  # checked before anything is written
+        run_pretrain(str(sample_extraction), str(pretrained.out),
+                     small_pretrain_config(run_name="ddp", width=32, heads=4))  # fmt: skip
+    out = copy_outputs(pretrained.out, tmp_path / "out")
+    model_file = latest_run_checkpoint(str(out), "ddp") / "model.pt"
+    model_file.write_bytes(model_file.read_bytes()[: model_file.stat().st_size // 3])
+    with pytest.raises(CheckpointError, match=r"model\.pt"):
+        run_pretrain(str(sample_extraction), str(out), config)
 
 
-def test_embed_covers_whole_videos_of_any_length(trained, embeddings, tmp_path):
-    out, config, _ = trained
-    res = run_embed(str(out / "runs" / "ddp"), str(embeddings), str(tmp_path))
-    table = pq.read_table(res.path).sort_by("video_id")
-    segments = read_segments(str(embeddings))
-    n_videos = len(set(segments["video_id"].to_pylist()))
-    assert res.videos == table.num_rows == n_videos
-    tokens = dict(zip(table["video_id"].to_pylist(), table["num_tokens"].to_pylist(), strict=True))
-    counts = {}
-    for vid in segments["video_id"].to_pylist():
-        counts[vid] = counts.get(vid, 0) + 1
-    assert tokens == counts
-    windows = table["num_windows"].to_numpy()
-    assert np.all(windows == np.ceil(table["num_tokens"].to_numpy() / config.max_tokens))
-    assert windows.max() > 1  # longer than the token cap: several windows
-    cls = np.stack(table["cls"].to_numpy(zero_copy_only=False))
-    mean = np.stack(table["mean"].to_numpy(zero_copy_only=False))
-    assert cls.shape == mean.shape == (n_videos, 64) and np.isfinite(cls).all()
-    assert not np.allclose(mean[0], mean[1])
+def test_embed_covers_whole_videos_of_any_length(pretrained, sample_extraction, tmp_path):
+    """Every video's [CLS] and mean equal a second path: each of its windows (the fewest of
+    at most max_tokens tokens, balanced) encoded ALONE by ``model.encode`` on the dense
+    path, the [CLS] outputs averaged weighted by window length, the tokens averaged."""
+    cap = pretrained.config.max_tokens
+    res = run_embed(str(pretrained.run_dir), str(sample_extraction), str(tmp_path))
+    assert resolve_checkpoint(str(pretrained.run_dir)) == Path(pretrained.result.checkpoint)
+    table = pq.read_table(res.path).sort_by("video_id").to_pylist()
+    seqs = dict(sequences_from_table(read_segments(str(sample_extraction))))
+    assert res.videos == len(table) == len(seqs)
+    assert [r["video_id"] for r in table] == sorted(seqs)
+    model = load_model(pretrained.result.checkpoint)
+    several = 0
+    for row in table:
+        seq = seqs[row["video_id"]]
+        windows = windows_for_inference(len(seq), cap)
+        sizes = [end - start for start, end in windows]
+        assert len(windows) == -(-len(seq) // cap) and max(sizes) - min(sizes) <= 1
+        assert [s for s, _ in windows[1:]] == [e for _, e in windows[:-1]]  # contiguous
+        cls, tokens = np.zeros(64), np.zeros(64)
+        for start, end in windows:
+            x = torch.from_numpy(np.ascontiguousarray(seq[start:end]))[None]
+            with torch.no_grad():
+                c, t = model.encode(x, torch.ones(x.shape[:2], dtype=torch.bool), packed=False)
+            cls += (end - start) * c[0].double().numpy()
+            tokens += t[0].double().sum(0).numpy()
+        assert (row["num_tokens"], row["num_windows"]) == (len(seq), len(windows))
+        np.testing.assert_allclose(row["cls"], cls / len(seq), atol=1e-5)
+        np.testing.assert_allclose(row["mean"], tokens / len(seq), atol=1e-5)
+        several += len(windows) > 1
+    assert several  # videos longer than the token cap: several windows
 
 
-def test_pretrain_command_rejects_a_bad_override_before_any_work(tmp_path, embeddings):
-    res = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "pretrain", "--embeddings", str(embeddings),
-         "--out", str(tmp_path / "o"), "--set", "pretrain.mask_ratio=1.5",
-         "--set", "pretrain.epocs=3"],
-        check=False, capture_output=True, text=True, timeout=120,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
-    assert res.returncode == 1
-    assert "--set pretrain.mask_ratio" in res.stderr and "--set pretrain.epocs" in res.stderr
-    assert "Traceback" not in res.stderr
+def test_pretrain_command_rejects_a_bad_override_before_any_work(
+    tmp_path, sample_extraction, capsys
+):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pretrain", "--embeddings", str(sample_extraction), "--out", str(tmp_path / "o"),
+              "--set", "pretrain.mask_ratio=1.5", "--set", "pretrain.epocs=3"])  # fmt: skip
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "--set pretrain.mask_ratio" in err and "--set pretrain.epocs" in err
     assert not (tmp_path / "o").exists()
-    bare = CliRunner().invoke(
-        cli, ["pretrain", "--embeddings", str(embeddings), "--out", str(tmp_path / "o"),
-              "--set", "epochs=3"],
-    )  # fmt: skip
-    assert bare.exit_code != 0 and "expected SECTION.FIELD=VALUE" in str(bare.exception)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pretrain", "--embeddings", str(sample_extraction), "--out", str(tmp_path / "o"),
+              "--set", "epochs=3"])  # fmt: skip
+    assert exit_info.value.code == 1
+    assert "expected SECTION.FIELD=VALUE" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from lvmae.config import PretrainConfig
 from lvmae.sequences import SequenceStore, epoch_batches
@@ -42,6 +43,7 @@ def write_segments(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_each_epoch_is_a_new_global_permutation_over_two_ddp_workers(ray_local, tmp_path):
     import ray.train
     from ray.train.torch import TorchTrainer

@@ -21,6 +21,7 @@ from lvmae.probes import ProbeResult
 from lvmae.storage import StorageError, segment_schema, write_table_atomic
 from pipelines.cli import cli
 from pipelines.probe import feature_cache_dir, run_probe, run_sweep
+from tests.pipelines.conftest import copy_outputs
 
 DIM = 64
 CLASSES = ("cooking", "sports", "music")
@@ -60,6 +61,8 @@ def segments_table(rng) -> tuple[pa.Table, list[tuple[str, str, str]]]:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, ray_local):
+    """A segments table, its labels file (with one video that has no embeddings) and a
+    tiny checkpoint; read-only (a test that runs a probe writes under its own directory)."""
     root = tmp_path_factory.mktemp("probe")
     table, rows = segments_table(np.random.default_rng(0))
     write_table_atomic(table, str(root / "emb"), "segments")
@@ -90,6 +93,7 @@ def linear_run(setup):
     return out, rows
 
 
+@pytest.mark.slow
 def test_results_table_has_a_row_per_method_and_the_probe_learns(linear_run):
     out, rows = linear_run
     assert all(isinstance(r, ProbeResult) for r in rows)
@@ -116,6 +120,7 @@ def test_results_table_has_a_row_per_method_and_the_probe_learns(linear_run):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_rows_are_logged_to_mlflow(linear_run):
     from mlflow.tracking import MlflowClient
 
@@ -134,8 +139,10 @@ def test_rows_are_logged_to_mlflow(linear_run):
     assert scratch.data.params["probe.kind"] == "attentive"  # the recipe it trained with
 
 
-def test_attentive_probe_reuses_the_cached_features(setup, linear_run):
-    root, emb, labels, ckpt = setup
+@pytest.mark.slow
+def test_attentive_probe_reuses_the_cached_features(setup, tmp_path):
+    _, emb, labels, ckpt = setup
+    root = tmp_path
 
     cache = feature_cache_dir(str(root / "att"), Path(ckpt))
     section = ProbeSection(probes=["attentive"], baselines=[], seeds=1,
@@ -160,24 +167,34 @@ def test_checkpoint_of_another_width_is_refused(setup, tmp_path):
         run_probe(str(other), emb, [labels], str(tmp_path / "o"), ProbeSection())
 
 
-def test_sweep_shares_the_probe_feature_cache_and_returns_tuned_rows(setup, linear_run):
+@pytest.mark.slow
+def test_sweep_shares_the_probe_feature_cache_and_returns_tuned_rows(setup, linear_run, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    root, emb, labels, ckpt = setup
-    out, _ = linear_run
+    _, emb, labels, ckpt = setup
+    out = copy_outputs(linear_run[0], tmp_path / "probe")  # the probe stage's output, copied
     cache = feature_cache_dir(str(out), Path(ckpt))
     stamp = (cache / "_SUCCESS").stat().st_mtime_ns
-    space = root / "space.yaml"
-    space.write_text("probe: linear\nlr: {loguniform: [1e-3, 1e-2]}\nepochs: 2\nbatch_size: 8\n")
+    space = tmp_path / "space.yaml"
+    space.write_text("probe: linear\nlr: {loguniform: [1e-3, 1e-2]}\nepochs: 15\nbatch_size: 8\n")
     section = TuneSection(num_samples=2, space=str(space), max_concurrent=2, seeds=1)
     (row,) = run_sweep(ckpt, emb, [labels], str(out), section, verbose=0)
     assert (cache / "_SUCCESS").stat().st_mtime_ns == stamp  # the probe stage's features
     assert isinstance(row, ProbeResult) and (row.method, row.probe) == ("lvmae-tuned", "linear")
-    assert row.trials == 2 and row.task == "labels" and 0.0 <= row.top1 <= 1.0
+    assert row.trials == 2 and row.task == "labels"
+    # Scored once on the 6 test videos of the separable task (chance 1/3): a whole number
+    # of them, and the tuned probe learns it as the recipe's did.
+    assert (row.test, row.seeds) == (6, 1) and row.top1 * 6 == pytest.approx(round(row.top1 * 6))
+    assert row.top1 >= 0.8
     with (out / "tune" / "results.csv").open() as f:
         assert [r["method"] for r in csv.DictReader(f)] == ["lvmae-tuned"]
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
-    assert client.get_experiment_by_name("lvmae-tune") is not None
+    exp = client.get_experiment_by_name("lvmae-tune")
+    runs = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("lvmae.stage") == "tune"]
+    trials = [r for r in runs if r.data.tags.get("lvmae.stage") == "tune-trial"]
+    assert len(trials) == 2
+    assert parent.data.metrics["best/top1"] == pytest.approx(row.top1)
 
 
 def test_a_bad_search_space_stops_the_sweep_before_any_work(setup, tmp_path):

@@ -119,6 +119,7 @@ def _task(seed: int = 0) -> tuple[ProbeTask, Features]:
     return ProbeTask("genre", labels, 1), features
 
 
+@pytest.mark.slow
 def test_small_sweep_logs_nested_trials_and_scores_the_best_on_test(ray_local, tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -159,6 +160,7 @@ def test_small_sweep_logs_nested_trials_and_scores_the_best_on_test(ray_local, t
     assert all("val_top1" in t.data.metrics for t in trials)
 
 
+@pytest.mark.slow
 def test_trials_never_read_the_test_split(ray_local, tmp_path):
     """The test videos' features are unusable (another width): every trial still runs, and
     only the final retraining, which scores the test split, trips over them."""
@@ -178,6 +180,7 @@ def test_trials_never_read_the_test_split(ray_local, tmp_path):
     assert len(trials) == 2 and all(t["val_top1"] for t in trials)
 
 
+@pytest.mark.slow
 def test_the_recipe_is_the_first_trial_and_tuning_can_only_help_on_val(ray_local, tmp_path):
     """The default space is centred on the recipe, whose configuration is trial 0; the
     tuned row's val (its chosen trial's) is at least the recipe trial's; ASHA stops no trial

@@ -95,16 +95,43 @@ def test_per_class_accuracy_and_confusion_matrix_match_brute_force():
         per_class_accuracy(pred, y, 4)
 
 
-def test_reports():
+def _brute_per_class(scores: np.ndarray, y: np.ndarray, n_classes: int) -> list[float]:
+    """Per true class: the fraction of its samples whose true class strictly beats every
+    other class (a tie for the top score is wrong); nan for a class with no sample."""
+    out = []
+    for c in range(n_classes):
+        rows = [i for i in range(len(y)) if y[i] == c]
+        right = [all(scores[i, c] > scores[i, j] for j in range(n_classes) if j != c) for i in rows]
+        out.append(sum(right) / len(rows) if rows else float("nan"))
+    return out
+
+
+def test_reports_on_a_hand_built_case():
+    # By hand: rows 0, 3 and 5 are right; row 1 is wrong; rows 2 and 4 tie their true class
+    # with another for the top score (wrong, though argmax would pick the true class).
+    # top-1 3/6; per class 1/3, 1/2, 1/1; mean class accuracy (1/3 + 1/2 + 1) / 3 = 11/18.
+    logits = np.array([[3, 1, 0], [1, 2, 0], [2, 2, 0], [0, 5, 1], [0, 1, 1], [0, 0, 9]], float)
+    y = np.array([0, 0, 0, 1, 1, 2])
+    report = classification_report(logits, y, ["a", "b", "c"])
+    assert report["top1"] == pytest.approx(0.5)
+    assert report["per_class"] == pytest.approx({"a": 1 / 3, "b": 1 / 2, "c": 1.0})
+    assert report["mean_class_accuracy"] == pytest.approx(11 / 18)
+    assert report["n"] == 6 and "top5" not in report  # fewer than 5 classes
+
+
+def test_reports_match_brute_force_counts():
     rng = np.random.default_rng(2)
-    logits, y = rng.normal(size=(40, 6)), rng.integers(0, 5, size=40)  # class 5 absent
+    # Scores on a coarse grid (many exact ties), 6 classes, class 5 absent from y.
+    logits, y = rng.integers(0, 4, size=(40, 6)).astype(float), rng.integers(0, 5, size=40)
     names = [f"c{i}" for i in range(6)]
     report = classification_report(logits, y, names)
-    assert report["top1"] == top_k_accuracy(logits, y, 1)
-    assert report["top5"] == top_k_accuracy(logits, y, 5)
+    assert report["top1"] == pytest.approx(_brute_top_k(logits, y, 1))
+    assert report["top5"] == pytest.approx(_brute_top_k(logits, y, 5))
+    per_class = _brute_per_class(logits, y, 6)
     assert report["n"] == 40 and np.isnan(report["per_class"]["c5"])
-    per_class = per_class_accuracy(logits.argmax(1), y, 6)
-    assert report["mean_class_accuracy"] == pytest.approx(np.nanmean(per_class))
+    for name, expected in zip(names[:5], per_class[:5], strict=True):
+        assert report["per_class"][name] == pytest.approx(expected), name
+    assert report["mean_class_accuracy"] == pytest.approx(sum(per_class[:5]) / 5)
     assert "top5" not in classification_report(logits[:, :4], y % 4, names[:4])
     reg = regression_report(np.array([1.0, 2.0, 4.0]), np.array([1.0, 3.0, 1.0]))
     assert reg == {"mse": pytest.approx(10 / 3), "mae": pytest.approx(4 / 3), "n": 3}

@@ -1,0 +1,128 @@
+"""Heavy inputs of the pipeline tests, built once per session and shared READ-ONLY: the
+sample library (real videos made by ffmpeg), its extraction (Ray Data, the tiny encoder) and
+a pre-training run on it (Ray Train, 2 DDP workers, a real SQLite MLflow store).
+
+A test that changes any of them works on its own copy (:func:`copy_outputs`), so no test
+depends on the order the others ran in."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lvmae.config import ExtractConfig, PretrainConfig
+
+# 12 videos (2 per default recipe) of 20–40 s: with 2-s segments, 10–20 tokens each, more
+# than the 8-token cap of the small pre-training config (so whole videos need several windows).
+LIBRARY = {"videos_per_recipe": 2, "min_seconds": 20, "max_seconds": 40, "seed": 1}
+SEGMENT_S = 2.0
+
+
+def small_pretrain_config(**overrides) -> PretrainConfig:
+    """A tiny LV-MAE for 3 epochs on 2 workers, a checkpoint every 2 steps."""
+    base = {
+        "preset": "tiny",
+        "epochs": 3,
+        "warmup_epochs": 1,
+        "batch_size": 2,  # per worker: global 4
+        "num_workers": 2,
+        "max_tokens": 8,
+        "min_window_s": 4.0,
+        "segment_s": SEGMENT_S,
+        "checkpoint_every_steps": 2,
+        "log_every_steps": 1,
+        "val_fraction": 0.25,
+        "blr": 1e-2,
+    }
+    return PretrainConfig(**{**base, **overrides})
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """The session's pre-training run: its output directory (checkpoints under
+    ``runs/<run_name>``, the MLflow store ``mlflow.db``), config and result."""
+
+    out: Path
+    config: PretrainConfig
+    result: object  # pipelines.pretrain.PretrainResult
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out / "runs" / self.config.run_name
+
+
+@pytest.fixture(scope="session")
+def sample_library(tmp_path_factory) -> Path:
+    """The sample library (``labels.csv`` at its root). Read-only."""
+    from lvmae.samples import make_samples
+
+    root = tmp_path_factory.mktemp("library")
+    make_samples(root, **LIBRARY)
+    return root
+
+
+@pytest.fixture(scope="session")
+def sample_extraction(sample_library, tmp_path_factory, ray_local) -> Path:
+    """The library extracted with 2-s segments (``segments/``, ``videos/``, manifest).
+    Read-only: copy it (:func:`copy_outputs`) to add files or build an index in it."""
+    from pipelines.extract import run_extraction
+
+    out = tmp_path_factory.mktemp("extraction") / "extract"
+    run_extraction(
+        str(sample_library), str(out), ExtractConfig(segment_s=SEGMENT_S), progress=False
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def pretrained(sample_extraction, tmp_path_factory) -> Pretrained:
+    """A finished 3-epoch run named ``ddp`` (monitor at epoch 3). Read-only: copy it
+    (:func:`copy_outputs`) to resume it or to damage a checkpoint."""
+    from pipelines.pretrain import run_pretrain
+
+    out = tmp_path_factory.mktemp("pretrained")
+    config = small_pretrain_config(run_name="ddp", monitor_every_epochs=3)
+    return Pretrained(out, config, run_pretrain(str(sample_extraction), str(out), config))
+
+
+def copy_outputs(src: Path, dst: Path) -> Path:
+    """``src`` copied to ``dst``; a SQLite MLflow store inside (``**/mlflow.db``) is pointed
+    at the copy's artifact directories, so runs logged to the copy never write into ``src``.
+    """
+    shutil.copytree(src, dst, symlinks=True)
+    old, new = str(Path(src).absolute()), str(Path(dst).absolute())
+    for db in Path(dst).rglob("mlflow.db"):
+        with sqlite3.connect(db) as con:
+            for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri")):
+                con.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?)", (old, new))
+        con.close()
+    return Path(dst)
+
+
+def brute_force_ranks(preds, candidates, targets) -> np.ndarray:
+    """The reconstruction monitor's ranks counted by hand: for each query, 1 + the number of
+    OTHER candidates whose cosine similarity to it is at least the true candidate's."""
+    unit = [np.asarray(c, np.float64) / np.linalg.norm(c) for c in candidates]
+    ranks = []
+    for pred, target in zip(preds, targets, strict=True):
+        p = np.asarray(pred, np.float64) / np.linalg.norm(pred)
+        scores = [float(np.dot(p, c)) for c in unit]
+        ranks.append(
+            1 + sum(1 for j, s in enumerate(scores) if j != target and s >= scores[target])
+        )
+    return np.array(ranks)
+
+
+def recall_summary(ranks: np.ndarray) -> dict[str, float]:
+    """R@1, R@5, R@10 and the median rank, from ranks."""
+    return {
+        "R@1": float(np.mean(ranks <= 1)),
+        "R@5": float(np.mean(ranks <= 5)),
+        "R@10": float(np.mean(ranks <= 10)),
+        "median_rank": float(np.median(ranks)),
+    }
