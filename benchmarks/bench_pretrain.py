@@ -14,7 +14,15 @@ Lengths are drawn uniformly in ``[2, cap]`` per video (seeded); every row of the
 counts only real tokens (the videos' lengths) per second of a full training step
 (forward + backward + AdamW), median over the timed steps; the models take turns step by step.
 
+The optimizer is ``torch.optim.AdamW`` as :func:`lvmae.optim.build_optimizer` builds it
+(PyTorch's default implementation: a per-parameter loop on CPU); ``--optimizer fused`` uses
+its fused kernel instead, for every model alike. ``--threads`` sets ``torch.set_num_threads``
+(default: PyTorch's choice). On a shared machine, wall time with several threads mostly
+measures OpenMP threads waiting for each other; ``--threads 1 --clock cpu`` (process CPU
+time, one thread) is the setting least sensitive to other jobs.
+
     .venv/bin/python benchmarks/bench_pretrain.py                          # the CPU config
+    .venv/bin/python benchmarks/bench_pretrain.py --threads 1 --clock cpu   # shared machine
     python benchmarks/bench_pretrain.py --device cuda --preset paper --batch 16   # bf16, MFU
 """
 
@@ -198,17 +206,23 @@ class TorchEncoders(nn.Module):
 # ------------------------------------------------------------------ timing
 
 
-def time_models(models: dict, batches, *, device, dtype, steps, warmup) -> dict[str, float]:
+def time_models(
+    models: dict, batches, *, device, dtype, steps, warmup, fused: bool = False, clock=None
+) -> dict[str, float]:
     """Seconds per training step of each ``(model, step_fn)`` in ``models``, median over
     ``steps`` after ``warmup``. The models take turns step by step (round robin), so a load
-    change on a shared machine hits all of them alike and the ratios stay comparable."""
-    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, (m, _) in models.items()}
+    change on a shared machine hits all of them alike and the ratios stay comparable.
+    ``fused``: AdamW's fused kernel instead of PyTorch's default implementation; ``clock``:
+    the timer (default ``time.perf_counter``; ``time.process_time`` for CPU time)."""
+    clock = clock or time.perf_counter
+    kwargs = {"fused": True} if fused else {}
+    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4, **kwargs) for k, (m, _) in models.items()}
     times: dict[str, list[float]] = {k: [] for k in models}
     for i in range(warmup + steps):
         for key, (model, step_fn) in models.items():
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            t0 = time.perf_counter()
+            t0 = clock()
             with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                 loss = step_fn(model, *batches[i % len(batches)])
             opts[key].zero_grad(set_to_none=True)
@@ -217,7 +231,7 @@ def time_models(models: dict, batches, *, device, dtype, steps, warmup) -> dict[
             if device.type == "cuda":
                 torch.cuda.synchronize()
             if i >= warmup:
-                times[key].append(time.perf_counter() - t0)
+                times[key].append(clock() - t0)
     return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
 
 
@@ -253,7 +267,14 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--models", default="reference,torch,dense,packed")
     ap.add_argument("--gpu", default="H100", choices=sorted(PEAK_BF16_TFLOPS))
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--optimizer", default="default", choices=("default", "fused"),
+                    help="AdamW implementation, the same for every model")  # fmt: skip
+    ap.add_argument("--clock", default="wall", choices=("wall", "cpu"),
+                    help="wall: perf_counter; cpu: process CPU time (use 1 thread)")  # fmt: skip
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     preset = args.preset or ("paper" if device.type == "cuda" else None)
     if preset is None:
@@ -269,7 +290,8 @@ def main() -> None:
           f"{cfg.depth}, heads {cfg.heads}; decoder {cfg.decoder_width} x {cfg.decoder_depth}), "
           f"batch {args.batch}, lengths uniform 2..{args.cap} (mean real tokens/step "
           f"{real_tokens:.0f}), mask 0.5, {torch.get_num_threads()} threads, "
-          f"{args.steps} timed steps after {args.warmup}")  # fmt: skip
+          f"{args.steps} timed steps after {args.warmup}, AdamW {args.optimizer}, "
+          f"{args.clock} clock")  # fmt: skip
     builders = {
         "reference": (ReferenceScheme, _ref_step, "reference scheme (dense, cap + 1)"),
         "torch": (TorchEncoders, _torch_step, "nn.TransformerEncoder (batch max)"),
@@ -282,8 +304,10 @@ def main() -> None:
         torch.manual_seed(0)
         models[key] = (builders[key][0](cfg).to(device), builders[key][1])
     times = time_models(
-        models, batches, device=device, dtype=dtype, steps=args.steps, warmup=args.warmup
-    )
+        models, batches, device=device, dtype=dtype, steps=args.steps, warmup=args.warmup,
+        fused=args.optimizer == "fused",
+        clock=time.process_time if args.clock == "cpu" else time.perf_counter,
+    )  # fmt: skip
     flops = sum(train_flops(cfg, b[3]) for b in batches) / len(batches)
     print()
     print(

@@ -15,10 +15,12 @@ padding a batch carries.
 
 Compute follows the real tokens (the default, ``packed=True``): the tokens of every video are
 packed into one flat ``[T, C]`` sequence (T = the batch's real tokens plus one [CLS] per
-video), so every projection, MLP, norm and the output head runs on real tokens only; only
-the attention itself re-pads per video (``[B, S, C]`` with a key mask; its cost is a small
-fraction of the block's at these lengths). ``packed=False`` keeps the dense path (every video
-padded to the batch's longest); both give the same outputs to float rounding.
+video), so every projection, MLP, norm and the output head runs on real tokens only, and
+attention is block-diagonal: each video attends over its own contiguous rows (one
+``scaled_dot_product_attention`` per video on views of the packed tensor), so nothing is
+re-padded between blocks and attention costs ``Σ n²`` rather than ``B · max(n)²``.
+``packed=False`` keeps the dense path (every video padded to the batch's longest, key
+masks); both give the same outputs to float rounding.
 
 Sources: Naiman et al., "LV-MAE", ICCV 2025, §3.2 (model), §4 (paper sizes: encoder width =
 embedding width 1024, depth 32, 16 heads, MLP ratio 4; decoder 512 wide, 8 blocks, 16 heads);
@@ -204,14 +206,18 @@ class DropPath(nn.Module):
 class Packing:
     """Layout of a packed batch: B sequences of different lengths stored as one flat
     ``[T, C]`` tensor, sequence after sequence (row ``t`` of the flat tensor is slot
-    ``index[t]`` of the padded ``[B * S]`` layout).
+    ``index[t]`` of the padded ``[B * S]`` layout; sequence ``b`` is the contiguous rows
+    ``offsets[b] : offsets[b] + lengths[b]``).
 
     Attributes:
         index: long ``[T]`` slots ``b * S + s`` of the flat rows in the padded layout.
         sample: long ``[T]``, the sequence ``b`` of each flat row.
         attend: bool ``[B, 1, 1, S]``, True at the slots that hold a row (the attention key
-            mask of the padded layout).
+            mask of the padded layout; the packed attention itself does not need it).
         batch: ``B``; ``width``: ``S``, the longest sequence.
+        lengths: rows of each sequence (Python ints, so the flat tensor splits into
+            per-sequence views without a device sync per block).
+        offsets: long ``[B]``, the first row of each sequence.
     """
 
     index: Tensor
@@ -219,6 +225,8 @@ class Packing:
     attend: Tensor
     batch: int
     width: int
+    lengths: tuple[int, ...] = ()
+    offsets: Tensor | None = None
 
     @classmethod
     def from_valid(cls, valid: Tensor) -> Packing:
@@ -226,7 +234,16 @@ class Packing:
         B, S = valid.shape
         flat = valid.reshape(-1)
         index = flat.nonzero().squeeze(1)
-        return cls(index, index // max(S, 1), valid[:, None, None, :], B, S)
+        counts = valid.sum(dim=1)
+        offsets = counts.cumsum(0) - counts
+        lengths = tuple(counts.tolist())
+        return cls(index, index // max(S, 1), valid[:, None, None, :], B, S, lengths, offsets)
+
+    @classmethod
+    def from_counts(cls, counts: Tensor) -> Packing:
+        """The packing of sequences of ``counts`` long ``[B]`` rows each (left-aligned)."""
+        S = int(counts.max()) if counts.numel() else 0
+        return cls.from_valid(torch.arange(S, device=counts.device)[None, :] < counts[:, None])
 
     def pad(self, x: Tensor) -> Tensor:
         """Flat ``[T, C]`` → padded ``[B, S, C]`` (zeros at empty slots; differentiable)."""
@@ -249,25 +266,46 @@ class Attention(nn.Module):
         self.dropout = dropout
         self.proj_drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, attend: Tensor, packing: Packing | None = None) -> Tensor:
+    def forward(self, x: Tensor, attend: Tensor | None, packing: Packing | None = None) -> Tensor:
         """``x`` ``[B, S, C]``, ``attend`` bool ``[B, 1, 1, S]`` (True = key may be attended).
 
-        Packed: ``x`` ``[T, C]`` laid out by ``packing`` (``attend`` is then
-        ``packing.attend``); the projections run on the T rows, attention per sequence.
+        Packed: ``x`` ``[T, C]`` laid out by ``packing`` (``attend`` is then ignored); the
+        projections run on the T rows and attention on each sequence's own rows
+        (block-diagonal attention, no padding, see :meth:`_packed`).
         """
         qkv = self.qkv(x)
+        p = self.dropout if self.training else 0.0
         if packing is not None:
-            qkv = packing.pad(qkv)
+            return self.proj_drop(self.proj(self._packed(qkv, packing.lengths, p)))
         B, S, C3 = qkv.shape
         C = C3 // 3
         q, k, v = qkv.view(B, S, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attend, dropout_p=self.dropout if self.training else 0.0
-        )
-        out = out.transpose(1, 2).reshape(B, S, C)
-        if packing is not None:
-            out = packing.unpad(out)
-        return self.proj_drop(self.proj(out))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, dropout_p=p)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, S, C)))
+
+    def _packed(self, qkv: Tensor, lengths: tuple[int, ...], dropout_p: float) -> Tensor:
+        """Block-diagonal attention over a packed ``qkv`` ``[T, 3C]`` → ``[T, C]``.
+
+        Each sequence attends to its own rows only: ``scaled_dot_product_attention`` runs
+        once per sequence on strided views of ``qkv`` (no copies, no key mask, no padding),
+        so its cost is ``Σ n_b²`` rather than ``B · max(n_b)²``. On CPU this measured about
+        half the time of re-padding to ``[B, S]`` with a key mask; jagged nested tensors
+        (no CPU attention kernel) and ``flex_attention`` (no CPU backward) do not train on
+        CPU in PyTorch 2.13 (``benchmarks/RESULTS.md``, Pre-training).
+        """
+        T, C = qkv.shape[0], qkv.shape[1] // 3
+        qkv = qkv.view(T, 3, self.heads, C // self.heads)
+        q, k, v = (t.split(lengths) for t in qkv.unbind(1))
+        out = [
+            F.scaled_dot_product_attention(
+                qb.transpose(0, 1)[None], kb.transpose(0, 1)[None], vb.transpose(0, 1)[None],
+                dropout_p=dropout_p,
+            )[0].transpose(0, 1).reshape(-1, C)
+            for qb, kb, vb in zip(q, k, v, strict=True)
+        ]  # fmt: skip
+        if len(out) == 1:
+            return out[0]
+        return torch.cat(out) if out else qkv.new_empty(T, C)
 
 
 class Block(nn.Module):
@@ -290,9 +328,10 @@ class Block(nn.Module):
         )
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: Tensor, attend: Tensor, packing: Packing | None = None) -> Tensor:
+    def forward(self, x: Tensor, attend: Tensor | None, packing: Packing | None = None) -> Tensor:
         """``x`` ``[B, S, C]``, ``attend`` bool ``[B, 1, 1, S]`` → ``[B, S, C]``; or packed
-        ``x`` ``[T, C]`` with its ``packing`` → ``[T, C]`` (stochastic depth per video)."""
+        ``x`` ``[T, C]`` with its ``packing`` → ``[T, C]`` (``attend`` unused, attention per
+        sequence; stochastic depth per video)."""
         sample = packing.sample if packing is not None else None
         x = x + self.drop_path(self.attn(self.norm1(x), attend, packing), sample)
         return x + self.drop_path(self.mlp(self.norm2(x)), sample)
@@ -462,53 +501,55 @@ class LVMAE(nn.Module):
         visible tokens in time order), their :class:`Packing` and ``is_cls`` bool ``[T]``.
         """
         B, _ = visible.shape
-        n_visible = visible.sum(dim=1)
-        S = 1 + (int(n_visible.max()) if B else 0)
-        slots = torch.arange(S, device=visible.device)[None, :] <= n_visible[:, None]
-        packing = Packing.from_valid(slots)
-        is_cls = packing.index % S == 0
+        packing = Packing.from_counts(1 + visible.sum(dim=1))
+        is_cls = torch.zeros(len(packing.index), dtype=torch.bool, device=visible.device)
+        is_cls[packing.offsets] = True
         b, t = visible.nonzero(as_tuple=True)  # row-major: each video's tokens in time order
         tokens = self.input_proj(x[b, t]) + self.pos_embed[t]  # projections on visible rows
         cls = self.cls_token[0].to(tokens.dtype).expand(B, -1)
-        rows = torch.cat([is_cls.nonzero().squeeze(1), (~is_cls).nonzero().squeeze(1)])
+        rows = torch.cat([packing.offsets, (~is_cls).nonzero().squeeze(1)])
         h = tokens.new_empty(len(packing.index), tokens.shape[-1])
         h = h.index_copy(0, rows, torch.cat([cls, tokens]))
         for block in self.blocks:
-            h = block(h, packing.attend, packing)
+            h = block(h, None, packing)
         return self.norm(h), packing, is_cls
 
     def _forward_packed(self, x: Tensor, real: Tensor, mask: Tensor) -> Tensor:
-        """:meth:`forward` with compute on real tokens only (see the module docstring)."""
+        """:meth:`forward` with compute on real tokens only (see the module docstring).
+
+        Decoder layout: per video, [CLS] then its real tokens in time order (row
+        ``offsets[b] + 1 + rank``), so every index below is closed-form and each gather or
+        scatter is an ``index_copy`` / ``index_select`` whose backward is the other one.
+        """
         B, L = real.shape
         visible = real & ~mask
         latent, enc, enc_cls = self._encode_packed(x, visible)
         h = self.decoder_embed(latent)  # [T_enc, Dd], real rows only
         Dd = h.shape[-1]
-        # Decoder layout: per video [CLS] then its real tokens in time order (slot 1 + rank).
-        n_real = real.sum(dim=1)
-        S = 1 + (int(n_real.max()) if B else 0)
-        dec = Packing.from_valid(torch.arange(S, device=real.device)[None, :] <= n_real[:, None])
-        row_of_slot = torch.full((B * S,), -1, dtype=torch.long, device=real.device)
-        row_of_slot[dec.index] = torch.arange(len(dec.index), device=real.device)
+        dec = Packing.from_counts(1 + real.sum(dim=1))
         rank = real.long().cumsum(dim=1) - 1  # rank of each real token within its video
         vb, vt = visible.nonzero(as_tuple=True)
         target = torch.empty(len(enc.index), dtype=torch.long, device=real.device)
-        target[enc_cls] = row_of_slot[torch.arange(B, device=real.device) * S]
-        target[~enc_cls] = row_of_slot[vb * S + 1 + rank[vb, vt]]
+        target[enc_cls] = dec.offsets
+        target[~enc_cls] = dec.offsets[vb] + 1 + rank[vb, vt]
         rb, rt = real.nonzero(as_tuple=True)
-        token_rows = row_of_slot[rb * S + 1 + rank[rb, rt]]
+        token_rows = dec.offsets[rb] + 1 + rank[rb, rt]
         pos = torch.zeros(len(dec.index), Dd, device=real.device)
         pos[token_rows] = self.decoder_pos_embed[rt]
-        # One shared mask token everywhere, then [CLS] and the visible latents at their slots;
-        # positions on the token slots (not on [CLS]), as in the dense path.
+        # One shared mask token everywhere, then [CLS] and the visible latents at their rows;
+        # positions on the token rows (not on [CLS]), as in the dense path.
         full = self.mask_token[0].to(h.dtype).expand(len(dec.index), Dd)
         h = (full.index_copy(0, target, h) + pos).to(h.dtype)
         for block in self.decoder_blocks:
-            h = block(h, dec.attend, dec)
-        out = self.head(self.decoder_norm(h.index_select(0, token_rows)))  # [T_real, D_in]
-        flat = rb * L + rt
-        pred = out.new_zeros(B * L, out.shape[-1]).index_copy(0, flat, out)
-        return pred.view(B, L, -1)
+            h = block(h, None, dec)
+        # The head runs on every row ([CLS] too: B extra rows instead of a gather whose
+        # backward is a slow scatter-add); rows go to slots b * (1 + L) + (0 | 1 + t).
+        out = self.head(self.decoder_norm(h))  # [T_dec, D_in]
+        slot = torch.empty(len(dec.index), dtype=torch.long, device=real.device)
+        slot[dec.offsets] = torch.arange(B, device=real.device) * (L + 1)
+        slot[token_rows] = rb * (L + 1) + 1 + rt
+        pred = out.new_zeros(B * (L + 1), out.shape[-1]).index_copy(0, slot, out)
+        return pred.view(B, L + 1, out.shape[-1])[:, 1:]
 
     def forward(self, x: Tensor, real: Tensor, mask: Tensor, *, packed: bool = True) -> Tensor:
         """Masked reconstruction: ``x`` ``[B, L, input_dim]``, ``real``/``mask`` bool ``[B, L]``.
