@@ -91,6 +91,7 @@ class ExtractStage(BaseStage):
             zip(
                 videos["video_id"].to_pylist(),
                 videos["status"].to_pylist(),
+                videos["segments_planned"].to_pylist(),
                 videos["segments_written"].to_pylist(),
                 videos["duration_s"].to_pylist(),
                 strict=True,
@@ -98,13 +99,16 @@ class ExtractStage(BaseStage):
         )
         done = [r for r in rows if r[1] != "failed"]
         statuses = [r[1] for r in rows]
+        # an ok video has its whole plan on disk (perhaps over several attempts); a partial
+        # one at least what its last attempt wrote
+        on_disk = [(r[2] if r[1] == "ok" else r[3]) or 0 for r in done]
         return ExtractOutput(
             embeddings=context.embeddings,
             videos_ok=statuses.count("ok"),
             videos_partial=statuses.count("partial"),
             videos_failed=statuses.count("failed"),
-            segments=int(sum(r[2] or 0 for r in done)),
-            hours_of_video=round(sum(r[3] or 0.0 for r in done) / 3600, 4),
+            segments=int(sum(on_disk)),
+            hours_of_video=round(sum(r[4] or 0.0 for r in done) / 3600, 4),
             last_wall_s=round(summary.wall_s, 2),
             failures={r[0]: r[1] for r in rows if r[1] != "ok"},
             videos_digest=sha([list(r[:3]) for r in rows]),

@@ -17,8 +17,8 @@ from ray.cluster_utils import Cluster
 from lvmae.config import ExtractConfig
 from pipelines.extract import run_extraction
 
-# One CPU per decode task and per encoder actor, so the node that hosts the encoder actor
-# has no room to decode and no node decodes more than one video at a time.
+# One CPU per decode task (the tiny encoder runs inside it), so no node decodes more than
+# one video at a time and the videos spread over the nodes.
 CONFIG = ExtractConfig(batch_size=4, rows_per_file=8, decode_cpus=1.0, decode_memory_mb=256)
 
 
@@ -44,7 +44,7 @@ def extract_multi_node(videos: str, out: str, nodes: int) -> tuple[list[str], di
 
 
 def extract_single_node(videos: str, out: str) -> dict:
-    """One local node with 2 CPUs: the encoder actor and one decode task at a time."""
+    """One local node with 2 CPUs: two decode tasks at a time."""
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         return run_extraction(videos, out, CONFIG, progress=False, track=False).to_dict()

@@ -184,7 +184,7 @@ def test_tiny_model_overfits_a_tiny_batch():
     mask = random_mask(real, 0.5, torch.Generator().manual_seed(0))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
-    for _ in range(200):
+    for _ in range(40):  # the loss is below a tenth of its start after ~15 steps
         loss = reconstruction_loss(model(x, real, mask), x, mask)
         opt.zero_grad()
         loss.backward()

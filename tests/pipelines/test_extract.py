@@ -21,6 +21,7 @@ import pytest
 from lvmae.config import ExtractConfig
 from lvmae.segments import fixed_segments
 from lvmae.storage import read_manifest, read_segments, read_videos
+from pipelines.cli import main
 from pipelines.extract import ExtractError, run_extraction
 
 LVMAE = [sys.executable, "-m", "pipelines.cli"]
@@ -69,6 +70,7 @@ def extracted(archive, tmp_path_factory, ray_local):
     return out, config, summary
 
 
+@pytest.mark.slow
 def test_every_good_video_has_its_planned_segments(extracted):
     out, config, _ = extracted
     segments = read_segments(str(out))
@@ -91,6 +93,7 @@ def test_every_good_video_has_its_planned_segments(extracted):
     assert set(segments["config_id"].to_pylist()) == {config.config_id()}
 
 
+@pytest.mark.slow
 def test_every_input_video_has_a_row_and_broken_ones_say_why(extracted):
     out, _, summary = extracted
     videos = read_videos(str(out)).to_pylist()
@@ -112,6 +115,7 @@ def test_every_input_video_has_a_row_and_broken_ones_say_why(extracted):
     assert "segments written" in summary.format()
 
 
+@pytest.mark.slow
 def test_manifest_records_config_encoder_and_versions(extracted):
     out, config, summary = extracted
     manifest = read_manifest(str(out))
@@ -123,6 +127,7 @@ def test_manifest_records_config_encoder_and_versions(extracted):
     assert manifest["summary"]["segments_written"] == summary.segments_written
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_videos_and_redoes_the_rest(extracted, archive):
     out, config, _ = extracted
     before = read_segments(str(out)).num_rows
@@ -133,6 +138,7 @@ def test_rerun_skips_finished_videos_and_redoes_the_rest(extracted, archive):
     assert read_segments(str(out)).num_rows == before
 
 
+@pytest.mark.slow
 def test_another_config_into_the_same_output_is_refused(extracted, archive):
     out, _, _ = extracted
     files = sorted(p.name for p in (out / "segments").iterdir())
@@ -141,6 +147,7 @@ def test_another_config_into_the_same_output_is_refused(extracted, archive):
     assert sorted(p.name for p in (out / "segments").iterdir()) == files
 
 
+@pytest.mark.slow
 def test_shots_segmenter_and_pyav_decoder_through_the_pipeline(tmp_path, scene_video, ray_local):
     out = tmp_path / "out"
     config = ExtractConfig(segmenter="shots", shot_min_s=1.0, decoder="pyav", batch_size=2)
@@ -172,40 +179,52 @@ def run_cli(*args, cwd=None, timeout=300):
     )
 
 
-def test_missing_input_is_a_clear_error_and_writes_nothing(tmp_path):
-    res = run_cli("extract", str(tmp_path / "nope"), "--out", str(tmp_path / "out"))
-    assert res.returncode == 1
-    assert "input path does not exist" in res.stderr
-    assert not (tmp_path / "out").exists()
+def run_main(capsys, *args) -> tuple[int, str]:
+    """``lvmae ARGS`` in this process: (exit code, stderr)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    return exit_info.value.code, capsys.readouterr().err
 
 
-def test_empty_input_is_a_clear_error_and_writes_nothing(tmp_path):
+def test_missing_input_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
+    code, err = run_main(capsys, "extract", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
+    assert code == 1
+    assert "input path does not exist" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_empty_input_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.md").write_text("no videos here")
-    res = run_cli("extract", str(tmp_path / "empty"), "--out", str(tmp_path / "out"))
-    assert res.returncode == 1
-    assert "no video files" in res.stderr
-    assert not (tmp_path / "out").exists()
-
-
-def test_unknown_encoder_is_a_usage_error(tmp_path, scene_video):
-    res = run_cli("extract", str(scene_video), "--out", str(tmp_path / "o"), "--encoder", "clip")
-    assert res.returncode == 2
-    assert "clip" in res.stderr and "tiny" in res.stderr
+    code, err = run_main(capsys, "extract", str(tmp_path / "empty"), "--out", str(tmp_path / "o"))
+    assert code == 1
+    assert "no video files" in err
     assert not (tmp_path / "o").exists()
 
 
-def test_bad_config_file_is_a_clear_error(tmp_path, scene_video):
+def test_unknown_encoder_is_a_usage_error(tmp_path, scene_video, capsys):
+    code, err = run_main(
+        capsys, "extract", str(scene_video), "--out", str(tmp_path / "o"), "--encoder", "clip"
+    )
+    assert code == 2
+    assert "clip" in err and "tiny" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_config_file_is_a_clear_error(tmp_path, scene_video, capsys):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("extract:\n  segment_s: -5\n  frames_per_segmnt: 8\n")
-    res = run_cli(
-        "extract", str(scene_video.parent), "--out", str(tmp_path / "o"), "--config", str(cfg)
-    )
-    assert res.returncode == 1
-    assert "segment_s" in res.stderr and "frames_per_segmnt" in res.stderr
+    code, err = run_main(
+        capsys, "extract", str(scene_video.parent), "--out", str(tmp_path / "o"),
+        "--config", str(cfg), "--set", "extract.decode_mode=quick",
+    )  # fmt: skip
+    assert code == 1
+    assert "segment_s" in err and "frames_per_segmnt" in err
+    assert "--set extract.decode_mode" in err and "fast" in err
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_unavailable_languagebind_checkpoint_stops_before_any_work(tmp_path, scene_video):
     env_home = tmp_path / "hf"
     env_home.mkdir()
@@ -321,6 +340,7 @@ def test_killed_run_streams_output_then_rerun_reads_every_segment_exactly_once(t
         assert f"({resumed} already on disk)" in res.stdout
 
 
+@pytest.mark.slow
 def test_rerun_decodes_only_the_segments_missing_from_disk(tmp_path, scene_video, ray_local):
     """A run killed after some of a video's segments reached disk, before its videos row:
     the rerun decodes the other segments only, and every segment is on disk once."""
@@ -354,6 +374,7 @@ def tiny_checkpoint(tmp_path_factory):
     return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
+@pytest.mark.slow
 def test_tiny_encodes_inside_the_decode_tasks_and_other_encoders_get_an_actor_pool(
     scene_video, tiny_checkpoint, ray_local
 ):
@@ -378,6 +399,7 @@ def test_tiny_encodes_inside_the_decode_tasks_and_other_encoders_get_an_actor_po
     assert sum(r["segment_index"] >= 0 for r in rows) == 3
 
 
+@pytest.mark.slow
 def test_real_encoder_without_any_gpu_is_refused_before_any_work(
     tmp_path, scene_video, tiny_checkpoint, ray_local
 ):
@@ -388,6 +410,7 @@ def test_real_encoder_without_any_gpu_is_refused_before_any_work(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_run_is_tracked_in_mlflow_with_config_summary_and_manifest(extracted):
     from mlflow.tracking import MlflowClient
 

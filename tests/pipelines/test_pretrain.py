@@ -176,7 +176,7 @@ def own_train_workers() -> list[int]:
 def test_a_killed_worker_is_replaced_and_training_continues_from_the_checkpoint(
     sample_extraction, tmp_path
 ):
-    config = small_pretrain_config(run_name="crash", epochs=6, checkpoint_every_steps=1)
+    config = small_pretrain_config(run_name="crash", epochs=4, checkpoint_every_steps=1)
     result: dict = {}
     thread = threading.Thread(
         target=lambda: result.update(r=run_pretrain(str(sample_extraction), str(tmp_path), config))

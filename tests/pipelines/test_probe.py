@@ -140,24 +140,24 @@ def test_rows_are_logged_to_mlflow(linear_run):
 
 
 @pytest.mark.slow
-def test_attentive_probe_reuses_the_cached_features(setup, tmp_path):
+def test_attentive_probe_reuses_the_cached_features(setup, linear_run, tmp_path):
     _, emb, labels, ckpt = setup
-    root = tmp_path
-
-    cache = feature_cache_dir(str(root / "att"), Path(ckpt))
+    out = str(copy_outputs(linear_run[0], tmp_path / "probe"))  # the linear run's features
+    cache = feature_cache_dir(out, Path(ckpt))
+    stamp = (cache / "_SUCCESS").stat().st_mtime_ns
     section = ProbeSection(probes=["attentive"], baselines=[], seeds=1,
                            recipes={"attentive": {"epochs": 8}})  # fmt: skip
-    rows = run_probe(ckpt, emb, [labels], str(root / "att"), section)
-    stamp = (cache / "_SUCCESS").stat().st_mtime_ns
+    rows = run_probe(ckpt, emb, [labels], out, section)
     assert [(r.method, r.probe) for r in rows] == [("lvmae", "attentive")]  # encoder [CLS]
     assert rows[0].top1 >= 0.8
     learned = {"attentive": {"epochs": 1, "cls_source": "learned"}}
     section = ProbeSection(probes=["attentive"], baselines=[], seeds=1, recipes=learned)
-    rows = run_probe(ckpt, emb, [labels], str(root / "att"), section)
+    rows = run_probe(ckpt, emb, [labels], out, section)
     assert [(r.method, r.probe) for r in rows] == [("lvmae", "attentive-learned")]
     assert (cache / "_SUCCESS").stat().st_mtime_ns == stamp  # computed once, then reused
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_width_is_refused(setup, tmp_path):
     _, emb, labels, _ = setup
     cfg = model_config("tiny", input_dim=32, max_tokens=8)
@@ -197,6 +197,7 @@ def test_sweep_shares_the_probe_feature_cache_and_returns_tuned_rows(setup, line
     assert parent.data.metrics["best/top1"] == pytest.approx(row.top1)
 
 
+@pytest.mark.slow
 def test_a_bad_search_space_stops_the_sweep_before_any_work(setup, tmp_path):
     from lvmae.config import ConfigError
 
