@@ -75,7 +75,8 @@ class VideoReport:
 class SegmentPlan:
     """A video's segment plan and, for shot plans, what the shot detector found:
     ``cuts_s`` (seconds), ``shot_detector``, ``shot_threshold``, ``analysis_s`` (wall
-    seconds of the detection) and ``analysis_device``."""
+    seconds of the detection), ``analysis_device`` and ``analysis_error`` (why the analysis
+    stopped early: a decoding error part-way, after which no cut was looked for)."""
 
     segments: list[Segment]
     cuts_s: list[float] | None = None
@@ -83,10 +84,12 @@ class SegmentPlan:
     shot_threshold: float | None = None
     analysis_s: float = 0.0
     analysis_device: str | None = None
+    analysis_error: str | None = None
 
     def annotate(self, report: VideoReport) -> None:
         """Copy the plan's shot results into ``report`` (``cuts_s``, ``shot_detector``;
-        the threshold, analysis time and device into ``report.extra``)."""
+        the threshold, analysis time, device and any analysis error into
+        ``report.extra``)."""
         report.cuts_s = self.cuts_s
         report.shot_detector = self.shot_detector
         if self.shot_detector is not None:
@@ -95,6 +98,8 @@ class SegmentPlan:
                 shot_analysis_s=round(self.analysis_s, 3),
                 shot_device=self.analysis_device,
             )
+            if self.analysis_error:
+                report.extra["shot_analysis_error"] = self.analysis_error
 
 
 def plan_video(reader: VideoReader, path: str | Path, config: ExtractConfig) -> SegmentPlan:
@@ -107,8 +112,9 @@ def plan_video(reader: VideoReader, path: str | Path, config: ExtractConfig) -> 
     joining its most similar neighbour (mean colour histograms).
 
     Raises:
-        DecodeError: the analysis pass cannot decode the video or runs past
-            ``video_time_limit_s``.
+        DecodeError: the analysis pass cannot decode the start of the video or runs past
+            ``video_time_limit_s`` (a decoding error later ends the analysis early:
+            ``analysis_error``).
         ShotDetectorError: the detector's package or weights are missing.
     """
     duration = reader.info.duration_s
@@ -135,6 +141,7 @@ def plan_video(reader: VideoReader, path: str | Path, config: ExtractConfig) -> 
         shot_threshold=found.threshold,
         analysis_s=found.seconds,
         analysis_device=found.device,
+        analysis_error=found.error,
     )
 
 
@@ -206,7 +213,9 @@ def read_clips(
     try:
         with _open_reader(path, config) as reader:
             report.info = reader.info
-            segments = plan_segments(reader, path, config)
+            plan = plan_video(reader, path, config)
+            plan.annotate(report)  # cuts_s, shot_detector (shot plans)
+            segments = plan.segments
             report.num_segments = len(segments)
             todo = [seg for seg in segments if seg.index not in skip]
             for clip in _sampled_clips(reader, todo, config) if todo else ():

@@ -40,12 +40,11 @@ STAGE_NAMES: tuple[str, ...] = get_args(StageName)
 """The stages of the main job, in chain order (see ``pipelines/stages``)."""
 LABEL_DATASETS: tuple[str, ...] = get_args(LabelDataset)
 """Benchmarks whose annotations convert into labels files (see :mod:`lvmae.labels`)."""
-ShotDetector = Literal["transnetv2", "adaptive", "histogram"]
+ShotDetector = Literal["transnetv2", "adaptive"]
 SHOT_DETECTORS: dict[str, tuple[float, float, float, str]] = {
     "transnetv2": (0.5, 0.0, 1.0, "TransNetV2's per-frame transition probability"),
     "adaptive": (3.0, 0.0, float("inf"), "PySceneDetect's adaptive ratio (a frame's content "
                  "change over its neighbours' mean)"),
-    "histogram": (0.3, 0.0, 1.0, "the colour-histogram distance of consecutive frames"),
 }  # fmt: skip
 """Cut detectors of ``segmenter: shots`` (see :mod:`lvmae.shots`): name -> (default
 threshold, lower and upper bound (exclusive), what the threshold is)."""
@@ -84,9 +83,6 @@ class ExtractConfig(BaseModel):
     )
     shot_min_s: float = Field(2.0, ge=0, description="shots shorter than this are merged, s")
     shot_max_s: float = Field(10.0, gt=0, description="shots longer than this are split, s")
-    shot_analysis_fps: float = Field(
-        4.0, gt=0, description="frames/s the histogram detector looks at (others: every frame)"
-    )
     # frame sampling
     frames_per_segment: int = Field(8, ge=1, le=64)
     image_size: int = Field(224, ge=16, le=1024, description="pixels, square crop")
@@ -177,8 +173,6 @@ class ExtractConfig(BaseModel):
         ]  # fmt: skip
         if self.segmenter == "shots":
             keys += ["shot_detector", "shot_min_s", "shot_max_s"]
-            if self.shot_detector == "histogram":
-                keys.append("shot_analysis_fps")
         fields = {k: getattr(self, k) for k in keys}
         if self.segmenter == "shots":
             fields["shot_threshold"] = self.shot_cut_threshold

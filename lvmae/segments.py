@@ -117,49 +117,6 @@ def sample_frame_indices(
     return np.clip(idx, 0, frame_times_s.size - 1).astype(np.int64)
 
 
-def histogram_distance(a: np.ndarray, b: np.ndarray, bins: int = 8) -> float:
-    """Half the L1 distance between the joint-normalised per-channel colour histograms of two
-    frames (``[H, W, 3]`` uint8): 0 for identical colour content, 1 for disjoint."""
-    return _distance(_colour_histogram(a, bins), _colour_histogram(b, bins))
-
-
-def _distance(ha: np.ndarray, hb: np.ndarray) -> float:
-    return float(0.5 * np.abs(ha - hb).sum() / 3.0)
-
-
-def _colour_histogram(frame: np.ndarray, bins: int) -> np.ndarray:
-    q = (frame.reshape(-1, 3).astype(np.int32) * bins) // 256
-    counts = np.stack([np.bincount(q[:, c], minlength=bins) for c in range(3)])
-    return counts / max(q.shape[0], 1)
-
-
-def detect_cuts(
-    frames: Iterable[tuple[float, np.ndarray]], *, threshold: float = 0.3
-) -> list[float]:
-    """Shot boundaries from a stream of low-resolution frames.
-
-    A cut is placed at the time of a frame whose colour histogram differs from the previous
-    frame's by more than ``threshold`` (see :func:`histogram_distance`). Streams: holds only
-    the previous frame, so memory does not grow with the video's length.
-
-    Args:
-        frames: ``(time_s, frame)`` pairs in time order; frames ``[H, W, 3]`` uint8, any size
-            (a short side of 32–64 px is plenty).
-        threshold: distance in ``[0, 1]`` above which consecutive frames are a cut.
-
-    Returns:
-        Cut times in seconds, increasing.
-    """
-    cuts: list[float] = []
-    prev_hist = None
-    for time_s, frame in frames:
-        hist = _colour_histogram(frame, 8)
-        if prev_hist is not None and _distance(hist, prev_hist) > threshold:
-            cuts.append(float(time_s))
-        prev_hist = hist
-    return cuts
-
-
 def shot_similarity(a: np.ndarray, b: np.ndarray) -> float:
     """Cosine similarity of two shot descriptors (0 when either is all zeros)."""
     na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))

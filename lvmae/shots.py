@@ -1,10 +1,9 @@
-"""Shot boundaries of a long video, streamed: TransNetV2 (default), PySceneDetect's adaptive
-detector, or a colour-histogram difference.
+"""Shot boundaries of a long video, streamed: TransNetV2 (default) or PySceneDetect's
+adaptive detector.
 
 The paper's shot-based ablation (LV-MAE, Table 9) segments videos by shots. Detection
 reads the video once, sequentially, with PyAV, every frame scaled to 48×27 (TransNetV2's
-input size) at the video's native rate (the histogram detector looks at
-``analysis_fps`` frames per second only), and never holds more than a few hundred of those
+input size) at the video's native rate, and never holds more than a few hundred of those
 small frames: memory does not grow with the video's length.
 
 - ``transnetv2``: the pretrained TransNetV2 (Souček & Lokoč, 2020) from the
@@ -16,8 +15,10 @@ small frames: memory does not grow with the video's length.
   (:func:`load_transnetv2`) and runs on CUDA when the process sees a GPU.
 - ``adaptive``: PySceneDetect's ``AdaptiveDetector`` (a frame's HSV content change over the
   mean of its neighbours'), a light CPU option.
-- ``histogram``: a frame whose colour histogram differs from the previous analysed frame's
-  by more than the threshold starts a shot (:func:`lvmae.segments.histogram_distance`).
+
+(The colour-histogram detector this replaced was dropped by measurement: it found fewer
+cuts than either on the benchmark's cut set, most of all between shots of similar colours;
+see ``benchmarks/RESULTS.md``.)
 
 Each shot also gets a descriptor — the mean of its frames' L2-normalised 512-bin RGB
 histograms (frames inside a TransNetV2 transition left out) — which
@@ -37,7 +38,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,6 @@ import numpy as np
 from lvmae.config import SHOT_DETECTORS, ExtractConfig
 from lvmae.decoding import DecodeError
 from lvmae.errors import LvmaeError
-from lvmae.segments import histogram_distance
 
 ANALYSIS_SIZE = (48, 27)
 """``(width, height)`` of the frames every detector sees: TransNetV2's input size."""
@@ -79,6 +79,8 @@ class ShotDetection:
         frames: frames analysed.
         seconds: wall time of the analysis (decoding included).
         device: where the model ran (``"cpu"`` / ``"cuda"``), None without a model.
+        error: why the analysis stopped before the end of the video (a decoding error
+            after some frames), else None.
     """
 
     cuts_s: list[float]
@@ -88,7 +90,7 @@ class ShotDetection:
     frames: int = 0
     seconds: float = 0.0
     device: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
 
 
 # --------------------------------------------------------------------------- frames
@@ -112,9 +114,7 @@ def stream_frames(
     *,
     size: tuple[int, int] = ANALYSIS_SIZE,
     threads: int = 1,
-    every_s: float | None = None,
     batch: int = _READ_BATCH,
-    deadline: float | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Decode a video front to back with PyAV, frames scaled to ``size`` (aspect ignored).
 
@@ -122,18 +122,15 @@ def stream_frames(
         path: local video file.
         size: ``(width, height)`` of the frames returned, pixels.
         threads: decoder threads.
-        every_s: keep only the first frame at or after every multiple of this many seconds
-            (the others are decoded but not scaled); None keeps every frame.
         batch: frames per yielded batch.
-        deadline: a ``time.perf_counter()`` value; past it, :class:`DecodeError`.
 
     Yields:
         ``(times_s [n] float64, frames [n, height, width, 3] uint8)``, times from the first
         frame's presentation time, in presentation order.
 
     Raises:
-        DecodeError: the file cannot be opened, has no video stream, fails to decode, or the
-            deadline passed.
+        DecodeError: the file cannot be opened, has no video stream, or fails to decode
+            (after yielding the frames decoded before the failure).
     """
     import av  # heavy optional dependency: decoding only
 
@@ -148,34 +145,29 @@ def stream_frames(
         stream = container.streams.video[0]
         stream.codec_context.thread_count = threads
         base = float(stream.time_base) if stream.time_base else 0.0
-        pts0, next_t = None, 0.0
+        pts0, decoded = None, 0
         times: list[float] = []
         frames: list[np.ndarray] = []
         try:
             for frame in container.decode(stream):
+                decoded += 1
                 if frame.pts is None:
                     continue
                 pts0 = frame.pts if pts0 is None else pts0
-                t = (frame.pts - pts0) * base if base else float(frame.time or 0.0)
-                if every_s is not None:
-                    if t < next_t - 1e-6:
-                        continue
-                    next_t = (np.floor(t / every_s + 1e-6) + 1) * every_s
-                times.append(t)
+                times.append((frame.pts - pts0) * base if base else float(frame.time or 0.0))
                 frames.append(frame.to_ndarray(width=width, height=height, format="rgb24"))
                 if len(frames) >= batch:
-                    if deadline is not None and time.perf_counter() > deadline:
-                        raise DecodeError("shot analysis exceeded the video time limit")
                     yield np.asarray(times), np.stack(frames)
                     times, frames = [], []
-        except DecodeError:
-            raise
-        except Exception as exc:
-            raise DecodeError(
-                f"shot analysis failed to decode after {len(times)} frames: {exc}"
-            ) from exc
+        except Exception as exc:  # PyAV's FFmpegError family, on a damaged stream
+            error = DecodeError(f"failed to decode after {decoded} frames: {exc}")
+            error.__cause__ = exc
+        else:
+            error = None
         if frames:
             yield np.asarray(times), np.stack(frames)
+        if error is not None:
+            raise error
 
 
 class ShotAccumulator:
@@ -480,34 +472,12 @@ class _AdaptiveDetector:
             acc.cut(cut.seconds)
 
 
-class _HistogramDetector:
-    """A frame whose 8-bin-per-channel colour histogram differs from the previous analysed
-    frame's by more than the threshold starts a shot."""
-
-    def __init__(self, threshold: float) -> None:
-        self._threshold = threshold
-        self._previous: np.ndarray | None = None
-        self.device = None
-
-    def push(self, acc: ShotAccumulator, times, frames, features) -> None:
-        for t, frame, feature in zip(times.tolist(), frames, features, strict=True):
-            previous, self._previous = self._previous, frame
-            if previous is not None and histogram_distance(previous, frame) > self._threshold:
-                acc.cut(t)
-            acc.add(t, feature)
-            acc.settle()
-
-    def finish(self, acc: ShotAccumulator) -> None:
-        pass
-
-
 def detect_shots(
     path: str | Path,
     *,
     detector: str = "transnetv2",
     threshold: float | None = None,
     fps: float = 25.0,
-    analysis_fps: float = 4.0,
     threads: int = 1,
     device: str | None = None,
     time_limit_s: float | None = None,
@@ -516,18 +486,23 @@ def detect_shots(
 
     Args:
         path: local video file.
-        detector: ``"transnetv2"``, ``"adaptive"`` or ``"histogram"``.
+        detector: ``"transnetv2"`` or ``"adaptive"``.
         threshold: the detector's cut threshold; None for its default
             (:data:`lvmae.config.SHOT_DETECTORS`).
         fps: the video's average frame rate (the adaptive detector counts its minimum
             scene length in frames).
-        analysis_fps: frames per second the histogram detector looks at.
         threads: decoder threads.
         device: TransNetV2's device; default CUDA when available.
         time_limit_s: give up (:class:`DecodeError`) after this many seconds.
 
+    A decoding error after some frames ends the analysis there, as data: the cuts found
+    so far are kept (the last shot runs to the end) and ``error`` says what happened, so
+    a damaged file is planned like one with fixed segments and its clips decide whether
+    it is ``partial``.
+
     Raises:
-        DecodeError: the video cannot be decoded, or the time limit passed.
+        DecodeError: the video cannot be opened or its first frames decoded, or the time
+            limit passed.
         ShotDetectorError: the detector's package or weights are missing.
         ValueError: an unknown detector.
     """
@@ -539,17 +514,28 @@ def detect_shots(
     t0 = time.perf_counter()
     if detector == "transnetv2":
         impl: Any = _TransNetDetector(threshold, device)
-    elif detector == "adaptive":
-        impl = _AdaptiveDetector(threshold, fps)
     else:
-        impl = _HistogramDetector(threshold)
+        impl = _AdaptiveDetector(threshold, fps)
     acc = ShotAccumulator()
-    frames = 0
-    deadline = None if time_limit_s is None else t0 + time_limit_s
-    every_s = 1.0 / analysis_fps if detector == "histogram" else None
-    for times, batch in stream_frames(path, threads=threads, every_s=every_s, deadline=deadline):
-        impl.push(acc, times, batch, colour_features(batch))
-        frames += len(times)
+    frames, error, late = 0, None, False
+    stream = stream_frames(path, threads=threads)
+    try:
+        for times, batch in stream:
+            impl.push(acc, times, batch, colour_features(batch))
+            frames += len(times)
+            late = time_limit_s is not None and time.perf_counter() - t0 > time_limit_s
+            if late:
+                break
+    except DecodeError as exc:
+        if not frames:
+            raise DecodeError(f"shot analysis: {exc}") from exc
+        error = f"shot analysis stopped after {frames} frames: {exc}"
+    finally:
+        stream.close()
+    if late:
+        raise DecodeError(
+            f"shot analysis exceeded the time limit of {time_limit_s:g} s after {frames} frames"
+        )
     impl.finish(acc)
     cuts, features = acc.finish()
     return ShotDetection(
@@ -560,6 +546,7 @@ def detect_shots(
         frames=frames,
         seconds=time.perf_counter() - t0,
         device=impl.device,
+        error=error,
     )
 
 
@@ -570,7 +557,6 @@ def detect_config_shots(path: str | Path, config: ExtractConfig, fps: float) -> 
         detector=config.shot_detector,
         threshold=config.shot_cut_threshold,
         fps=fps,
-        analysis_fps=config.shot_analysis_fps,
         threads=config.decode_threads,
         time_limit_s=config.video_time_limit_s,
     )
@@ -619,8 +605,6 @@ def describe_detector(config: ExtractConfig) -> dict[str, Any] | None:
             weights=weights.name,
             weights_sha256=_sha256(weights),
         )
-    elif config.shot_detector == "adaptive":
-        out.update(package=SCENEDETECT_PACKAGE, version=_version(SCENEDETECT_PACKAGE))
     else:
-        out.update(package="lvmae", analysis_fps=config.shot_analysis_fps)
+        out.update(package=SCENEDETECT_PACKAGE, version=_version(SCENEDETECT_PACKAGE))
     return out

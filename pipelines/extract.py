@@ -47,6 +47,7 @@ from lvmae.encoders import FrozenEncoder, build_encoder, describe_encoder
 from lvmae.errors import LvmaeError
 from lvmae.inputs import VideoSource, list_videos, local_copy
 from lvmae.progress import Progress
+from lvmae.shots import describe_detector, detector_versions
 from lvmae.storage import (
     VIDEO_SCHEMA,
     read_manifest,
@@ -275,6 +276,7 @@ def library_versions() -> dict[str, str]:
             versions[name] = md.version(name)
         except md.PackageNotFoundError:
             versions[name] = "not installed"
+    versions.update({k: v or "not installed" for k, v in detector_versions().items()})
     return versions
 
 
@@ -298,6 +300,7 @@ def prepare_output(out: str, config: ExtractConfig, encoder: dict, *, overwrite:
         "config": config.model_dump(mode="json"),
         "config_id": config.config_id(),
         "encoder": encoder,
+        "shot_detector": describe_detector(config),
         "versions": library_versions(),
         "started_at": datetime.now(timezone.utc).isoformat(),
         "status": "running",

@@ -11,6 +11,7 @@ from lvmae.config import RunConfig
 from lvmae.encoders import describe_encoder
 from lvmae.inputs import list_videos
 from lvmae.samples import make_samples, write_broken_videos
+from lvmae.shots import describe_detector
 from lvmae.storage import read_videos
 from pipelines.extract import run_extraction
 from pipelines.stages.base import BaseStage, StageContext, StageOutput, sha
@@ -77,6 +78,7 @@ class ExtractStage(BaseStage):
         e = context.config.extract
         list_videos(context.config.run.input, e.extensions)
         describe_encoder(e.encoder, e.encoder_checkpoint, e.encoder_seed)
+        describe_detector(e)  # the shot detector's weights are installed (shot plans)
 
     def run(self, context: StageContext) -> ExtractOutput:
         summary = run_extraction(

@@ -100,8 +100,11 @@ def test_shot_plan_cuts_at_scene_changes(scene_video):
         scene_video, segmenter="shots", shot_min_s=1.0, shot_max_s=10.0
     )
     assert report.status == "ok"
-    bounds = [(round(c.segment.start_s, 1), round(c.segment.end_s, 1)) for c in clips]
-    assert bounds == [(0.0, 4.0), (4.0, 8.0), (8.0, 12.0)]
+    bounds = [x for c in clips for x in (c.segment.start_s, c.segment.end_s)]
+    # TransNetV2 may place a cut one frame late on generated scenes (10 fps here)
+    assert bounds == pytest.approx([0, 4, 4, 8, 8, 12], abs=0.15)
+    assert report.shot_detector == "transnetv2"
+    assert report.cuts_s == pytest.approx([4, 8], abs=0.15)
 
 
 def test_shot_plan_splits_shots_longer_than_the_maximum(scene_video):

@@ -3,13 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from lvmae.segments import (
-    detect_cuts,
-    fixed_segments,
-    histogram_distance,
-    sample_frame_indices,
-    shot_segments,
-)
+from lvmae.segments import fixed_segments, sample_frame_indices, shot_segments
 
 
 def spans(segments):
@@ -72,20 +66,6 @@ def test_sampling_follows_timestamps_for_variable_frame_rate():
 def test_sampling_repeats_frames_when_a_segment_has_fewer_frames():
     times = np.array([0.0, 1.0])
     assert sample_frame_indices(times, [0.0], [2.0], 4)[0].tolist() == [0, 0, 1, 1]
-
-
-def test_histogram_cut_detection_finds_colour_changes_only():
-    red = np.zeros((16, 16, 3), np.uint8)
-    red[..., 0] = 220
-    blue = np.zeros((16, 16, 3), np.uint8)
-    blue[..., 2] = 220
-    noisy_red = np.clip(
-        red.astype(int) + np.random.default_rng(0).integers(-5, 5, red.shape), 0, 255
-    )
-    frames = [(0.0, red), (0.5, noisy_red.astype(np.uint8)), (1.0, blue), (1.5, blue), (2.0, red)]
-    assert detect_cuts(frames, threshold=0.3) == [1.0, 2.0]
-    assert histogram_distance(red, red) == 0.0
-    assert histogram_distance(red, blue) == pytest.approx(2 / 3)
 
 
 def test_shot_plan_merges_short_and_splits_long_shots():
