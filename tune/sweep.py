@@ -103,6 +103,18 @@ def _trial(
     end_run(client, run.info.run_id, None)
 
 
+def _end_stopped_trials(client: MlflowClient, tracking: _Tracking) -> None:
+    """End, as KILLED, the trial runs of this sweep still RUNNING: trials the scheduler
+    stopped early (ASHA) or whose actor died never reach their own ``end_run``."""
+    mine = f"tags.`{PARENT_TAG}` = '{tracking.parent}'"
+    runs = client.search_runs(
+        [tracking.experiment_id], filter_string=f"{mine} and attributes.status = 'RUNNING'"
+    )
+    for run in runs:
+        client.set_tag(run.info.run_id, "lvmae.error", "stopped by the Tune scheduler")
+        client.set_terminated(run.info.run_id, "KILLED")
+
+
 class TrialProgress(tune.Callback):
     """Trials finished out of ``total`` and the best validation metric so far, as a bar on a
     TTY or a line every 30 s without one (:class:`lvmae.progress.Progress`)."""
@@ -232,7 +244,10 @@ def _sweep_task(
         out_dir = Path(out) / "tune"
         tuner = _tuner(trainable, space, task=task, objective=(metric, mode), section=section,
                        first=first, storage=out_dir / "ray", verbose=verbose)  # fmt: skip
-        grid = tuner.fit()
+        try:
+            grid = tuner.fit()
+        finally:
+            _end_stopped_trials(client, tracking)
         vals = _trial_vals(grid, metric, mode)
         if not vals:
             raise RuntimeError(f"sweep {task}: no trial reported {metric}; see {out_dir / 'ray'}")
