@@ -9,7 +9,6 @@ where the feature table lives once a task has read it.
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from pathlib import Path
@@ -17,32 +16,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import ray
-import torch
 from ray.cluster_utils import Cluster
 
-from lvmae.checkpoints import save_checkpoint
 from lvmae.config import ProbeSection
-from lvmae.model import LVMAE, model_config
-from lvmae.storage import write_table_atomic
 from pipelines.probe import compute_features, run_probe
-from tests.pipelines.test_probe import DIM, segments_table
+from tests.pipelines.test_probe import probe_inputs
 from tune.tasks import load_features_remote
 
 
 def inputs(root: Path) -> tuple[str, str, str]:
     """A segments table, its labels file and a tiny checkpoint under ``root``."""
-    table, rows = segments_table(np.random.default_rng(0))
-    write_table_atomic(table, str(root / "emb"), "segments")
-    labels = root / "labels.csv"
-    with labels.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["video_id", "label", "split"])
-        writer.writerows(rows)
-    cfg = model_config("tiny", input_dim=DIM, max_tokens=8)
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(root / "ckpt", model_state=LVMAE(cfg).state_dict(),
-                           model_config=cfg.to_dict(), step=1)  # fmt: skip
-    return str(root / "emb"), str(labels), str(ckpt)
+    return probe_inputs(root)
 
 
 def token_bytes(cache: str) -> int:

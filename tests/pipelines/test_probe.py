@@ -59,26 +59,31 @@ def segments_table(rng) -> tuple[pa.Table, list[tuple[str, str, str]]]:
     return table, labels
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory, ray_local):
-    """A segments table, its labels file (with one video that has no embeddings) and a
-    tiny checkpoint; read-only (a test that runs a probe writes under its own directory)."""
-    root = tmp_path_factory.mktemp("probe")
+def probe_inputs(root: Path, extra_labels: tuple = ()) -> tuple[str, str, str]:
+    """:func:`segments_table` (seed 0) written under ``root/emb``, its labels file (plus
+    ``extra_labels`` rows) and a tiny checkpoint (weights seed 0): their paths."""
     table, rows = segments_table(np.random.default_rng(0))
     write_table_atomic(table, str(root / "emb"), "segments")
     labels = root / "labels.csv"
     with labels.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["video_id", "label", "split"])
-        writer.writerows(rows)
-        writer.writerow(["unknown/missing.mp4", "music", "train"])  # no embeddings
+        writer.writerows([*rows, *extra_labels])
     cfg = model_config("tiny", input_dim=DIM, max_tokens=8)
-    torch.manual_seed(0)  # the frozen encoder's weights, whatever tests ran before
-    model = LVMAE(cfg)
+    torch.manual_seed(0)  # the frozen encoder's weights, whatever ran before
     ckpt = save_checkpoint(
-        root / "ckpt", model_state=model.state_dict(), model_config=cfg.to_dict(), step=1
+        root / "ckpt", model_state=LVMAE(cfg).state_dict(), model_config=cfg.to_dict(), step=1
     )
-    return root, str(root / "emb"), str(labels), str(ckpt)
+    return str(root / "emb"), str(labels), str(ckpt)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, ray_local):
+    """A segments table, its labels file (with one video that has no embeddings) and a
+    tiny checkpoint; read-only (a test that runs a probe writes under its own directory)."""
+    root = tmp_path_factory.mktemp("probe")
+    missing = ("unknown/missing.mp4", "music", "train")  # no embeddings
+    return (root, *probe_inputs(root, (missing,)))
 
 
 @pytest.fixture(scope="module")
