@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -37,8 +38,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from mlflow.entities import Metric
-from mlflow.tracking import MlflowClient
 
 from lvmae import __version__
 from lvmae.clips import Clip, VideoReport, read_clips_bounded
@@ -57,7 +56,6 @@ from lvmae.storage import (
     write_table_atomic,
     written_segments,
 )
-from lvmae.tracking import default_tracking_uri, tracked_run
 from pipelines.connect import connect_ray
 
 log = logging.getLogger(__name__)
@@ -347,7 +345,10 @@ def run_extraction(
     t0 = time.perf_counter()
     sources = list_videos(input_path, config.extensions)
     encoder = describe_encoder(config.encoder, config.encoder_checkpoint, config.encoder_seed)
+    warm = _warm_tracking_store(out, tracking_uri) if track else None
     connect_ray()
+    if warm is not None:
+        warm.join()
     check_gpus(config)
     manifest = prepare_output(out, config, encoder, overwrite=overwrite)
     config_id = config.config_id()
@@ -367,9 +368,9 @@ def run_extraction(
     summary = ExtractionSummary(videos_total=len(sources), videos_skipped=len(sources) - len(todo))
     written = written_segments(out, config_id) if todo else {}
     summary.segments_resumed = sum(len(written.get(s.video_id, ())) for s in todo)
-    with _tracking(out, manifest, tracking_uri, track) as run_id:
+    with _tracking(out, manifest, tracking_uri, track) as (run_id, uri):
         if todo:
-            on_flush = _step_logger(run_id, tracking_uri or default_tracking_uri(out))
+            on_flush = _step_logger(run_id, uri)
             _run_pipeline(
                 todo, out, config, encoder, summary,
                 done=written, progress=progress, on_flush=on_flush,
@@ -382,22 +383,49 @@ def run_extraction(
         )
         write_manifest(out, manifest)
         if run_id is not None:
-            _log_summary(run_id, tracking_uri or default_tracking_uri(out), manifest, summary)
+            _log_summary(run_id, uri, manifest, summary)
     return summary
+
+
+def _warm_tracking_store(out: str, tracking_uri: str | None) -> threading.Thread:
+    """Load MLflow in a thread while Ray starts (both take seconds, Ray's start mostly
+    waiting), and open the run's store if it already exists (a rerun; a new output
+    directory is created only once the checks pass). Errors are left for the real use."""
+
+    def warm() -> None:
+        try:
+            from mlflow.tracking import MlflowClient  # mlflow: driver only
+
+            from lvmae.tracking import STORE_FILE, default_tracking_uri  # loads mlflow
+
+            given = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+            if given is None and not Path(out, STORE_FILE).exists():
+                return
+            MlflowClient(tracking_uri=given or default_tracking_uri(out)).search_experiments(
+                max_results=1
+            )
+        except Exception as exc:  # reported where the store is really used
+            log.debug("MLflow warm-up: %s", exc)
+
+    thread = threading.Thread(target=warm, name="mlflow-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 @contextmanager
 def _tracking(out: str, manifest: dict, tracking_uri: str | None, track: bool) -> Iterator:
     """The extraction's MLflow run (experiment ``lvmae-extract``, one per output directory
     and config: the config and encoder as params), open while the work runs and ended
-    FINISHED or FAILED; yields its id, or None when not tracking (``track=False``, or a
-    remote output without ``MLFLOW_TRACKING_URI``)."""
+    FINISHED or FAILED; yields its id and the store's URI, or Nones when not tracking
+    (``track=False``, or a remote output without ``MLFLOW_TRACKING_URI``)."""
+    from lvmae.tracking import default_tracking_uri, tracked_run  # mlflow: driver only
+
     if not track:
-        yield None
+        yield None, None
         return
     if tracking_uri is None and "://" in out and not os.environ.get("MLFLOW_TRACKING_URI"):
         log.warning("no MLflow tracking for remote output %s: set MLFLOW_TRACKING_URI", out)
-        yield None
+        yield None, None
         return
     uri = tracking_uri or default_tracking_uri(out)
     params = {f"extract.{k}": v for k, v in manifest["config"].items()}
@@ -407,7 +435,7 @@ def _tracking(out: str, manifest: dict, tracking_uri: str | None, track: bool) -
         tags={"lvmae.stage": "extract", "lvmae.out": out}, params=params,
         with_system_metrics=True,
     ) as run_id:  # fmt: skip
-        yield run_id
+        yield run_id, uri
 
 
 def _step_logger(run_id: str | None, uri: str):
@@ -415,6 +443,9 @@ def _step_logger(run_id: str | None, uri: str):
     videos done) at every write of the output; a no-op when not tracking."""
     if run_id is None:
         return lambda counts: None
+    from mlflow.entities import Metric  # mlflow: driver only (decode workers never load it)
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient(tracking_uri=uri)
 
     def log_counts(counts: dict[str, float]) -> None:
@@ -430,6 +461,9 @@ def _step_logger(run_id: str | None, uri: str):
 
 def _log_summary(run_id: str, uri: str, manifest: dict, summary: ExtractionSummary) -> None:
     """The summary as metrics (one step per run into this output) and the manifest."""
+    from mlflow.entities import Metric  # mlflow: driver only (decode workers never load it)
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient(tracking_uri=uri)
     metrics = {k: v for k, v in summary.to_dict().items() if isinstance(v, int | float)}
     ts = int(time.time() * 1000)
@@ -648,8 +682,11 @@ def _data_context(config: ExtractConfig, encoder: dict, n_videos: int) -> Iterat
     ctx.enable_progress_bars = False
     ctx.max_errored_blocks = n_videos
     if config.encodes_in_decode_tasks():
-        row_bytes = 4 * encoder["embedding_dim"] + 16 * config.frames_per_segment + 128
-        ctx.target_max_block_size = config.batch_size * row_bytes
+        # Ray Data emits a task's output block once it holds MORE than this many bytes. A
+        # row holds at least its float32 embedding, so every yielded batch of
+        # ``batch_size`` clips passes half of that and leaves the task at once (as one or
+        # two blocks), instead of waiting for the next batch.
+        ctx.target_max_block_size = max(1, config.batch_size * 4 * encoder["embedding_dim"] // 2)
     try:
         yield
     finally:
