@@ -117,7 +117,10 @@ class ExtractConfig(BaseModel):
     )
     decode_cpus: float = Field(1.0, gt=0, description="CPUs reserved per decode task")
     decode_memory_mb: int = Field(
-        1024, ge=64, description="memory reserved per decode task (MiB), for Ray's scheduler"
+        1536,
+        ge=64,
+        description="memory reserved per decode task (MiB), for Ray's scheduler; a 720p "
+        "task with the tiny encoder inside peaks near 0.9 GiB",
     )
     # output
     rows_per_file: int = Field(

@@ -31,6 +31,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -100,6 +101,9 @@ def _report_batch(
     }
 
 
+_LOADER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder-load")
+
+
 @functools.lru_cache(maxsize=2)
 def _worker_encoder(name: str, checkpoint: str | None, seed: int) -> FrozenEncoder:
     """The frozen encoder of this worker process, built on first use (Ray reuses workers)."""
@@ -127,12 +131,16 @@ def decode_videos(batch: dict[str, np.ndarray], config_json: str):
 
     config = ExtractConfig.model_validate_json(config_json)
     node_id = ray.get_runtime_context().get_node_id()
-    encoder = None
+    loading = None
     if config.encodes_in_decode_tasks():
-        encoder = _worker_encoder(config.encoder, config.encoder_checkpoint, config.encoder_seed)
+        # Built in a thread while the first clips decode (a new worker spends seconds
+        # importing the model code); instant once this worker has it.
+        loading = _LOADER.submit(
+            _worker_encoder, config.encoder, config.encoder_checkpoint, config.encoder_seed
+        )
 
     def out(rows: dict) -> dict:
-        return _embed(rows, encoder) if encoder is not None else rows
+        return _embed(rows, loading.result()) if loading is not None else rows
 
     for video_id, uri, done in zip(batch["video_id"], batch["uri"], batch["done"], strict=True):
         chunk: list[Clip] = []
