@@ -1,20 +1,34 @@
-"""Run the extraction on a local multi-node Ray cluster, then on one node, in this process.
+"""The extraction on one local Ray cluster (`ray.cluster_utils.Cluster`), in this process,
+first while it has one node, then grown to several.
 
 Used by ``test_multinode.py`` as ``python -m tests.cluster_jobs.extract_on_cluster VIDEOS
-MULTI_OUT SINGLE_OUT --nodes N``: the pytest process may already hold a Ray instance, and a
-driver connects to one cluster at a time. Prints one JSON line: the multi-node cluster's
-node ids and both runs' summaries.
+GPU_VIDEOS OUT --cpu-nodes N``: the pytest process may already hold a Ray instance, and a
+driver connects to one cluster at a time. One cluster serves every check (each Ray start
+costs seconds), in this order:
+
+1. the head alone (one CPU, no GPU): the ``tiny`` extraction of ``VIDEOS`` (``OUT/single``);
+2. ``N - 1`` more nodes of one CPU and one of one CPU and a logical GPU join (the only GPU is
+   on a worker, as on KubeRay): the same extraction again (``OUT/multi``);
+3. LanguageBind (a tiny local checkpoint, written to ``OUT/ckpt``) on ``GPU_VIDEOS`` at the
+   default ``gpus_per_actor`` (``OUT/default``) and at ``0`` (``OUT/cpu``).
+
+Prints one JSON line: the head's id, the grown cluster's node ids and its GPU node's id,
+every run's summary, and for the LanguageBind runs their encoder actors (node, GPUs asked
+for).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import ray
 from ray.cluster_utils import Cluster
 
 from lvmae.config import ExtractConfig
+from lvmae.encoders import save_tiny_checkpoint
 from pipelines.extract import run_extraction
 
 # One CPU per decode task (the tiny encoder runs inside it), so no node decodes more than
@@ -22,46 +36,74 @@ from pipelines.extract import run_extraction
 CONFIG = ExtractConfig(batch_size=4, rows_per_file=8, decode_cpus=1.0, decode_memory_mb=256)
 
 
-def extract_multi_node(videos: str, out: str, nodes: int) -> tuple[list[str], dict]:
-    """``nodes`` nodes of 1 CPU each (the head included); returns their ids and the summary."""
+def encoder_actors() -> dict[str, dict]:
+    """Ray Data's map workers (the encoder actors; tiny has none): actor id → its node and
+    the GPUs it asked for. Read from the GCS (the state API needs the dashboard, which this
+    cluster does not run; ``ray._private.state.actors()`` leaves out the resources)."""
+    from ray._private.state import state  # the GCS's actor table, as ray.util.state reads it
+    from ray.core.generated.gcs_pb2 import ActorTableData
+
+    table = state._connect_and_get_accessor().get_actor_table(None, None)
+    actors = {}
+    for raw in table:
+        actor = ActorTableData.FromString(raw)
+        if "MapWorker" in actor.class_name:
+            actors[actor.actor_id.hex()] = {
+                "node": actor.address.node_id.hex(),
+                "gpus": actor.required_resources.get("GPU", 0.0),
+            }
+    return actors
+
+
+def on_cluster(args: argparse.Namespace, out: Path) -> dict:
+    """Every run, in the order of the module's docstring; returns what ``main`` prints."""
     cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "include_dashboard": False},
+        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
     )
     try:
-        for _ in range(nodes - 1):
-            cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False)
         try:
-            node_ids = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
-            summary = run_extraction(videos, out, CONFIG, progress=False, track=False)
+            result = {"head": cluster.head_node.node_id}
+            result["single"] = run_extraction(args.videos, str(out / "single"), CONFIG,
+                                              progress=False, track=False).to_dict()  # fmt: skip
+            # The LanguageBind checkpoint is written while the nodes start and the tiny runs.
+            writer = ThreadPoolExecutor(1).submit(save_tiny_checkpoint, out / "ckpt")
+            for _ in range(args.cpu_nodes - 1):
+                cluster.add_node(num_cpus=1)
+            gpu_node = cluster.add_node(num_cpus=1, num_gpus=1)
+            cluster.wait_for_nodes()
+            result["node_ids"] = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+            result["gpu_node"] = gpu_node.node_id
+            result["multi"] = run_extraction(args.videos, str(out / "multi"), CONFIG,
+                                             progress=False, track=False).to_dict()  # fmt: skip
+            for name, gpus in (("default", None), ("cpu", 0.0)):
+                config = ExtractConfig(
+                    encoder="languagebind-video-ft",
+                    encoder_checkpoint=str(writer.result()),
+                    gpus_per_actor=gpus,
+                    decode_memory_mb=256,
+                )
+                before = encoder_actors()
+                summary = run_extraction(
+                    args.gpu_videos, str(out / name), config, progress=False, track=False
+                )
+                actors = [a for i, a in encoder_actors().items() if i not in before]
+                result[name] = {"summary": summary.to_dict(), "actors": actors}
         finally:
             ray.shutdown()
     finally:
         cluster.shutdown()
-    return node_ids, summary.to_dict()
-
-
-def extract_single_node(videos: str, out: str) -> dict:
-    """One local node with 2 CPUs: two decode tasks at a time."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        return run_extraction(videos, out, CONFIG, progress=False, track=False).to_dict()
-    finally:
-        ray.shutdown()
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("videos")
-    parser.add_argument("multi_out")
-    parser.add_argument("single_out")
-    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("gpu_videos")
+    parser.add_argument("out")
+    parser.add_argument("--cpu-nodes", type=int, default=2)
     args = parser.parse_args()
-    node_ids, multi = extract_multi_node(args.videos, args.multi_out, args.nodes)
-    single = extract_single_node(args.videos, args.single_out)
-    print(json.dumps({"node_ids": node_ids, "multi": multi, "single": single}))
+    print(json.dumps(on_cluster(args, Path(args.out))))
 
 
 if __name__ == "__main__":

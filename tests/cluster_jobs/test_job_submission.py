@@ -1,6 +1,7 @@
 """`lvmae extract` submitted with `ray job submit` to a real Ray head (`ray start --head`,
 dashboard and job server on 127.0.0.1, token authentication on), outputs read back with
-pyarrow; a failing job's error reaches the submitter.
+pyarrow; a failing job's error reaches the submitter. The two jobs are submitted together
+(fixture ``jobs``) and run side by side on the head.
 
 Only the dashboard is loopback-only: Ray 2.60 replaces a loopback `--node-ip-address` with the
 machine's routable address, and the GCS and raylet listen on all interfaces. The token is what
@@ -236,10 +237,10 @@ def videos(tmp_path_factory):
     return root
 
 
-def submit(head: Head, *entrypoint: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`ray job submit` of ``entrypoint`` with this checkout as working_dir; waits for the job
-    and returns the command's result (stdout has the job's logs)."""
-    return subprocess.run(
+def submit(head: Head, *entrypoint: str) -> subprocess.Popen:
+    """Start `ray job submit` of ``entrypoint`` with this checkout as working_dir; the command
+    waits for the job, and its stdout gets the job's logs."""
+    return subprocess.Popen(
         [
             RAY,
             "job",
@@ -255,11 +256,56 @@ def submit(head: Head, *entrypoint: str, timeout: float = 300) -> subprocess.Com
         ],
         env=head.env,
         cwd=REPO,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
-        check=False,
     )
+
+
+def finished(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
+    """The submit command's exit status and output (stdout, then stderr), once it is done."""
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate()
+    return process.returncode, stdout + stderr
+
+
+@pytest.fixture(scope="module")
+def jobs(head, videos, tmp_path_factory, request):
+    """The jobs of the tests below that are selected to run, submitted together (a
+    submission spends most of its time waiting: on the upload, the job's start, its driver's
+    imports); each test reads its own. Yields ``name -> (submit command, output dir)``."""
+    root = tmp_path_factory.mktemp("jobs")
+    config = root / "bad.yaml"
+    config.write_text("extract:\n  segment_s: -5\n")
+    extract, failing = root / "extract", root / "failing"
+    cli = ["python", "-m", "pipelines.cli", "extract", str(videos)]
+    wanted = {
+        "extract": (
+            test_submitted_extraction_writes_every_video_and_segment,
+            [*cli, "--out", str(extract), "--batch-size", "4", "--no-progress"],
+            extract,
+        ),
+        "failing": (
+            test_failed_job_exits_non_zero_with_the_commands_error,
+            [*cli, "--out", str(failing), "--config", str(config), "--no-progress"],
+            failing,
+        ),
+    }
+    selected = {item.name for item in request.session.items}
+    started = {
+        name: (submit(head, *entrypoint), out)
+        for name, (test, entrypoint, out) in wanted.items()
+        if test.__name__ in selected
+    }
+    try:
+        yield started
+    finally:
+        for process, _ in started.values():  # a job whose test failed early still ends first
+            if process.returncode is None:
+                finished(process)
 
 
 def test_the_job_server_refuses_requests_without_the_token(head):
@@ -268,15 +314,10 @@ def test_the_job_server_refuses_requests_without_the_token(head):
     assert head.get("/api/jobs/", token=secrets.token_hex(32))[0] == 403
 
 
-def test_submitted_extraction_writes_every_video_and_segment(head, videos, tmp_path):
-    out = tmp_path / "extract"
-    res = submit(
-        head,
-        *["python", "-m", "pipelines.cli", "extract", str(videos)],
-        *["--out", str(out), "--batch-size", "4", "--no-progress"],
-    )
-    output = res.stdout + res.stderr
-    assert res.returncode == 0, output[-6000:]
+def test_submitted_extraction_writes_every_video_and_segment(head, jobs):
+    process, out = jobs["extract"]
+    returncode, output = finished(process)
+    assert returncode == 0, output[-6000:]
     assert "succeeded" in output
     assert f"videos: {len(DURATIONS)} total" in output  # the driver's summary, via the logs
 
@@ -301,17 +342,10 @@ def test_submitted_extraction_writes_every_video_and_segment(head, videos, tmp_p
     assert {v["node_id"] for v in videos_table} == {nodes[0]["node_id"]}
 
 
-def test_failed_job_exits_non_zero_with_the_commands_error(head, videos, tmp_path):
-    config = tmp_path / "bad.yaml"
-    config.write_text("extract:\n  segment_s: -5\n")
-    out = tmp_path / "extract"
-    res = submit(
-        head,
-        *["python", "-m", "pipelines.cli", "extract", str(videos), "--out", str(out)],
-        *["--config", str(config), "--no-progress"],
-    )
-    output = res.stdout + res.stderr
-    assert res.returncode != 0, output[-6000:]
+def test_failed_job_exits_non_zero_with_the_commands_error(jobs):
+    process, out = jobs["failing"]
+    returncode, output = finished(process)
+    assert returncode != 0, output[-6000:]
     assert "failed" in output
     error_lines = [line for line in output.splitlines() if line.startswith("error: ")]
     assert error_lines, output[-6000:]

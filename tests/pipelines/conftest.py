@@ -7,8 +7,11 @@ depends on the order the others ran in."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from lvmae.config import ExtractConfig, PretrainConfig
 # than the 8-token cap of the small pre-training config (so whole videos need several windows).
 LIBRARY = {"videos_per_recipe": 2, "min_seconds": 20, "max_seconds": 40, "seed": 1}
 SEGMENT_S = 2.0
+POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # seconds between Ray Train's worker polls
 
 
 def small_pretrain_config(**overrides) -> PretrainConfig:
@@ -56,6 +60,54 @@ class Pretrained:
         return self.out / "runs" / self.config.run_name
 
 
+@contextmanager
+def quick_small_runs() -> Iterator[None]:
+    """Ray settings for the block, for the few-row data sets and few-step runs of these tests
+    on a 2-CPU instance (restored afterwards; the work done and its results are the same):
+
+    - Ray Data groups by the sort-based shuffle (tasks, on warm workers) instead of its
+      default hash shuffle, which starts new aggregator actors, fresh processes, for every
+      groupby: most of the time a pre-training run or ``run_embed`` spent preparing data;
+    - Ray Train's controller polls its workers every 0.5 s instead of 2 s, so it sees a run
+      end, or a worker die, sooner (``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``, read when a
+      trainer starts)."""
+    from ray.data import DataContext
+    from ray.data.context import ShuffleStrategy
+
+    ctx = DataContext.get_current()
+    saved = ctx.shuffle_strategy, os.environ.get(POLL_ENV)
+    ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    os.environ[POLL_ENV] = "0.5"
+    try:
+        yield
+    finally:
+        ctx.shuffle_strategy = saved[0]
+        if saved[1] is None:
+            os.environ.pop(POLL_ENV, None)
+        else:
+            os.environ[POLL_ENV] = saved[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory) -> Path:
+    """An empty SQLite MLflow store (``mlflow.db``), its schema created once. Copy it
+    (:func:`seed_store`) into an output directory before a run: a new store spends seconds
+    in schema migrations. Read-only."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow_store") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments(max_results=1)
+    return path
+
+
+def seed_store(store: Path, out: Path) -> Path:
+    """``out`` (created if missing) holding a copy of the empty MLflow ``store`` as
+    ``mlflow.db``, where runs writing into ``out`` track by default."""
+    Path(out).mkdir(parents=True, exist_ok=True)
+    shutil.copy(store, Path(out) / "mlflow.db")
+    return Path(out)
+
+
 @pytest.fixture(scope="session")
 def sample_library(tmp_path_factory) -> Path:
     """The sample library (``labels.csv`` at its root). Read-only."""
@@ -67,12 +119,13 @@ def sample_library(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def sample_extraction(sample_library, tmp_path_factory, ray_local) -> Path:
-    """The library extracted with 2-s segments (``segments/``, ``videos/``, manifest).
-    Read-only: copy it (:func:`copy_outputs`) to add files or build an index in it."""
+def sample_extraction(sample_library, tmp_path_factory, ray_local, mlflow_store) -> Path:
+    """The library extracted with 2-s segments (``segments/``, ``videos/``, manifest, and
+    its MLflow store ``mlflow.db``). Read-only: copy it (:func:`copy_outputs`) to add files
+    or build an index in it."""
     from pipelines.extract import run_extraction
 
-    out = tmp_path_factory.mktemp("extraction") / "extract"
+    out = seed_store(mlflow_store, tmp_path_factory.mktemp("extraction") / "extract")
     run_extraction(
         str(sample_library), str(out), ExtractConfig(segment_s=SEGMENT_S), progress=False
     )
@@ -80,14 +133,16 @@ def sample_extraction(sample_library, tmp_path_factory, ray_local) -> Path:
 
 
 @pytest.fixture(scope="session")
-def pretrained(sample_extraction, tmp_path_factory) -> Pretrained:
+def pretrained(sample_extraction, tmp_path_factory, mlflow_store) -> Pretrained:
     """A finished 3-epoch run named ``ddp`` (monitor at epoch 3). Read-only: copy it
     (:func:`copy_outputs`) to resume it or to damage a checkpoint."""
     from pipelines.pretrain import run_pretrain
 
-    out = tmp_path_factory.mktemp("pretrained")
+    out = seed_store(mlflow_store, tmp_path_factory.mktemp("pretrained"))
     config = small_pretrain_config(run_name="ddp", monitor_every_epochs=3)
-    return Pretrained(out, config, run_pretrain(str(sample_extraction), str(out), config))
+    with quick_small_runs():
+        result = run_pretrain(str(sample_extraction), str(out), config)
+    return Pretrained(out, config, result)
 
 
 def copy_outputs(src: Path, dst: Path) -> Path:

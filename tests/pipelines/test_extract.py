@@ -18,11 +18,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from lvmae.config import ExtractConfig
+from lvmae.config import ExtractConfig, load_config
 from lvmae.segments import fixed_segments
 from lvmae.storage import read_manifest, read_segments, read_videos
 from pipelines.cli import main
 from pipelines.extract import ExtractError, run_extraction
+from tests.pipelines.conftest import seed_store
 
 LVMAE = [sys.executable, "-m", "pipelines.cli"]
 BROKEN = ["zero_byte", "truncated", "text", "audio_only", "unreadable", "partial"]
@@ -63,8 +64,9 @@ GOOD = {
 
 
 @pytest.fixture(scope="module")
-def extracted(archive, tmp_path_factory, ray_local):
-    out = tmp_path_factory.mktemp("out") / "extract"
+def extracted(archive, tmp_path_factory, ray_local, mlflow_store):
+    """The archive extracted once (into an output holding an empty MLflow store)."""
+    out = seed_store(mlflow_store, tmp_path_factory.mktemp("out") / "extract")
     config = ExtractConfig(batch_size=4, rows_per_file=8, flush_s=0.1)
     summary = run_extraction(str(archive), str(out), config, progress=False)
     return out, config, summary
@@ -167,18 +169,6 @@ def test_shots_segmenter_and_pyav_decoder_through_the_pipeline(tmp_path, scene_v
 # --------------------------------------------------------------------- the real command
 
 
-def run_cli(*args, cwd=None, timeout=300):
-    return subprocess.run(
-        [*LVMAE, *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-    )
-
-
 def run_main(capsys, *args) -> tuple[int, str]:
     """``lvmae ARGS`` in this process: (exit code, stderr)."""
     with pytest.raises(SystemExit) as exit_info:
@@ -265,31 +255,41 @@ def _raw_keys(seg_dir: Path) -> Counter:
 
 
 @pytest.mark.slow
-def test_killed_run_streams_output_then_rerun_reads_every_segment_exactly_once(tmp_path):
-    """SIGKILL once output is on disk (so output lands while the run goes on), with progress
-    lines and MLflow step metrics already there; the rerun skips the finished videos and
-    every segment ends up on disk exactly once, except those of videos the kill cut off."""
+def test_killed_run_streams_output_then_rerun_reads_every_segment_exactly_once(
+    tmp_path, ray_local, mlflow_store
+):
+    """``lvmae extract`` SIGKILLed once output is on disk (so output lands while the run goes
+    on), with progress lines and MLflow step metrics already there; the rerun (here, through
+    ``run_extraction``) skips the finished videos, decodes in the others only the segments
+    missing from disk, and every segment ends up on disk exactly once.
+
+    The killed command joins this session's Ray instance (``RAY_ADDRESS``) rather than
+    starting one of its own, and writes into an output directory that already holds an
+    empty MLflow store: seconds of start-up before any work, nothing the test looks at."""
     from mlflow.tracking import MlflowClient
 
     from lvmae.samples import make_samples
 
     videos = tmp_path / "videos"
+    # 6 videos (one per default recipe) of 20–30 segments: once the decode workers are up,
+    # a few seconds of work are left when the kill comes (after 2 videos are done)
     make_samples(videos, videos_per_recipe=1, min_seconds=40, max_seconds=60, seed=3)
     n_videos = len(list(videos.rglob("*.mp4")))
-    out = tmp_path / "out"
+    out = seed_store(mlflow_store, tmp_path / "out")
     cfg = tmp_path / "extract.yaml"
-    cfg.write_text("segment_s: 2.0\nbatch_size: 4\nflush_s: 0.5\n")
-    args = ["extract", str(videos), "--out", str(out), "--config", str(cfg)]
+    cfg.write_text("segment_s: 2.0\nbatch_size: 4\nflush_s: 0.2\n")
     env = {
         **os.environ,
         "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
         "LVMAE_PROGRESS_EVERY_S": "0",
+        "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
     }
     log = tmp_path / "stderr.txt"
     with log.open("w") as err:
         proc = subprocess.Popen(
-            [*LVMAE, *args], env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=err
-        )
+            [*LVMAE, "extract", str(videos), "--out", str(out), "--config", str(cfg)],
+            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
     seg_dir = out / "segments"
     deadline = time.monotonic() + 240
     try:
@@ -317,9 +317,10 @@ def test_killed_run_streams_output_then_rerun_reads_every_segment_exactly_once(t
     history = client.get_metric_history(run.info.run_id, "progress.videos_done")
     assert history and 0 < max(m.value for m in history) < n_videos
 
-    res = run_cli(*args, "--no-progress")
-    assert res.returncode == 0, res.stderr
-    assert f"{n_videos} total, {len(ok_at_kill)} already done" in res.stdout
+    config = load_config(ExtractConfig, cfg)  # as the command read it: the same config_id
+    again = run_extraction(str(videos), str(out), config, progress=False)
+    assert (again.videos_total, again.videos_skipped) == (n_videos, len(ok_at_kill))
+    assert again.videos_ok == n_videos - len(ok_at_kill)
     raw = _raw_keys(seg_dir)
     videos_table = read_videos(str(out))
     assert videos_table.num_rows == n_videos
@@ -331,13 +332,12 @@ def test_killed_run_streams_output_then_rerun_reads_every_segment_exactly_once(t
         expected |= {(vid, i) for i in range(n)}
         assert rows_of(seg, vid)["segment_index"].to_pylist() == list(range(n)), vid
     assert set(raw) == expected
-    # no duplicates at all: the rerun skipped the finished videos and, in the video the kill
-    # cut off, the segments already on disk
+    # no duplicates at all: the rerun skipped the finished videos and, in the videos the
+    # kill cut off, the segments already on disk
     assert set(raw.values()) == {1}
     resumed = sum(n for (vid, _), n in at_kill.items() if vid not in ok_at_kill)
-    assert f"segments written: {len(expected) - sum(at_kill.values())}" in res.stdout
-    if resumed:
-        assert f"({resumed} already on disk)" in res.stdout
+    assert again.segments_written == len(expected) - sum(at_kill.values())
+    assert again.segments_resumed == resumed
 
 
 @pytest.mark.slow

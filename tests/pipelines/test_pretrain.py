@@ -2,7 +2,9 @@
 tracked in a real SQLite MLflow store; recovery after a killed worker; per-video embeddings.
 
 The extraction and the 3-epoch run are the session's (``tests/pipelines/conftest.py``),
-shared read-only: tests that resume or damage the run work on a copy."""
+shared read-only: tests that resume or damage the run work on a copy. Every test here runs
+with the conftest's :func:`quick_small_runs` Ray settings, and a new run's output directory
+starts from the session's empty MLflow store."""
 
 from __future__ import annotations
 
@@ -30,11 +32,19 @@ from pipelines.pretrain import PretrainError, latest_run_checkpoint, run_pretrai
 from tests.pipelines.conftest import (
     brute_force_ranks,
     copy_outputs,
+    quick_small_runs,
     recall_summary,
+    seed_store,
     small_pretrain_config,
 )
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _quick_small_runs():
+    with quick_small_runs():
+        yield
 
 
 def mlflow_client(out: Path):
@@ -141,8 +151,11 @@ def test_rerun_with_the_same_run_name_resumes_at_the_same_step(
     )
 
 
-def test_a_run_that_fails_after_it_opened_ends_failed_with_the_error(sample_extraction, tmp_path):
+def test_a_run_that_fails_after_it_opened_ends_failed_with_the_error(
+    sample_extraction, mlflow_store, tmp_path
+):
     config = small_pretrain_config(run_name="few", num_workers=64)  # more workers than videos
+    seed_store(mlflow_store, tmp_path)
     with pytest.raises(PretrainError, match="64 workers"):
         run_pretrain(str(sample_extraction), str(tmp_path), config)
     client = mlflow_client(tmp_path)
@@ -174,9 +187,10 @@ def own_train_workers() -> list[int]:
 
 
 def test_a_killed_worker_is_replaced_and_training_continues_from_the_checkpoint(
-    sample_extraction, tmp_path
+    sample_extraction, mlflow_store, tmp_path
 ):
     config = small_pretrain_config(run_name="crash", epochs=4, checkpoint_every_steps=1)
+    seed_store(mlflow_store, tmp_path)
     result: dict = {}
     thread = threading.Thread(
         target=lambda: result.update(r=run_pretrain(str(sample_extraction), str(tmp_path), config))

@@ -1,7 +1,7 @@
 """Pre-training's sample order under real Ray Train (2 DDP workers, gloo): the driver's
 Parquet sequence store (written by Ray Data), each worker's epoch batches from the
 global seeded permutation (lvmae.sequences.epoch_batches), as ``train_loop_per_worker``
-builds them."""
+builds them. Run with the pipeline tests' :func:`quick_small_runs` Ray settings."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from lvmae.config import PretrainConfig
 from lvmae.sequences import SequenceStore, epoch_batches
 from lvmae.storage import segment_schema, write_table_atomic
 from pipelines.pretrain import batch_plan, sequence_datasets, write_sequence_store
+from tests.pipelines.conftest import quick_small_runs
 
 D = 8
 N_VIDEOS = 10
@@ -43,7 +44,14 @@ def write_segments(root: Path) -> Path:
     return root
 
 
+@pytest.fixture
+def _quick_small_runs():
+    with quick_small_runs():
+        yield
+
+
 @pytest.mark.slow
+@pytest.mark.usefixtures("_quick_small_runs")
 def test_each_epoch_is_a_new_global_permutation_over_two_ddp_workers(ray_local, tmp_path):
     import ray.train
     from ray.train.torch import TorchTrainer

@@ -21,10 +21,12 @@ from lvmae.probes import ProbeResult
 from lvmae.storage import StorageError, segment_schema, write_table_atomic
 from pipelines.cli import cli
 from pipelines.probe import feature_cache_dir, run_probe, run_sweep
-from tests.pipelines.conftest import copy_outputs
+from tests.pipelines.conftest import copy_outputs, quick_small_runs, seed_store
 
 DIM = 64
 CLASSES = ("cooking", "sports", "music")
+LINEAR_RECIPE = {"lr": 3e-3, "epochs": 15}
+"""The probe stage's linear recipe (over the paper's)."""
 
 
 def segments_table(rng) -> tuple[pa.Table, list[tuple[str, str, str]]]:
@@ -87,14 +89,18 @@ def setup(tmp_path_factory, ray_local):
 
 
 @pytest.fixture(scope="module")
-def linear_run(setup):
+def linear_run(setup, mlflow_store):
+    """The linear probe and both baselines, 2 seeds each, tracked into ``out/mlflow.db`` (a
+    copy of the session's empty store); the encoder's features computed with the pipeline
+    tests' :func:`quick_small_runs` Ray settings. Read-only: copy ``out`` to add to it."""
     root, emb, labels, ckpt = setup
-    out = root / "linear"
+    out = seed_store(mlflow_store, root / "linear")
     section = ProbeSection(
         probes=["linear"], baselines=["mean-pool", "transformer"],
-        recipes={"linear": {"lr": 3e-3, "epochs": 15}}, seeds=2,
+        recipes={"linear": LINEAR_RECIPE}, seeds=2,
     )  # fmt: skip
-    rows = run_probe(ckpt, emb, [labels], str(out), section)
+    with quick_small_runs():
+        rows = run_probe(ckpt, emb, [labels], str(out), section)
     return out, rows
 
 
@@ -182,11 +188,15 @@ def test_sweep_shares_the_probe_feature_cache_and_returns_tuned_rows(setup, line
     stamp = (cache / "_SUCCESS").stat().st_mtime_ns
     space = tmp_path / "space.yaml"
     space.write_text("probe: linear\nlr: {loguniform: [1e-3, 1e-2]}\nepochs: 15\nbatch_size: 8\n")
-    section = TuneSection(num_samples=2, space=str(space), max_concurrent=2, seeds=1)
-    (row,) = run_sweep(ckpt, emb, [labels], str(out), section, verbose=0)
+    # One trial: the probe stage's recipe, the sweep's first (the search itself, its trials
+    # and their MLflow runs are tested in tests/tune).
+    section = TuneSection(num_samples=1, space=str(space), seeds=1)
+    probe = ProbeSection(recipes={"linear": LINEAR_RECIPE})
+    (row,) = run_sweep(ckpt, emb, [labels], str(out), section, probe=probe, verbose=0)
     assert (cache / "_SUCCESS").stat().st_mtime_ns == stamp  # the probe stage's features
     assert isinstance(row, ProbeResult) and (row.method, row.probe) == ("lvmae-tuned", "linear")
-    assert row.trials == 2 and row.task == "labels"
+    assert row.trials == 1 and row.task == "labels"
+    assert json.loads(row.best_config)["lr"] == pytest.approx(LINEAR_RECIPE["lr"])
     # Scored once on the 6 test videos of the separable task (chance 1/3): a whole number
     # of them, and the tuned probe learns it as the recipe's did.
     assert (row.test, row.seeds) == (6, 1) and row.top1 * 6 == pytest.approx(round(row.top1 * 6))
@@ -198,7 +208,7 @@ def test_sweep_shares_the_probe_feature_cache_and_returns_tuned_rows(setup, line
     runs = client.search_runs([exp.experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("lvmae.stage") == "tune"]
     trials = [r for r in runs if r.data.tags.get("lvmae.stage") == "tune-trial"]
-    assert len(trials) == 2
+    assert len(trials) == 1
     assert parent.data.metrics["best/top1"] == pytest.approx(row.top1)
 
 

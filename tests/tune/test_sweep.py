@@ -1,11 +1,15 @@
-"""The probe sweep: search spaces from YAML (no Ray needed), and small real Ray Tune sweeps
-on synthetic cached features with real MLflow (SQLite): trials are nested runs, never read
-the test split, and the best configuration is scored on test once."""
+"""The probe sweep: search spaces from YAML (no Ray needed), and two small real Ray Tune
+sweeps on synthetic cached features with real MLflow (SQLite), one of them shared READ-ONLY
+by the tests that only read its results: trials are nested runs, never read the test split,
+the recipe is the first trial, and the best configuration is scored on test once."""
 
 from __future__ import annotations
 
 import csv
 import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -119,37 +123,77 @@ def _task(seed: int = 0) -> tuple[ProbeTask, Features]:
     return ProbeTask("genre", labels, 1), features
 
 
-@pytest.mark.slow
-def test_small_sweep_logs_nested_trials_and_scores_the_best_on_test(ray_local, tmp_path):
+@dataclass(frozen=True)
+class Sweep:
+    """A finished sweep: its output directory, MLflow store, the row :func:`run_tune`
+    returned and its ``trials.csv`` rows in the order the trials were created."""
+
+    out: Path
+    uri: str
+    row: ProbeResult
+    trials: tuple[dict[str, str], ...]
+
+
+RECIPE = ProbeConfig("linear", lr=3e-3, epochs=6, batch_size=8)
+"""The shared sweep's first recipe: its first trial and the centre of its default space."""
+
+
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory) -> Path:
+    """An empty SQLite MLflow store, its schema created once (seconds of migrations): each
+    sweep below tracks into its own copy (:func:`_store_in`). Read-only."""
     from mlflow.tracking import MlflowClient
 
-    space = tmp_path / "space.yaml"
-    space.write_text(
-        "probe: {choice: [linear, attentive]}\nlr: {loguniform: [1e-3, 1e-2]}\n"
-        "epochs: {choice: [2, 3]}\nbatch_size: 8\n"
-    )
-    task, features = _task()
-    out = tmp_path / "sweep"
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    section = TuneSection(num_samples=3, space=str(space), max_concurrent=2, seeds=2,
-                          probes=["linear", "attentive"])  # fmt: skip
-    (row,) = run_tune([task], features, str(out), section, tracking_uri=uri, verbose=0)
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments(max_results=1)
+    return path
 
+
+def _store_in(empty_store: Path, directory: Path) -> str:
+    """The URI of a copy of ``empty_store`` in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{shutil.copy(empty_store, directory / 'mlflow.db')}"
+
+
+@pytest.fixture(scope="module")
+def sweep(ray_local, tmp_path_factory, empty_store) -> Sweep:
+    """ONE real sweep, shared READ-ONLY by the tests below (each asserts its own part): 3
+    trials in the default space centred on :data:`RECIPE`, over both probe kinds (so the kind
+    is swept too), ASHA's grace period half of each trial's epochs; the best configuration
+    retrained with 2 seeds and scored on test."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    task, features = _task(2)
+    recipes = {"linear": RECIPE, "attentive": ProbeConfig("attentive")}
+    section = TuneSection(num_samples=3, max_concurrent=2, seeds=2, grace_period=0.5,
+                          probes=["linear", "attentive"])  # fmt: skip
+    out, uri = tmp / "sweep", _store_in(empty_store, tmp)
+    (row,) = run_tune([task], features, str(out), section, recipes=recipes, tracking_uri=uri,
+                      verbose=0)  # fmt: skip
+    with (out / "tune" / "genre" / "trials.csv").open() as f:
+        trials = tuple(csv.DictReader(f))
+    return Sweep(out, uri, row, trials)
+
+
+@pytest.mark.slow
+def test_small_sweep_logs_nested_trials_and_scores_the_best_on_test(sweep):
+    from mlflow.tracking import MlflowClient
+
+    row, out = sweep.row, sweep.out
     assert isinstance(row, ProbeResult) and row.method == "lvmae-tuned"
     best = json.loads(row.best_config)
-    assert best["probe"] in {"linear", "attentive"} and 1e-3 <= best["lr"] <= 1e-2
+    assert best["probe"] in {"linear", "attentive"}
+    assert RECIPE.lr / 10 <= best["lr"] <= RECIPE.lr * 10
     assert row.probe == best["probe"] and row.task == "genre" and row.test == 6
     assert row.trials == 3 and 0.0 <= row.top1 <= 1.0
     assert row.seeds == 2 and row.top1_std is not None and row.device == "cpu"
     task_dir = out / "tune" / "genre"
-    with (task_dir / "trials.csv").open() as f:
-        assert len(list(csv.DictReader(f))) == 3
+    assert len(sweep.trials) == 3
     assert json.loads((task_dir / "best.json").read_text()) == row.as_row()
     assert (task_dir / row.confusion_matrix).is_file()
     with (out / "tune" / "results.csv").open() as f:
         assert [r["method"] for r in csv.DictReader(f)] == ["lvmae-tuned"]
 
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=sweep.uri)
     exp = client.get_experiment_by_name("lvmae-tune")
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get("lvmae.stage") == "tune"]
@@ -161,9 +205,26 @@ def test_small_sweep_logs_nested_trials_and_scores_the_best_on_test(ray_local, t
 
 
 @pytest.mark.slow
-def test_trials_never_read_the_test_split(ray_local, tmp_path):
-    """The test videos' features are unusable (another width): every trial still runs, and
-    only the final retraining, which scores the test split, trips over them."""
+def test_the_recipe_is_the_first_trial_and_tuning_can_only_help_on_val(sweep):
+    """The default space is centred on the first recipe, whose configuration (its kind
+    included) is trial 0; the tuned row's val (its chosen trial's) is at least the recipe
+    trial's; ASHA stops no trial before the grace period (a fraction of each trial's OWN
+    epochs)."""
+    first, row = sweep.trials[0], sweep.row  # trials in the order they were created
+    assert first["config/probe"] == "linear"
+    assert float(first["config/lr"]) == pytest.approx(RECIPE.lr)
+    assert (int(first["config/epochs"]), int(first["config/batch_size"])) == (6, 8)
+    assert float(first["config/weight_decay"]) == 0.0 and float(first["config/dropout"]) == 0.0
+    assert row.recipe_val is not None and row.sweep_val is not None
+    assert row.sweep_val >= row.recipe_val
+    assert all(float(t["progress"]) >= 50.0 for t in sweep.trials)
+
+
+@pytest.mark.slow
+def test_trials_never_read_the_test_split(ray_local, tmp_path, empty_store):
+    """The test videos' features are unusable (another width): every trial (drawn from the
+    space file) still runs, and only the final retraining, which scores the test split,
+    trips over them."""
     task, features = _task(1)
     for vid in task.labels.split("test")["video_id"].to_pylist():
         features.tokens[vid] = np.zeros((2, DIM + 1), np.float32)
@@ -174,30 +235,9 @@ def test_trials_never_read_the_test_split(ray_local, tmp_path):
     out = tmp_path / "sweep"
     with pytest.raises(ValueError, match="width mismatch"):
         run_tune([task], features, str(out), section,
-                 tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", verbose=0)  # fmt: skip
+                 tracking_uri=_store_in(empty_store, tmp_path), verbose=0)  # fmt: skip
     with (out / "tune" / "genre" / "trials.csv").open() as f:
         trials = list(csv.DictReader(f))
     assert len(trials) == 2 and all(t["val_top1"] for t in trials)
-
-
-@pytest.mark.slow
-def test_the_recipe_is_the_first_trial_and_tuning_can_only_help_on_val(ray_local, tmp_path):
-    """The default space is centred on the recipe, whose configuration is trial 0; the
-    tuned row's val (its chosen trial's) is at least the recipe trial's; ASHA stops no trial
-    before the grace period (a fraction of each trial's OWN epochs)."""
-    task, features = _task(2)
-    recipe = ProbeConfig("linear", lr=3e-3, epochs=6, batch_size=8)
-    section = TuneSection(num_samples=3, max_concurrent=2, seeds=1, grace_period=0.5)
-    out = tmp_path / "sweep"
-    (row,) = run_tune([task], features, str(out), section, recipes={"linear": recipe},
-                      tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", verbose=0)  # fmt: skip
-    with (out / "tune" / "genre" / "trials.csv").open() as f:
-        trials = list(csv.DictReader(f))  # in the order the trials were created
-    first = trials[0]
-    assert float(first["config/lr"]) == pytest.approx(3e-3)
-    assert (int(first["config/epochs"]), int(first["config/batch_size"])) == (6, 8)
-    assert float(first["config/weight_decay"]) == 0.0 and float(first["config/dropout"]) == 0.0
-    assert row.recipe_val is not None and row.sweep_val is not None
-    assert row.sweep_val >= row.recipe_val
-    assert all(float(t["progress"]) >= 50.0 for t in trials)
-    assert row.probe == "linear" and "probe" not in json.loads(row.best_config)
+    assert all(float(t["config/lr"]) in {0.001, 0.01} and t["config/epochs"] == "2"
+               for t in trials)  # fmt: skip
