@@ -10,6 +10,7 @@ representation of each video window.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import io
 import json
 import logging
@@ -30,6 +31,9 @@ from lvmae.checkpoints import load_checkpoint
 from lvmae.model import LVMAE, LVMAEConfig
 
 REGISTERED_NAME = "lvmae-encoder"
+# What loading the logged encoder imports (the module's class is lvmae's; MLflow pickles it
+# with cloudpickle, and its pyfunc loader imports pandas). MLflow adds itself.
+MODEL_REQUIREMENTS = ("cloudpickle", "lvmae", "numpy", "pandas", "torch")
 """The registry name of the pre-trained encoder."""
 
 
@@ -87,6 +91,19 @@ class RegisteredEncoder:
     run_id: str
 
 
+def model_requirements() -> list[str]:
+    """:data:`MODEL_REQUIREMENTS` pinned to the versions installed here (those not installed
+    as distributions are left out). Given to MLflow explicitly, so it does not infer them:
+    its inference loads the model in a new Python process, seconds per registration."""
+    pins = []
+    for name in MODEL_REQUIREMENTS:
+        try:
+            pins.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return pins
+
+
 def register_encoder(
     checkpoint: str | Path, *, tracking_uri: str, run_id: str, name: str = REGISTERED_NAME
 ) -> RegisteredEncoder:
@@ -124,6 +141,7 @@ def register_encoder(
                 registered_model_name=name,
                 await_registration_for=60,
                 serialization_format="pickle",  # the module class lives in lvmae (importable)
+                pip_requirements=model_requirements(),
             )
     finally:
         quiet.setLevel(level)

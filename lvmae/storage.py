@@ -126,6 +126,15 @@ def _keep_last(table: pa.Table, keys: list[str]) -> pa.Table:
     return table.drop_columns(["__row"])
 
 
+def segments_bytes(out: str) -> int:
+    """Bytes of the segments table's Parquet files under ``out`` (a listing, no data read);
+    0 when there are none."""
+    fs, root = _fs(out)
+    selector = pafs.FileSelector(f"{root.rstrip('/')}/{SEGMENTS_DIR}", allow_not_found=True)
+    infos = fs.get_file_info(selector)
+    return sum(i.size or 0 for i in infos if i.is_file and i.path.endswith(".parquet"))
+
+
 def read_segments(out: str, *, columns: list[str] | None = None) -> pa.Table:
     """The segments table under ``out``, each ``(video_id, segment_index)`` exactly once,
     sorted by video then segment.

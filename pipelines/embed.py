@@ -22,9 +22,9 @@ import pyarrow as pa
 
 from lvmae.checkpoints import CheckpointError, load_checkpoint
 from lvmae.model import LVMAE, LVMAEConfig
-from lvmae.sequences import collate, sequence_table, windows_for_inference
+from lvmae.sequences import collate, windows_for_inference
 from lvmae.storage import StorageError
-from pipelines.pretrain import embedding_dim_of
+from pipelines.pretrain import embedding_dim_of, video_sequences
 
 log = logging.getLogger(__name__)
 
@@ -156,10 +156,7 @@ def encoded_videos(
     if not ray.is_initialized():
         ray.init(configure_logging=True, logging_level=logging.WARNING)
     DataContext.get_current().enable_progress_bars = False
-    ds = ray.data.read_parquet(
-        f"{embeddings.rstrip('/')}/segments", columns=["video_id", "segment_index", "embedding"]
-    )
-    seqs = ds.groupby("video_id").map_groups(sequence_table, batch_format="pyarrow")
+    seqs = video_sequences(embeddings)
     return seqs.map_batches(
         EmbedVideos,
         fn_constructor_kwargs={"checkpoint": str(ckpt), "with_tokens": with_tokens},

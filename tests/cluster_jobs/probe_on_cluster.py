@@ -17,7 +17,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import ray
 from ray.cluster_utils import Cluster
-from ray.data import DataContext
 
 from lvmae.config import ProbeSection
 from pipelines.probe import compute_features, run_probe
@@ -49,10 +48,6 @@ def main() -> None:
         worker = cluster.add_node(num_cpus=2, num_gpus=1)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False)
-        # The feature cache groups a few segment rows by video: two shuffle partitions, not
-        # Ray Data's default 200 (a task or more each; half a minute on two cores). What is
-        # checked here is where the work runs, not how the cache is computed.
-        DataContext.get_current().default_hash_shuffle_parallelism = 2
         try:
             head_id = next(n["NodeID"] for n in ray.nodes() if n["Resources"].get("lvmae_driver"))
             section = ProbeSection(probes=["linear"], baselines=["mean-pool"], seeds=2,

@@ -4,6 +4,7 @@ CPU load that reproduces the encoder's [CLS]. Real MLflow (SQLite in a temp dir)
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import mlflow
 import mlflow.pytorch
@@ -42,6 +43,12 @@ def test_register_and_load_the_encoder(tmp_path, monkeypatch):
     inputs = info.signature.inputs.to_dict()
     assert [i["name"] for i in inputs] == ["embeddings", "mask"]
     assert list(info.signature.outputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, cfg.width]
+
+    # the environment to load it in: torch and lvmae pinned to what is installed here
+    requirements = mlflow.pyfunc.get_model_dependencies(registered.model_uri)
+    pins = Path(requirements).read_text().split()
+    assert f"torch=={torch.__version__}" in pins
+    assert "lvmae==0.1.0" in pins and any(p.startswith("mlflow==") for p in pins)
 
     loaded = mlflow.pytorch.load_model(registered.model_uri, map_location="cpu")
     x = torch.randn(3, 9, 12)

@@ -62,30 +62,19 @@ class Pretrained:
 
 @contextmanager
 def quick_small_runs() -> Iterator[None]:
-    """Ray settings for the block, for the few-row data sets and few-step runs of these tests
-    on a 2-CPU instance (restored afterwards; the work done and its results are the same):
-
-    - Ray Data groups by the sort-based shuffle (tasks, on warm workers) instead of its
-      default hash shuffle, which starts new aggregator actors, fresh processes, for every
-      groupby: most of the time a pre-training run or ``run_embed`` spent preparing data;
-    - Ray Train's controller polls its workers every 0.5 s instead of 2 s, so it sees a run
-      end, or a worker die, sooner (``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``, read when a
-      trainer starts)."""
-    from ray.data import DataContext
-    from ray.data.context import ShuffleStrategy
-
-    ctx = DataContext.get_current()
-    saved = ctx.shuffle_strategy, os.environ.get(POLL_ENV)
-    ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    """Ray Train's controller polls its workers every 0.5 s instead of 2 s during the block,
+    so it sees a run end, or a worker die, sooner (``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``,
+    read when a trainer starts; restored afterwards). The work done and its results are the
+    same."""
+    saved = os.environ.get(POLL_ENV)
     os.environ[POLL_ENV] = "0.5"
     try:
         yield
     finally:
-        ctx.shuffle_strategy = saved[0]
-        if saved[1] is None:
+        if saved is None:
             os.environ.pop(POLL_ENV, None)
         else:
-            os.environ[POLL_ENV] = saved[1]
+            os.environ[POLL_ENV] = saved
 
 
 @pytest.fixture(scope="session")

@@ -100,3 +100,35 @@ def test_each_epoch_is_a_new_global_permutation_over_two_ddp_workers(ray_local, 
         assert sorted(flat[0] + flat[1]) == sorted(store.video_ids.tolist())  # each once
         orders.append(flat)
     assert orders[0] != orders[1]  # a new order every epoch
+
+
+@pytest.mark.slow
+def test_video_sequences_are_the_same_under_either_shuffle(ray_local, tmp_path, monkeypatch):
+    """Small tables group by the sort-based shuffle, large ones by the hash shuffle with
+    partitions sized to the bytes; both give every video's ordered sequence, and the
+    session's own Ray Data context is left alone."""
+    from ray.data import DataContext
+    from ray.data.context import ShuffleStrategy
+
+    import pipelines.pretrain as pretrain
+
+    root = write_segments(tmp_path / "emb")
+    write_segments(root)  # a second file: every row twice, as after a killed run
+    session = DataContext.get_current().shuffle_strategy
+    assert session == ShuffleStrategy.HASH_SHUFFLE  # Ray Data's default
+    expected = {f"v{k:02d}.mp4": 3 + k % 3 for k in range(N_VIDEOS)}
+
+    def grouped(ds) -> dict[str, tuple[int, list[float]]]:
+        return {r["video_id"]: (r["length"], list(r["embedding"])) for r in ds.take_all()}
+
+    small = pretrain.video_sequences(str(root))
+    assert small.context.shuffle_strategy == ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    monkeypatch.setattr(pretrain, "SORT_SHUFFLE_MAX_BYTES", 0)
+    monkeypatch.setattr(pretrain, "PARTITION_BYTES", 4096)
+    large = pretrain.video_sequences(str(root))
+    assert large.context.shuffle_strategy == session != small.context.shuffle_strategy
+    for got in (grouped(small), grouped(large)):
+        assert {v: n for v, (n, _) in got.items()} == expected
+        for v, (n, flat) in got.items():
+            assert flat == [float(i) for i in range(n) for _ in range(D)], v
+    assert DataContext.get_current().shuffle_strategy == session
