@@ -9,9 +9,6 @@ import pytest
 # Keep Ray quiet and small in tests.
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-# Ray Data splits every groupby's hash shuffle into at least 200 partitions by default: on
-# a 2-CPU test instance and tables of a few hundred rows that is mostly task overhead.
-os.environ.setdefault("RAY_DATA_DEFAULT_MIN_PARALLELISM", "8")
 
 
 def pytest_collection_modifyitems(config, items):
