@@ -120,6 +120,14 @@ def _mandelbrot(g: RenderSpec) -> str:
     )
 
 
+def _gradients(g: RenderSpec) -> str:
+    # ffmpeg's gradients source seeds only its line points: its default colours are
+    # "random", drawn anew in every process. The seed picks the 4 colours here.
+    rng = random.Random(f"lvmae.samples gradients {g.seed}")
+    colours = ":".join(f"c{i}=0x{rng.randrange(1 << 24):06x}" for i in range(4))
+    return f"gradients=s={g.size}:r={g.rate}:seed={g.seed}:n=4:speed=0.02:{colours}"
+
+
 PALETTE: dict[str, Source] = {
     "smptebars": Source(
         "static SMPTE colour bars", lambda g: f"smptebars=s={g.size}:r={g.rate}", seeded=False
@@ -132,10 +140,7 @@ PALETTE: dict[str, Source] = {
             ":death_color=darkblue:mold_color=darkgreen"
         ),
     ),
-    "gradients": Source(
-        "slowly rotating smooth 4-colour gradient",
-        lambda g: f"gradients=s={g.size}:r={g.rate}:seed={g.seed}:n=4:speed=0.02",
-    ),
+    "gradients": Source("slowly rotating smooth 4-colour gradient", _gradients),
     "testsrc2": Source(
         "ffmpeg test card with moving shapes and a running timecode",
         lambda g: f"testsrc2=s={g.size}:r={g.rate}",
@@ -158,7 +163,7 @@ PALETTE: dict[str, Source] = {
     "perlin": Source(
         "drifting orange Perlin-noise clouds",
         lambda g: (
-            f"perlin=s={g.size}:r={g.rate}:seed={g.seed}:octaves=3:tscale=0.5,"
+            f"perlin=s={g.size}:r={g.rate}:random_mode=seed:seed={g.seed}:octaves=3:tscale=0.5,"
             "format=rgb24,colorchannelmixer=rr=1:gg=0.55:bb=0.15"
         ),
     ),

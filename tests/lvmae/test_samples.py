@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import itertools
+import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from lvmae import samples
+from lvmae.ffmpeg import ffmpeg_exe
 from lvmae.samples import (
     BROKEN_KINDS,
     DEFAULT_RECIPES,
@@ -98,6 +100,24 @@ def test_seeded_sources_vary_with_the_seed():
     for name, source in PALETTE.items():
         graphs = {source.render(RenderSpec(160, 120, 10, 50, seed)) for seed in (0, 1)}
         assert len(graphs) == (2 if source.seeded else 1), name
+
+
+def test_every_source_renders_the_same_pictures_for_the_same_seed(tmp_path):
+    """A sample library is a function of its seed: two renders of the same spec give the
+    same frames (ffmpeg's ``random`` colours, for one, would not)."""
+    for name, source in PALETTE.items():
+        spec = RenderSpec(64, 48, 5, 10, 7)
+        raw = []
+        for _ in range(2):
+            proc = subprocess.run(
+                [ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                 f"{source.render(spec)},scale=64:48,format=rgb24", "-frames:v", "10",
+                 "-f", "rawvideo", "-"],
+                capture_output=True, check=True,
+            )  # fmt: skip
+            raw.append(proc.stdout)
+        assert len(raw[0]) == 10 * 64 * 48 * 3, name
+        assert raw[0] == raw[1], name
 
 
 @pytest.mark.parametrize(
