@@ -31,10 +31,10 @@ from lvmae.checkpoints import load_checkpoint
 from lvmae.model import LVMAE, LVMAEConfig
 
 REGISTERED_NAME = "lvmae-encoder"
-# What loading the logged encoder imports (the module's class is lvmae's; MLflow pickles it
-# with cloudpickle, and its pyfunc loader imports pandas). MLflow adds itself.
-MODEL_REQUIREMENTS = ("cloudpickle", "lvmae", "numpy", "pandas", "torch")
 """The registry name of the pre-trained encoder."""
+MODEL_REQUIREMENTS = ("cloudpickle", "lvmae", "numpy", "pandas", "torch")
+"""The distributions that loading the logged encoder imports: its class is lvmae's, MLflow
+pickles it with cloudpickle, and MLflow's pyfunc loader imports pandas (MLflow adds itself)."""
 
 
 class EncoderModule(nn.Module):

@@ -148,10 +148,12 @@ def video_sequences(embeddings: str):
 
     The shuffle is sized to the table (its Parquet bytes): below
     :data:`SORT_SHUFFLE_MAX_BYTES` Ray Data's sort-based shuffle, on the task workers
-    already running (its default hash shuffle starts new aggregator actors for every
-    groupby: 9-11 s against 3-5 s for the sort on an 18-video table, 2 CPUs); above it the
-    hash shuffle with one partition per :data:`PARTITION_BYTES` (at most 200, its default).
-    Only this dataset's context is changed, not the session's."""
+    already running (its default, hash-partitioning shuffle starts new aggregator actors
+    for every groupby: 9-11 s against 3-5 s for the sort on an 18-video table, 2 CPUs);
+    above it the default shuffle with one partition per :data:`PARTITION_BYTES` (at most
+    200, its default). Only this dataset's context is changed, not the session's. Before
+    planning it reads only a file listing, and raises nothing itself: callers check the
+    table first (:func:`embedding_dim_of`)."""
     import ray
     from ray.data.context import ShuffleStrategy
 
