@@ -278,6 +278,7 @@ class _Reporter:
                 scheduler_state=t.scheduler.state_dict(),
                 step=step,
                 epoch=step // self.loop_config["steps_per_epoch"],
+                extra={"metrics": {k: float(v) for k, v in metrics.items()}},
             )
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
@@ -476,15 +477,38 @@ def fit_with_progress(
     return outcome["result"]
 
 
-def _preflight(embeddings: str, out: str, config: PretrainConfig) -> tuple[int, LVMAEConfig]:
-    """The embedding width and the model config; the run's latest checkpoint, if any, must
-    load and match it (StorageError / CheckpointError before anything starts)."""
+def _preflight(
+    embeddings: str, out: str, config: PretrainConfig
+) -> tuple[int, LVMAEConfig, dict | None]:
+    """The embedding width, the model config and the run's latest checkpoint (None if it
+    has none), which must load and match the model config (StorageError /
+    CheckpointError before anything starts)."""
     dim = embedding_dim_of(embeddings)
     mcfg = resolve_model_config(config, dim)
     previous = latest_run_checkpoint(out, config.run_name or "lvmae")
+    state = None
     if previous is not None:
-        check_compatible(load_checkpoint(previous), mcfg.to_dict())
-    return dim, mcfg
+        state = load_checkpoint(previous)
+        check_compatible(state, mcfg.to_dict())
+    return dim, mcfg, state
+
+
+def _finished(
+    state: dict, config: PretrainConfig, client: MlflowClient, run_id: str, progress: bool
+) -> PretrainResult:
+    """The result of a run whose latest checkpoint (``state``) ends its last epoch,
+    without starting Ray: what that checkpoint reported (``step``, ``epoch``, losses,
+    monitor), ``resumed_from_step`` logged as a restarted run logs it, and the progress
+    line of the epochs done."""
+    metrics = (state.get("extra") or {}).get("metrics") or {}
+    metrics = {**metrics, "step": state["step"], "epoch": state["epoch"]}
+    client.log_metric(run_id, "resumed_from_step", state["step"], step=state["step"])
+    with Progress(config.epochs, "pretrain", "epochs", enabled=progress) as bar:
+        done, shown = epoch_status(client, run_id)
+        bar.update(done, **shown)
+    log.warning("run %r already finished its %d epochs: nothing to train", config.run_name,
+                config.epochs)  # fmt: skip
+    return PretrainResult(str(state["path"]), metrics, run_id, config.run_name or "lvmae")
 
 
 def _prepare_data(embeddings: str, out: str, config: PretrainConfig) -> dict[str, Any]:
@@ -549,7 +573,9 @@ def run_pretrain(
     the per-video sequence stores and the MLflow store under ``out``.
 
     Rerunning with the same ``run_name`` continues from its latest checkpoint (same step and
-    learning rate); a finished run returns at once. The MLflow run ends FINISHED, or FAILED
+    learning rate). A run whose latest checkpoint ends its last epoch returns that
+    checkpoint at once, without starting Ray (its MLflow run is reopened, logs
+    ``resumed_from_step`` and ends FINISHED). The MLflow run ends FINISHED, or FAILED
     with the error as its ``lvmae.error`` tag (KILLED on Ctrl-C), and logs system metrics.
     With ``progress``, the epochs done and the last train / val loss go to stderr
     (:class:`lvmae.progress.Progress`: a bar on a TTY, else a line every 30 s). Joins Ray
@@ -563,11 +589,13 @@ def run_pretrain(
         PretrainError: too few videos to train on (the MLflow run ends FAILED).
         ClusterError: the Ray cluster named by ``RAY_ADDRESS`` cannot be reached.
     """
-    dim, mcfg = _preflight(embeddings, out, config)
+    dim, mcfg, previous = _preflight(embeddings, out, config)
     run_name = config.run_name or "lvmae"
-    connect_ray()
     tracking_uri = config.tracking_uri or default_tracking_uri(out)
     client = MlflowClient(tracking_uri=tracking_uri)
+    done = previous is not None and previous["epoch"] >= config.epochs
+    if not done:
+        connect_ray()
     params = {
         **{f"pretrain.{k}": v for k, v in config.model_dump(mode="json").items()},
         **{f"model.{k}": v for k, v in mcfg.to_dict().items()},
@@ -576,8 +604,10 @@ def run_pretrain(
     }
     with tracked_run(
         tracking_uri, config.experiment, run_name, out=out,
-        tags={"lvmae.stage": "pretrain"}, params=params, with_system_metrics=True,
+        tags={"lvmae.stage": "pretrain"}, params=params, with_system_metrics=not done,
     ) as mlflow_run_id:  # fmt: skip
+        if done:
+            return _finished(previous, config, client, mlflow_run_id, progress)
         data = _prepare_data(embeddings, out, config)
         per_worker_batch, global_batch, lr, steps_per_epoch = batch_plan(config, data["n_train"])
         _log_missing_params(client, mlflow_run_id, {

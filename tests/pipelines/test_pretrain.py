@@ -8,6 +8,7 @@ starts from the session's empty MLflow store."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -130,14 +131,22 @@ def test_two_worker_ddp_run_writes_checkpoints_and_mlflow_metrics(pretrained):
         assert (logged.step, logged.value) == (result.metrics["step"], pytest.approx(value)), name
 
 
-def test_rerun_with_the_same_run_name_resumes_at_the_same_step(
+def tree(root: Path) -> dict[str, int]:
+    """Every file under ``root`` with its modification time (ns)."""
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_finished_run_rerun_returns_its_checkpoint_without_training(
     pretrained, sample_extraction, tmp_path, capsys
 ):
     out = copy_outputs(pretrained.out, tmp_path / "out")
     first, config = pretrained.result, pretrained.config
+    before = tree(out / "runs")
     again = run_pretrain(str(sample_extraction), str(out), config)
+    assert tree(out / "runs") == before  # Ray Train never ran: no file written or rewritten
     assert again.mlflow_run_id == first.mlflow_run_id  # the copied store's run, reopened
-    assert again.metrics["step"] == first.metrics["step"]
+    assert Path(again.checkpoint).name == Path(first.checkpoint).name
+    assert again.metrics == pytest.approx(first.metrics)  # what its last checkpoint reported
     client = mlflow_client(out)
     resumed = client.get_metric_history(first.mlflow_run_id, "resumed_from_step")
     assert [m.value for m in resumed] == [first.metrics["step"]]
@@ -186,20 +195,30 @@ def own_train_workers() -> list[int]:
     return [pid for pid in pids if pid in mine]
 
 
-def test_a_killed_worker_is_replaced_and_training_continues_from_the_checkpoint(
-    sample_extraction, mlflow_store, tmp_path
+def test_a_rerun_continues_from_its_checkpoint_and_a_killed_worker_is_replaced(
+    pretrained, sample_extraction, tmp_path
 ):
-    config = small_pretrain_config(run_name="crash", epochs=4, checkpoint_every_steps=1)
-    seed_store(mlflow_store, tmp_path)
+    """The session's finished 3-epoch run, rerun for 7 epochs: Ray Train restores its last
+    checkpoint (``resumed_from_step`` = its step); one of the new workers is then killed
+    after a new checkpoint, and the run goes on from the latest one to the end."""
+    out = copy_outputs(pretrained.out, tmp_path / "out")
+    start = int(pretrained.result.metrics["step"])
+    config = pretrained.config.model_copy(update={"epochs": 7, "checkpoint_every_steps": 1})
     result: dict = {}
     thread = threading.Thread(
-        target=lambda: result.update(r=run_pretrain(str(sample_extraction), str(tmp_path), config))
+        target=lambda: result.update(r=run_pretrain(str(sample_extraction), str(out), config))
     )
     thread.start()
-    snapshot = tmp_path / "runs" / "crash" / "checkpoint_manager_snapshot.json"
+    snapshot = out / "runs" / "ddp" / "checkpoint_manager_snapshot.json"
     deadline = time.monotonic() + 300
-    while not snapshot.is_file() or '"checkpoint_dir_name"' not in snapshot.read_text():
-        assert time.monotonic() < deadline and thread.is_alive(), "no checkpoint registered"
+    while True:  # Ray Train has registered a checkpoint of this rerun (restores start there)
+        try:
+            latest = json.loads(snapshot.read_text())["latest_checkpoint_result"]["metrics"]
+        except ValueError:  # caught while Ray Train rewrites it
+            latest = {"step": 0}
+        if latest["step"] > start:
+            break
+        assert time.monotonic() < deadline and thread.is_alive(), "no new checkpoint"
         time.sleep(0.1)
     workers = own_train_workers()
     assert len(workers) == config.num_workers, workers
@@ -207,9 +226,11 @@ def test_a_killed_worker_is_replaced_and_training_continues_from_the_checkpoint(
     thread.join(timeout=600)
     r = result["r"]
     total = r.metrics["step"]
-    assert r.metrics["epoch"] == config.epochs
-    resumed = mlflow_client(tmp_path).get_metric_history(r.mlflow_run_id, "resumed_from_step")
-    assert resumed and all(0 < m.value < total for m in resumed)
+    assert r.metrics["epoch"] == config.epochs and total == start * 7 // 3
+    resumed = sorted(m.value for m in mlflow_client(out).get_metric_history(
+        r.mlflow_run_id, "resumed_from_step"))  # fmt: skip
+    assert resumed[0] == start and len(resumed) >= 2
+    assert all(start < step < total for step in resumed[1:]), (start, total, resumed)
     assert load_checkpoint(r.checkpoint)["step"] == total
 
 
