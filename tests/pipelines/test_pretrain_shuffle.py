@@ -1,11 +1,9 @@
-"""Pre-training's sample order under real Ray Train (2 DDP workers, gloo): the driver's
-Parquet sequence store (written by Ray Data), each worker's epoch batches from the
-global seeded permutation (lvmae.sequences.epoch_batches), as ``train_loop_per_worker``
-builds them. Run with the pipeline tests' :func:`quick_small_runs` Ray settings."""
+"""Pre-training's data path on real Ray Data: the driver's Parquet sequence store, each
+rank's epoch batches from the global seeded permutation (lvmae.sequences.epoch_batches) as
+``train_loop_per_worker`` builds them, and the per-video grouping under either shuffle."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,6 @@ from lvmae.config import PretrainConfig
 from lvmae.sequences import SequenceStore, epoch_batches
 from lvmae.storage import segment_schema, write_table_atomic
 from pipelines.pretrain import batch_plan, sequence_datasets, write_sequence_store
-from tests.pipelines.conftest import quick_small_runs
 
 D = 8
 N_VIDEOS = 10
@@ -44,18 +41,12 @@ def write_segments(root: Path) -> Path:
     return root
 
 
-@pytest.fixture
-def _quick_small_runs():
-    with quick_small_runs():
-        yield
-
-
 @pytest.mark.slow
-@pytest.mark.usefixtures("_quick_small_runs")
-def test_each_epoch_is_a_new_global_permutation_over_two_ddp_workers(ray_local, tmp_path):
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
+def test_each_epoch_is_a_new_global_permutation_over_two_ranks(ray_local, tmp_path):
+    """The store the driver writes with Ray Data, read as each of 2 DDP ranks reads it in
+    ``train_loop_per_worker`` (``epoch_batches`` at its rank and world size): the batch
+    plan matches what a rank gets, each epoch covers every video once over the ranks, and
+    each epoch has a new order. (Ray Train's ranks themselves: test_pretrain.py.)"""
     config = PretrainConfig(
         preset="tiny", num_workers=2, batch_size=1, val_fraction=0.0, max_tokens=8, seed=5
     )
@@ -64,39 +55,18 @@ def test_each_epoch_is_a_new_global_permutation_over_two_ddp_workers(ray_local, 
     store = SequenceStore(path)
     assert len(store) == N_VIDEOS and len(store.video_ids) == len(set(store.video_ids))
     per_worker_batch, _, _, steps_per_epoch = batch_plan(config, len(store))
-    seen_dir = tmp_path / "seen"
-    seen_dir.mkdir()
-
-    def loop(cfg: dict) -> None:  # a closure: Ray pickles it by value
-        ctx = ray.train.get_context()
-        rank, world = ctx.get_world_rank(), ctx.get_world_size()
-        worker_store = SequenceStore(cfg["path"])
-        seen = {}
-        for epoch in range(2):
-            batches = epoch_batches(
-                worker_store, epoch=epoch, rank=rank, world=world,
-                batch_size=cfg["batch"], seed=cfg["seed"],
-            )  # fmt: skip
-            seen[epoch] = [[str(v) for v in b["video_id"]] for b in batches]
-        Path(cfg["seen_dir"], f"rank{rank}.json").write_text(json.dumps(seen))
-
-    TorchTrainer(
-        loop,
-        train_loop_config={
-            "path": path, "batch": per_worker_batch, "seed": config.seed,
-            "seen_dir": str(seen_dir),
-        },
-        scaling_config=ray.train.ScalingConfig(num_workers=2),
-        run_config=ray.train.RunConfig(name="order", storage_path=str(tmp_path / "runs")),
-    ).fit()  # fmt: skip
-
-    ranks = [json.loads((seen_dir / f"rank{r}.json").read_text()) for r in (0, 1)]
     orders = []
-    for epoch in ("0", "1"):
-        for rank in ranks:
-            assert len(rank[epoch]) == steps_per_epoch  # the plan matches what a worker gets
-            assert all(len(batch) == per_worker_batch for batch in rank[epoch])
-        flat = [[v for batch in rank[epoch] for v in batch] for rank in ranks]
+    for epoch in (0, 1):
+        ranks = [
+            [[str(v) for v in b["video_id"]] for b in epoch_batches(
+                SequenceStore(path), epoch=epoch, rank=rank, world=2,
+                batch_size=per_worker_batch, seed=config.seed)]
+            for rank in (0, 1)
+        ]  # fmt: skip
+        for batches in ranks:
+            assert len(batches) == steps_per_epoch  # the plan matches what a rank gets
+            assert all(len(batch) == per_worker_batch for batch in batches)
+        flat = [[v for batch in batches for v in batch] for batches in ranks]
         assert sorted(flat[0] + flat[1]) == sorted(store.video_ids.tolist())  # each once
         orders.append(flat)
     assert orders[0] != orders[1]  # a new order every epoch
