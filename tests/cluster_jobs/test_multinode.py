@@ -9,24 +9,17 @@ of one CPU, one of them with a logical GPU, the head without):
   tests/pipelines/test_extract.py.)
 
 One subprocess (``extract_on_cluster``) and one Ray cluster serve every test here: each
-Python start and Ray start costs seconds.
+Python start and Ray start costs seconds. ``conftest.py`` starts it beside the probe-placement
+cluster.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 from fnmatch import fnmatch
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 
 from lvmae.samples import Scene, make_video
@@ -35,7 +28,6 @@ from lvmae.storage import read_segments, read_videos
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
 CPU_NODES = 2  # CPU-only nodes, the head included; the cluster adds one node with a GPU
 NODES = CPU_NODES + 1
 SOURCES = ["testsrc2", "mandelbrot", "life", "smptebars", "gradients", "zoneplate", "perlin"]
@@ -45,62 +37,22 @@ KEY = ["video_id", "segment_index"]
 EXACT = ["video_id", "segment_index", "start_s", "end_s", "frame_indices"]
 
 
-def own_processes(marker: str) -> list[psutil.Process]:
-    """Live processes whose command line mentions ``marker`` (this test's Ray temp dir)."""
-    found = []
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if marker in " ".join(p.info["cmdline"] or []) and p.status() != "zombie":
-                found.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return found
+def job_args(videos: Path, out: Path) -> list[str]:
+    """The sample videos written to ``videos``; the arguments of ``extract_on_cluster``
+    writing under ``out``."""
+    for i, (video_id, seconds) in enumerate(DURATIONS.items()):
+        make_video(videos / video_id, [Scene(SOURCES[i], seconds)], seed=i)
+    return [str(videos), str(videos / GPU_VIDEOS), str(out), "--cpu-nodes", str(CPU_NODES)]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Every run, in a subprocess of its own (the pytest process may hold a Ray instance):
-    the output directory and the JSON line of ``extract_on_cluster``."""
-    videos = tmp_path_factory.mktemp("multinode_videos")
-    for i, (video_id, seconds) in enumerate(DURATIONS.items()):
-        make_video(videos / video_id, [Scene(SOURCES[i], seconds)], seed=i)
-    out = tmp_path_factory.mktemp("multinode_out")
-    # A private, short Ray temp dir: the Cluster writes its address file there instead of
-    # /tmp/ray (where another user's plain `ray.init()` would find and join it), and the
-    # teardown check below can tell this test's Ray processes from everybody else's.
-    ray_tmp = tempfile.mkdtemp(prefix="lvray-")
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
-    env.update(
-        RAY_TMPDIR=ray_tmp,
-        # Token authentication on, with a fresh token for this cluster only.
-        RAY_AUTH_MODE="token",
-        RAY_AUTH_TOKEN=secrets.token_hex(32),
-        RAY_USAGE_STATS_ENABLED="0",
-        PYTHONPATH=str(REPO),
-    )
-    cmd = [sys.executable, "-m", "tests.cluster_jobs.extract_on_cluster", str(videos)]
-    cmd += [str(videos / GPU_VIDEOS), str(out), "--cpu-nodes", str(CPU_NODES)]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=540)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-    leftovers = own_processes(ray_tmp)
-    for p in leftovers:
-        p.kill()
-    shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert proc.returncode == 0, stderr[-6000:]
-    assert not leftovers, f"the clusters left processes behind: {[p.pid for p in leftovers]}"
-    return out, json.loads(stdout.strip().splitlines()[-1])
+def runs(cluster_jobs):
+    """Every run (``tests/cluster_jobs/conftest.py`` started the script): the output
+    directory and the JSON line of ``extract_on_cluster``."""
+    job = cluster_jobs["multinode"]
+    line, leftovers = job.result()
+    assert not leftovers, f"the clusters left processes behind: {leftovers}"
+    return job.out, json.loads(line)
 
 
 def test_decoding_is_spread_over_several_nodes(runs):

@@ -7,44 +7,17 @@ store of the worker that read it, never through the driver."""
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 
-from tests.cluster_jobs.test_multinode import own_processes
-
 pytestmark = pytest.mark.slow
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def placement(tmp_path_factory):
-    root = tmp_path_factory.mktemp("probe_cluster")
-    ray_tmp = tempfile.mkdtemp(prefix="lvray-")  # this test's own Ray processes
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
-    env.update(RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),
-               RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=str(REPO))  # fmt: skip
-    cmd = [sys.executable, "-m", "tests.cluster_jobs.probe_on_cluster", str(root)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
-    try:
-        stdout, stderr = proc.communicate(timeout=480)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-    for p in own_processes(ray_tmp):
-        p.kill()
-    shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert proc.returncode == 0, stderr[-6000:]
-    return json.loads(stdout.strip().splitlines()[-1])
+def placement(cluster_jobs):
+    """The JSON line of ``probe_on_cluster`` (``tests/cluster_jobs/conftest.py`` started it)."""
+    line, _ = cluster_jobs["probe"].result(timeout_s=480)
+    return json.loads(line)
 
 
 def test_every_probe_row_trains_on_the_gpu_worker_and_on_cpu_without_cuda(placement):
