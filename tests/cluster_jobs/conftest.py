@@ -115,4 +115,3 @@ def cluster_jobs(request, tmp_path_factory) -> dict[str, ClusterJob]:
     yield jobs
     for job in jobs.values():
         job.stop()
-
