@@ -26,6 +26,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -353,12 +354,18 @@ def run_extraction(
     t0 = time.perf_counter()
     sources = list_videos(input_path, config.extensions)
     encoder = describe_encoder(config.encoder, config.encoder_checkpoint, config.encoder_seed)
-    warm = _warm_tracking_store(out, tracking_uri) if track else None
-    connect_ray()
-    if warm is not None:
-        warm.join()
-    check_gpus(config)
-    manifest = prepare_output(out, config, encoder, overwrite=overwrite)
+    warm = _WarmStore(out, tracking_uri) if track else None
+    try:
+        connect_ray()
+        if warm is not None:
+            warm.join()
+        check_gpus(config)
+        manifest = prepare_output(out, config, encoder, overwrite=overwrite)
+        if warm is not None:
+            warm.place()
+    finally:
+        if warm is not None:
+            warm.discard()
     config_id = config.config_id()
 
     done = read_videos(out)
@@ -395,29 +402,55 @@ def run_extraction(
     return summary
 
 
-def _warm_tracking_store(out: str, tracking_uri: str | None) -> threading.Thread:
-    """Load MLflow in a thread while Ray starts (both take seconds, Ray's start mostly
-    waiting), and open the run's store if it already exists (a rerun; a new output
-    directory is created only once the checks pass). Errors are left for the real use."""
+class _WarmStore:
+    """MLflow loaded, and the run's SQLite store made ready, in a thread while Ray starts
+    (both take seconds, Ray's start mostly waiting). An existing store is opened (a rerun).
+    A new one is created in a temporary directory (its schema migrations take 2-3 s) and
+    moved to ``<out>/mlflow.db`` only when :meth:`place` is called, once the output checks
+    passed: a refused run still writes nothing. Errors are left for the real use."""
 
-    def warm() -> None:
+    def __init__(self, out: str, tracking_uri: str | None) -> None:
+        self.out, self.tracking_uri = out, tracking_uri
+        self.template: Path | None = None
+        self.thread = threading.Thread(target=self._warm, name="mlflow-warm-up", daemon=True)
+        self.thread.start()
+
+    def _warm(self) -> None:
         try:
             from mlflow.tracking import MlflowClient  # mlflow: driver only
 
             from lvmae.tracking import STORE_FILE, default_tracking_uri  # loads mlflow
 
-            given = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-            if given is None and not Path(out, STORE_FILE).exists():
-                return
-            MlflowClient(tracking_uri=given or default_tracking_uri(out)).search_experiments(
-                max_results=1
-            )
+            given = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+            if given is None and "://" in self.out:
+                return  # a remote output is not tracked without MLFLOW_TRACKING_URI
+            uri, template = given or default_tracking_uri(self.out), None
+            if given is None and not Path(self.out, STORE_FILE).exists():
+                template = Path(tempfile.mkdtemp(prefix="lvmae-store-")) / STORE_FILE
+                uri = f"sqlite:///{template}"
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+            self.template = template
         except Exception as exc:  # reported where the store is really used
             log.debug("MLflow warm-up: %s", exc)
 
-    thread = threading.Thread(target=warm, name="mlflow-warm-up", daemon=True)
-    thread.start()
-    return thread
+    def join(self) -> None:
+        self.thread.join()
+
+    def place(self) -> None:
+        """Move the new store made ready to ``<out>/mlflow.db`` if there is still none."""
+        from lvmae.tracking import STORE_FILE  # loaded by the warm-up already
+
+        self.join()
+        target = Path(self.out, STORE_FILE)
+        if self.template is not None and not target.exists():
+            shutil.move(self.template, target)
+
+    def discard(self) -> None:
+        """Remove the temporary directory of a new store (placed or not)."""
+        self.join()
+        if self.template is not None:
+            shutil.rmtree(self.template.parent, ignore_errors=True)
+            self.template = None
 
 
 @contextmanager

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -150,13 +151,27 @@ def test_another_config_into_the_same_output_is_refused(extracted, archive):
 
 
 @pytest.mark.slow
+def store_templates() -> set[Path]:
+    """The temporary directories in which extractions prepare a new MLflow store."""
+    return set(Path(tempfile.gettempdir()).glob("lvmae-store-*"))
+
+
 def test_shots_segmenter_and_pyav_decoder_through_the_pipeline(tmp_path, scene_video, ray_local):
+    from mlflow.tracking import MlflowClient
+
     out = tmp_path / "out"
     config = ExtractConfig(segmenter="shots", shot_min_s=1.0, decoder="pyav", batch_size=2)
     listing = tmp_path / "list.txt"
     listing.write_text(f"{scene_video}\n")
+    templates = store_templates()
     summary = run_extraction(str(listing), str(out), config, progress=False)
     assert summary.videos_ok == 1
+    # a new output gets its store (prepared while Ray started) with the run, and no
+    # temporary directory is left behind
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("lvmae-extract").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert store_templates() <= templates
     seg = read_segments(str(out))
     bounds = np.array([seg["start_s"].to_pylist(), seg["end_s"].to_pylist()]).T
     # the scene changes at 4 s and 8 s, within a frame or two (TransNetV2 on 10-fps video)
@@ -405,9 +420,11 @@ def test_real_encoder_without_any_gpu_is_refused_before_any_work(
 ):
     config = ExtractConfig(encoder="languagebind-video-ft", encoder_checkpoint=str(tiny_checkpoint))
     assert config.encoder_gpus() == 1.0  # GPUs by default for real encoders
+    templates = store_templates()
     with pytest.raises(ExtractError, match="gpus_per_actor"):
         run_extraction(str(scene_video), str(tmp_path / "out"), config, progress=False)
     assert not (tmp_path / "out").exists()
+    assert store_templates() <= templates  # the store prepared meanwhile is gone too
 
 
 @pytest.mark.slow
