@@ -504,8 +504,8 @@ def _finished(
     metrics = {**metrics, "step": state["step"], "epoch": state["epoch"]}
     client.log_metric(run_id, "resumed_from_step", state["step"], step=state["step"])
     with Progress(config.epochs, "pretrain", "epochs", enabled=progress) as bar:
-        done, shown = epoch_status(client, run_id)
-        bar.update(done, **shown)
+        _, shown = epoch_status(client, run_id)  # the last losses, if this store has them
+        bar.update(min(state["epoch"], config.epochs), **shown)
     log.warning("run %r already finished its %d epochs: nothing to train", config.run_name,
                 config.epochs)  # fmt: skip
     return PretrainResult(str(state["path"]), metrics, run_id, config.run_name or "lvmae")
