@@ -506,9 +506,9 @@ def _finished(
     with Progress(config.epochs, "pretrain", "epochs", enabled=progress) as bar:
         _, shown = epoch_status(client, run_id)  # the last losses, if this store has them
         bar.update(min(state["epoch"], config.epochs), **shown)
-    log.warning("run %r already finished its %d epochs: nothing to train", config.run_name,
-                config.epochs)  # fmt: skip
-    return PretrainResult(str(state["path"]), metrics, run_id, config.run_name or "lvmae")
+    run_name = config.run_name or "lvmae"
+    log.warning("run %r already finished its %d epochs: nothing to train", run_name, config.epochs)
+    return PretrainResult(str(state["path"]), metrics, run_id, run_name)
 
 
 def _prepare_data(embeddings: str, out: str, config: PretrainConfig) -> dict[str, Any]:
