@@ -21,7 +21,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -188,6 +190,26 @@ def _tuner(
     )
 
 
+@contextmanager
+def _tune_output(verbose: int) -> Iterator[None]:
+    """Ray Tune's console output at ``verbose``. At 0, Ray Tune 2.60's default output engine
+    still prints a table of the experiment, its path and a TensorBoard hint (10 lines per
+    sweep); its previous engine (``RAY_AIR_NEW_OUTPUT=0``, restored afterwards) prints
+    nothing. Our own progress (:class:`TrialProgress`) is unaffected."""
+    if verbose:
+        yield
+        return
+    saved = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = saved
+
+
 def _trial_vals(grid: Any, metric: str, mode: str) -> list[tuple[dict[str, Any], float]]:
     """Per trial, in creation order: its config and its best validation metric over the
     epochs it ran (trials that reported nothing are left out)."""
@@ -245,7 +267,8 @@ def _sweep_task(
         tuner = _tuner(trainable, space, task=task, objective=(metric, mode), section=section,
                        first=first, storage=out_dir / "ray", verbose=verbose)  # fmt: skip
         try:
-            grid = tuner.fit()
+            with _tune_output(verbose):
+                grid = tuner.fit()
         finally:
             _end_stopped_trials(client, tracking)
         vals = _trial_vals(grid, metric, mode)

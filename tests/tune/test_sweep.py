@@ -221,10 +221,10 @@ def test_the_recipe_is_the_first_trial_and_tuning_can_only_help_on_val(sweep):
 
 
 @pytest.mark.slow
-def test_trials_never_read_the_test_split(ray_local, tmp_path, empty_store):
+def test_trials_never_read_the_test_split(ray_local, tmp_path, empty_store, capfd):
     """The test videos' features are unusable (another width): every trial (drawn from the
     space file) still runs, and only the final retraining, which scores the test split,
-    trips over them."""
+    trips over them. At ``verbose=0`` Ray Tune prints nothing to the console."""
     task, features = _task(1)
     for vid in task.labels.split("test")["video_id"].to_pylist():
         features.tokens[vid] = np.zeros((2, DIM + 1), np.float32)
@@ -236,6 +236,9 @@ def test_trials_never_read_the_test_split(ray_local, tmp_path, empty_store):
     with pytest.raises(ValueError, match="width mismatch"):
         run_tune([task], features, str(out), section,
                  tracking_uri=_store_in(empty_store, tmp_path), verbose=0)  # fmt: skip
+    printed = capfd.readouterr()
+    assert "Configuration for experiment" not in printed.out + printed.err
+    assert "tensorboard" not in (printed.out + printed.err).lower()
     with (out / "tune" / "genre" / "trials.csv").open() as f:
         trials = list(csv.DictReader(f))
     assert len(trials) == 2 and all(t["val_top1"] for t in trials)
