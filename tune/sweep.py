@@ -178,7 +178,6 @@ def _tuner(
             mode=direction,
             num_samples=section.num_samples,
             search_alg=search,
-            max_concurrent_trials=section.max_concurrent,
             scheduler=ASHAScheduler(time_attr=PROGRESS, max_t=100, grace_period=grace),
         ),
         run_config=tune.RunConfig(
