@@ -494,7 +494,13 @@ def _preflight(
 
 
 def _finished(
-    state: dict, config: PretrainConfig, client: MlflowClient, run_id: str, progress: bool
+    state: dict,
+    config: PretrainConfig,
+    client: MlflowClient,
+    run_id: str,
+    *,
+    run_name: str,
+    progress: bool,
 ) -> PretrainResult:
     """The result of a run whose latest checkpoint (``state``) ends its last epoch,
     without starting Ray: what that checkpoint reported (``step``, ``epoch``, losses,
@@ -506,7 +512,6 @@ def _finished(
     with Progress(config.epochs, "pretrain", "epochs", enabled=progress) as bar:
         _, shown = epoch_status(client, run_id)  # the last losses, if this store has them
         bar.update(min(state["epoch"], config.epochs), **shown)
-    run_name = config.run_name or "lvmae"
     log.warning("run %r already finished its %d epochs: nothing to train", run_name, config.epochs)
     return PretrainResult(str(state["path"]), metrics, run_id, run_name)
 
@@ -607,7 +612,9 @@ def run_pretrain(
         tags={"lvmae.stage": "pretrain"}, params=params, with_system_metrics=not done,
     ) as mlflow_run_id:  # fmt: skip
         if done:
-            return _finished(previous, config, client, mlflow_run_id, progress)
+            return _finished(
+                previous, config, client, mlflow_run_id, run_name=run_name, progress=progress
+            )
         data = _prepare_data(embeddings, out, config)
         per_worker_batch, global_batch, lr, steps_per_epoch = batch_plan(config, data["n_train"])
         _log_missing_params(client, mlflow_run_id, {
