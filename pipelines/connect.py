@@ -85,6 +85,13 @@ QUIET_LOGGERS = ("ray.data", "ray.train", "ray.tune", "ray.air", "mlflow", "optu
 model-logging notes) stays off the console unless ``-v``; their warnings still show."""
 
 
+def library_log_level() -> int:
+    """The level of the :data:`QUIET_LOGGERS`: INFO after :func:`set_verbose`, else WARNING.
+    Importing mlflow resets its loggers to INFO: code that imports it after
+    :func:`connect_ray` sets ``logging.getLogger("mlflow")`` to this level again."""
+    return logging.INFO if _VERBOSE["on"] else logging.WARNING
+
+
 def quiet_libraries(verbose: bool) -> None:
     """Without ``verbose``, the :data:`QUIET_LOGGERS` log warnings and errors only, and
     Ray Data's notice about filters written as Python functions is not repeated."""

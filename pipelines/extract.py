@@ -58,7 +58,7 @@ from lvmae.storage import (
     write_table_atomic,
     written_segments,
 )
-from pipelines.connect import connect_ray
+from pipelines.connect import connect_ray, library_log_level
 
 log = logging.getLogger(__name__)
 
@@ -419,6 +419,9 @@ class _WarmStore:
         try:
             from mlflow.tracking import MlflowClient  # mlflow: driver only
 
+            # the import set mlflow's loggers to INFO (Ray may still be starting, so
+            # connect_ray has not quietened them): the schema migrations stay off the console
+            logging.getLogger("mlflow").setLevel(library_log_level())
             from lvmae.tracking import STORE_FILE, default_tracking_uri  # loads mlflow
 
             given = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")

@@ -3,6 +3,7 @@ pyarrow; resume; bad input through the real `lvmae` command."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -150,12 +151,21 @@ def test_another_config_into_the_same_output_is_refused(extracted, archive):
     assert sorted(p.name for p in (out / "segments").iterdir()) == files
 
 
-@pytest.mark.slow
 def store_templates() -> set[Path]:
     """The temporary directories in which extractions prepare a new MLflow store."""
     return set(Path(tempfile.gettempdir()).glob("lvmae-store-*"))
 
 
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.NOTSET)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.mark.slow
 def test_shots_segmenter_and_pyav_decoder_through_the_pipeline(tmp_path, scene_video, ray_local):
     from mlflow.tracking import MlflowClient
 
@@ -164,8 +174,20 @@ def test_shots_segmenter_and_pyav_decoder_through_the_pipeline(tmp_path, scene_v
     listing = tmp_path / "list.txt"
     listing.write_text(f"{scene_video}\n")
     templates = store_templates()
-    summary = run_extraction(str(listing), str(out), config, progress=False)
+    # importing mlflow leaves its loggers at INFO, as a fresh `lvmae extract` has them
+    # while the new store is created
+    mlflow_log, records = logging.getLogger("mlflow"), _Records()
+    level = mlflow_log.level
+    mlflow_log.setLevel(logging.INFO)
+    mlflow_log.addHandler(records)
+    try:
+        summary = run_extraction(str(listing), str(out), config, progress=False)
+    finally:
+        mlflow_log.removeHandler(records)
+        mlflow_log.setLevel(level)
     assert summary.videos_ok == 1
+    # the store's creation logged nothing at INFO (its schema migrations on the console)
+    assert [r.getMessage() for r in records.records if r.levelno < logging.WARNING] == []
     # a new output gets its store (prepared while Ray started) with the run, and no
     # temporary directory is left behind
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
