@@ -30,6 +30,31 @@ def test_version():
     assert result.exit_code == 0 and result.output.strip() == f"lvmae, version {__version__}"
 
 
+PROBE = """
+import atexit, gc, sys
+atexit.register(lambda: print("frozen at exit:", gc.get_freeze_count() > 0))
+sys.argv = ["lvmae", *sys.argv[1:]]
+from pipelines.cli import entry
+entry()
+"""
+
+
+@pytest.mark.parametrize("args", [["--version"], ["extract", "no-such-dir", "--out", "o"]])
+def test_the_program_freezes_the_collector_before_exit_whatever_the_outcome(tmp_path, args):
+    """The program skips Python's last collections at exit (see ``entry``); the installed
+    ``lvmae`` command is that program, and Ray's and MLflow's exit handlers still run."""
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="lvmae")
+    assert script.value == "pipelines.cli:entry"
+    res = subprocess.run(
+        [sys.executable, "-c", PROBE, *args], cwd=tmp_path, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120, check=False,
+    )  # fmt: skip
+    assert res.returncode == (0 if args == ["--version"] else 1), res.stderr
+    assert "frozen at exit: True" in res.stdout
+
+
 def test_verbose_is_accepted_after_the_subcommand():
     assert _verbose_first(["run", "--config", "c.yaml", "-v"]) == [
         "-v",
