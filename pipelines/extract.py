@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -44,7 +45,7 @@ import pyarrow as pa
 from lvmae import __version__
 from lvmae.clips import Clip, VideoReport, read_clips_bounded
 from lvmae.config import ExtractConfig
-from lvmae.encoders import FrozenEncoder, build_encoder, describe_encoder
+from lvmae.encoder_specs import describe_encoder
 from lvmae.errors import LvmaeError
 from lvmae.inputs import VideoSource, list_videos, local_copy
 from lvmae.progress import Progress
@@ -59,6 +60,9 @@ from lvmae.storage import (
     written_segments,
 )
 from pipelines.connect import connect_ray, library_log_level
+
+if TYPE_CHECKING:
+    from lvmae.encoders import FrozenEncoder
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +112,8 @@ _LOADER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder-load")
 @functools.lru_cache(maxsize=2)
 def _worker_encoder(name: str, checkpoint: str | None, seed: int) -> FrozenEncoder:
     """The frozen encoder of this worker process, built on first use (Ray reuses workers)."""
+    from lvmae.encoders import build_encoder  # torch: workers only, never the driver
+
     return build_encoder(name, checkpoint=checkpoint, seed=seed)
 
 
@@ -170,6 +176,8 @@ class EncodeClips:
     (``[n, D]`` float32, L2-normalised) and drops ``frames``."""
 
     def __init__(self, config_json: str) -> None:
+        from lvmae.encoders import build_encoder  # torch: workers only, never the driver
+
         config = ExtractConfig.model_validate_json(config_json)
         self.encoder = build_encoder(
             config.encoder, checkpoint=config.encoder_checkpoint, seed=config.encoder_seed

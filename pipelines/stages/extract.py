@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from lvmae.config import RunConfig
-from lvmae.encoders import describe_encoder
+from lvmae.encoder_specs import describe_encoder
 from lvmae.inputs import list_videos
 from lvmae.samples import make_samples, write_broken_videos
 from lvmae.shots import describe_detector
