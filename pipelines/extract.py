@@ -427,10 +427,11 @@ class _WarmStore:
         try:
             from mlflow.tracking import MlflowClient  # mlflow: driver only
 
-            # the import set mlflow's loggers to INFO (Ray may still be starting, so
+            from lvmae.tracking import STORE_FILE, default_tracking_uri  # loads mlflow
+
+            # importing mlflow set its loggers to INFO (Ray may still be starting, so
             # connect_ray has not quietened them): the schema migrations stay off the console
             logging.getLogger("mlflow").setLevel(library_log_level())
-            from lvmae.tracking import STORE_FILE, default_tracking_uri  # loads mlflow
 
             given = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
             if given is None and "://" in self.out:
