@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import importlib.util
 import os
-import re
 import sys
 import types
 from pathlib import Path
@@ -22,9 +21,6 @@ from typing import Any
 
 from lvmae.config import ENCODER_NAMES
 from lvmae.errors import LvmaeError
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 FRAMES_PER_SEGMENT = 8
 """Frames sampled uniformly per segment (paper §4; the video checkpoints' ``num_frames``)."""
@@ -39,10 +35,6 @@ DEFAULT_CHECKPOINTS: dict[str, str] = {
 }
 """Checkpoint used when ``build_encoder(name)`` is given none: a Hugging Face hub id for the
 LanguageBind presets, ``tiny-seed<seed>`` for ``tiny``."""
-
-PRECISIONS = ("bf16", "fp32")
-
-_TINY_CHECKPOINT = re.compile(r"tiny-seed(\d+)")
 
 
 class EncoderUnavailableError(LvmaeError, RuntimeError):

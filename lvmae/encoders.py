@@ -48,13 +48,9 @@ from torch import nn
 
 from lvmae.config import ENCODER_NAMES
 from lvmae.encoder_specs import (
-    _TINY_CHECKPOINT,
-    CLIP_MEAN,
-    CLIP_STD,
     DEFAULT_CHECKPOINTS,
     FRAMES_PER_SEGMENT,
     IMAGE_SIZE,
-    PRECISIONS,
     TINY_ARCH,
     VIT_H14_ARCH,
     VIT_L14_ARCH,
@@ -64,6 +60,13 @@ from lvmae.encoder_specs import (
     _languagebind_video,
     describe_encoder,
 )
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+PRECISIONS = ("bf16", "fp32")
+
+_TINY_CHECKPOINT = re.compile(r"tiny-seed(\d+)")
 
 __all__ = [
     "CLIP_MEAN", "CLIP_STD", "DEFAULT_CHECKPOINTS", "ENCODER_NAMES", "FRAMES_PER_SEGMENT",
