@@ -4,7 +4,7 @@ Builds the real-size ``LanguageBind/LanguageBind_Video_FT`` architecture (ViT-L/
 with time attention, 8 frames, 224 px, 768-d projection; ``--arch vit-h14`` for the paper's
 Huge) with RANDOM weights — no download; speed does not depend on the weight values — and
 embeds pre-decoded random uint8 frames held on the host, as a Ray Data batch arrives, through
-:class:`lvmae.encoders.LanguageBindEncoder` (host→device copy, normalisation, forward,
+:class:`lvmae.encoders.models.LanguageBindEncoder` (host→device copy, normalisation, forward,
 L2-normalise, back to numpy). For each batch size it prints segments/second for the fp32
 baseline and for bf16 autocast, their ratio, peak GPU memory, and how closely the two agree.
 
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-    from lvmae.encoders import (
+    from lvmae.encoders.models import (
         VIT_H14_ARCH,
         VIT_L14_ARCH,
         LanguageBindEncoder,

@@ -43,8 +43,8 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lvmae.ffmpeg import ffmpeg_exe  # noqa: E402
-from lvmae.samples import Scene, make_video  # noqa: E402
+from lvmae.video.ffmpeg import ffmpeg_exe  # noqa: E402
+from lvmae.video.samples import Scene, make_video  # noqa: E402
 
 W, H, FPS = 1280, 720, 25
 SOURCES = ("testsrc2", "smptebars", "gradients")  # cheap to render at 720p
@@ -92,9 +92,9 @@ WORKER = r"""
 import json, sys, time
 import numpy as np
 import torch
-from lvmae.clips import Clip, read_clips_bounded
+from lvmae.video.clips import Clip, read_clips_bounded
 from lvmae.config import ExtractConfig
-from lvmae.encoders import build_encoder
+from lvmae.encoders.models import build_encoder
 torch.set_num_threads(1)
 path, decoder, mode = sys.argv[1:4]
 config = ExtractConfig(decoder=decoder, decode_mode=mode)

@@ -4,11 +4,11 @@ measured in the same run.
 
 The node's cores are split as ``lvmae extract`` splits them: the encoder (one GPU and a
 quarter of a core, :meth:`lvmae.config.ExtractConfig.encoder_cpu_share`) in one process, and
-``cores - 1`` decode processes, each running :func:`lvmae.clips.read_clips` (decode → plan →
+``cores - 1`` decode processes, each running :func:`lvmae.video.clips.read_clips` (decode → plan →
 sample 8 frames per 5-s segment → 224 px) one video at a time, as the decode tasks do. The
 decode processes hand batches of ``batch_size`` clips (uint8 ``[B, 8, 224, 224, 3]``) to the
 encoder through a bounded queue (pickled through a pipe; backpressure, as Ray Data's object
-store gives). The encoder is :class:`lvmae.encoders.LanguageBindEncoder` on the real-size
+store gives). The encoder is :class:`lvmae.encoders.models.LanguageBindEncoder` on the real-size
 ``LanguageBind_Video_FT`` architecture with RANDOM weights (no download: speed does not
 depend on the weight values), bf16 autocast as in extraction.
 
@@ -74,7 +74,7 @@ def library(args: argparse.Namespace) -> list[Path]:
     if clip is None:
         from bench_extraction import FPS, SOURCES, H, W  # needs ffmpeg
 
-        from lvmae.samples import Scene, make_video  # needs ffmpeg
+        from lvmae.video.samples import Scene, make_video  # needs ffmpeg
 
         clip = args.workdir / "clip720.mp4"
         if not clip.exists():
@@ -101,8 +101,8 @@ def decode_worker(jobs, out, ready, go, *, mode: str, batch_size: int, send: boo
     """One decode process: videos from ``jobs`` until ``None``; batches of clips to ``out``
     (dropped unless ``send``), then ``("done", segments, video_s, cpu_s)`` to ``out``."""
     torch.set_num_threads(1)
-    from lvmae.clips import Clip, read_clips  # imported in the child
     from lvmae.config import ExtractConfig  # imported in the child
+    from lvmae.video.clips import Clip, read_clips  # imported in the child
 
     config = ExtractConfig(decoder="pyav", decode_mode=mode)
     ready.release()
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from lvmae.config import ExtractConfig  # after sys.path
-    from lvmae.encoders import (  # after sys.path
+    from lvmae.encoders.models import (  # after sys.path
         VIT_L14_ARCH,
         LanguageBindEncoder,
         build_languagebind_random,

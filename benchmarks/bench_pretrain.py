@@ -14,7 +14,7 @@ Lengths are drawn uniformly in ``[2, cap]`` per video (seeded); every row of the
 counts only real tokens (the videos' lengths) per second of a full training step
 (forward + backward + AdamW), median over the timed steps; the models take turns step by step.
 
-The optimizer is ``torch.optim.AdamW`` as :func:`lvmae.optim.build_optimizer` builds it
+The optimizer is ``torch.optim.AdamW`` as :func:`lvmae.mae.optim.build_optimizer` builds it
 (PyTorch's default implementation: a per-parameter loop on CPU); ``--optimizer fused`` uses
 its fused kernel instead, for every model alike. ``--threads`` sets ``torch.set_num_threads``
 (default: PyTorch's choice). On a shared machine, wall time with several threads mostly
@@ -39,9 +39,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lvmae.losses import reconstruction_loss
-from lvmae.masking import random_mask
-from lvmae.model import LVMAE, model_config, sincos_positions
+from lvmae.mae.losses import reconstruction_loss
+from lvmae.mae.masking import random_mask
+from lvmae.mae.model import LVMAE, model_config, sincos_positions
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, SXM
 

@@ -48,8 +48,8 @@ def prepare(root: Path, *, dim: int, preset: str) -> None:
     import pyarrow as pa
     import torch
 
-    from lvmae.checkpoints import save_checkpoint
-    from lvmae.model import LVMAE, model_config
+    from lvmae.mae.checkpoints import save_checkpoint
+    from lvmae.mae.model import LVMAE, model_config
     from lvmae.storage import segment_schema, write_table_atomic
 
     rng = np.random.default_rng(0)

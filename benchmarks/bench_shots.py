@@ -1,7 +1,7 @@
 """Shot detectors side by side: recall and precision of known hard cuts, and cost per
 video-minute, on generated long videos; all detectors in one run.
 
-1. A cut set: long videos made of generated scenes (``lvmae.samples.PALETTE`` sources, 2–8 s
+1. A cut set: long videos made of generated scenes (``lvmae.video.samples.PALETTE`` sources, 2–8 s
    each) joined by ffmpeg concat, so every scene change is a hard cut at a known time. A
    scene comes from another source than the one before, except that half the time a
    :data:`SAME_SOURCE` scene is followed by another variation of its own source (a cut
@@ -42,8 +42,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lvmae.samples import PALETTE, Scene, make_video  # noqa: E402
-from lvmae.shots import (  # noqa: E402
+from lvmae.video.samples import PALETTE, Scene, make_video  # noqa: E402
+from lvmae.video.shots import (  # noqa: E402
     detect_shots,
     detector_versions,
     load_transnetv2,
@@ -190,7 +190,7 @@ def cuts_duration(path: Path) -> float:
 
 MEMORY_WORKER = r"""
 import json, sys
-from lvmae.shots import detect_shots
+from lvmae.video.shots import detect_shots
 import torch; torch.set_num_threads(2)
 res = detect_shots(sys.argv[1], detector=sys.argv[2], fps=float(sys.argv[3]), device="cpu")
 # VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's peak

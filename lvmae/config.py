@@ -18,7 +18,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lvmae.errors import LvmaeError
-from lvmae.samples import RECIPES
 
 EncoderName = Literal["tiny", "languagebind-video-ft", "languagebind-video-huge"]
 ProbeKind = Literal["linear", "attentive", "pooler"]
@@ -28,7 +27,7 @@ StageName = Literal["extract", "pretrain", "probe", "tune", "report"]
 LabelDataset = Literal["lvu", "coin", "breakfast"]
 
 ENCODER_NAMES: tuple[str, ...] = get_args(EncoderName)
-"""The frozen encoders (see :mod:`lvmae.encoders`)."""
+"""The frozen encoders (see :mod:`lvmae.encoders.models`)."""
 PROBE_KINDS: tuple[str, ...] = get_args(ProbeKind)
 """Probes on the frozen LV-MAE encoder (see :mod:`lvmae.probes`)."""
 BASELINES: tuple[str, ...] = get_args(BaselineName)
@@ -46,7 +45,7 @@ SHOT_DETECTORS: dict[str, tuple[float, float, float, str]] = {
     "adaptive": (3.0, 0.0, float("inf"), "PySceneDetect's adaptive ratio (a frame's content "
                  "change over its neighbours' mean)"),
 }  # fmt: skip
-"""Cut detectors of ``segmenter: shots`` (see :mod:`lvmae.shots`): name -> (default
+"""Cut detectors of ``segmenter: shots`` (see :mod:`lvmae.video.shots`): name -> (default
 threshold, lower and upper bound (exclusive), what the threshold is)."""
 
 
@@ -59,7 +58,7 @@ class ExtractConfig(BaseModel):
 
     Defaults follow the paper (Naiman et al., ICCV 2025, §3.1 and §4): 5-second segments
     without overlap, 8 frames per segment, 224 px, LanguageBind encoder (``tiny`` here: the
-    offline stand-in, see :mod:`lvmae.encoders`).
+    offline stand-in, see :mod:`lvmae.encoders.models`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -209,7 +208,7 @@ class PretrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     SECTION: ClassVar[str] = "pretrain"
 
-    # model (None: the preset's value, see lvmae.model.PRESETS)
+    # model (None: the preset's value, see lvmae.mae.model.PRESETS)
     preset: Literal["paper", "base", "small", "tiny"] = Field(
         "small", description="model size preset; 'paper' is LV-MAE §4's"
     )
@@ -596,9 +595,26 @@ class RunSection(BaseModel):
         return self.embeddings or str(Path(self.workdir) / "extract")
 
 
+SAMPLE_RECIPES: tuple[str, ...] = (
+    "order_abcd",
+    "order_badc",
+    "order_cdab",
+    "order_dcba",
+    "hard_abcadb",
+    "hard_badbca",
+    "hard_cdabab",
+    "hard_dbacba",
+    "testcard",
+    "textures",
+)
+"""Names of the sample library's classes, in order: the keys of
+:data:`lvmae.video.samples.RECIPES`, which checks on import that they agree. Kept here so
+that reading a config never imports the video code (PyAV, ffmpeg)."""
+
+
 class SamplesSection(BaseModel):
     """Generate the procedural sample library into ``run.input`` first (the demo; see
-    :func:`lvmae.samples.make_samples`); its ``labels.csv`` is added to the run's labels."""
+    :func:`lvmae.video.samples.make_samples`); its ``labels.csv`` is added to the run's labels."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     SECTION: ClassVar[str] = "samples"
@@ -617,9 +633,9 @@ class SamplesSection(BaseModel):
     def _check(self) -> SamplesSection:
         if self.min_seconds > self.max_seconds:
             raise ValueError("min_seconds must not exceed max_seconds")
-        unknown = sorted(set(self.recipes or ()) - set(RECIPES))
+        unknown = sorted(set(self.recipes or ()) - set(SAMPLE_RECIPES))
         if unknown:
-            raise ValueError(f"unknown recipes {unknown}; known: {sorted(RECIPES)}")
+            raise ValueError(f"unknown recipes {unknown}; known: {sorted(SAMPLE_RECIPES)}")
         return self
 
 

@@ -33,7 +33,8 @@ from lvmae.config import (
 )
 from lvmae.errors import LvmaeError
 from lvmae.labels import from_source, write_labels
-from lvmae.samples import (
+from lvmae.storage import read_videos
+from lvmae.video.samples import (
     DEFAULT_RECIPES,
     HARD_ORDER_RECIPES,
     ORDER_RECIPES,
@@ -41,7 +42,6 @@ from lvmae.samples import (
     make_samples,
     write_broken_videos,
 )
-from lvmae.storage import read_videos
 from pipelines.connect import connect_ray, set_verbose
 
 
@@ -127,7 +127,7 @@ def extract(input_path, out, config_file, overwrite, no_progress, sets, **option
 @set_option("pretrain")
 def pretrain(embeddings, out, config_file, sets, **options) -> None:
     """Pre-train LV-MAE on the segment embeddings under --embeddings (Ray Train DDP)."""
-    from lvmae.registry import register_encoder  # heavy (MLflow, torch)
+    from lvmae.mae.model_registry import register_encoder  # heavy (MLflow, torch)
     from lvmae.tracking import (  # heavy (MLflow)
         default_tracking_uri,
         log_embeddings_input,

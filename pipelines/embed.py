@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from lvmae.checkpoints import CheckpointError, load_checkpoint
-from lvmae.model import LVMAE, LVMAEConfig
-from lvmae.sequences import collate, windows_for_inference
+from lvmae.mae.checkpoints import CheckpointError, load_checkpoint
+from lvmae.mae.model import LVMAE, LVMAEConfig
+from lvmae.mae.sequences import collate, windows_for_inference
 from lvmae.storage import StorageError
 from pipelines.pretrain import embedding_dim_of, video_sequences
 

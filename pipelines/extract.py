@@ -3,7 +3,7 @@
 The Ray side stays thin; the per-video and per-batch logic lives in :mod:`lvmae`::
 
     list videos (driver)
-      → decode   (CPU tasks, one video each: lvmae.clips.read_clips_bounded; at most
+      → decode   (CPU tasks, one video each: lvmae.video.clips.read_clips_bounded; at most
                   max_clips_in_flight clips in memory, one report per video). The tiny
                   encoder on CPU runs right here, loaded once per worker process.
       → encode   (otherwise: an actor pool; languagebind-* take one GPU each by default,
@@ -43,13 +43,10 @@ import numpy as np
 import pyarrow as pa
 
 from lvmae import __version__
-from lvmae.clips import Clip, VideoReport, read_clips_bounded
 from lvmae.config import ExtractConfig
-from lvmae.encoder_specs import describe_encoder
+from lvmae.encoders.specs import describe_encoder
 from lvmae.errors import LvmaeError
-from lvmae.inputs import VideoSource, list_videos, local_copy
 from lvmae.progress import Progress
-from lvmae.shots import describe_detector, detector_versions
 from lvmae.storage import (
     VIDEO_SCHEMA,
     read_manifest,
@@ -59,10 +56,13 @@ from lvmae.storage import (
     write_table_atomic,
     written_segments,
 )
+from lvmae.video.clips import Clip, VideoReport, read_clips_bounded
+from lvmae.video.inputs import VideoSource, list_videos, local_copy
+from lvmae.video.shots import describe_detector, detector_versions
 from pipelines.connect import connect_ray, library_log_level
 
 if TYPE_CHECKING:
-    from lvmae.encoders import FrozenEncoder
+    from lvmae.encoders.models import FrozenEncoder
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ _LOADER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder-load")
 @functools.lru_cache(maxsize=2)
 def _worker_encoder(name: str, checkpoint: str | None, seed: int) -> FrozenEncoder:
     """The frozen encoder of this worker process, built on first use (Ray reuses workers)."""
-    from lvmae.encoders import build_encoder  # torch: workers only, never the driver
+    from lvmae.encoders.models import build_encoder  # torch: workers only, never the driver
 
     return build_encoder(name, checkpoint=checkpoint, seed=seed)
 
@@ -176,7 +176,7 @@ class EncodeClips:
     (``[n, D]`` float32, L2-normalised) and drops ``frames``."""
 
     def __init__(self, config_json: str) -> None:
-        from lvmae.encoders import build_encoder  # torch: workers only, never the driver
+        from lvmae.encoders.models import build_encoder  # torch: workers only, never the driver
 
         config = ExtractConfig.model_validate_json(config_json)
         self.encoder = build_encoder(

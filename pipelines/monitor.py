@@ -12,11 +12,11 @@ from pathlib import Path
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from lvmae.checkpoints import load_checkpoint
 from lvmae.labels import read_labels
-from lvmae.model import LVMAE, LVMAEConfig
-from lvmae.monitor import caption_report_html, reconstruct, retrieval_metrics
-from lvmae.sequences import sequences_from_table, split_of
+from lvmae.mae.checkpoints import load_checkpoint
+from lvmae.mae.model import LVMAE, LVMAEConfig
+from lvmae.mae.monitor import caption_report_html, reconstruct, retrieval_metrics
+from lvmae.mae.sequences import sequences_from_table, split_of
 from lvmae.storage import StorageError, read_segments
 from lvmae.tracking import metric_key, tracked_run, tracking_uri_near
 from pipelines.embed import resolve_checkpoint

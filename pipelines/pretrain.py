@@ -9,7 +9,7 @@
     TorchTrainer (DDP: gloo on CPU, NCCL on GPU), batch_size videos per worker per step
         (global batch = batch_size x workers, lr = blr x global / 256); every epoch a
         seeded permutation of ALL training videos, split across workers as PyTorch's
-        DistributedSampler does after set_epoch (lvmae.sequences.epoch_indices), each
+        DistributedSampler does after set_epoch (lvmae.mae.sequences.epoch_indices), each
         worker reading only its videos' rows from the Parquet store (no Ray tasks inside
         the workers): random contiguous window per video → [B, L, D] batch + [PAD] mask →
         masking (semantic or random) → LV-MAE → masked-token loss → AdamW with
@@ -41,15 +41,20 @@ import torch.distributed as dist
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from lvmae.checkpoints import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from lvmae.config import PretrainConfig
-from lvmae.engine import evaluate, train_one_epoch
 from lvmae.errors import LvmaeError
-from lvmae.model import LVMAE, LVMAEConfig, model_config
-from lvmae.monitor import reconstruct, retrieval_metrics
-from lvmae.optim import build_optimizer, build_scheduler
+from lvmae.mae.checkpoints import (
+    CheckpointError,
+    check_compatible,
+    load_checkpoint,
+    save_checkpoint,
+)
+from lvmae.mae.engine import evaluate, train_one_epoch
+from lvmae.mae.model import LVMAE, LVMAEConfig, model_config
+from lvmae.mae.monitor import reconstruct, retrieval_metrics
+from lvmae.mae.optim import build_optimizer, build_scheduler
+from lvmae.mae.sequences import SequenceStore, epoch_batches, sequence_table, split_of
 from lvmae.progress import Progress
-from lvmae.sequences import SequenceStore, epoch_batches, sequence_table, split_of
 from lvmae.storage import SEGMENTS_DIR, StorageError, segments_bytes
 from lvmae.tracking import default_tracking_uri, metric_key, tracked_run
 from pipelines.connect import connect_ray
@@ -143,7 +148,7 @@ PARTITION_BYTES = 256 << 20  # above it: one hash-shuffle partition per this man
 
 def video_sequences(embeddings: str):
     """The segments table under ``embeddings`` grouped into one row per video
-    (:func:`lvmae.sequences.sequence_table`: ``video_id``, ``length``, ``embedding``
+    (:func:`lvmae.mae.sequences.sequence_table`: ``video_id``, ``length``, ``embedding``
     flattened), as a lazy Ray Dataset; the grouping runs on the cluster.
 
     The shuffle is sized to the table (its Parquet bytes): below
@@ -175,7 +180,7 @@ def video_sequences(embeddings: str):
 def sequence_datasets(embeddings: str, config: PretrainConfig):
     """``(train, val)`` Ray Datasets of per-video sequences (``video_id``, ``length``,
     ``embedding`` flattened), videos shorter than ``min_tokens`` dropped, split by
-    :func:`lvmae.sequences.split_of`. Grouping runs on the cluster."""
+    :func:`lvmae.mae.sequences.split_of`. Grouping runs on the cluster."""
     seqs = video_sequences(embeddings)
     seqs = seqs.filter(lambda row: row["length"] >= config.min_tokens).materialize()
     frac, seed = config.val_fraction, config.split_seed
@@ -188,7 +193,7 @@ def write_sequence_store(ds, path: Path) -> str:
     """Write the per-video sequence rows of the Ray Dataset ``ds`` as Parquet under ``path``
     (replacing what a previous attempt left there), in row groups of
     :data:`ROWS_PER_GROUP` videos, with Ray Data on the cluster (nothing is collected on
-    the driver). Returns ``path`` as a string, for :class:`lvmae.sequences.SequenceStore`."""
+    the driver). Returns ``path`` as a string, for :class:`lvmae.mae.sequences.SequenceStore`."""
     shutil.rmtree(path, ignore_errors=True)
     ds.write_parquet(str(path), row_group_size=ROWS_PER_GROUP)
     return str(path)
@@ -308,9 +313,9 @@ class _StepLogger:
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
-    """Ray Train worker: DDP training of LV-MAE, one :func:`lvmae.engine.train_one_epoch`
+    """Ray Train worker: DDP training of LV-MAE, one :func:`lvmae.mae.engine.train_one_epoch`
     per epoch over this rank's share of the epoch's global permutation of the training
-    videos (:func:`lvmae.sequences.epoch_batches`, read from the Parquet store at
+    videos (:func:`lvmae.mae.sequences.epoch_batches`, read from the Parquet store at
     ``loop_config["train_path"]``), validation every ``val_every_epochs``."""
     import ray.train  # heavy: Ray Train, only inside workers
     import ray.train.torch
@@ -397,7 +402,7 @@ def batch_plan(config: PretrainConfig, n_train: int) -> tuple[int, int, float, i
     """``(per-worker batch, global batch, peak lr, steps per epoch)`` for ``n_train``
     training videos. ``batch_size`` is per worker (the reference code's and MAE's
     convention); each worker gets ``ceil(n_train / workers)`` videos an epoch
-    (:func:`lvmae.sequences.epoch_indices`) and drops its last incomplete batch, so
+    (:func:`lvmae.mae.sequences.epoch_indices`) and drops its last incomplete batch, so
     ``steps per epoch = ceil(n_train / workers) // per-worker batch``. A data set too
     small for ``batch_size`` gets a smaller batch, and the lr (``blr * global / 256``)
     follows the batch actually used. Logged at start."""

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lvmae.encoders import build_encoder
+from lvmae.encoders.models import build_encoder
 from lvmae.errors import LvmaeError
-from lvmae.retrieval import exact_search, load_or_build
+from lvmae.retrieval.index import exact_search, load_or_build
 from lvmae.storage import SEGMENTS_DIR, StorageError, read_manifest, read_segments
 
 EXACT_MAX = 200_000  # segments; above this an approximate index is used

@@ -30,7 +30,7 @@ def media_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def scene_video(media_dir):
     """12 s, 160x120 @ 10 fps, three 4-second scenes of very different sources."""
-    from lvmae.samples import Scene, make_video
+    from lvmae.video.samples import Scene, make_video
 
     return make_video(
         media_dir / "scenes.mp4",
@@ -44,7 +44,7 @@ def scene_video(media_dir):
 @pytest.fixture(scope="session")
 def wide_video(media_dir):
     """7 s, 320x180 @ 25 fps (16:9, so the crop matters)."""
-    from lvmae.samples import Scene, make_video
+    from lvmae.video.samples import Scene, make_video
 
     return make_video(
         media_dir / "wide.mp4", [Scene("testsrc2", 7.0)], width=320, height=180, fps=25
@@ -53,14 +53,14 @@ def wide_video(media_dir):
 
 @pytest.fixture(scope="session")
 def vfr_video(media_dir):
-    from lvmae.samples import make_vfr_video
+    from lvmae.video.samples import make_vfr_video
 
     return make_vfr_video(media_dir / "vfr.mp4", segments=((5, 4.0), (25, 4.0)))
 
 
 @pytest.fixture(scope="session")
 def broken_videos(media_dir, scene_video):
-    from lvmae.samples import write_broken_videos
+    from lvmae.video.samples import write_broken_videos
 
     return write_broken_videos(media_dir / "broken", good_video=scene_video)
 

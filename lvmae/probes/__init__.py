@@ -1,7 +1,7 @@
 """Probes on frozen long-video features (LV-MAE §8), Ray-free.
 
 After pre-training, the LV-MAE encoder is frozen and its outputs are cached once per video
-(:meth:`lvmae.model.LVMAE.encode`): the token sequence ``[L, W]`` with its [CLS] ``[W]``,
+(:meth:`lvmae.mae.model.LVMAE.encode`): the token sequence ``[L, W]`` with its [CLS] ``[W]``,
 and the mean of the tokens over the real positions ``[W]``. Probes are small heads trained on
 those cached features, so the encoder never runs inside the probe's epochs.
 

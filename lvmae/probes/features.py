@@ -30,8 +30,8 @@ from torch import nn
 from lvmae.config import ProbeConfig
 from lvmae.errors import LvmaeError
 from lvmae.labels import SPLITS, LabelsError, LabelSet, read_labels
+from lvmae.mae.sequences import sequences_from_table
 from lvmae.probes.train import EpochCallback, ProbeData, ProbeFit, train_probe
-from lvmae.sequences import sequences_from_table
 from lvmae.storage import read_segments
 
 __all__ = [

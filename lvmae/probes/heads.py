@@ -14,7 +14,7 @@
 
 Batches of token sequences are ``tokens`` float ``[B, L, W]`` with ``real`` bool ``[B, L]``
 (True = real token, False = [PAD]; pads are excluded from attention), padded per batch like
-:func:`lvmae.sequences.collate`.
+:func:`lvmae.mae.sequences.collate`.
 
 Sources: Naiman et al., "LV-MAE", ICCV 2025, §8 and Tables 6–8 (the authors' public
 ``test_ap_movie_clip.py`` for details the paper leaves open); Bardes et al., "V-JEPA", 2024
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lvmae.config import CLS_SOURCES, ProbeConfig
-from lvmae.model import Block, sincos_positions
+from lvmae.mae.model import Block, sincos_positions
 
 __all__ = [
     "AttentiveProbe",
@@ -122,7 +122,7 @@ class AttentiveProbe(nn.Module):
     """The paper's attentive probe: one transformer block over [CLS] + tokens, a LayerNorm,
     and a linear classifier on the [CLS] output (LV-MAE §8).
 
-    The block is :class:`lvmae.model.Block` (pre-norm, ``heads`` heads, MLP ratio
+    The block is :class:`lvmae.mae.model.Block` (pre-norm, ``heads`` heads, MLP ratio
     ``mlp_ratio``); [PAD] tokens are masked out of attention, so outputs do not depend on
     how much padding a batch carries. The [CLS] slot is filled by:
 
@@ -284,7 +284,7 @@ class TransformerBaseline(nn.Module):
 
     ``Linear(input_dim, width)``, fixed 1-D sin-cos positions (any length: the table is
     computed for the batch's ``L``), a learned [CLS], ``depth`` pre-norm
-    :class:`lvmae.model.Block` s over [CLS] + tokens with [PAD] masked out, LayerNorm, and a
+    :class:`lvmae.mae.model.Block` s over [CLS] + tokens with [PAD] masked out, LayerNorm, and a
     linear layer on the [CLS] output. The sizes are this library's defaults, not the paper's.
     Train it with :func:`lvmae.probes.train.train_probe` (``model=``, an ``"attentive"``
     config) on the segment-embedding sequences.

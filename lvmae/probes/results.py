@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from lvmae.labels import LabelSet
-from lvmae.metrics import classification_report, confusion_matrix, plot_confusion_matrix
+from lvmae.probes.metrics import classification_report, confusion_matrix, plot_confusion_matrix
 from lvmae.probes.train import ProbeFit
 
 __all__ = ["ProbeResult", "TaskKind", "result_from_fit", "result_from_fits", "write_results"]
@@ -156,7 +156,7 @@ def result_from_fits(
     Every score is the mean over the seeds, with its sample standard deviation (``*_std``,
     ddof 1; None with one seed). Classification: each seed's test classification report
     (top-1, top-5 with at least 5 classes, mean class accuracy, ties counted against the
-    prediction: :func:`lvmae.metrics.top_k_accuracy`) from its test logits, and one
+    prediction: :func:`lvmae.probes.metrics.top_k_accuracy`) from its test logits, and one
     confusion matrix summed over the seeds drawn to
     ``<out>/confusion_<task>_<method>_<probe>.png`` (the row holds the file name).
     Regression: the seeds' test MSE, MAE (target units) and ``n``.

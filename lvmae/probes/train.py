@@ -5,7 +5,7 @@ splits: Adam, an optional per-epoch ExponentialLR, a validation pass after every
 test scores reported at the best validation epoch (:class:`ProbeFit`). The encoder never
 runs inside the probe's epochs: its outputs are cached once per video.
 
-Token batches are padded per batch (:func:`lvmae.sequences.collate`); pads are masked out
+Token batches are padded per batch (:func:`lvmae.mae.sequences.collate`); pads are masked out
 of attention.
 
 Sources: Naiman et al., "LV-MAE", ICCV 2025, §8 and Tables 6–8 (probe protocol and recipes;
@@ -26,9 +26,9 @@ from torch import Tensor, nn
 
 from lvmae.config import ProbeConfig
 from lvmae.labels import TASKS
-from lvmae.metrics import regression_report, top_k_accuracy
+from lvmae.mae.sequences import collate
 from lvmae.probes.heads import build_probe
-from lvmae.sequences import collate
+from lvmae.probes.metrics import regression_report, top_k_accuracy
 
 __all__ = ["VAL_METRIC", "ProbeData", "ProbeFit", "resolve_device", "train_probe"]
 
@@ -474,7 +474,7 @@ def train_probe(
     shuffled training batches of ``config.batch_size`` videos, a validation pass after every
     epoch; the weights of the best validation epoch (the first, on ties) are kept, loaded
     back at the end, and scored on the test split. Token batches are padded per batch
-    (:func:`lvmae.sequences.collate`); pads are masked out of attention.
+    (:func:`lvmae.mae.sequences.collate`); pads are masked out of attention.
 
     - ``task="classification"``: cross-entropy on ``n_classes`` logits; the validation
       metric is top-1 accuracy (higher is better).

@@ -26,8 +26,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from lvmae.config import LabelsSource, RunConfig
 from lvmae.errors import LvmaeError
 from lvmae.labels import from_source, write_labels
-from lvmae.samples import HARD_ORDER_RECIPES, ORDER_RECIPES
 from lvmae.storage import read_videos
+from lvmae.video.samples import HARD_ORDER_RECIPES, ORDER_RECIPES
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from lvmae.config import RunConfig
-from lvmae.encoder_specs import describe_encoder
-from lvmae.inputs import list_videos
-from lvmae.samples import make_samples, write_broken_videos
-from lvmae.shots import describe_detector
+from lvmae.encoders.specs import describe_encoder
 from lvmae.storage import read_videos
+from lvmae.video.inputs import list_videos
+from lvmae.video.samples import make_samples, write_broken_videos
+from lvmae.video.shots import describe_detector
 from pipelines.extract import run_extraction
 from pipelines.stages.base import BaseStage, StageContext, StageOutput, sha
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from lvmae.config import RunConfig
-from lvmae.registry import register_encoder
+from lvmae.mae.model_registry import register_encoder
 from pipelines.pretrain import run_pretrain
 from pipelines.stages.base import BaseStage, StageContext, StageError, StageOutput, numbers, sha
 

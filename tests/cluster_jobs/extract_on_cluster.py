@@ -28,7 +28,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 from lvmae.config import ExtractConfig
-from lvmae.encoders import save_tiny_checkpoint
+from lvmae.encoders.models import save_tiny_checkpoint
 from pipelines.extract import run_extraction
 
 # One CPU per decode task (the tiny encoder runs inside it), so no node decodes more than

@@ -34,9 +34,9 @@ import psutil
 import pyarrow.compute as pc
 import pytest
 
-from lvmae.samples import Scene, make_video
-from lvmae.segments import fixed_segments
 from lvmae.storage import read_manifest, read_segments, read_videos
+from lvmae.video.samples import Scene, make_video
+from lvmae.video.segments import fixed_segments
 
 pytestmark = pytest.mark.slow
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lvmae.samples import Scene, make_video
-from lvmae.segments import fixed_segments
 from lvmae.storage import read_segments, read_videos
+from lvmae.video.samples import Scene, make_video
+from lvmae.video.segments import fixed_segments
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ def fresh_tiny(tmp_path_factory) -> dict:
     """The tiny encoder (seed 0) run ONCE in a fresh interpreter, for the tests that its
     outputs do not depend on the process: video embeddings of ``frames`` (4 random
     segments) and text embeddings of :data:`FRESH_TEXTS`. Also records whether importing
-    :mod:`lvmae.encoders` imported languagebind (it must not, until an encoder is built)."""
+    :mod:`lvmae.encoders.models` imported languagebind (it must not, until an encoder is built)."""
     root = tmp_path_factory.mktemp("fresh_tiny")
     frames = np.random.default_rng(0).integers(0, 256, size=(4, 8, 224, 224, 3), dtype=np.uint8)
     np.save(root / "frames.npy", frames)
@@ -26,7 +26,7 @@ def fresh_tiny(tmp_path_factory) -> dict:
         f"""
         import json, sys
         import numpy as np
-        from lvmae.encoders import build_encoder
+        from lvmae.encoders.models import build_encoder
         eager = sorted(m for m in sys.modules if m.startswith("languagebind"))
         enc = build_encoder("tiny", device="cpu", seed=0)
         np.save({str(root / "video.npy")!r}, enc.encode(np.load({str(root / "frames.npy")!r})))

@@ -1,9 +1,13 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pytest
 
 from lvmae.config import ConfigError, ExtractConfig, load_config
-from lvmae.inputs import InputError, list_videos, local_copy
 from lvmae.storage import (
     StorageError,
     read_segments,
@@ -11,6 +15,7 @@ from lvmae.storage import (
     segment_schema,
     write_table_atomic,
 )
+from lvmae.video.inputs import InputError, list_videos, local_copy
 
 EXT = (".mp4", ".mkv")
 
@@ -126,3 +131,20 @@ def test_config_file_sections_overrides_and_errors(tmp_path):
         load_config(ExtractConfig, path)
     with pytest.raises(ConfigError, match="shot_min_s"):
         load_config(ExtractConfig, None, {"shot_min_s": 20.0, "shot_max_s": 10.0})
+
+
+def test_config_imports_no_video_or_torch_code():
+    """Reading a config stays light: a fresh ``import lvmae.config`` loads neither torch nor
+    the video stack (PyAV, decord, lvmae.video) nor the encoders or the LV-MAE method."""
+    code = (
+        "import sys; import lvmae.config; "
+        "heavy = {'torch', 'av', 'decord'}; "
+        "ours = ('lvmae.video', 'lvmae.encoders', 'lvmae.mae'); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy "
+        "or any(m == p or m.startswith(p + '.') for p in ours)))"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )  # fmt: skip
+    assert res.stdout.strip() == "[]"

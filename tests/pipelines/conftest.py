@@ -100,7 +100,7 @@ def seed_store(store: Path, out: Path) -> Path:
 @pytest.fixture(scope="session")
 def sample_library(tmp_path_factory) -> Path:
     """The sample library (``labels.csv`` at its root). Read-only."""
-    from lvmae.samples import make_samples
+    from lvmae.video.samples import make_samples
 
     root = tmp_path_factory.mktemp("library")
     make_samples(root, **LIBRARY)

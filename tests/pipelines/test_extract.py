@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from lvmae.config import ExtractConfig, load_config
-from lvmae.segments import fixed_segments
 from lvmae.storage import read_manifest, read_segments, read_videos
+from lvmae.video.segments import fixed_segments
 from pipelines.cli import main
 from pipelines.extract import ExtractError, run_extraction
 from tests.pipelines.conftest import seed_store
@@ -283,10 +283,10 @@ def test_unavailable_languagebind_checkpoint_stops_before_any_work(tmp_path, sce
 
 def test_the_extraction_driver_plans_without_torch():
     """The driver's modules and its encoder pre-flight leave torch to the workers: its
-    import costs ≈ 1.7 s on 2 cores before Ray can start (lvmae.encoder_specs)."""
+    import costs ≈ 1.7 s on 2 cores before Ray can start (lvmae.encoders.specs)."""
     code = (
         "import sys; import pipelines.cli, pipelines.extract; "
-        "from lvmae.encoder_specs import describe_encoder; "
+        "from lvmae.encoders.specs import describe_encoder; "
         "assert describe_encoder('tiny')['embedding_dim'] == 64; "
         "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     )
@@ -321,7 +321,7 @@ def test_killed_run_streams_output_then_rerun_reads_every_segment_exactly_once(
     empty MLflow store: seconds of start-up before any work, nothing the test looks at."""
     from mlflow.tracking import MlflowClient
 
-    from lvmae.samples import make_samples
+    from lvmae.video.samples import make_samples
 
     videos = tmp_path / "videos"
     # 6 videos (one per default recipe) of 20–30 segments: once the decode workers are up,
@@ -422,7 +422,7 @@ def test_rerun_decodes_only_the_segments_missing_from_disk(tmp_path, scene_video
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    from lvmae.encoders import save_tiny_checkpoint
+    from lvmae.encoders.models import save_tiny_checkpoint
 
     return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
 
@@ -431,7 +431,7 @@ def tiny_checkpoint(tmp_path_factory):
 def test_tiny_encodes_inside_the_decode_tasks_and_other_encoders_get_an_actor_pool(
     scene_video, tiny_checkpoint, ray_local
 ):
-    from lvmae.inputs import list_videos
+    from lvmae.video.inputs import list_videos
     from pipelines.extract import build_dataset
 
     todo = list_videos(str(scene_video), (".mp4",))

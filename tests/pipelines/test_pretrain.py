@@ -21,11 +21,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from lvmae.checkpoints import CheckpointError, load_checkpoint
-from lvmae.engine import evaluate
-from lvmae.model import LVMAE, LVMAEConfig
-from lvmae.monitor import reconstruct
-from lvmae.sequences import SequenceStore, sequences_from_table, windows_for_inference
+from lvmae.mae.checkpoints import CheckpointError, load_checkpoint
+from lvmae.mae.engine import evaluate
+from lvmae.mae.model import LVMAE, LVMAEConfig
+from lvmae.mae.monitor import reconstruct
+from lvmae.mae.sequences import SequenceStore, sequences_from_table, windows_for_inference
 from lvmae.storage import StorageError, read_segments
 from pipelines.cli import main
 from pipelines.embed import resolve_checkpoint, run_embed

@@ -1,5 +1,5 @@
 """Pre-training's data path on real Ray Data: the driver's Parquet sequence store, each
-rank's epoch batches from the global seeded permutation (lvmae.sequences.epoch_batches) as
+rank's epoch batches from the global seeded permutation (lvmae.mae.sequences.epoch_batches) as
 ``train_loop_per_worker`` builds them, and the per-video grouping under either shuffle."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from lvmae.config import PretrainConfig
-from lvmae.sequences import SequenceStore, epoch_batches
+from lvmae.mae.sequences import SequenceStore, epoch_batches
 from lvmae.storage import segment_schema, write_table_atomic
 from pipelines.pretrain import batch_plan, sequence_datasets, write_sequence_store
 

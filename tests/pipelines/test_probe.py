@@ -14,9 +14,9 @@ import ray
 import torch
 from click.testing import CliRunner
 
-from lvmae.checkpoints import save_checkpoint
 from lvmae.config import ProbeSection, TuneSection
-from lvmae.model import LVMAE, model_config
+from lvmae.mae.checkpoints import save_checkpoint
+from lvmae.mae.model import LVMAE, model_config
 from lvmae.probes import ProbeResult
 from lvmae.storage import StorageError, segment_schema, write_table_atomic
 from pipelines.cli import cli

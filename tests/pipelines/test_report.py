@@ -13,7 +13,7 @@ import pytest
 from matplotlib.image import imread
 from pydantic import ValidationError
 
-from lvmae.metrics import plot_confusion_matrix
+from lvmae.probes.metrics import plot_confusion_matrix
 from lvmae.probes.results import ProbeResult
 from pipelines.report import best_by_task, results_table, write_report
 

@@ -391,7 +391,7 @@ def test_no_run_is_left_running_and_the_encoder_is_registered(chain, monkeypatch
     import numpy as np
     import torch
 
-    from lvmae.sequences import sequences_from_table
+    from lvmae.mae.sequences import sequences_from_table
     from lvmae.storage import read_segments
     from pipelines.embed import EmbedVideos
 

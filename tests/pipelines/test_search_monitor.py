@@ -15,10 +15,10 @@ import pyarrow as pa
 import pytest
 import torch
 
-from lvmae.checkpoints import save_checkpoint
-from lvmae.masking import make_mask
-from lvmae.model import LVMAE, model_config
-from lvmae.sequences import sequences_from_table
+from lvmae.mae.checkpoints import save_checkpoint
+from lvmae.mae.masking import make_mask
+from lvmae.mae.model import LVMAE, model_config
+from lvmae.mae.sequences import sequences_from_table
 from lvmae.storage import StorageError, read_segments, segment_schema, write_table_atomic
 from pipelines.monitor import run_monitor
 from pipelines.search import INDEX_DIR, SearchError, search, text_encoder

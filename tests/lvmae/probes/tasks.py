@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lvmae.model import sincos_positions
+from lvmae.mae.model import sincos_positions
 from lvmae.probes import ProbeData
 
 W = 32

@@ -82,7 +82,7 @@ def test_the_default_attentive_probe_reads_the_encoders_cls():
     default config, changing only the encoder's [CLS] (a new value of its learned token, so
     its [CLS] output changes; the tokens fed to the probe are kept) changes the probe's
     output; the learned-[CLS] variant takes no [CLS]."""
-    from lvmae.model import LVMAE, model_config
+    from lvmae.mae.model import LVMAE, model_config
 
     torch.manual_seed(0)
     encoder = LVMAE(model_config("tiny", input_dim=16)).eval()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lvmae.metrics import (
+from lvmae.probes.metrics import (
     classification_report,
     confusion_matrix,
     per_class_accuracy,

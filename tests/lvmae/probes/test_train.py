@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lvmae.metrics import regression_report
-from lvmae.model import LVMAE, model_config
+from lvmae.mae.model import LVMAE, model_config
 from lvmae.probes import (
     VAL_METRIC,
     AttentiveProbe,
@@ -19,6 +18,7 @@ from lvmae.probes import (
     TransformerBaseline,
     train_probe,
 )
+from lvmae.probes.metrics import regression_report
 from tests.lvmae.probes.tasks import N_CLASSES, W, mean_task, order_task
 
 

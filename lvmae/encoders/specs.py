@@ -1,0 +1,251 @@
+"""What a frozen encoder is, without torch: the registry's checkpoints, the LanguageBind
+architectures' sizes, how LanguageBind's model code and hub checkpoints are found, and
+:func:`describe_encoder`, the driver's pre-flight view of an encoder.
+
+Kept apart from :mod:`lvmae.encoders.models` so that a process that only plans work (the extraction
+driver) does not import torch (≈ 1.7 s on 2 cores, before Ray can start). The loaders here
+import LanguageBind's code (and with it torch and transformers) only when a real checkpoint's
+config is read. :mod:`lvmae.encoders.models` re-exports every public name. Nothing here imports Ray.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import os
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+from lvmae.config import ENCODER_NAMES
+from lvmae.errors import LvmaeError
+
+FRAMES_PER_SEGMENT = 8
+"""Frames sampled uniformly per segment (paper §4; the video checkpoints' ``num_frames``)."""
+IMAGE_SIZE = 224
+"""Side of the square frames the encoder sees, in pixels (paper §4)."""
+
+
+DEFAULT_CHECKPOINTS: dict[str, str] = {
+    "tiny": "tiny-seed0",
+    "languagebind-video-ft": "LanguageBind/LanguageBind_Video_FT",
+    "languagebind-video-huge": "LanguageBind/LanguageBind_Video_Huge_V1.5_FT",
+}
+"""Checkpoint used when ``build_encoder(name)`` is given none: a Hugging Face hub id for the
+LanguageBind presets, ``tiny-seed<seed>`` for ``tiny``."""
+
+
+class EncoderUnavailableError(LvmaeError, RuntimeError):
+    """The encoder's checkpoint cannot be loaded: not on the hub cache and no network, a local
+    directory that does not exist or holds no model, or a hub id that is not valid."""
+
+
+# ----------------------------------------------------------------------------------------
+# architecture
+
+
+@dataclasses.dataclass(frozen=True)
+class LanguageBindArch:
+    """Sizes of a ``LanguageBindVideo`` model: a CLIP ViT video tower with divided
+    space–time attention (``add_time_attn``) plus CLIP's text tower, both projected to
+    ``projection_dim``. Widths and dims are channels, ``patch_size`` and ``image_size`` pixels,
+    ``num_frames`` frames per segment."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    patch_size: int
+    projection_dim: int
+    image_size: int = IMAGE_SIZE
+    num_frames: int = FRAMES_PER_SEGMENT
+    text_hidden_size: int = 32
+    text_intermediate_size: int = 64
+    text_num_hidden_layers: int = 1
+    text_num_attention_heads: int = 2
+    text_vocab_size: int = 1000
+    text_max_position_embeddings: int = 77
+
+    def to_config(self) -> Any:
+        """The ``LanguageBindVideoConfig`` for these sizes (no LoRA, time attention on)."""
+        _, config_cls = _languagebind_video()
+        return config_cls(
+            text_config={
+                "vocab_size": self.text_vocab_size,
+                "hidden_size": self.text_hidden_size,
+                "intermediate_size": self.text_intermediate_size,
+                "num_hidden_layers": self.text_num_hidden_layers,
+                "num_attention_heads": self.text_num_attention_heads,
+                "max_position_embeddings": self.text_max_position_embeddings,
+                "projection_dim": self.projection_dim,
+            },
+            vision_config={
+                "hidden_size": self.hidden_size,
+                "intermediate_size": self.intermediate_size,
+                "num_hidden_layers": self.num_hidden_layers,
+                "num_attention_heads": self.num_attention_heads,
+                "image_size": self.image_size,
+                "patch_size": self.patch_size,
+                "add_time_attn": True,
+                "num_frames": self.num_frames,
+                "lora_r": 0,
+                "projection_dim": self.projection_dim,
+            },
+            projection_dim=self.projection_dim,
+        )
+
+
+TINY_ARCH = LanguageBindArch(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    patch_size=32,
+    projection_dim=64,
+)
+"""The ``tiny`` encoder: 64-d, 2 layers, 32-px patches (7×7 tokens per frame)."""
+
+VIT_L14_ARCH = LanguageBindArch(
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    patch_size=14,
+    projection_dim=768,
+    text_hidden_size=768,
+    text_intermediate_size=3072,
+    text_num_hidden_layers=12,
+    text_num_attention_heads=12,
+    text_vocab_size=49408,
+)
+"""``LanguageBind/LanguageBind_Video_FT``'s architecture (ViT-L/14 video tower, 768-d)."""
+
+VIT_H14_ARCH = LanguageBindArch(
+    hidden_size=1280,
+    intermediate_size=5120,
+    num_hidden_layers=32,
+    num_attention_heads=16,
+    patch_size=14,
+    projection_dim=1024,
+    text_hidden_size=1024,
+    text_intermediate_size=4096,
+    text_num_hidden_layers=24,
+    text_num_attention_heads=16,
+    text_vocab_size=49408,
+)
+"""``LanguageBind/LanguageBind_Video_Huge_V1.5_FT``'s architecture (ViT-H/14, 1024-d)."""
+
+
+@functools.cache
+def _languagebind_video() -> tuple[type, type]:
+    """``(LanguageBindVideo, LanguageBindVideoConfig)``, imported without running the
+    ``languagebind`` package ``__init__`` (which needs torchvision/torchaudio/pytorchvideo).
+
+    A real ``languagebind`` module already in ``sys.modules`` is left as it is.
+
+    Raises:
+        ImportError: the ``languagebind`` distribution is not installed.
+    """
+    if "languagebind" not in sys.modules:
+        spec = importlib.util.find_spec("languagebind")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError(
+                "the `languagebind` package is not installed: `pip install languagebind` "
+                "(reinstall the project with `make install`)"
+            )
+        package = types.ModuleType("languagebind")
+        package.__path__ = list(spec.submodule_search_locations)
+        package.__package__ = "languagebind"
+        sys.modules.setdefault("languagebind", package)
+    from languagebind.video.configuration_video import LanguageBindVideoConfig
+    from languagebind.video.modeling_video import LanguageBindVideo
+
+    return LanguageBindVideo, LanguageBindVideoConfig
+
+
+def _hub_env_kwargs() -> dict[str, Any]:
+    """``from_pretrained`` options from the hub environment variables as they are *now*.
+
+    ``huggingface_hub`` reads ``HF_HUB_OFFLINE`` and ``HF_HOME`` once, when it is imported;
+    reading them per call lets a worker (or a test) that sets them later be obeyed — and makes
+    an offline lookup fail at once instead of after a minute of network retries.
+    """
+    kwargs: dict[str, Any] = {}
+    truthy = {"1", "on", "yes", "true"}
+    if any(
+        os.environ.get(v, "").strip().lower() in truthy
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    ):
+        kwargs["local_files_only"] = True
+    if os.environ.get("HF_HUB_CACHE"):
+        kwargs["cache_dir"] = str(Path(os.environ["HF_HUB_CACHE"]).expanduser())
+    elif os.environ.get("HF_HOME"):
+        kwargs["cache_dir"] = str(Path(os.environ["HF_HOME"]).expanduser() / "hub")
+    return kwargs
+
+
+def _from_pretrained(
+    cls: type, checkpoint: str, *, local_hint: str | None = None, **kwargs: Any
+) -> Any:
+    """``cls.from_pretrained`` on a hub id or local directory, errors made actionable.
+
+    ``local_hint`` replaces the default "what a local directory must hold" advice."""
+    local = Path(checkpoint).expanduser()
+    looks_local = checkpoint.startswith(("/", ".", "~")) or local.exists()
+    if looks_local and not local.is_dir():
+        raise EncoderUnavailableError(
+            f"encoder checkpoint directory {checkpoint!r} does not exist (or is not a directory)"
+        )
+    try:
+        return cls.from_pretrained(
+            str(local) if looks_local else checkpoint, **kwargs, **_hub_env_kwargs()
+        )
+    except (OSError, ValueError) as exc:  # OSError: not found/offline; ValueError: bad id
+        hint = (
+            local_hint or "the directory must hold a LanguageBindVideo `config.json` and weights"
+            if looks_local
+            else (
+                f"download it on a machine with network (`huggingface-cli download "
+                f"{checkpoint} --local-dir DIR`) and pass DIR as the checkpoint "
+                f"(`--encoder-checkpoint DIR`), or point HF_HOME at a Hugging Face cache "
+                f"that holds it"
+            )
+        )
+        raise EncoderUnavailableError(
+            f"cannot load encoder checkpoint {checkpoint!r}: {hint} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
+
+
+def describe_encoder(name: str, checkpoint: str | None = None, seed: int = 0) -> dict[str, Any]:
+    """What :func:`build_encoder` would build, from the checkpoint's config alone (no
+    weights): ``name``, ``checkpoint``, ``embedding_dim``, ``frames_per_segment``,
+    ``image_size``. A cheap pre-flight check on the driver before any work starts.
+
+    Raises:
+        ValueError: unknown name.
+        EncoderUnavailableError: the checkpoint's config cannot be found (see
+            :func:`load_languagebind`).
+    """
+    if name not in ENCODER_NAMES:
+        raise ValueError(f"unknown encoder {name!r}; valid names: {', '.join(ENCODER_NAMES)}")
+    if name == "tiny":
+        return {
+            "name": name,
+            "checkpoint": checkpoint or f"tiny-seed{seed}",
+            "embedding_dim": TINY_ARCH.projection_dim,
+            "frames_per_segment": TINY_ARCH.num_frames,
+            "image_size": TINY_ARCH.image_size,
+        }
+    checkpoint = checkpoint or DEFAULT_CHECKPOINTS[name]
+    _, config_cls = _languagebind_video()
+    config = _from_pretrained(config_cls, checkpoint)
+    return {
+        "name": name,
+        "checkpoint": checkpoint,
+        "embedding_dim": int(config.projection_dim),
+        "frames_per_segment": int(config.vision_config.num_frames),
+        "image_size": int(config.vision_config.image_size),
+    }

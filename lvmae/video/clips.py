@@ -1,0 +1,293 @@
+"""From one video file to its stream of clips: the sampled, preprocessed frames of each
+segment, ready for the frozen encoder.
+
+A clip is what the encoder sees of one segment: ``frames_per_segment`` frames spread
+uniformly over the segment (8 in the paper, after LanguageBind), short side resized to
+``image_size`` then centre-cropped to ``image_size`` × ``image_size`` — deterministic, no
+random flip or crop (docs/design.md, "Environment facts"). Memory is bounded whatever the
+video's length: the reader holds only the frame timestamps, and at most
+``max_clips_in_flight`` clips exist at once. Every problem becomes data: the stream always
+ends with one :class:`VideoReport`.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lvmae.config import ExtractConfig
+from lvmae.video.decoding import (
+    DecodeError,
+    PyAVReader,
+    VideoInfo,
+    VideoReader,
+    center_crop,
+    open_video,
+)
+from lvmae.video.segments import Segment, fixed_segments, sample_frame_indices, shot_segments
+from lvmae.video.shots import detect_config_shots
+
+
+@dataclass
+class Clip:
+    """The encoder's input for one segment.
+
+    Attributes:
+        segment: the :class:`~lvmae.video.segments.Segment` (index, start/end seconds).
+        frame_indices: ``[T]`` int64 frame indices in the source video.
+        frame_times_s: ``[T]`` float64 their presentation times, seconds.
+        frames: ``[T, S, S, 3]`` uint8 RGB, ``S = image_size``.
+    """
+
+    segment: Segment
+    frame_indices: np.ndarray
+    frame_times_s: np.ndarray
+    frames: np.ndarray
+
+
+@dataclass
+class VideoReport:
+    """How reading one video went. ``status`` is ``"ok"`` (every planned segment read),
+    ``"partial"`` (some clips read, then an error) or ``"failed"`` (no clip); ``error`` says
+    why when not ok; ``num_segments`` is the plan's length, ``num_clips`` the clips emitted;
+    ``decode_s`` wall seconds spent. With ``segmenter: shots``, ``cuts_s`` holds the
+    detected cut times (seconds; the start of every shot but the first) and
+    ``shot_detector`` the detector's name; both are None for fixed segments."""
+
+    status: str
+    error: str | None = None
+    info: VideoInfo | None = None
+    num_segments: int = 0
+    num_clips: int = 0
+    decode_s: float = 0.0
+    cuts_s: list[float] | None = None
+    shot_detector: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class SegmentPlan:
+    """A video's segment plan and, for shot plans, what the shot detector found:
+    ``cuts_s`` (seconds), ``shot_detector``, ``shot_threshold``, ``analysis_s`` (wall
+    seconds of the detection), ``analysis_device`` and ``analysis_error`` (why the analysis
+    stopped early: a decoding error part-way, after which no cut was looked for)."""
+
+    segments: list[Segment]
+    cuts_s: list[float] | None = None
+    shot_detector: str | None = None
+    shot_threshold: float | None = None
+    analysis_s: float = 0.0
+    analysis_device: str | None = None
+    analysis_error: str | None = None
+
+    def annotate(self, report: VideoReport) -> None:
+        """Copy the plan's shot results into ``report`` (``cuts_s``, ``shot_detector``;
+        the threshold, analysis time, device and any analysis error into
+        ``report.extra``)."""
+        report.cuts_s = self.cuts_s
+        report.shot_detector = self.shot_detector
+        if self.shot_detector is not None:
+            report.extra.update(
+                shot_threshold=self.shot_threshold,
+                shot_analysis_s=round(self.analysis_s, 3),
+                shot_device=self.analysis_device,
+            )
+            if self.analysis_error:
+                report.extra["shot_analysis_error"] = self.analysis_error
+
+
+def plan_video(reader: VideoReader, path: str | Path, config: ExtractConfig) -> SegmentPlan:
+    """The segment plan of an opened video under ``config.segmenter``.
+
+    ``fixed``: :func:`~lvmae.video.segments.fixed_segments` with ``segment_s``/``stride_s``/
+    ``min_segment_s``. ``shots``: cuts found by ``config.shot_detector``
+    (:func:`lvmae.video.shots.detect_shots`, one streamed pass over the file), then
+    :func:`~lvmae.video.segments.shot_segments` within ``[shot_min_s, shot_max_s]``, a short shot
+    joining its most similar neighbour (mean colour histograms).
+
+    Raises:
+        DecodeError: the analysis pass cannot decode the start of the video or runs past
+            ``video_time_limit_s`` (a decoding error later ends the analysis early:
+            ``analysis_error``).
+        ShotDetectorError: the detector's package or weights are missing.
+    """
+    duration = reader.info.duration_s
+    if config.segmenter == "fixed":
+        segments = fixed_segments(
+            duration,
+            segment_s=config.segment_s,
+            stride_s=config.stride_s,
+            min_segment_s=config.min_segment_s,
+        )
+        return SegmentPlan(segments)
+    found = detect_config_shots(path, config, fps=reader.info.fps)
+    segments = shot_segments(
+        found.cuts_s,
+        duration,
+        min_segment_s=config.shot_min_s,
+        max_segment_s=config.shot_max_s,
+        shot_features=found.shot_features,
+    )
+    return SegmentPlan(
+        segments,
+        cuts_s=found.cuts_s,
+        shot_detector=found.detector,
+        shot_threshold=found.threshold,
+        analysis_s=found.seconds,
+        analysis_device=found.device,
+        analysis_error=found.error,
+    )
+
+
+def plan_segments(reader: VideoReader, path: str | Path, config: ExtractConfig) -> list[Segment]:
+    """The segments of :func:`plan_video` (without what the shot detector found)."""
+    return plan_video(reader, path, config).segments
+
+
+def _open_reader(path: str | Path, config: ExtractConfig) -> VideoReader:
+    """``config.decoder`` for ``decode_mode: exact``; PyAV with frame skipping for ``fast``."""
+    if config.decode_mode == "fast":
+        return PyAVReader(
+            path, short_side=config.image_size, threads=config.decode_threads, fast=True
+        )
+    return open_video(
+        path, decoder=config.decoder, short_side=config.image_size, threads=config.decode_threads
+    )
+
+
+def _sampled_clips(
+    reader: VideoReader, segments: list[Segment], config: ExtractConfig
+) -> Iterator[Clip]:
+    """The clips of ``segments`` in order. ``exact``: the frames
+    :func:`~lvmae.video.segments.sample_frame_indices` picks. ``fast``: for each of those planned
+    times, the nearest frame the skipping decoder outputs (:meth:`PyAVReader.nearest_frames`,
+    one forward pass), with its real index and time."""
+    starts = np.array([s.start_s for s in segments])
+    ends = np.array([s.end_s for s in segments])
+    times = reader.frame_times_s
+    indices = sample_frame_indices(times, starts, ends, config.frames_per_segment)
+    if config.decode_mode == "exact":
+        for segment, idx in zip(segments, indices, strict=True):
+            frames = center_crop(reader.get_frames(idx), config.image_size)
+            yield Clip(segment, idx, times[idx], np.ascontiguousarray(frames))
+        return
+    planned = times[indices].ravel()  # [S*T] seconds
+    order = np.argsort(planned, kind="stable")  # overlapping segments interleave
+    per = config.frames_per_segment
+    got_index = np.zeros(planned.size, dtype=np.int64)
+    got: dict[int, np.ndarray] = {}
+    ready = 0  # segments emitted so far
+    for k, index, frame in reader.nearest_frames(planned[order]):
+        got_index[order[k]], got[int(order[k])] = index, frame
+        while ready < len(segments) and all(
+            p in got for p in range(ready * per, (ready + 1) * per)
+        ):
+            span = range(ready * per, (ready + 1) * per)
+            idx = got_index[span.start : span.stop].copy()
+            frames = center_crop(np.stack([got.pop(p) for p in span]), config.image_size)
+            yield Clip(segments[ready], idx, times[idx], np.ascontiguousarray(frames))
+            ready += 1
+
+
+def read_clips(
+    path: str | Path, config: ExtractConfig, skip: frozenset[int] = frozenset()
+) -> Iterator[Clip | VideoReport]:
+    """Decode a video into clips, in segment order, then one :class:`VideoReport`.
+
+    Opens with ``config.decoder`` (PyAV as the fallback for decord; PyAV with frame
+    skipping under ``decode_mode: fast``), plans the segments, samples
+    ``frames_per_segment`` frames per segment (:func:`sample_frame_indices`) and yields a
+    :class:`Clip` per segment, except the segments whose index is in ``skip`` (already on
+    disk from an interrupted run: they are neither decoded nor counted in ``num_clips``).
+    Never raises for a bad video: open and decode errors end the stream with a
+    ``"failed"`` or ``"partial"`` report.
+    """
+    t0 = time.perf_counter()
+    report = VideoReport(status="failed")
+    try:
+        with _open_reader(path, config) as reader:
+            report.info = reader.info
+            plan = plan_video(reader, path, config)
+            plan.annotate(report)  # cuts_s, shot_detector (shot plans)
+            segments = plan.segments
+            report.num_segments = len(segments)
+            todo = [seg for seg in segments if seg.index not in skip]
+            for clip in _sampled_clips(reader, todo, config) if todo else ():
+                yield clip
+                report.num_clips += 1
+        report.status = "ok"
+    except DecodeError as exc:
+        report.error = str(exc)
+        report.status = "partial" if report.num_clips else "failed"
+    except Exception as exc:  # any library's surprise on a bad file is still a recorded failure
+        report.error = f"{type(exc).__name__}: {exc}"
+        report.status = "partial" if report.num_clips else "failed"
+    report.decode_s = time.perf_counter() - t0
+    yield report
+
+
+_DONE = object()
+
+
+def read_clips_bounded(
+    path: str | Path, config: ExtractConfig, skip: frozenset[int] = frozenset()
+) -> Iterator[Clip | VideoReport]:
+    """:func:`read_clips` (``skip`` as there) under a time limit, with bounded memory.
+
+    Decoding runs in a daemon thread that hands clips over through a queue of
+    ``config.max_clips_in_flight`` places, so at most that many clips (plus the one being
+    decoded) exist at once. When ``config.video_time_limit_s`` seconds pass, the stream ends
+    with a ``"failed"``/``"partial"`` report naming the limit; the thread is told to stop
+    (a decoder hung inside native code is abandoned, not waited for).
+    """
+    q: queue.Queue = queue.Queue(maxsize=config.max_clips_in_flight)
+    stop = threading.Event()
+
+    def produce() -> None:
+        gen = read_clips(path, config, skip)
+        try:
+            for item in gen:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        finally:
+            gen.close()
+            if not stop.is_set():
+                q.put(_DONE)
+
+    t0 = time.perf_counter()
+    deadline = t0 + config.video_time_limit_s
+    worker = threading.Thread(target=produce, name=f"decode:{Path(path).name}", daemon=True)
+    worker.start()
+    clips = 0
+    try:
+        while True:
+            try:
+                item = q.get(timeout=max(deadline - time.perf_counter(), 0.0))
+            except queue.Empty:
+                yield VideoReport(
+                    status="partial" if clips else "failed",
+                    error=f"time limit of {config.video_time_limit_s:g} s exceeded "
+                    f"after {clips} clips",
+                    num_clips=clips,
+                    decode_s=time.perf_counter() - t0,
+                )
+                return
+            if item is _DONE:
+                return
+            if isinstance(item, Clip):
+                clips += 1
+            yield item
+    finally:
+        stop.set()

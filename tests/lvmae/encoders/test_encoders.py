@@ -1,0 +1,236 @@
+"""Frozen encoders: the real LanguageBindVideo model (tiny width, seeded weights), real
+``save_pretrained`` / ``from_pretrained`` round trips, the real hub client offline."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lvmae.encoders.models import (
+    CLIP_MEAN,
+    CLIP_STD,
+    DEFAULT_CHECKPOINTS,
+    ENCODER_NAMES,
+    TINY_ARCH,
+    EncoderUnavailableError,
+    FrozenEncoder,
+    build_encoder,
+    build_languagebind_random,
+    normalize_frames,
+    save_tiny_checkpoint,
+)
+
+
+def random_frames(batch: int, *, seed: int = 0, frames: int = 8, size: int = 224) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(batch, frames, size, size, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> FrozenEncoder:
+    return build_encoder("tiny", device="cpu", seed=0)
+
+
+@pytest.fixture(scope="module")
+def frames() -> np.ndarray:
+    return random_frames(4)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> str:
+    return str(save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-ckpt"), seed=0))
+
+
+def test_tiny_encode_shape_dtype_unit_norm(tiny, frames):
+    emb = tiny.encode(frames)
+    assert isinstance(emb, np.ndarray)
+    assert emb.shape == (4, tiny.embedding_dim) == (4, 64)
+    assert emb.dtype == np.float32
+    assert np.all(np.isfinite(emb))
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    assert (tiny.frames_per_segment, tiny.image_size) == (8, 224)
+    assert tiny.device == torch.device("cpu")
+
+
+def test_tiny_accepts_torch_and_read_only_numpy(tiny, frames):
+    emb = tiny.encode(frames)
+    np.testing.assert_array_equal(tiny.encode(torch.from_numpy(frames.copy())), emb)
+    read_only = frames.copy()
+    read_only.flags.writeable = False  # Arrow-backed batches arrive like this
+    np.testing.assert_array_equal(tiny.encode(read_only), emb)
+
+
+def test_tiny_rows_do_not_depend_on_the_rest_of_the_batch(tiny, frames):
+    emb = tiny.encode(frames)
+    np.testing.assert_allclose(tiny.encode(frames[2:3])[0], emb[2], atol=1e-5)
+
+
+def test_tiny_different_inputs_give_different_embeddings(tiny, frames):
+    emb = tiny.encode(frames)
+    cos = emb @ emb.T
+    off_diagonal = cos[~np.eye(len(emb), dtype=bool)]
+    assert np.all(off_diagonal < 1 - 1e-4)
+    # a constant grey segment is far from noise too
+    grey = np.full((1, 8, 224, 224, 3), 128, dtype=np.uint8)
+    assert float(tiny.encode(grey)[0] @ emb[0]) < 1 - 1e-4
+
+
+def test_tiny_same_seed_is_identical_other_seed_differs(tiny, frames):
+    again = build_encoder("tiny", device="cpu", seed=0)
+    np.testing.assert_array_equal(again.encode(frames), tiny.encode(frames))
+    assert again.identity() == tiny.identity()
+
+    other = build_encoder("tiny", device="cpu", seed=1)
+    assert not np.allclose(other.encode(frames), tiny.encode(frames), atol=1e-3)
+    assert other.identity()["weights_sha1"] != tiny.identity()["weights_sha1"]
+    assert other.identity()["checkpoint"] == "tiny-seed1"
+
+
+def test_tiny_build_leaves_the_global_rng_alone():
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    build_languagebind_random(TINY_ARCH, seed=7)
+    np.testing.assert_array_equal(torch.rand(3).numpy(), expected.numpy())
+
+
+@pytest.mark.slow
+def test_tiny_is_bit_identical_across_processes(tiny, fresh_tiny):
+    """A fresh interpreter gets the same embeddings (and importing the module is cheap: it
+    does not import languagebind until an encoder is built)."""
+    assert fresh_tiny["eager_imports"] == [], "eager import"
+    np.testing.assert_array_equal(fresh_tiny["video"], tiny.encode(fresh_tiny["frames"]))
+
+
+def test_tiny_checkpoint_string_round_trips(tiny):
+    ident = tiny.identity()
+    rebuilt = build_encoder(ident["name"], checkpoint=ident["checkpoint"], device="cpu")
+    assert rebuilt.identity() == ident
+    assert (
+        build_encoder("tiny", checkpoint="tiny-seed3", device="cpu").identity()["checkpoint"]
+        == "tiny-seed3"
+    )
+    with pytest.raises(ValueError, match="tiny-seed"):
+        build_encoder("tiny", checkpoint="/some/dir", device="cpu")
+    with pytest.raises(ValueError, match="disagrees"):
+        build_encoder("tiny", checkpoint="tiny-seed3", seed=4, device="cpu")
+
+
+def test_identity_is_json_and_complete(tiny):
+    ident = json.loads(json.dumps(tiny.identity()))
+    assert ident["name"] == "tiny"
+    assert ident["checkpoint"] == "tiny-seed0"
+    assert ident["embedding_dim"] == 64
+    assert ident["frames_per_segment"] == 8
+    assert ident["image_size"] == 224
+    assert ident["dtype"] == "float32"
+    assert len(ident["weights_sha1"]) == 16
+
+
+@pytest.mark.parametrize(
+    ("shape", "match"),
+    [
+        ((2, 4, 224, 224, 3), "8 frames per segment"),
+        ((2, 8, 112, 224, 3), "224x224"),
+        ((2, 8, 224, 256, 3), "224x224"),
+        ((2, 8, 224, 224), r"\[B, T, H, W, 3\]"),
+        ((2, 8, 224, 224, 1), r"\[B, T, H, W, 3\]"),
+    ],
+)
+def test_encode_rejects_wrong_shapes(tiny, shape, match):
+    with pytest.raises(ValueError, match=match):
+        tiny.encode(np.zeros(shape, dtype=np.uint8))
+
+
+def test_encode_rejects_non_uint8(tiny):
+    with pytest.raises(ValueError, match="uint8"):
+        tiny.encode(np.zeros((1, 8, 224, 224, 3), dtype=np.float32))
+
+
+def test_encode_empty_batch(tiny):
+    emb = tiny.encode(np.zeros((0, 8, 224, 224, 3), dtype=np.uint8))
+    assert emb.shape == (0, 64)
+    assert emb.dtype == np.float32
+
+
+def test_unknown_encoder_name_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown encoder 'clip'") as info:
+        build_encoder("clip")
+    for name in ENCODER_NAMES:
+        assert name in str(info.value)
+
+
+def test_normalize_frames_known_pixel():
+    frames = torch.zeros((2, 8, 4, 4, 3), dtype=torch.uint8)
+    frames[1, 5, 2, 3] = torch.tensor([255, 0, 128], dtype=torch.uint8)
+    x = normalize_frames(frames)
+    assert x.shape == (2, 3, 8, 4, 4)
+    assert x.dtype == torch.float32
+    expected = [
+        (1.0 - CLIP_MEAN[0]) / CLIP_STD[0],
+        (0.0 - CLIP_MEAN[1]) / CLIP_STD[1],
+        (128 / 255 - CLIP_MEAN[2]) / CLIP_STD[2],
+    ]
+    np.testing.assert_allclose(x[1, :, 5, 2, 3].numpy(), expected, rtol=1e-6)
+    black = [-m / s for m, s in zip(CLIP_MEAN, CLIP_STD, strict=True)]
+    np.testing.assert_allclose(x[0, :, 0, 0, 0].numpy(), black, rtol=1e-6)
+    # deterministic: no flips or crops
+    assert torch.equal(normalize_frames(frames), x)
+
+
+def test_normalize_frames_rejects_non_uint8():
+    with pytest.raises(ValueError, match="uint8"):
+        normalize_frames(torch.zeros((1, 8, 4, 4, 3)))
+
+
+def test_languagebind_path_loads_a_local_checkpoint(tiny, frames, tiny_checkpoint):
+    loaded = build_encoder("languagebind-video-ft", checkpoint=tiny_checkpoint, device="cpu")
+    assert loaded.embedding_dim == 64  # from the loaded config, not the preset's 768
+    np.testing.assert_array_equal(loaded.encode(frames), tiny.encode(frames))
+    ident = loaded.identity()
+    assert ident["name"] == "languagebind-video-ft"
+    assert ident["checkpoint"] == tiny_checkpoint
+    assert ident["weights_sha1"] == tiny.identity()["weights_sha1"]
+
+
+def test_checkpoint_with_other_frame_count_is_rejected(tmp_path):
+    model = build_languagebind_random(dataclasses.replace(TINY_ARCH, num_frames=4))
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="4 frames per segment"):
+        build_encoder("languagebind-video-huge", checkpoint=str(tmp_path), device="cpu")
+
+
+def test_missing_local_directory_is_unavailable(tmp_path):
+    with pytest.raises(EncoderUnavailableError, match="does not exist"):
+        build_encoder("languagebind-video-ft", checkpoint=str(tmp_path / "nope"), device="cpu")
+    with pytest.raises(EncoderUnavailableError, match=r"config\.json"):
+        build_encoder("languagebind-video-ft", checkpoint=str(tmp_path), device="cpu")
+
+
+def test_hub_checkpoint_offline_without_cache_is_unavailable(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    with pytest.raises(EncoderUnavailableError) as info:
+        build_encoder("languagebind-video-ft", device="cpu")
+    message = str(info.value)
+    assert DEFAULT_CHECKPOINTS["languagebind-video-ft"] == "LanguageBind/LanguageBind_Video_FT"
+    assert "LanguageBind/LanguageBind_Video_FT" in message
+    assert "huggingface-cli download" in message
+    assert "HF_HOME" in message
+
+
+@pytest.mark.gpu
+def test_tiny_on_cuda_bf16_matches_cpu_fp32(tiny, frames):
+    gpu = build_encoder("tiny", device="cuda", seed=0)
+    assert gpu.identity()["dtype"] == "bfloat16"
+    assert gpu.identity()["weights_sha1"] == tiny.identity()["weights_sha1"]
+    emb = gpu.encode(torch.from_numpy(frames).cuda())
+    assert emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    cos = np.sum(emb * tiny.encode(frames), axis=1)
+    assert np.all(cos > 0.98)
