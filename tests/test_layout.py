@@ -11,6 +11,11 @@ Every ``.py`` file under ``lvmae/``, ``pipelines/`` and ``tune/`` is parsed with
    on the same line or on the line directly above.
 5. The graph between the top-level packages has no cycle and points
    ``pipelines → tune → lvmae``.
+6. The top level of ``lvmae/`` holds only the support layer (config, tracking, storage,
+   progress, errors); everything else lives in a subpackage named for what flows through
+   it (``video/``, ``encoders/``, ``mae/``, ``retrieval/``, ``probes/``, ``labels/``).
+7. ``lvmae/config.py`` imports no video, encoder, LV-MAE or torch code, so reading a
+   config stays light.
 
 Each failure lists the offenders as ``file:line: import``.
 """
@@ -31,6 +36,11 @@ PACKAGES = ("lvmae", "tune", "pipelines")
 RANK = {"lvmae": 0, "tune": 1, "pipelines": 2}
 """A package may import only packages of lower rank (to its right in the design notes)."""
 DYNAMIC_IMPORTERS = ("import_module", "__import__")
+SUPPORT_LAYER = frozenset({"__init__", "config", "tracking", "storage", "progress", "errors"})
+"""The only modules allowed directly in ``lvmae/`` (rule 6)."""
+CONFIG_FILE = "lvmae/config.py"
+CONFIG_BANNED = ("lvmae.video", "lvmae.encoders", "lvmae.mae", "torch", "av", "decord")
+"""What ``lvmae/config.py`` must not import (rule 7): modules and their submodules."""
 
 
 @dataclass(frozen=True)
@@ -257,6 +267,35 @@ def edges_against_direction(
     return {e: refs for e, refs in edges.items() if RANK[e[0]] <= RANK[e[1]]}
 
 
+def modules_beyond(names: Iterable[str], allowed: Iterable[str] = SUPPORT_LAYER) -> list[str]:
+    """The module names (file stems) of ``names`` that are not ``allowed``, sorted."""
+    allowed = set(allowed)
+    return sorted(n for n in names if n not in allowed)
+
+
+def top_level_modules(root: Path = ROOT) -> list[str]:
+    """Stems of the ``.py`` files directly in ``lvmae/``."""
+    return sorted(p.stem for p in (root / "lvmae").glob("*.py"))
+
+
+def _within(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
+
+
+def imports_within(refs: Iterable[ImportRef], file: str, banned: Iterable[str]) -> list[ImportRef]:
+    """Imports made by ``file`` of a ``banned`` module or of anything inside it
+    (``from lvmae import video`` counts as importing ``lvmae.video``)."""
+    banned = tuple(banned)
+    bad = []
+    for ref in refs:
+        if ref.file != file:
+            continue
+        targets = [ref.module, *(f"{ref.module}.{n}" for n in ref.names)]
+        if any(_within(t, b) for t in targets for b in banned):
+            bad.append(ref)
+    return bad
+
+
 # ------------------------------------------------------------------------------ reporting
 
 
@@ -325,6 +364,26 @@ def test_package_graph_points_pipelines_tune_lvmae():
     )
 
 
+def test_lvmae_top_level_is_the_support_layer():
+    names = top_level_modules()
+    assert "config" in names, f"no lvmae/config.py under {ROOT}"
+    bad = modules_beyond(names)
+    assert not bad, (
+        "lvmae/ keeps only the support layer (config, tracking, storage, progress, errors) at "
+        "its top level; move these into the subpackage of what flows through them (video/, "
+        "encoders/, mae/, retrieval/, probes/, labels/):\n"
+        + "\n".join(f"  lvmae/{n}.py" for n in bad)
+    )
+
+
+def test_config_imports_no_video_encoder_mae_or_torch():
+    bad = imports_within(_refs(), CONFIG_FILE, CONFIG_BANNED)
+    assert not bad, (
+        f"{CONFIG_FILE} must import nothing from {', '.join(CONFIG_BANNED)} (reading a config "
+        "stays light; keep what it needs as a torch-free constant in config):\n" + _listing(bad)
+    )
+
+
 # ------------------------------------------------------------------------------ self-checks
 
 _SYNTHETIC = {
@@ -334,7 +393,7 @@ _SYNTHETIC = {
         "from tune import sweep\n"
         "\n"
         "def f():\n"
-        "    from lvmae.model import LVMAE\n"
+        "    from lvmae.mae.model import LVMAE\n"
         "    return LVMAE\n"
     ),
     "tune/sweep.py": (
@@ -402,8 +461,8 @@ def test_checkers_accept_the_allowed_forms():
             "\n"
             "def f():\n"
             "    # heavy: torch\n"
-            "    from lvmae.model import LVMAE\n"
-            "    from lvmae.masking import make_mask  # optional\n"
+            "    from lvmae.mae.model import LVMAE\n"
+            "    from lvmae.mae.masking import make_mask  # optional\n"
             "    import json\n"
             "    return LVMAE, make_mask, json\n"
         ),
@@ -424,6 +483,37 @@ def test_checkers_accept_the_allowed_forms():
     assert set(edges) == {("pipelines", "tune"), ("pipelines", "lvmae"), ("tune", "lvmae")}
     assert edges_against_direction(edges) == {}
     assert find_cycle(edges) == []
+
+
+def test_support_layer_and_config_checkers():
+    assert modules_beyond(["__init__", "config", "errors", "model", "samples"]) == [
+        "model",
+        "samples",
+    ]
+    assert modules_beyond(sorted(SUPPORT_LAYER)) == []
+    sources = {
+        "lvmae/config.py": (
+            "import torch.nn\n"
+            "from lvmae.video.samples import RECIPES\n"
+            "from lvmae import mae\n"
+            "from lvmae.encoders import specs\n"
+            "from lvmae.errors import LvmaeError\n"
+            "import avocado\n"
+            "from lvmae.videos import x\n"
+            "\n"
+            "def f():\n"
+            "    import decord  # optional\n"
+        ),
+        "lvmae/storage.py": "import torch\n",
+    }
+    refs = _synthetic_refs(sources)
+    assert _lines(imports_within(refs, CONFIG_FILE, CONFIG_BANNED)) == [
+        ("lvmae/config.py", 1),
+        ("lvmae/config.py", 2),
+        ("lvmae/config.py", 3),
+        ("lvmae/config.py", 4),
+        ("lvmae/config.py", 10),
+    ]
 
 
 MAX_FUNCTION_LINES = 100
