@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["LOSS_KINDS", "reconstruction_loss"]
+__all__ = ["LOSS_KINDS", "reconstruction_loss", "token_errors"]
 
 LOSS_KINDS = ("mse", "cosine")
 
@@ -53,6 +53,14 @@ def reconstruction_loss(pred: Tensor, target: Tensor, weight: Tensor, kind: str 
     count = weight.sum()
     if not bool(count > 0):
         raise ValueError("reconstruction_loss: no token selected (weight is all False)")
+    return token_errors(pred, target, weight, kind).sum() / count
+
+
+def token_errors(pred: Tensor, target: Tensor, weight: Tensor, kind: str = "mse") -> Tensor:
+    """Per-token reconstruction error ``[...]`` of ``pred`` / ``target`` ``[..., D]``: the
+    terms :func:`reconstruction_loss` averages (float32, 0 where ``weight`` is False, whatever
+    ``pred`` or ``target`` hold there, gradient included). No checks and no host
+    synchronisation: the packed training step (:mod:`lvmae.mae.packing`) sums these itself."""
     selected = weight[..., None]
     # where() (not multiplication) keeps NaN/inf at unselected tokens out of the gradient.
     pred = torch.where(selected, pred.float(), 0.0)
@@ -61,4 +69,4 @@ def reconstruction_loss(pred: Tensor, target: Tensor, weight: Tensor, kind: str 
         per_token = (pred - target).pow(2).mean(dim=-1)
     else:
         per_token = 1.0 - F.cosine_similarity(pred, target, dim=-1)
-    return torch.where(weight, per_token, 0.0).sum() / count
+    return torch.where(weight, per_token, 0.0)

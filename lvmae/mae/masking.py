@@ -26,8 +26,11 @@ __all__ = [
     "decoder_subset",
     "make_mask",
     "mask_counts",
+    "masked_count",
     "random_mask",
+    "rank_in_sequence",
     "semantic_mask",
+    "subset_count",
 ]
 
 MASK_KINDS = ("random", "semantic")
@@ -63,12 +66,53 @@ def mask_counts(real: Tensor, ratio: float) -> Tensor:
         ValueError: ``ratio`` outside (0, 1) or ``real`` not a bool ``[B, L]`` tensor.
     """
     _check_real(real)
+    return masked_count(real.sum(dim=1), ratio)
+
+
+def masked_count(n: Tensor, ratio: float) -> Tensor:
+    """Tokens to mask in each of the videos holding ``n`` (long ``[S]``) real tokens: the rule
+    of :func:`mask_counts` (keep ``int(n * (1 - ratio))``, at least one), as long ``[S]``.
+    Runs on ``n``'s device with no host synchronisation (videos with ``n == 0`` mask 0).
+
+    Raises:
+        ValueError: ``ratio`` outside (0, 1).
+    """
     _check_ratio(ratio)
-    n = real.sum(dim=1)
     # float64 product = Python's float product, so this equals int(n * (1 - ratio)).
     keep = torch.floor(n.double() * (1.0 - float(ratio))).long()
     keep = torch.minimum(torch.maximum(keep, torch.ones_like(keep)), n)
     return n - keep
+
+
+def subset_count(m: Tensor, fraction: float) -> Tensor:
+    """How many of ``m`` (long ``[S]``) masked tokens :func:`decoder_subset` scores:
+    ``ceil(m * fraction)``, at least one where ``m >= 1``, at most ``m``. Long ``[S]``."""
+    keep = torch.ceil(m.double() * float(fraction) - 1e-9).long()
+    return torch.minimum(torch.maximum(keep, (m > 0).long()), m)
+
+
+def rank_in_sequence(key: Tensor, seq: Tensor, first: Tensor) -> Tensor:
+    """Rank of every row of a packed batch within its own sequence, by ascending ``key``.
+
+    A packed batch stores its videos' tokens row after row (:mod:`lvmae.mae.packing`): row ``r``
+    belongs to sequence ``seq[r]`` whose first row is ``first[seq[r]]``. Ties in ``key`` go
+    by row order (two stable sorts: by key, then by sequence), so the ranks equal those the
+    ``[B, L]`` functions above compute with a stable sort per row. Fixed shapes, no host
+    synchronisation (usable inside a captured CUDA graph).
+
+    Args:
+        key: float ``[N]`` sort key per row.
+        seq: long ``[N]`` sequence of each row; rows past the real ones carry ``S`` (sort last).
+        first: long ``[S + 1]`` first row of each sequence (the last entry: the first pad row).
+
+    Returns:
+        long ``[N]``: 0 for the lowest key of each sequence, 1 for the next, ...
+    """
+    by_key = torch.sort(key, stable=True).indices
+    order = by_key[torch.sort(seq[by_key], stable=True).indices]
+    rows = torch.arange(key.shape[0], device=key.device)
+    position = torch.empty_like(order).scatter_(0, order, rows)
+    return position - first[seq]
 
 
 def _mask_from_order(key: Tensor, real: Tensor, n_masked: Tensor) -> Tensor:
@@ -167,9 +211,7 @@ def decoder_subset(
         raise ValueError(f"decoder fraction must be in (0, 1]; got {fraction}")
     if float(fraction) == 1.0:
         return mask.clone()
-    m = mask.sum(dim=1)
-    keep = torch.ceil(m.double() * float(fraction) - 1e-9).long()
-    keep = torch.minimum(torch.maximum(keep, (m > 0).long()), m)
+    keep = subset_count(mask.sum(dim=1), fraction)
     device = generator.device if generator is not None else mask.device
     noise = torch.rand(mask.shape, generator=generator, device=device).to(mask.device)
     noise = noise.masked_fill(~mask, 2.0)

@@ -38,14 +38,35 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "ATTENTION_BACKENDS",
     "LVMAE",
     "PRESETS",
     "Block",
     "LVMAEConfig",
     "Packing",
+    "RowLayout",
     "model_config",
     "sincos_positions",
+    "varlen_available",
 ]
+
+ATTENTION_BACKENDS = ("auto", "varlen", "padded", "split")
+"""Attention kernels over a fixed-shape packed stack (:class:`RowLayout`): ``varlen``
+(``torch.nn.attention.varlen.varlen_attn``, FlashAttention-2 on CUDA, bf16/fp16, no
+attention dropout), ``padded`` (rows scattered into ``[S, max_len]`` with a key mask, one
+``scaled_dot_product_attention``; any device and dtype, fixed shapes), ``split`` (one
+``scaled_dot_product_attention`` per sequence over host-known lengths: the fastest on CPU,
+not capturable in a CUDA graph). ``auto``: ``varlen`` where it applies, ``split`` when the
+host lengths are known, else ``padded``."""
+
+
+def varlen_available() -> bool:
+    """Whether this torch ships ``torch.nn.attention.varlen.varlen_attn`` (2.10 and later)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401  # optional: torch >= 2.10
+    except ImportError:
+        return False
+    return True
 
 LN_EPS = 1e-6
 """LayerNorm epsilon of every norm in the model: MAE's ``partial(nn.LayerNorm, eps=1e-6)``,
@@ -178,6 +199,34 @@ def sincos_positions(length: int, dim: int) -> Tensor:
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1).float()
 
 
+@dataclass(frozen=True)
+class RowLayout:
+    """Layout of a fixed-shape packed stack: ``T`` rows holding ``S`` sequences one after the
+    other (sequence ``s`` is rows ``cu_seqlens[s] : cu_seqlens[s + 1]``), then unused rows.
+
+    Every tensor has a shape fixed by the capacity (``T``, ``S``), none depends on the data,
+    and nothing here needs the host to read a device value: the stack can run inside a
+    captured CUDA graph (:mod:`lvmae.mae.packing`).
+
+    Attributes:
+        cu_seqlens: int32 ``[S + 1]`` row offsets (empty sequences repeat an offset).
+        max_len: the longest a sequence may be, in rows (a static bound: ``max_tokens + 1``).
+        valid: bool ``[T]``, True at the rows of a sequence.
+        sample: long ``[T]``, the sequence of each row (``S - 1`` on unused rows).
+        n_seqs: ``S``.
+        backend: one of :data:`ATTENTION_BACKENDS`.
+        lengths: the ``S`` sequence lengths as host ints when known (for ``split``).
+    """
+
+    cu_seqlens: Tensor
+    max_len: int
+    valid: Tensor
+    sample: Tensor
+    n_seqs: int
+    backend: str = "auto"
+    lengths: tuple[int, ...] | None = None
+
+
 class DropPath(nn.Module):
     """Stochastic depth: drop a residual branch per sample with probability ``p`` in training."""
 
@@ -194,6 +243,9 @@ class DropPath(nn.Module):
         if not self.training or self.p == 0.0:
             return x
         keep = 1.0 - self.p
+        if isinstance(sample, RowLayout):  # fixed-shape stack: S draws, no host sync
+            draw = x.new_empty(sample.n_seqs).bernoulli_(keep).div_(keep)
+            return x * draw[sample.sample][:, None]
         if sample is not None:
             n = int(sample.max()) + 1 if sample.numel() else 0
             draw = x.new_empty(n).bernoulli_(keep).div_(keep)
@@ -266,15 +318,20 @@ class Attention(nn.Module):
         self.dropout = dropout
         self.proj_drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, attend: Tensor | None, packing: Packing | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, attend: Tensor | None, packing: Packing | RowLayout | None = None
+    ) -> Tensor:
         """``x`` ``[B, S, C]``, ``attend`` bool ``[B, 1, 1, S]`` (True = key may be attended).
 
         Packed: ``x`` ``[T, C]`` laid out by ``packing`` (``attend`` is then ignored); the
         projections run on the T rows and attention on each sequence's own rows
-        (block-diagonal attention, no padding, see :meth:`_packed`).
+        (block-diagonal attention, no padding, see :meth:`_packed`). With a
+        :class:`RowLayout` the shapes are fixed by capacity (:meth:`_rows`).
         """
         qkv = self.qkv(x)
         p = self.dropout if self.training else 0.0
+        if isinstance(packing, RowLayout):
+            return self.proj_drop(self.proj(self._rows(qkv, packing, p)))
         if packing is not None:
             return self.proj_drop(self.proj(self._packed(qkv, packing.lengths, p)))
         B, S, C3 = qkv.shape
@@ -308,6 +365,77 @@ class Attention(nn.Module):
         return torch.cat(out) if out else qkv.new_empty(T, C)
 
 
+    def _rows(self, qkv: Tensor, layout: RowLayout, dropout_p: float) -> Tensor:
+        """Block-diagonal attention over a fixed-shape packed ``qkv`` ``[T, 3C]`` → ``[T, C]``
+        with the kernel of ``layout.backend`` (:data:`ATTENTION_BACKENDS`). Unused rows give
+        zeros, and no gradient reaches them from the kernel (whatever it leaves there)."""
+        T, C = qkv.shape[0], qkv.shape[1] // 3
+        backend = layout.backend
+        if backend == "auto":
+            backend = _auto_backend(qkv, layout, dropout_p)
+        if backend == "split":
+            if layout.lengths is None:
+                raise ValueError("the 'split' attention backend needs the host lengths")
+            used = sum(layout.lengths)
+            out = self._packed(qkv[:used], layout.lengths, dropout_p)
+            return torch.cat([out, out.new_zeros(T - used, C)]) if used < T else out
+        valid = layout.valid[:, None]
+        # Unused rows: zero in, zero out, and a where() (not a product) so that whatever a
+        # kernel leaves in their gradient stays out of the projections' weight gradients.
+        qkv = torch.where(valid, qkv, 0.0).view(T, 3, self.heads, C // self.heads)
+        q, k, v = qkv.unbind(1)  # [T, H, Dh] each
+        if backend == "varlen":
+            if dropout_p:
+                raise ValueError("the 'varlen' attention backend has no attention dropout")
+            from torch.nn.attention.varlen import varlen_attn  # optional: torch >= 2.10
+
+            cu = layout.cu_seqlens
+            out = varlen_attn(q, k, v, cu, cu, layout.max_len, layout.max_len)
+        elif backend == "padded":
+            out = _padded_attention(q, k, v, layout, dropout_p)
+        else:
+            raise ValueError(f"unknown attention backend {backend!r}; one of {ATTENTION_BACKENDS}")
+        return torch.where(valid, out.reshape(T, C), 0.0)
+
+
+def _auto_backend(qkv: Tensor, layout: RowLayout, dropout_p: float) -> str:
+    """``varlen`` on CUDA in bf16/fp16 without attention dropout (where torch has it), else
+    ``split`` when the host lengths are known, else ``padded``."""
+    if (
+        qkv.is_cuda
+        and qkv.dtype in (torch.bfloat16, torch.float16)
+        and not dropout_p
+        and varlen_available()
+    ):
+        return "varlen"
+    return "split" if layout.lengths is not None else "padded"
+
+
+def _padded_attention(q: Tensor, k: Tensor, v: Tensor, layout: RowLayout, dropout_p: float):
+    """Attention of packed ``q, k, v`` ``[T, H, Dh]`` through a padded ``[S, H, M, Dh]`` copy
+    (``M = layout.max_len``) with a key mask: fixed shapes, any device. Returns ``[T, H, Dh]``
+    (rows of no sequence: unspecified but finite)."""
+    T, H, Dh = q.shape
+    S, M = layout.n_seqs, layout.max_len
+    start = layout.cu_seqlens[:-1].long()
+    rows = torch.arange(T, device=q.device)
+    slot = layout.sample * M + (rows - start[layout.sample]).clamp(0, M - 1)
+    slot = torch.where(layout.valid, slot, S * M)  # unused rows: a spare slot, dropped
+
+    def pad(t: Tensor) -> Tensor:
+        out = t.new_zeros(S * M + 1, H, Dh).index_copy(0, slot, t)[: S * M]
+        return out.view(S, M, H, Dh).transpose(1, 2)
+
+    lengths = layout.cu_seqlens[1:] - layout.cu_seqlens[:-1]
+    attend = torch.arange(M, device=q.device)[None, :] < lengths[:, None]
+    attend[:, 0] = True  # empty sequences attend to a zero key, not to nothing (no NaN)
+    out = F.scaled_dot_product_attention(
+        pad(q), pad(k), pad(v), attn_mask=attend[:, None, None, :], dropout_p=dropout_p
+    )
+    out = out.transpose(1, 2).reshape(S * M, H, Dh)
+    return out.index_select(0, slot.clamp(max=S * M - 1))
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``."""
 
@@ -328,11 +456,16 @@ class Block(nn.Module):
         )
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: Tensor, attend: Tensor | None, packing: Packing | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, attend: Tensor | None, packing: Packing | RowLayout | None = None
+    ) -> Tensor:
         """``x`` ``[B, S, C]``, ``attend`` bool ``[B, 1, 1, S]`` → ``[B, S, C]``; or packed
         ``x`` ``[T, C]`` with its ``packing`` → ``[T, C]`` (``attend`` unused, attention per
         sequence; stochastic depth per video)."""
-        sample = packing.sample if packing is not None else None
+        if isinstance(packing, RowLayout):
+            sample = packing
+        else:
+            sample = packing.sample if packing is not None else None
         x = x + self.drop_path(self.attn(self.norm1(x), attend, packing), sample)
         return x + self.drop_path(self.mlp(self.norm2(x)), sample)
 
@@ -550,6 +683,116 @@ class LVMAE(nn.Module):
         slot[token_rows] = rb * (L + 1) + 1 + rt
         pred = out.new_zeros(B * (L + 1), out.shape[-1]).index_copy(0, slot, out)
         return pred.view(B, L + 1, out.shape[-1])[:, 1:]
+
+    def forward_rows(
+        self,
+        x: Tensor,
+        lengths: Tensor,
+        visible: Tensor,
+        *,
+        enc_rows: int,
+        dec_rows: int,
+        backend: str = "auto",
+        host_lengths: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
+    ) -> Tensor:
+        """Masked reconstruction of a fixed-shape packed batch (the training step's forward).
+
+        The windows' real tokens are stored row after row in ``x`` (window ``s`` holds rows
+        ``sum(lengths[:s]) : sum(lengths[:s + 1])``, in time order), then unused rows up to
+        the capacity ``N``. The encoder runs over ``enc_rows`` rows (per window: [CLS], then
+        its visible tokens in time order; then unused rows), the decoder over ``dec_rows``
+        rows (per window: [CLS], then all its tokens, the mask token at masked ones). Every
+        shape is fixed by ``N``, ``S``, ``enc_rows`` and ``dec_rows``, every index is computed
+        on the device, and nothing reads a device value on the host, so one step can be
+        captured in a CUDA graph and replayed for any batch that fits these capacities. At
+        real rows the result equals :meth:`forward` on the same windows and mask (float
+        rounding aside; LV-MAE §3.2).
+
+        Args:
+            x: float ``[N, input_dim]`` packed segment embeddings (unused rows: any finite).
+            lengths: long ``[S]`` tokens of each window, each ``<= max_tokens`` (0: no window).
+            visible: bool ``[N]``, True at the real rows the encoder sees (not masked).
+            enc_rows: encoder capacity, at least ``sum(visible) + (number of windows)``.
+            dec_rows: decoder capacity, at least ``sum(lengths) + (number of windows)``.
+            backend: attention kernel, one of :data:`ATTENTION_BACKENDS`.
+            host_lengths: the encoder's and decoder's per-window row counts as host ints
+                (only the ``split`` backend needs them).
+
+        Returns:
+            ``pred`` float ``[N, input_dim]``: the reconstruction of every row (unused rows:
+            unspecified but finite).
+
+        Raises:
+            ValueError: unknown ``backend``; ``split`` without ``host_lengths``. Capacities
+            that are too small are not checked (that would need a host sync): the caller
+            (:func:`lvmae.mae.packing.pack_windows`) sizes them.
+        """
+        N, S = x.shape[0], lengths.shape[0]
+        device = x.device
+        rows = torch.arange(N, device=device)
+        ends = lengths.cumsum(0)
+        seq = torch.searchsorted(ends, rows, right=True)  # [N]; S on unused rows
+        real = seq < S
+        seq_c = seq.clamp(max=max(S - 1, 0))
+        t = torch.where(real, rows - (ends - lengths)[seq_c], 0)  # token position in window
+        vis = visible & real
+        occupied = lengths > 0
+
+        # encoder rows: per window [CLS] then its visible tokens
+        vis_long = vis.long()
+        n_vis = torch.zeros(S, dtype=torch.long, device=device).index_add(0, seq_c, vis_long)
+        enc_len = torch.where(occupied, n_vis + 1, 0)
+        enc_ends = enc_len.cumsum(0)
+        enc_off = enc_ends - enc_len
+        before = n_vis.cumsum(0) - n_vis  # visible rows of the windows before each window
+        vis_rank = vis_long.cumsum(0) - vis_long - before[seq_c]
+        enc_row = torch.where(vis, enc_off[seq_c] + 1 + vis_rank, enc_rows)  # spare: dropped
+        cls_row = torch.where(occupied, enc_off, enc_rows)
+        tokens = self.input_proj(x) + self.pos_embed[t]
+        if torch.is_autocast_enabled(device.type):  # the residual stream in the autocast dtype
+            tokens = tokens.to(torch.get_autocast_dtype(device.type))
+        cls = self.cls_token[0].to(tokens.dtype).expand(S, -1)
+        h = tokens.new_zeros(enc_rows + 1, tokens.shape[-1])
+        h = h.index_copy(0, enc_row, tokens).index_copy(0, cls_row, cls)[:enc_rows]
+        enc = self._layout(enc_ends, enc_rows, backend, host_lengths and host_lengths[0])
+        for block in self.blocks:
+            h = block(h, None, enc)
+        h = self.decoder_embed(self.norm(h))  # [E, Dd]
+        Dd = h.shape[-1]
+
+        # decoder rows: per window [CLS] then every token
+        dec_len = torch.where(occupied, lengths + 1, 0)
+        dec_ends = dec_len.cumsum(0)
+        dec_off = dec_ends - dec_len
+        dec_row = torch.where(real, dec_off[seq_c] + 1 + t, dec_rows)
+        h = torch.cat([h, h.new_zeros(1, Dd)])  # row enc_rows: the spare row, zeros
+        full = self.mask_token[0].to(h.dtype).expand(dec_rows + 1, Dd)
+        to_row = torch.where(vis, dec_row, dec_rows)
+        full = full.index_copy(0, to_row, h.index_select(0, enc_row))
+        to_row = torch.where(occupied, dec_off, dec_rows)
+        full = full.index_copy(0, to_row, h.index_select(0, cls_row))
+        pos = torch.zeros(dec_rows + 1, Dd, device=device).index_copy(
+            0, dec_row, self.decoder_pos_embed[t]
+        )
+        h = (full + pos).to(h.dtype)[:dec_rows]
+        dec = self._layout(dec_ends, dec_rows, backend, host_lengths and host_lengths[1])
+        for block in self.decoder_blocks:
+            h = block(h, None, dec)
+        out = self.head(self.decoder_norm(h))  # [Dr, D_in]
+        return out.index_select(0, torch.where(real, dec_row, 0))
+
+    def _layout(
+        self, ends: Tensor, n_rows: int, backend: str, lengths: tuple[int, ...] | None
+    ) -> RowLayout:
+        """The :class:`RowLayout` of ``n_rows`` rows holding windows ending at ``ends``."""
+        if backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"unknown attention backend {backend!r}; one of {ATTENTION_BACKENDS}")
+        S = ends.shape[0]
+        rows = torch.arange(n_rows, device=ends.device)
+        cu = torch.cat([ends.new_zeros(1), ends]).to(torch.int32)
+        valid = rows < ends[-1] if S else torch.zeros_like(rows, dtype=torch.bool)
+        sample = torch.searchsorted(ends, rows, right=True).clamp(max=max(S - 1, 0))
+        return RowLayout(cu, self.config.max_tokens + 1, valid, sample, S, backend, lengths)
 
     def forward(self, x: Tensor, real: Tensor, mask: Tensor, *, packed: bool = True) -> Tensor:
         """Masked reconstruction: ``x`` ``[B, L, input_dim]``, ``real``/``mask`` bool ``[B, L]``.
