@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from difflib import get_close_matches
 from pathlib import Path
@@ -247,6 +248,27 @@ class PretrainConfig(BaseModel):
     # optimisation
     epochs: int = Field(150, ge=1, description="passes over the training videos")
     batch_size: int = Field(16, ge=1, description="windows per worker per step (global: x workers)")
+    batch_tokens: int | None = Field(
+        None, ge=1,
+        description="token budget instead of batch_size: the most visible (encoder) tokens in "
+        "one worker's micro-batch ('max tokens' batching); None: batch_size windows",
+    )  # fmt: skip
+    accumulate: int = Field(1, ge=1, description="micro-batches per optimizer step per worker")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU"
+    )
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto", description="torch.compile the transformer blocks (auto: on CUDA)"
+    )
+    cuda_graphs: Literal["auto", "on", "off"] = Field(
+        "auto", description="capture the step once per capacity bucket and replay (auto: CUDA)"
+    )
+    attention: Literal["auto", "varlen", "padded", "split"] = Field(
+        "auto", description="attention kernel over packed rows (auto: varlen on CUDA, split on CPU)"
+    )
+    capacity_buckets: int = Field(
+        4, ge=1, le=16, description="fixed step shapes per run (CUDA graphs): padding <= 1/n"
+    )
     blr: float = Field(1.5e-4, gt=0, description="base lr; lr = blr * global batch / 256")
     lr: float | None = Field(None, gt=0, description="absolute peak lr (overrides blr)")
     warmup_epochs: int = Field(40, ge=0, description="linear warm-up epochs")
@@ -297,6 +319,16 @@ class PretrainConfig(BaseModel):
         ):
             if w is not None and h is not None and w % h:
                 raise ValueError(f"{side} width ({w}) must be divisible by its heads ({h})")
+        if self.batch_tokens is not None:
+            widest = max(1, math.floor(self.max_tokens * (1.0 - self.mask_ratio)))
+            if self.batch_tokens < widest:
+                raise ValueError(
+                    f"batch_tokens ({self.batch_tokens}) must hold one full window: a "
+                    f"{self.max_tokens}-token window keeps {widest} visible tokens at mask_ratio "
+                    f"{self.mask_ratio}"
+                )
+        if self.cuda_graphs == "on" and not self.use_gpu:
+            raise ValueError("cuda_graphs: on needs use_gpu: true (CUDA graphs run on GPUs only)")
         if self.min_lr > self.effective_lr():
             raise ValueError(
                 f"min_lr ({self.min_lr}) must not exceed the peak lr ({self.effective_lr()})"
@@ -315,8 +347,6 @@ class PretrainConfig(BaseModel):
     def min_window_tokens(self) -> int:
         """Shortest ``"random"`` window in tokens: ``ceil(min_window_s / segment_s)``, at
         least ``min_tokens`` (10 s of 5 s segments: 2 tokens)."""
-        import math
-
         return max(self.min_tokens, math.ceil(self.min_window_s / self.segment_s - 1e-9))
 
     def worker_batch_size(self) -> int:
@@ -324,8 +354,29 @@ class PretrainConfig(BaseModel):
         return self.batch_size
 
     def global_batch_size(self) -> int:
-        """Windows per optimizer step over all workers: ``batch_size * num_workers``."""
-        return self.batch_size * self.num_workers
+        """Windows per optimizer step over all workers: ``batch_size * num_workers *
+        accumulate`` (with ``batch_tokens``, the lr rule uses the mean windows per step of the
+        epoch plan instead: :func:`pipelines.pretrain.batch_plan`)."""
+        return self.batch_size * self.num_workers * self.accumulate
+
+    def step_settings(self, device_type: str) -> dict[str, Any]:
+        """How the training step runs on ``device_type`` (``"cuda"`` or ``"cpu"``): the
+        ``auto`` switches resolved. CUDA: bf16 autocast, compiled blocks, CUDA graphs, varlen
+        attention; CPU: fp32, eager, exact shapes, per-window attention (the exact path)."""
+        cuda = device_type == "cuda"
+
+        def switch(value: str) -> bool:
+            return cuda if value == "auto" else value == "on"
+
+        precision = self.precision
+        if precision == "auto":
+            precision = "bf16" if cuda else "fp32"
+        return {
+            "precision": precision,
+            "compile": switch(self.compile),
+            "graphs": cuda and switch(self.cuda_graphs),
+            "backend": self.attention,
+        }
 
 
 # ------------------------------------------------------------------------------- probes

@@ -24,6 +24,7 @@ plain code in :mod:`lvmae`; this module only wires them to Ray.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import shutil
 import tempfile
@@ -53,7 +54,21 @@ from lvmae.mae.engine import evaluate, train_one_epoch
 from lvmae.mae.model import LVMAE, LVMAEConfig, model_config
 from lvmae.mae.monitor import reconstruct, retrieval_metrics
 from lvmae.mae.optim import build_optimizer, build_scheduler
-from lvmae.mae.sequences import SequenceStore, epoch_batches, sequence_table, split_of
+from lvmae.mae.packing import (
+    Capacity,
+    bucket_capacities,
+    needed_capacity,
+    token_budget_capacity,
+)
+from lvmae.mae.sequences import (
+    SequenceStore,
+    epoch_batches,
+    sequence_table,
+    split_of,
+    step_batches,
+    token_epoch_plan,
+)
+from lvmae.mae.step import PackedStep
 from lvmae.progress import Progress
 from lvmae.storage import SEGMENTS_DIR, StorageError, segments_bytes
 from lvmae.tracking import default_tracking_uri, metric_key, tracked_run
@@ -204,10 +219,11 @@ def write_sequence_store(ds, path: Path) -> str:
 
 @dataclass
 class _Trainer:
-    """One worker's model (DDP-wrapped and bare), optimizer, schedule and step."""
+    """One worker's model, its packed training step (which owns the flat gradient buffer that
+    the workers all-reduce), optimizer, schedule and step."""
 
-    model: Any
     core: Any
+    runner: PackedStep
     optimizer: Any
     scheduler: Any
     step: int = 0
@@ -215,24 +231,36 @@ class _Trainer:
 
 
 def _build_trainer(
-    config: PretrainConfig, mcfg: LVMAEConfig, steps_per_epoch: int, device, lr: float
+    config: PretrainConfig, mcfg: LVMAEConfig, epoch_starts: list[int], device, lr: float
 ):
-    """Model, AdamW at peak ``lr`` and the warm-up + cosine schedule; restored from Ray
-    Train's latest checkpoint when there is one (a resumed or restarted run)."""
+    """Model, packed step, AdamW at peak ``lr`` and the warm-up + cosine schedule over the
+    run's steps; restored from Ray Train's latest checkpoint when there is one (a resumed or
+    restarted run). The model is not DDP-wrapped: :meth:`PackedStep.all_reduce_grads` does
+    DDP's one job, averaging the gradients (one all-reduce of one flat buffer per step), which
+    keeps the captured step free of DDP's hooks. Rank 0's weights are broadcast at start."""
     import ray.train  # heavy: Ray Train, only inside workers
     import ray.train.torch
 
     torch.manual_seed(config.seed)
-    model = ray.train.torch.prepare_model(LVMAE(mcfg))
-    core = model.module if hasattr(model, "module") else model
+    core = ray.train.torch.prepare_model(LVMAE(mcfg), parallel_strategy=None)
+    settings = config.step_settings(device.type)
+    if device.type == "cuda":  # TF32 for the matmuls autocast leaves in fp32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    runner = PackedStep(
+        core, kind=config.masking, ratio=config.mask_ratio,
+        decoder_fraction=config.decoder_fraction, loss=config.loss, device=device,
+        precision=settings["precision"], backend=settings["backend"],
+        graphs=settings["graphs"], compile=settings["compile"],
+    )  # fmt: skip
     optimizer = build_optimizer(core, lr=lr, weight_decay=config.weight_decay, betas=config.betas)
     scheduler = build_scheduler(
         optimizer,
-        total_steps=steps_per_epoch * config.epochs,
-        warmup_steps=steps_per_epoch * config.warmup_epochs,
+        total_steps=epoch_starts[-1],
+        warmup_steps=epoch_starts[config.warmup_epochs],
         min_lr=config.min_lr,
     )
-    trainer = _Trainer(model, core, optimizer, scheduler)
+    trainer = _Trainer(core, runner, optimizer, scheduler)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -244,7 +272,21 @@ def _build_trainer(
             if state["scheduler_state"]:
                 scheduler.load_state_dict(state["scheduler_state"])
             trainer.step = trainer.resumed_from = int(state["step"])
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for tensor in core.state_dict().values():
+            dist.broadcast(tensor, src=0)
     return trainer
+
+
+def _capacities(config: PretrainConfig, per_worker_batch: int | None) -> list[Capacity]:
+    """The step's capacity buckets (CUDA graphs): from the token budget, or from
+    ``per_worker_batch`` full-length windows."""
+    ratio = config.mask_ratio
+    if config.batch_tokens is not None:
+        largest = token_budget_capacity(config.batch_tokens, config.max_tokens, ratio)
+    else:
+        largest = needed_capacity([config.max_tokens] * per_worker_batch, ratio)
+    return bucket_capacities(largest, config.capacity_buckets)
 
 
 class _Reporter:
@@ -282,7 +324,7 @@ class _Reporter:
                 optimizer_state=t.optimizer.state_dict(),
                 scheduler_state=t.scheduler.state_dict(),
                 step=step,
-                epoch=step // self.loop_config["steps_per_epoch"],
+                epoch=bisect.bisect_right(self.loop_config["epoch_starts"], step) - 1,
                 extra={"metrics": {k: float(v) for k, v in metrics.items()}},
             )
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -313,16 +355,20 @@ class _StepLogger:
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
-    """Ray Train worker: DDP training of LV-MAE, one :func:`lvmae.mae.engine.train_one_epoch`
-    per epoch over this rank's share of the epoch's global permutation of the training
-    videos (:func:`lvmae.mae.sequences.epoch_batches`, read from the Parquet store at
-    ``loop_config["train_path"]``), validation every ``val_every_epochs``."""
+    """Ray Train worker: data-parallel training of LV-MAE, one
+    :func:`lvmae.mae.engine.train_one_epoch` per epoch over this rank's share of the epoch's
+    steps — ``batch_size`` windows per micro-batch from the global permutation of the
+    training videos (:func:`lvmae.mae.sequences.epoch_batches`), or token-budget micro-batches
+    of the epoch plan every rank computes alike (:func:`lvmae.mae.sequences.token_epoch_plan`)
+    — read from the Parquet store at ``loop_config["train_path"]``; validation every
+    ``val_every_epochs``. On CUDA the step's capacities are compiled and captured before the
+    first epoch (``perf/warmup_s``, ``perf/compiled_graphs`` in MLflow)."""
     import ray.train  # heavy: Ray Train, only inside workers
     import ray.train.torch
 
     config = PretrainConfig.model_validate(loop_config["config"])
     mcfg = LVMAEConfig.from_dict(loop_config["model_config"])
-    steps_per_epoch = loop_config["steps_per_epoch"]
+    epoch_starts = loop_config["epoch_starts"]
     per_worker_batch = loop_config["per_worker_batch"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -334,27 +380,59 @@ def train_loop_per_worker(loop_config: dict) -> None:
             f"{loop_config['n_train']}: the sequence store changed during the run"
         )
     val_store = SequenceStore(loop_config["val_path"]) if loop_config["val_path"] else None
-    trainer = _build_trainer(config, mcfg, steps_per_epoch, device, loop_config["lr"])
+    trainer = _build_trainer(config, mcfg, epoch_starts, device, loop_config["lr"])
     reporter = _Reporter(loop_config, trainer, rank)
-    for epoch in range(trainer.step // steps_per_epoch, config.epochs):
-        on_step = _StepLogger(reporter, config, epoch, world)
-        batches = epoch_batches(
-            train_store, epoch=epoch, rank=rank, world=world, batch_size=per_worker_batch,
-            seed=config.seed, skip=trainer.step - epoch * steps_per_epoch,
-        )  # fmt: skip
+    capacities = None
+    if trainer.runner.graphs:
+        capacities = _capacities(config, per_worker_batch)
+        trainer.runner.warmup(capacities)
+        counts = trainer.runner.stats.compiled_after_warmup
+        reporter.log({"perf/warmup_s": trainer.runner.stats.warmup_s,
+                      "perf/compiled_graphs": counts.get("unique_graphs", 0)},
+                     trainer.step)  # fmt: skip
+    start_epoch = bisect.bisect_right(epoch_starts, trainer.step) - 1
+    for epoch in range(start_epoch, config.epochs):
+        first, n_steps = epoch_starts[epoch], epoch_starts[epoch + 1] - epoch_starts[epoch]
+        skip = max(0, trainer.step - first)
+        if config.batch_tokens is not None:
+            plan, scored = token_epoch_plan(
+                train_store.lengths, epoch=epoch, world=world, seed=config.seed,
+                **_plan_settings(config),
+            )  # fmt: skip
+            steps = step_batches(train_store, plan, scored, rank=rank, world=world, skip=skip)
+        else:
+            videos = epoch_batches(
+                train_store, epoch=epoch, rank=rank, world=world, batch_size=per_worker_batch,
+                seed=config.seed, skip=skip * config.accumulate,
+            )  # fmt: skip
+            steps = step_batches(train_store, rank=rank, world=world, videos=videos,
+                                 accumulate=config.accumulate)  # fmt: skip
         result = train_one_epoch(
-            trainer.model, trainer.optimizer, trainer.scheduler, batches, config,
-            epoch=epoch, step=trainer.step, steps_per_epoch=steps_per_epoch,
+            trainer.runner, trainer.optimizer, trainer.scheduler, steps, config,
+            epoch=epoch, step=trainer.step, first_step=first, steps_in_epoch=n_steps,
             rng=np.random.default_rng([config.seed, rank, epoch]), dim=mcfg.input_dim,
-            device=device, on_step=on_step,
+            capacities=capacities, on_step=_StepLogger(reporter, config, epoch, world),
         )  # fmt: skip
         trainer.step = result.step
         metrics = {"step": trainer.step, "epoch": epoch + 1}
-        if result.losses:
-            metrics["train/epoch_loss"] = float(np.mean(result.losses))
+        losses = [v for v in result.losses if np.isfinite(v)]
+        if losses:
+            metrics["train/epoch_loss"] = float(np.mean(losses))
+        if trainer.runner.graphs:
+            metrics["perf/recompiles"] = trainer.runner.stats.recompiles_since_warmup()
         metrics |= _validation(trainer, val_store, config, epoch, rank=rank, device=device)
         reporter.log(metrics, trainer.step)
         reporter.report(metrics, trainer.step)
+
+
+def _plan_settings(config: PretrainConfig) -> dict[str, Any]:
+    """The :func:`lvmae.mae.sequences.token_epoch_plan` settings of ``config``."""
+    return {
+        "batch_tokens": config.batch_tokens, "accumulate": config.accumulate,
+        "ratio": config.mask_ratio, "decoder_fraction": config.decoder_fraction,
+        "max_tokens": config.max_tokens, "mode": config.window,
+        "min_window_s": config.min_window_s, "segment_s": config.segment_s,
+    }  # fmt: skip
 
 
 def _validation(
@@ -398,25 +476,91 @@ def _validation(
 # --------------------------------------------------------------------------- driver
 
 
-def batch_plan(config: PretrainConfig, n_train: int) -> tuple[int, int, float, int]:
-    """``(per-worker batch, global batch, peak lr, steps per epoch)`` for ``n_train``
-    training videos. ``batch_size`` is per worker (the reference code's and MAE's
-    convention); each worker gets ``ceil(n_train / workers)`` videos an epoch
-    (:func:`lvmae.mae.sequences.epoch_indices`) and drops its last incomplete batch, so
-    ``steps per epoch = ceil(n_train / workers) // per-worker batch``. A data set too
-    small for ``batch_size`` gets a smaller batch, and the lr (``blr * global / 256``)
-    follows the batch actually used. Logged at start."""
+@dataclass(frozen=True)
+class BatchPlan:
+    """How a run batches its training videos (logged at start and to MLflow).
+
+    Attributes:
+        per_worker_batch: windows per micro-batch per worker (None under token budgets).
+        global_batch: windows per optimizer step over all workers (under token budgets the
+            mean over the run: training videos x epochs / steps).
+        lr: the peak learning rate.
+        epoch_starts: the optimizer step at which each epoch starts, and the run's total
+            (``epochs + 1`` entries).
+        lr_rule: how ``lr`` was set, in words.
+    """
+
+    per_worker_batch: int | None
+    global_batch: float
+    lr: float
+    epoch_starts: list[int]
+    lr_rule: str
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Steps of the first epoch (all epochs alike without token budgets)."""
+        return self.epoch_starts[1] - self.epoch_starts[0]
+
+
+def batch_plan(
+    config: PretrainConfig, n_train: int, lengths: np.ndarray | None = None
+) -> BatchPlan:
+    """The :class:`BatchPlan` of ``n_train`` training videos (``lengths``: their token
+    counts in store order, needed with ``batch_tokens``).
+
+    Windows per step (the paper's): ``batch_size`` is per worker (the reference code's and
+    MAE's convention); each worker gets ``ceil(n_train / workers)`` videos an epoch
+    (:func:`lvmae.mae.sequences.epoch_indices`) and drops its last incomplete step of
+    ``accumulate`` micro-batches, so ``steps per epoch = ceil(n_train / workers) //
+    (per-worker batch x accumulate)``. A data set too small for ``batch_size`` gets a smaller
+    batch. lr = ``blr x global batch / 256`` with global batch = per-worker batch x workers x
+    accumulate (MAE's rule).
+
+    Token budgets (``batch_tokens``): every epoch's plan
+    (:func:`lvmae.mae.sequences.token_epoch_plan`) is computed here to count its steps; the
+    lr follows MAE's rule with the run's mean windows per optimizer step (training videos x
+    epochs / total steps) as the global batch, so a budget that packs as many windows as
+    ``batch_size`` would gets the same lr.
+
+    Raises:
+        ValueError: ``batch_tokens`` without ``lengths``.
+    """
     workers = config.num_workers
-    per_rank = -(-n_train // workers)
-    per_worker_batch = max(1, min(config.batch_size, per_rank))
-    global_batch = per_worker_batch * workers
+    if config.batch_tokens is None:
+        per_rank = -(-n_train // workers)
+        per_worker_batch = max(1, min(config.batch_size, per_rank))
+        global_batch = per_worker_batch * workers * config.accumulate
+        steps = max(1, per_rank // (per_worker_batch * config.accumulate))
+        starts = [steps * e for e in range(config.epochs + 1)]
+        rule = (f"blr x {per_worker_batch} windows x {workers} workers x {config.accumulate} "
+                "micro-batches / 256")  # fmt: skip
+    else:
+        if lengths is None:
+            raise ValueError("batch_plan needs the videos' lengths with batch_tokens")
+        per_worker_batch = None
+        counts = [
+            len(token_epoch_plan(lengths, epoch=e, world=workers, seed=config.seed,
+                                 **_plan_settings(config))[0])
+            for e in range(config.epochs)
+        ]  # fmt: skip
+        starts = [0, *np.cumsum(counts).tolist()]
+        global_batch = n_train * config.epochs / starts[-1]
+        rule = (
+            f"blr x mean windows per step ({global_batch:.1f} = {n_train} videos x "
+            f"{config.epochs} epochs / {starts[-1]} steps; {config.batch_tokens} visible "
+            f"tokens x {workers} workers x {config.accumulate} micro-batches) / 256"
+        )
     lr = config.effective_lr(global_batch)
-    steps_per_epoch = max(1, per_rank // per_worker_batch)
+    if config.lr is not None:
+        rule = "lr set in the config"
     log.warning(
-        "pre-training %d videos on %d workers: %d per worker, global batch %d, peak lr %.3g",
-        n_train, workers, per_worker_batch, global_batch, lr,
+        "pre-training %d videos on %d workers: %s per micro-batch, %d micro-batch(es) per "
+        "step, %.1f windows per step, %d steps per epoch, peak lr %.3g (%s)",
+        n_train, workers,
+        f"{per_worker_batch} windows" if per_worker_batch else f"{config.batch_tokens} tokens",
+        config.accumulate, global_batch, starts[1] - starts[0], lr, rule,
     )  # fmt: skip
-    return per_worker_batch, global_batch, lr, steps_per_epoch
+    return BatchPlan(per_worker_batch, global_batch, lr, [int(v) for v in starts], rule)
 
 
 @dataclass
@@ -621,21 +765,24 @@ def run_pretrain(
                 previous, config, client, mlflow_run_id, run_name=run_name, progress=progress
             )
         data = _prepare_data(embeddings, out, config)
-        per_worker_batch, global_batch, lr, steps_per_epoch = batch_plan(config, data["n_train"])
+        lengths = SequenceStore(data["train_path"]).lengths if config.batch_tokens else None
+        plan = batch_plan(config, data["n_train"], lengths)
         _log_missing_params(client, mlflow_run_id, {
             "data.train_videos": data["n_train"],
             "data.val_videos": data["n_val"],
-            "train.per_worker_batch": per_worker_batch,
-            "train.global_batch": global_batch,
-            "train.steps_per_epoch": steps_per_epoch,
-            "train.lr": lr,
+            "train.per_worker_batch": plan.per_worker_batch,
+            "train.global_batch": plan.global_batch,
+            "train.steps_per_epoch": plan.steps_per_epoch,
+            "train.total_steps": plan.epoch_starts[-1],
+            "train.lr": plan.lr,
+            "train.lr_rule": plan.lr_rule,
         })  # fmt: skip
         trainer = _trainer(config, out, {
             "config": config.model_dump(mode="json"),
             "model_config": mcfg.to_dict(),
-            "steps_per_epoch": steps_per_epoch,
-            "per_worker_batch": per_worker_batch,
-            "lr": lr,
+            "epoch_starts": plan.epoch_starts,
+            "per_worker_batch": plan.per_worker_batch,
+            "lr": plan.lr,
             **data,
             "mlflow_run_id": mlflow_run_id,
             "tracking_uri": tracking_uri,

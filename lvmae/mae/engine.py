@@ -2,12 +2,19 @@
 MAE's ``engine_pretrain.py``): Ray Train's worker loop (:mod:`pipelines.pretrain`) wires
 data shards, DDP, checkpoints and MLflow around these functions.
 
-A batch is what the data pipeline yields per step: ``{"embedding": B flat float32 arrays
-[L_i * D], "length": [B] int}`` — each video's whole ordered sequence. The engine cuts one
-random training window per video (:func:`lvmae.mae.sequences.sample_window`), builds the mask
-(:func:`lvmae.mae.masking.make_mask`), runs the model and scores the reconstruction of the
-masked, non-pad tokens (:func:`lvmae.mae.losses.reconstruction_loss`). Every random draw comes
-from the ``rng`` passed in, so a (seed, rank, epoch) triple fixes the windows and masks.
+A batch is what the data pipeline yields per micro-batch: ``{"embedding": B flat float32
+arrays [L_i * D], "length": [B] int}`` — each video's whole ordered sequence, optionally with
+its planned windows (``start``, ``end`` [B]) and the step's loss normaliser (``denom``) under
+token budgets (:func:`lvmae.mae.sequences.token_epoch_plan`). Training packs each micro-batch's
+windows (:func:`lvmae.mae.packing.pack_windows`) and runs the fixed-shape step
+(:class:`lvmae.mae.step.PackedStep`: mask, model and masked-token loss on the device, compiled
+and replayed as a CUDA graph on GPUs); validation runs the ``[B, L]`` model path
+(:func:`batch_loss`). Every random draw comes from the ``rng`` passed in, so a (seed, rank,
+epoch) triple fixes the windows and masks.
+
+No host synchronisation inside a training step: losses stay on the device until a step that
+logs or checkpoints (``log_every_steps``, ``checkpoint_every_steps``, the epoch's last), where
+they are read, checked for finiteness and handed to ``on_step`` in order.
 
 Source: Naiman et al., "LV-MAE", ICCV 2025, §3.2 and §4 (docs/design.md, "Reference facts").
 """
@@ -24,26 +31,40 @@ from torch import Tensor, nn
 from lvmae.config import PretrainConfig
 from lvmae.mae.losses import reconstruction_loss
 from lvmae.mae.masking import decoder_subset, make_mask
+from lvmae.mae.packing import Capacity, pack_windows
 from lvmae.mae.sequences import collate, sample_window
+from lvmae.mae.step import PackedStep
 
 Batch = Mapping[str, np.ndarray]
+
+
+def batch_windows(
+    batch: Batch, dim: int, config: PretrainConfig, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """One contiguous window ``[n_i, D]`` per video of ``batch``: the planned ``start``/``end``
+    when the batch carries them, else a random one (``config.window`` mode, at most
+    ``config.max_tokens`` tokens, from ``rng``)."""
+    seqs = []
+    planned = "start" in batch
+    for i, (flat, length) in enumerate(zip(batch["embedding"], batch["length"], strict=True)):
+        seq = np.asarray(flat, dtype=np.float32).reshape(int(length), dim)
+        if planned:
+            start, end = int(batch["start"][i]), int(batch["end"][i])
+        else:
+            start, end = sample_window(
+                len(seq), config.max_tokens, rng, mode=config.window,
+                min_window_s=config.min_window_s, segment_s=config.segment_s,
+            )  # fmt: skip
+        seqs.append(seq[start:end])
+    return seqs
 
 
 def window_batch(
     batch: Batch, dim: int, config: PretrainConfig, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One random contiguous window per video (``config.window`` mode, at most
-    ``config.max_tokens`` tokens) → ``x`` float32 ``[B, L, D]`` and ``real`` bool ``[B, L]``
-    (False at [PAD])."""
-    seqs = []
-    for flat, length in zip(batch["embedding"], batch["length"], strict=True):
-        seq = np.asarray(flat, dtype=np.float32).reshape(int(length), dim)
-        start, end = sample_window(
-            len(seq), config.max_tokens, rng, mode=config.window,
-            min_window_s=config.min_window_s, segment_s=config.segment_s,
-        )  # fmt: skip
-        seqs.append(seq[start:end])
-    return collate(seqs, config.max_tokens)
+    """One random contiguous window per video (:func:`batch_windows`) → ``x`` float32
+    ``[B, L, D]`` and ``real`` bool ``[B, L]`` (False at [PAD])."""
+    return collate(batch_windows(batch, dim, config, rng), config.max_tokens)
 
 
 def batch_loss(
@@ -82,69 +103,116 @@ def batch_loss(
 @dataclass
 class EpochResult:
     """What :func:`train_one_epoch` did: the optimizer ``step`` reached, the per-step
-    ``losses`` and the real ``tokens`` seen (this process only)."""
+    ``losses`` (this worker's mean over its scored tokens; NaN for a step in which it had no
+    micro-batch) and the real ``tokens`` seen (this process only)."""
 
     step: int
     losses: list[float] = field(default_factory=list)
     tokens: int = 0
 
 
+def _due(step: int, config: PretrainConfig) -> bool:
+    """Whether ``step`` logs or checkpoints (its loss must be read now)."""
+    return step % config.log_every_steps == 0 or step % config.checkpoint_every_steps == 0
+
+
 def train_one_epoch(
-    model: nn.Module,
+    runner: PackedStep,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    batches: Iterable[Batch],
+    steps: Iterable[Batch | list[Batch] | None],
     config: PretrainConfig,
     *,
     epoch: int,
     step: int,
-    steps_per_epoch: int,
+    first_step: int,
+    steps_in_epoch: int,
     rng: np.random.Generator,
     dim: int,
-    device: torch.device,
+    capacities: list[Capacity] | None = None,
     on_step: Callable[[int, float, int, bool], None] | None = None,
 ) -> EpochResult:
-    """Train one epoch: at most ``steps_per_epoch`` optimizer steps over ``batches``,
-    skipping the batches already done when resuming mid-epoch (``step`` counts the steps
-    of all epochs so far).
+    """Train one epoch: at most ``steps_in_epoch`` optimizer steps over ``steps`` (each a
+    micro-batch or a list of micro-batches whose gradients add up before the step), skipping
+    the steps already done when resuming mid-epoch (``step`` counts the steps of all epochs
+    so far; the epoch starts at step ``first_step``).
+
+    Per optimizer step: every micro-batch is packed (into the smallest of ``capacities``, or
+    at its exact shape) and run by ``runner``, whose gradient buffer is then averaged over the
+    workers, clipped (``clip_grad``), applied (AdamW) and zeroed. The loss normaliser is the
+    step's scored tokens on this worker (DDP then averages the workers' means), or the
+    batches' ``denom`` under token budgets (the mean over every worker's tokens).
 
     Args:
-        on_step: called after every step with (step, loss, real tokens of the batch,
-            whether this was the epoch's last step) — where the caller logs metrics and
-            checkpoints.
+        on_step: called after every step with (step, loss, real tokens of the step, whether
+            this was the epoch's last step) — where the caller logs metrics and checkpoints.
+            Calls come in order, in bursts at steps that log or checkpoint (see the module
+            docstring), so the model then holds exactly that step's weights.
 
     Returns:
         The :class:`EpochResult`.
 
     Raises:
-        FloatingPointError: a non-finite loss; training stops loudly (as MAE does).
+        FloatingPointError: a non-finite loss; training stops loudly (as MAE does), at the
+            first step that reads the losses (at most ``log_every_steps`` steps later).
     """
-    model.train()
+    runner.model.train()
     result = EpochResult(step=step)
-    skip = step - epoch * steps_per_epoch
-    for i, batch in enumerate(batches):
-        if i >= steps_per_epoch:
+    skip = step - first_step
+    pending: list[tuple[int, Tensor | None, int, bool]] = []
+    for i, item in enumerate(steps):
+        if i >= steps_in_epoch:
             break
         if i < skip:
             continue
-        loss, n_tokens = batch_loss(model, batch, config, rng, dim=dim, device=device, train=True)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite training loss ({loss.item()}) at step {result.step} (epoch "
-                f"{epoch}); lower the learning rate (blr/lr) or set clip_grad"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        micro = [] if item is None else [item] if isinstance(item, Mapping) else list(item)
+        packed = [
+            pack_windows(batch_windows(b, dim, config, rng), rng, ratio=config.mask_ratio,
+                         decoder_fraction=config.decoder_fraction, capacities=capacities)
+            for b in micro
+        ]  # fmt: skip
+        denom = micro[0]["denom"] if micro and "denom" in micro[0] else None
+        if denom is None:
+            denom = sum(p.scored_tokens for p in packed)
+        err = count = None
+        for p in packed:
+            e, c = runner(p, denom)
+            err, count = (e, c) if err is None else (err + e, count + c)
+        runner.all_reduce_grads()
         if config.clip_grad:
-            nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+            nn.utils.clip_grad_norm_(runner.model.parameters(), config.clip_grad)
         optimizer.step()
         scheduler.step()
+        runner.zero_grad()
         result.step += 1
+        n_tokens = sum(p.real_tokens for p in packed)
         result.tokens += n_tokens
-        result.losses.append(loss.item())
-        if on_step is not None:
-            on_step(result.step, result.losses[-1], n_tokens, i + 1 >= steps_per_epoch)
+        last = i + 1 >= steps_in_epoch
+        scored = sum(p.scored_tokens for p in packed)
+        pending.append((result.step, err / count if scored else None, n_tokens, last))
+        if last or _due(result.step, config):
+            _flush(pending, result, on_step, epoch)
+    _flush(pending, result, on_step, epoch)
     return result
+
+
+def _flush(pending: list, result: EpochResult, on_step, epoch: int) -> None:
+    """Read the pending steps' losses (one host sync), check them and report them in order."""
+    if not pending:
+        return
+    device_losses = [loss for _, loss, _, _ in pending if loss is not None]
+    values = iter(torch.stack(device_losses).tolist() if device_losses else [])
+    for step, loss, n_tokens, last in pending:
+        value = float("nan") if loss is None else next(values)
+        if loss is not None and not np.isfinite(value):
+            raise FloatingPointError(
+                f"non-finite training loss ({value}) at step {step} (epoch {epoch}); lower the "
+                "learning rate (blr/lr) or set clip_grad"
+            )
+        result.losses.append(value)
+        if on_step is not None:
+            on_step(step, value, n_tokens, last)
+    pending.clear()
 
 
 @torch.no_grad()

@@ -31,43 +31,20 @@ from torch import Tensor
 
 from lvmae.mae.losses import token_errors
 from lvmae.mae.masking import MASK_KINDS, masked_count, rank_in_sequence, subset_count
+from lvmae.mae.sequences import keep_count, max_windows, scored_count
 
 __all__ = [
     "Capacity",
     "PackedWindows",
     "bucket_capacities",
-    "keep_count",
     "needed_capacity",
     "pack_windows",
     "packed_loss",
     "pick_capacity",
-    "plan_token_batches",
     "token_budget_capacity",
 ]
 
 ROW_QUANTUM = 64  # capacities are multiples of this many rows (kernel-friendly shapes)
-VISIBLE_PER_WINDOW_SLOT = 32
-"""A token-budget micro-batch of ``batch_tokens`` visible tokens holds at most
-``ceil(batch_tokens / 32)`` windows (see :func:`plan_token_batches`), which keeps the encoder's
-[CLS] rows within 3 % of the budget; windows of 64 tokens or more never reach the limit."""
-
-
-def keep_count(n: np.ndarray | int, ratio: float) -> np.ndarray:
-    """Visible tokens of windows of ``n`` tokens at mask ratio ``ratio``, on the host:
-    ``int(n * (1 - ratio))``, at least 1, at most ``n`` (:func:`lvmae.mae.masking.mask_counts`).
-    int64 array of ``n``'s shape."""
-    n = np.asarray(n, dtype=np.int64)
-    keep = np.floor(n.astype(np.float64) * (1.0 - float(ratio))).astype(np.int64)
-    return np.minimum(np.maximum(keep, 1), n)
-
-
-def _scored_count(n: np.ndarray, ratio: float, fraction: float) -> np.ndarray:
-    """Masked tokens scored by the loss per window (:func:`lvmae.mae.masking.subset_count`)."""
-    m = n - keep_count(n, ratio)
-    if fraction >= 1.0:
-        return m
-    keep = np.ceil(m.astype(np.float64) * float(fraction) - 1e-9).astype(np.int64)
-    return np.minimum(np.maximum(keep, (m > 0).astype(np.int64)), m)
 
 
 @dataclass(frozen=True, order=True)
@@ -148,51 +125,15 @@ def pick_capacity(need: Capacity, capacities: Sequence[Capacity] | None) -> Capa
     raise ValueError(f"a batch needing {need} fits none of the capacities {list(capacities)}")
 
 
-def max_windows(batch_tokens: int) -> int:
-    """Most windows in one micro-batch of ``batch_tokens`` visible tokens."""
-    return max(1, -(-batch_tokens // VISIBLE_PER_WINDOW_SLOT))
-
-
 def token_budget_capacity(batch_tokens: int, max_tokens: int, ratio: float) -> Capacity:
-    """The largest :class:`Capacity` a micro-batch of :func:`plan_token_batches` can need: at
-    most ``batch_tokens`` visible tokens in at most :func:`max_windows` windows. A window of
+    """The largest :class:`Capacity` a micro-batch of
+    :func:`lvmae.mae.sequences.plan_token_batches` can need: at most ``batch_tokens`` visible
+    tokens in at most :func:`lvmae.mae.sequences.max_windows` windows. A window of
     ``n`` tokens keeps ``k`` visible with ``n < (k + 1) / (1 - ratio)``, which bounds the
     token rows."""
     s = max_windows(batch_tokens)
     tokens = min(s * max_tokens, math.floor((batch_tokens + s) / (1.0 - ratio)))
     return Capacity(tokens, s, batch_tokens + s, tokens + s)
-
-
-def plan_token_batches(
-    window_lengths: Sequence[int] | np.ndarray, batch_tokens: int, ratio: float
-) -> list[np.ndarray]:
-    """Cut windows, in the given order, into consecutive micro-batches of at most
-    ``batch_tokens`` visible tokens (``keep_count`` of each window) and at most
-    :func:`max_windows` windows ("max tokens" batching, as fairseq and Megatron-LM do, on the
-    tokens the encoder sees). Every window lands in exactly one micro-batch; order is kept.
-
-    Returns:
-        int64 index arrays into ``window_lengths``, one per micro-batch.
-
-    Raises:
-        ValueError: a window alone has more visible tokens than ``batch_tokens``.
-    """
-    keep = keep_count(np.asarray(window_lengths, dtype=np.int64), ratio)
-    if len(keep) and keep.max() > batch_tokens:
-        raise ValueError(
-            f"a window keeps {int(keep.max())} visible tokens, more than batch_tokens="
-            f"{batch_tokens}: raise batch_tokens or lower max_tokens"
-        )
-    limit = max_windows(batch_tokens)
-    batches, start, total = [], 0, 0
-    for i, k in enumerate(keep):
-        if i > start and (total + k > batch_tokens or i - start >= limit):
-            batches.append(np.arange(start, i))
-            start, total = i, 0
-        total += int(k)
-    if start < len(keep):
-        batches.append(np.arange(start, len(keep)))
-    return batches
 
 
 @dataclass
@@ -256,7 +197,7 @@ def pack_windows(
     slots[: len(lengths)] = lengths
     noise = rng.random(cap.tokens, dtype=np.float32)
     subset_noise = rng.random(cap.tokens, dtype=np.float32)
-    scored = int(_scored_count(lengths, ratio, decoder_fraction).sum())
+    scored = int(scored_count(lengths, ratio, decoder_fraction).sum())
     return PackedWindows(
         x, slots, noise, subset_noise, cap, int(lengths.sum()), scored, tuple(map(int, lengths))
     )

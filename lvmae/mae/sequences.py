@@ -31,6 +31,10 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 WINDOW_MODES = ("cap", "random")
+VISIBLE_PER_WINDOW_SLOT = 32
+"""A token-budget micro-batch of ``batch_tokens`` visible tokens holds at most
+``ceil(batch_tokens / 32)`` windows (see :func:`plan_token_batches`), which keeps the encoder's
+[CLS] rows within 3 % of the budget; windows of 64 tokens or more never reach the limit."""
 
 
 def _embedding_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -451,3 +455,195 @@ def epoch_batches(
     indices = epoch_indices(len(store), epoch=epoch, rank=rank, world=world, seed=seed)
     for i, chunk in enumerate(index_batches(indices, batch_size)):
         yield None if i < skip else store.batch(chunk)
+
+
+# --------------------------------------------------------------------------- token budgets
+
+
+def keep_count(n: np.ndarray | int, ratio: float) -> np.ndarray:
+    """Visible tokens of windows of ``n`` tokens at mask ratio ``ratio``, on the host:
+    ``int(n * (1 - ratio))``, at least 1, at most ``n`` (:func:`lvmae.mae.masking.mask_counts`).
+    int64 array of ``n``'s shape."""
+    n = np.asarray(n, dtype=np.int64)
+    keep = np.floor(n.astype(np.float64) * (1.0 - float(ratio))).astype(np.int64)
+    return np.minimum(np.maximum(keep, 1), n)
+
+
+def scored_count(n: np.ndarray, ratio: float, fraction: float) -> np.ndarray:
+    """Masked tokens scored by the loss per window (:func:`lvmae.mae.masking.subset_count`)."""
+    m = n - keep_count(n, ratio)
+    if fraction >= 1.0:
+        return m
+    keep = np.ceil(m.astype(np.float64) * float(fraction) - 1e-9).astype(np.int64)
+    return np.minimum(np.maximum(keep, (m > 0).astype(np.int64)), m)
+
+
+def max_windows(batch_tokens: int) -> int:
+    """Most windows in one micro-batch of ``batch_tokens`` visible tokens."""
+    return max(1, -(-batch_tokens // VISIBLE_PER_WINDOW_SLOT))
+
+
+def plan_token_batches(
+    window_lengths: Sequence[int] | np.ndarray, batch_tokens: int, ratio: float
+) -> list[np.ndarray]:
+    """Cut windows, in the given order, into consecutive micro-batches of at most
+    ``batch_tokens`` visible tokens (``keep_count`` of each window) and at most
+    :func:`max_windows` windows ("max tokens" batching, as fairseq and Megatron-LM do, on the
+    tokens the encoder sees). Every window lands in exactly one micro-batch; order is kept.
+
+    Returns:
+        int64 index arrays into ``window_lengths``, one per micro-batch.
+
+    Raises:
+        ValueError: a window alone has more visible tokens than ``batch_tokens``.
+    """
+    keep = keep_count(np.asarray(window_lengths, dtype=np.int64), ratio)
+    if len(keep) and keep.max() > batch_tokens:
+        raise ValueError(
+            f"a window keeps {int(keep.max())} visible tokens, more than batch_tokens="
+            f"{batch_tokens}: raise batch_tokens or lower max_tokens"
+        )
+    limit = max_windows(batch_tokens)
+    batches, start, total = [], 0, 0
+    for i, k in enumerate(keep):
+        if i > start and (total + k > batch_tokens or i - start >= limit):
+            batches.append(np.arange(start, i))
+            start, total = i, 0
+        total += int(k)
+    if start < len(keep):
+        batches.append(np.arange(start, len(keep)))
+    return batches
+
+
+def sample_windows(
+    lengths: np.ndarray,
+    max_tokens: int,
+    rng: np.random.Generator,
+    *,
+    mode: str = "cap",
+    min_window_s: float = 10.0,
+    segment_s: float = 5.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`sample_window` for many videos at once (the same distribution; one vectorised
+    draw per quantity, so not the same numbers as calling it video by video).
+
+    Returns:
+        int64 ``starts`` and ``ends`` ``[len(lengths)]``, ``0 <= start < end <= length``.
+
+    Raises:
+        ValueError: a length below 1, or the errors of :func:`sample_window`.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if len(lengths) and lengths.min() < 1:
+        raise ValueError("every video needs at least one token")
+    sample_window(1, max_tokens, np.random.default_rng(0), mode=mode,
+                  min_window_s=min_window_s, segment_s=segment_s)  # fmt: skip  # validates
+    if mode == "cap":
+        n = np.minimum(lengths, max_tokens)
+    else:
+        lo, hi = math.ceil(min_window_s - 1e-9), math.floor(max_tokens * segment_s + 1e-9)
+        duration = rng.integers(lo, hi + 1, size=len(lengths))
+        n = np.maximum(1, np.minimum(np.minimum(duration // segment_s, lengths), max_tokens))
+        n = n.astype(np.int64)
+    starts = rng.integers(0, lengths - n + 1) if len(lengths) else np.zeros(0, np.int64)
+    return starts.astype(np.int64), (starts + n).astype(np.int64)
+
+
+def token_epoch_plan(
+    lengths: np.ndarray,
+    *,
+    epoch: int,
+    world: int,
+    seed: int,
+    batch_tokens: int,
+    accumulate: int,
+    ratio: float,
+    decoder_fraction: float,
+    max_tokens: int,
+    mode: str = "cap",
+    min_window_s: float = 10.0,
+    segment_s: float = 5.0,
+) -> tuple[list[list[list[np.ndarray]]], np.ndarray]:
+    """The optimizer steps of one token-budget epoch, the same on every worker.
+
+    From ``(seed, epoch)`` alone: a permutation of all ``len(lengths)`` training videos, one
+    random window each (:func:`sample_windows`), the windows cut in that order into
+    micro-batches of at most ``batch_tokens`` visible tokens (:func:`plan_token_batches`),
+    and ``world * accumulate`` consecutive micro-batches per optimizer step, dealt to the
+    workers in turn (worker ``r`` takes micro-batches ``r, r + world, ...`` of the step). Every
+    video is used exactly once per epoch; the last step may give some workers fewer
+    micro-batches (or none). Every worker computes the whole plan, so each knows every
+    step's token count (the loss normaliser) without communicating.
+
+    Args:
+        lengths: int ``[n]`` tokens of each training video (store order).
+        the rest: the settings of :class:`lvmae.config.PretrainConfig`.
+
+    Returns:
+        ``steps[k][r]``: the micro-batches of worker ``r`` in step ``k``, each int64 ``[m, 3]``
+        rows ``(video index, window start, window end)``; and int64 ``[len(steps)]``, the
+        masked tokens the loss scores in each step over all workers.
+
+    Raises:
+        ValueError: ``world`` or ``accumulate`` below 1, or the errors of
+            :func:`plan_token_batches` and :func:`sample_windows`.
+    """
+    if world < 1 or accumulate < 1:
+        raise ValueError(f"world and accumulate must be >= 1, got {world} and {accumulate}")
+    lengths = np.asarray(lengths, dtype=np.int64)
+    rng = np.random.default_rng([int(seed) % 2**64, int(epoch), 7])
+    order = rng.permutation(len(lengths)).astype(np.int64)
+    starts, ends = sample_windows(lengths[order], max_tokens, rng, mode=mode,
+                                  min_window_s=min_window_s, segment_s=segment_s)  # fmt: skip
+    rows = np.stack([order, starts, ends], axis=1)
+    micro = [rows[idx] for idx in plan_token_batches(ends - starts, batch_tokens, ratio)]
+    per_step = world * accumulate
+    steps, scored = [], []
+    for k in range(0, len(micro), per_step):
+        chunk = micro[k : k + per_step]
+        steps.append([chunk[r::world] for r in range(world)])
+        windows = np.concatenate([m[:, 2] - m[:, 1] for m in chunk])
+        scored.append(int(scored_count(windows, ratio, decoder_fraction).sum()))
+    return steps, np.asarray(scored, dtype=np.int64)
+
+
+def step_batches(
+    store: SequenceStore,
+    plan: list[list[list[np.ndarray]]] | None = None,
+    scored: np.ndarray | None = None,
+    *,
+    rank: int,
+    world: int,
+    skip: int = 0,
+    videos: Iterator[dict[str, np.ndarray] | None] | None = None,
+    accumulate: int = 1,
+) -> Iterator[list[dict[str, np.ndarray]] | None]:
+    """One worker's optimizer steps of an epoch, each a list of micro-batches read from
+    ``store`` when reached (the first ``skip`` steps yield ``None``, reading nothing).
+
+    Token budgets: from ``plan`` / ``scored`` (:func:`token_epoch_plan`); each micro-batch
+    carries its windows (``start``, ``end`` int64 ``[B]``) and ``denom``, the step's scored
+    tokens over all workers divided by ``world``. Windows of videos: from ``videos``
+    (:func:`epoch_batches`, whose ``skip`` counts micro-batches: pass ``skip * accumulate``),
+    grouped ``accumulate`` micro-batches per step (an incomplete last step is dropped, as the
+    batches themselves are).
+    """
+    if plan is not None:
+        for k, per_rank in enumerate(plan):
+            if k < skip:
+                yield None
+                continue
+            out = []
+            for rows in per_rank[rank]:
+                batch = store.batch(rows[:, 0])
+                batch["start"], batch["end"] = rows[:, 1], rows[:, 2]
+                batch["denom"] = float(scored[k]) / world
+                out.append(batch)
+            yield out
+        return
+    group: list = []
+    for batch in videos or ():
+        group.append(batch)
+        if len(group) == accumulate:
+            yield None if any(b is None for b in group) else group
+            group = []

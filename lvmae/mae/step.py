@@ -130,7 +130,8 @@ class PackedStep:
     Args:
         model: an :class:`lvmae.mae.model.LVMAE` on ``device`` (not DDP-wrapped: gradients are
             synchronised by :meth:`all_reduce_grads`).
-        kind, ratio, decoder_fraction, loss: masking and loss (:func:`lvmae.mae.packing.packed_loss`).
+        kind, ratio, decoder_fraction, loss: masking and loss
+            (:func:`lvmae.mae.packing.packed_loss`).
         device: where the model lives.
         precision: ``"bf16"`` (autocast to bfloat16; CUDA's default) or ``"fp32"``.
         backend: attention kernel (:data:`lvmae.mae.model.ATTENTION_BACKENDS`).

@@ -325,3 +325,33 @@ def test_pretrain_command_rejects_a_bad_override_before_any_work(
     assert exit_info.value.code == 1
     assert "expected SECTION.FIELD=VALUE" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_token_budget_run_with_accumulation_logs_its_lr_rule_and_resumes_on_schedule(
+    sample_extraction, tmp_path
+):
+    """``batch_tokens`` with 2 micro-batches per step on 2 gloo workers: the run logs its lr
+    rule and step plan, every step's lr is the warm-up + cosine schedule over the planned
+    steps, and a rerun for one more epoch resumes at the checkpoint's step and lr."""
+    from lvmae.mae.optim import lr_schedule
+
+    config = small_pretrain_config(run_name="tokens", batch_tokens=8, accumulate=2, epochs=2,
+                                   warmup_epochs=1)  # fmt: skip
+    out = tmp_path / "out"
+    first = run_pretrain(str(sample_extraction), str(out), config)
+    client = mlflow_client(out)
+    params = client.get_run(first.mlflow_run_id).data.params
+    assert params["train.lr_rule"].startswith("blr x mean windows per step")
+    total = int(params["train.total_steps"])
+    assert first.metrics["step"] == total == load_checkpoint(first.checkpoint)["step"]
+    peak, warmup = float(params["train.lr"]), int(params["train.steps_per_epoch"])
+    for m in client.get_metric_history(first.mlflow_run_id, "lr"):
+        expected = lr_schedule(m.step, total_steps=total, warmup_steps=warmup, base_lr=peak)
+        assert m.value == pytest.approx(expected, rel=1e-6), m.step
+    state = load_checkpoint(first.checkpoint)
+    assert state["scheduler_state"] and state["optimizer_state"]
+
+    second = run_pretrain(str(sample_extraction), str(out), config.model_copy(update={"epochs": 3}))
+    resumed = client.get_metric_history(second.mlflow_run_id, "resumed_from_step")
+    assert [int(m.value) for m in resumed] == [total]
+    assert second.metrics["epoch"] == 3 and second.metrics["step"] > total

@@ -54,7 +54,8 @@ def test_each_epoch_is_a_new_global_permutation_over_two_ranks(ray_local, tmp_pa
     path = write_sequence_store(train_ds, tmp_path / "sequences" / "train")
     store = SequenceStore(path)
     assert len(store) == N_VIDEOS and len(store.video_ids) == len(set(store.video_ids))
-    per_worker_batch, _, _, steps_per_epoch = batch_plan(config, len(store))
+    plan = batch_plan(config, len(store))
+    per_worker_batch, steps_per_epoch = plan.per_worker_batch, plan.steps_per_epoch
     orders = []
     for epoch in (0, 1):
         ranks = [
@@ -103,3 +104,40 @@ def test_video_sequences_are_the_same_under_either_shuffle(ray_local, tmp_path, 
         for v, (n, flat) in got.items():
             assert flat == [float(i) for i in range(n) for _ in range(D)], v
     assert DataContext.get_current().shuffle_strategy == session
+
+
+@pytest.mark.slow
+def test_token_budget_epochs_use_every_video_once_and_the_same_plan_on_two_ranks(
+    ray_local, tmp_path
+):
+    """Token budgets on 2 ranks, read as ``train_loop_per_worker`` reads them: both ranks
+    compute the same plan (the driver's step count), their micro-batches are disjoint and
+    together use every training video exactly once per epoch, no micro-batch exceeds the
+    visible-token budget, and every micro-batch of a step carries the same normaliser."""
+    from lvmae.mae.sequences import keep_count, step_batches, token_epoch_plan
+
+    config = PretrainConfig(preset="tiny", num_workers=2, batch_tokens=8, accumulate=2,
+                            val_fraction=0.0, max_tokens=8, seed=5, epochs=2,
+                            warmup_epochs=0)  # fmt: skip
+    train_ds, _ = sequence_datasets(str(write_segments(tmp_path / "emb")), config)
+    store = SequenceStore(write_sequence_store(train_ds, tmp_path / "sequences" / "train"))
+    plan = batch_plan(config, len(store), store.lengths)
+    settings = {"batch_tokens": 8, "accumulate": 2, "ratio": 0.5, "decoder_fraction": 1.0,
+                "max_tokens": 8, "mode": "cap", "min_window_s": 10.0, "segment_s": 5.0}
+    for epoch in range(config.epochs):
+        per_rank = []
+        for rank in (0, 1):
+            steps, scored = token_epoch_plan(store.lengths, epoch=epoch, world=2, seed=5,
+                                             **settings)  # fmt: skip
+            assert len(steps) == plan.epoch_starts[epoch + 1] - plan.epoch_starts[epoch]
+            per_rank.append(list(step_batches(store, steps, scored, rank=rank, world=2)))
+        seen = []
+        for rank_steps in per_rank:
+            for micro in rank_steps:
+                assert len(micro) <= 2 and len({b["denom"] for b in micro}) <= 1
+                for b in micro:
+                    assert keep_count(b["end"] - b["start"], 0.5).sum() <= 8
+                    seen += [str(v) for v in b["video_id"]]
+        assert sorted(seen) == sorted(store.video_ids.tolist())
+    assert plan.global_batch == len(store) * config.epochs / plan.epoch_starts[-1]
+    assert plan.lr == pytest.approx(config.blr * plan.global_batch / 256)

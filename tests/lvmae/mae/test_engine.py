@@ -11,6 +11,7 @@ from lvmae.config import PretrainConfig
 from lvmae.mae.engine import batch_loss, evaluate, train_one_epoch, window_batch
 from lvmae.mae.model import LVMAE, model_config
 from lvmae.mae.optim import build_optimizer, build_scheduler
+from lvmae.mae.step import PackedStep
 
 DIM = 16
 
@@ -36,9 +37,11 @@ def setup(lr: float = 3e-3, **fields):
     )
     torch.manual_seed(0)
     model = LVMAE(model_config("tiny", input_dim=DIM, max_tokens=16))
+    runner = PackedStep(model, kind=config.masking, ratio=config.mask_ratio,
+                        device=torch.device("cpu"))  # fmt: skip
     optimizer = build_optimizer(model, lr=config.effective_lr(), weight_decay=0.0)
     scheduler = build_scheduler(optimizer, total_steps=1000, warmup_steps=0)
-    return config, model, optimizer, scheduler
+    return config, runner, optimizer, scheduler
 
 
 def val_loss(model, config, batches):
@@ -50,15 +53,15 @@ def val_loss(model, config, batches):
 
 @pytest.mark.slow
 def test_training_epochs_lower_the_validation_loss():
-    config, model, optimizer, scheduler = setup()
+    config, runner, optimizer, scheduler = setup()
+    model = runner.model
     data, held_out = toy_batches(seed=0), toy_batches(n_batches=3, seed=1)
     before = val_loss(model, config, held_out)
     step = 0
     for epoch in range(5):
         result = train_one_epoch(
-            model, optimizer, scheduler, data, config, epoch=epoch, step=step,
-            steps_per_epoch=len(data), rng=np.random.default_rng(epoch), dim=DIM,
-            device=torch.device("cpu"),
+            runner, optimizer, scheduler, data, config, epoch=epoch, step=step,
+            first_step=step, steps_in_epoch=len(data), rng=np.random.default_rng(epoch), dim=DIM,
         )  # fmt: skip
         assert result.step == step + len(data) and len(result.losses) == len(data)
         step = result.step
@@ -67,23 +70,23 @@ def test_training_epochs_lower_the_validation_loss():
 
 
 def test_a_non_finite_loss_stops_training_loudly():
-    config, model, optimizer, scheduler = setup()
+    config, runner, optimizer, scheduler = setup()
     data = toy_batches(n_batches=2)
     data[1]["embedding"][0][:] = np.nan
-    with pytest.raises(FloatingPointError, match=r"non-finite training loss .* at step 1"):
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss .* at step 2"):
         train_one_epoch(
-            model, optimizer, scheduler, data, config, epoch=0, step=0, steps_per_epoch=2,
-            rng=np.random.default_rng(0), dim=DIM, device=torch.device("cpu"),
+            runner, optimizer, scheduler, data, config, epoch=0, step=0, first_step=0,
+            steps_in_epoch=2, rng=np.random.default_rng(0), dim=DIM,
         )  # fmt: skip
 
 
 def test_resuming_mid_epoch_skips_the_done_batches_and_calls_back_each_step():
-    config, model, optimizer, scheduler = setup()
+    config, runner, optimizer, scheduler = setup()
     data = toy_batches(n_batches=5)
     seen = []
     result = train_one_epoch(
-        model, optimizer, scheduler, data, config, epoch=1, step=5 + 3, steps_per_epoch=5,
-        rng=np.random.default_rng(0), dim=DIM, device=torch.device("cpu"),
+        runner, optimizer, scheduler, data, config, epoch=1, step=5 + 3, first_step=5,
+        steps_in_epoch=5, rng=np.random.default_rng(0), dim=DIM,
         on_step=lambda step, loss, tokens, last: seen.append((step, tokens > 0, last)),
     )  # fmt: skip
     assert result.step == 10 and len(result.losses) == 2
@@ -91,7 +94,8 @@ def test_resuming_mid_epoch_skips_the_done_batches_and_calls_back_each_step():
 
 
 def test_validation_is_reproducible_and_windows_respect_the_cap():
-    config, model, _, _ = setup()
+    config, runner, _, _ = setup()
+    model = runner.model
     data = toy_batches(n_batches=2)
     assert val_loss(model, config, data) == val_loss(model, config, data)
     x, real = window_batch(

@@ -1,5 +1,5 @@
-"""The fixed-shape packed training step (lvmae.packing, lvmae.step): the same loss and
-gradients as the [B, L] model path, masks equal to lvmae.masking's, gradient accumulation in
+"""The fixed-shape packed training step (lvmae.mae.packing, lvmae.mae.step): the same loss and
+gradients as the [B, L] model path, masks equal to lvmae.mae.masking's, gradient accumulation in
 the flat buffer, token-budget batches; on a GPU, a replayed CUDA graph with no host sync."""
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def test_fixed_shape_step_equals_the_model_path(kind, backend, bucketed, fractio
 
 
 def test_packed_masks_equal_the_batch_masks():
-    """Given the same noise per token, the packed masks are lvmae.masking's: random (exact
+    """Given the same noise per token, the packed masks are lvmae.mae.masking's: random (exact
     counts), semantic (scene changes kept) and the decoder subset."""
     windows = _windows()
     batch = pack_windows(windows, np.random.default_rng(3), ratio=0.5, decoder_fraction=0.4)
