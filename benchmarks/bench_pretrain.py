@@ -52,13 +52,12 @@ from lvmae.mae.masking import random_mask
 from lvmae.mae.model import LVMAE, model_config, sincos_positions
 from lvmae.mae.packing import (
     bucket_capacities,
-    keep_count,
     needed_capacity,
     pack_windows,
     packed_loss,
-    plan_token_batches,
     token_budget_capacity,
 )
+from lvmae.mae.sequences import keep_count, plan_token_batches
 from lvmae.mae.step import PackedStep, compile_counters
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, SXM

@@ -238,7 +238,8 @@ class DropPath(nn.Module):
         """``x`` ``[B, ...]`` → same shape, rescaled by ``1/(1-p)`` where kept.
 
         With ``sample`` (long ``[T]``, the video of each row of a packed ``x`` ``[T, C]``,
-        videos numbered ``0..B-1``), one draw per video is shared by all its rows.
+        videos numbered ``0..B-1``; or a :class:`RowLayout`, whose ``S`` windows each get a
+        draw without a host sync), one draw per video is shared by all its rows.
         """
         if not self.training or self.p == 0.0:
             return x
@@ -469,6 +470,12 @@ class Block(nn.Module):
         x = x + self.drop_path(self.attn(self.norm1(x), attend, packing), sample)
         return x + self.drop_path(self.mlp(self.norm2(x)), sample)
 
+    def rows(self, x: Tensor, layout: RowLayout) -> Tensor:
+        """The block over a fixed-shape packed stack ``x`` ``[T, C]`` (:class:`RowLayout`):
+        what :meth:`LVMAE.forward_rows` calls, and what :class:`lvmae.mae.step.PackedStep`
+        replaces with its compiled version (so the ``[B, L]`` paths stay eager)."""
+        return self.forward(x, None, layout)
+
 
 def _key_mask(valid: Tensor) -> Tensor:
     """bool ``[B, S]`` of valid tokens, with a leading always-valid [CLS] → ``[B, 1, 1, 1+S]``."""
@@ -674,7 +681,7 @@ class LVMAE(nn.Module):
         full = self.mask_token[0].to(h.dtype).expand(len(dec.index), Dd)
         h = (full.index_copy(0, target, h) + pos).to(h.dtype)
         for block in self.decoder_blocks:
-            h = block(h, None, dec)
+            h = block.rows(h, dec)
         # The head runs on every row ([CLS] too: B extra rows instead of a gather whose
         # backward is a slow scatter-add); rows go to slots b * (1 + L) + (0 | 1 + t).
         out = self.head(self.decoder_norm(h))  # [T_dec, D_in]
@@ -750,13 +757,14 @@ class LVMAE(nn.Module):
         cls_row = torch.where(occupied, enc_off, enc_rows)
         tokens = self.input_proj(x) + self.pos_embed[t]
         if torch.is_autocast_enabled(device.type):  # the residual stream in the autocast dtype
+            # (bf16 on CUDA: half the activation memory; the loss target stays float32)
             tokens = tokens.to(torch.get_autocast_dtype(device.type))
         cls = self.cls_token[0].to(tokens.dtype).expand(S, -1)
         h = tokens.new_zeros(enc_rows + 1, tokens.shape[-1])
         h = h.index_copy(0, enc_row, tokens).index_copy(0, cls_row, cls)[:enc_rows]
         enc = self._layout(enc_ends, enc_rows, backend, host_lengths and host_lengths[0])
         for block in self.blocks:
-            h = block(h, None, enc)
+            h = block.rows(h, enc)
         h = self.decoder_embed(self.norm(h))  # [E, Dd]
         Dd = h.shape[-1]
 
@@ -777,7 +785,7 @@ class LVMAE(nn.Module):
         h = (full + pos).to(h.dtype)[:dec_rows]
         dec = self._layout(dec_ends, dec_rows, backend, host_lengths and host_lengths[1])
         for block in self.decoder_blocks:
-            h = block(h, None, dec)
+            h = block.rows(h, dec)
         out = self.head(self.decoder_norm(h))  # [Dr, D_in]
         return out.index_select(0, torch.where(real, dec_row, 0))
 

@@ -171,7 +171,9 @@ class PackedStep:
         if compile:
             _raise_recompile_limit(64)
             for block in [*model.blocks, *model.decoder_blocks]:
-                block.compile(dynamic=True)  # one graph per block kind for every capacity
+                # the packed-rows path only (evaluation's [B, L] path stays eager); dynamic
+                # shapes: one graph per block kind serves every capacity
+                block.rows = torch.compile(block.rows, dynamic=True)
 
     # ----------------------------------------------------------------------------- running
 

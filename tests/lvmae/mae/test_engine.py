@@ -108,3 +108,43 @@ def test_validation_is_reproducible_and_windows_respect_the_cap():
     )  # fmt: skip
     assert tokens == int(sum(min(n, 16) for n in data[0]["length"]))
     assert torch.isfinite(loss)
+
+
+def test_accumulated_micro_batches_train_like_one_batch():
+    """A step of two micro-batches (gradients added in the flat buffer, normalised by both
+    micro-batches' tokens) moves the weights as one step over the same windows as one batch
+    (semantic masks and whole-video windows: nothing random; plain SGD, so the update is the
+    gradient itself)."""
+    data = toy_batches(n_batches=2, batch=2, seed=3)
+    merged = {k: np.concatenate([data[0][k], data[1][k]]) for k in ("embedding", "length")}
+    finals = []
+    for steps in ([[data[0], data[1]]], [merged]):
+        config, runner, _, _ = setup(masking="semantic")
+        optimizer = torch.optim.SGD(runner.model.parameters(), lr=1.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        seen = []
+        train_one_epoch(
+            runner, optimizer, scheduler, steps, config, epoch=0, step=0, first_step=0,
+            steps_in_epoch=1, rng=np.random.default_rng(0), dim=DIM,
+            on_step=lambda step, loss, tokens, last, seen=seen: seen.append((step, tokens, last)),
+        )  # fmt: skip
+        assert seen == [(1, int(sum(merged["length"])), True)]
+        finals.append(torch.cat([p.detach().flatten() for p in runner.model.parameters()]))
+    torch.testing.assert_close(finals[0], finals[1], atol=1e-6, rtol=1e-5)
+
+
+def test_planned_windows_and_normaliser_are_used():
+    """Token-budget micro-batches carry their windows and the step's normaliser: the engine
+    trains on exactly those windows, and the reported tokens are theirs."""
+    config, runner, optimizer, scheduler = setup()
+    batch = dict(toy_batches(n_batches=1, batch=3, seed=4)[0])
+    batch["start"] = np.array([0, 1, 2])
+    batch["end"] = np.array([4, 5, 3 + 2])
+    batch["denom"] = 3.0
+    seen = []
+    train_one_epoch(
+        runner, optimizer, scheduler, [[batch]], config, epoch=0, step=0, first_step=0,
+        steps_in_epoch=1, rng=np.random.default_rng(0), dim=DIM,
+        on_step=lambda step, loss, tokens, last: seen.append(tokens),
+    )  # fmt: skip
+    assert seen == [4 + 4 + 3]

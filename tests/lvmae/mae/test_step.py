@@ -15,16 +15,14 @@ from lvmae.mae.model import LVMAE, model_config
 from lvmae.mae.packing import (
     Capacity,
     bucket_capacities,
-    keep_count,
     needed_capacity,
     pack_windows,
     packed_loss,
     packed_mask,
     pick_capacity,
-    plan_token_batches,
     token_budget_capacity,
 )
-from lvmae.mae.sequences import collate
+from lvmae.mae.sequences import collate, keep_count, plan_token_batches
 from lvmae.mae.step import PackedStep
 
 D = 32
