@@ -146,14 +146,36 @@ def log_numbers(
         client.log_batch(run_id, metrics=metrics[i : i + 1000])
 
 
-def end_run(client: MlflowClient, run_id: str, exc: BaseException | None) -> None:
+def end_run(
+    client: MlflowClient, run_id: str, exc: BaseException | None, *, children: bool = False
+) -> None:
     """End ``run_id``: FINISHED, or FAILED (KILLED on Ctrl-C) with the error in the
-    ``lvmae.error`` tag."""
+    ``lvmae.error`` tag. With ``children``, first end the same way the runs nested under it
+    (``PARENT_TAG``) that are still RUNNING, e.g. those of a Ray task that died with the
+    stage. The one place that decides how a run of this project ends."""
+    if children:
+        experiment_id = client.get_run(run_id).info.experiment_id
+        mine = f"tags.`{PARENT_TAG}` = '{run_id}' and attributes.status = 'RUNNING'"
+        for child in client.search_runs([experiment_id], filter_string=mine):
+            end_run(client, child.info.run_id, exc, children=True)
     if exc is None:
         client.set_terminated(run_id, "FINISHED")
         return
     client.set_tag(run_id, "lvmae.error", f"{type(exc).__name__}: {exc}"[:5000])
     client.set_terminated(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+
+
+@contextmanager
+def run_status(client: MlflowClient, run_id: str, *, children: bool = False) -> Iterator[None]:
+    """``run_id`` RUNNING for the block, then ended however the block exits
+    (:func:`end_run`; the exception propagates)."""
+    client.update_run(run_id, status="RUNNING")
+    try:
+        yield
+    except BaseException as exc:
+        end_run(client, run_id, exc, children=children)
+        raise
+    end_run(client, run_id, None, children=children)
 
 
 @contextmanager
@@ -167,22 +189,16 @@ def tracked_run(
     params: dict[str, Any] | None = None,
     with_system_metrics: bool = False,
 ) -> Iterator[str]:
-    """:func:`open_run`, marked RUNNING for the block and ended however the block exits:
-    FINISHED, or FAILED with the error as the ``lvmae.error`` tag (the exception
-    propagates). Yields the run id."""
+    """:func:`open_run`, marked RUNNING for the block and ended however the block exits
+    (:func:`run_status`: FINISHED, or FAILED with the error as the ``lvmae.error`` tag; the
+    exception propagates). Yields the run id."""
     run_id = open_run(tracking_uri, experiment, run_name, out=out, tags=tags, params=params)
-    client = MlflowClient(tracking_uri=tracking_uri)
-    client.update_run(run_id, status="RUNNING")
-    try:
+    with run_status(MlflowClient(tracking_uri=tracking_uri), run_id):
         if with_system_metrics:
             with system_metrics(run_id, tracking_uri):
                 yield run_id
         else:
             yield run_id
-    except BaseException as exc:
-        end_run(client, run_id, exc)
-        raise
-    end_run(client, run_id, None)
 
 
 def log_embeddings_input(tracking_uri: str, run_id: str, embeddings: str) -> None:

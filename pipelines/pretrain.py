@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.dataset as pads
 import torch
 import torch.distributed as dist
 from mlflow.entities import Metric
@@ -63,15 +62,14 @@ from lvmae.mae.packing import (
 from lvmae.mae.sequences import (
     SequenceStore,
     epoch_batches,
-    sequence_table,
     split_of,
     step_batches,
     token_epoch_plan,
 )
 from lvmae.mae.step import PackedStep
 from lvmae.progress import Progress
-from lvmae.storage import SEGMENTS_DIR, StorageError, segments_bytes
 from lvmae.tracking import default_tracking_uri, metric_key, tracked_run
+from pipelines.archive import embedding_dim_of, video_sequences
 from pipelines.connect import connect_ray
 
 log = logging.getLogger(__name__)
@@ -87,35 +85,6 @@ class PretrainError(LvmaeError, RuntimeError):
 
 
 # --------------------------------------------------------------------------- pre-flight
-
-
-def embedding_dim_of(embeddings: str) -> int:
-    """The embedding width D of the segments table under ``embeddings``, read from every
-    Parquet file's footer (no data read).
-
-    Raises:
-        StorageError: no segments, or files with different embedding widths.
-    """
-    seg_dir = f"{embeddings.rstrip('/')}/{SEGMENTS_DIR}"
-    if "://" not in seg_dir and not Path(seg_dir).is_dir():
-        raise StorageError(
-            f"no segment embeddings under {embeddings!r}: expected Parquet files in {seg_dir}/ "
-            f"(run `lvmae extract INPUT --out {embeddings}` first)"
-        )
-    dataset = pads.dataset(seg_dir, format="parquet")
-    if not dataset.files:
-        raise StorageError(f"{seg_dir}/ holds no Parquet files (an empty or failed extraction?)")
-    dims: dict[int, str] = {}
-    for fragment in dataset.get_fragments():
-        field = fragment.physical_schema.field("embedding")
-        dims.setdefault(field.type.list_size, fragment.path)
-    if len(dims) > 1:
-        listing = ", ".join(f"D={d} (e.g. {p})" for d, p in sorted(dims.items()))
-        raise StorageError(
-            f"{seg_dir}/ mixes embedding widths: {listing}. Pre-train on one encoder's "
-            f"output: extract each encoder into its own --out directory."
-        )
-    return next(iter(dims))
 
 
 def resolve_model_config(config: PretrainConfig, input_dim: int) -> LVMAEConfig:
@@ -155,41 +124,6 @@ def latest_run_checkpoint(out: str, run_name: str) -> Path | None:
 
 
 # --------------------------------------------------------------------------- data
-
-
-SORT_SHUFFLE_MAX_BYTES = 1 << 30  # segment Parquet below this: sort-based shuffle
-PARTITION_BYTES = 256 << 20  # above it: one hash-shuffle partition per this many bytes
-
-
-def video_sequences(embeddings: str):
-    """The segments table under ``embeddings`` grouped into one row per video
-    (:func:`lvmae.mae.sequences.sequence_table`: ``video_id``, ``length``, ``embedding``
-    flattened), as a lazy Ray Dataset; the grouping runs on the cluster.
-
-    The shuffle is sized to the table (its Parquet bytes): below
-    :data:`SORT_SHUFFLE_MAX_BYTES` Ray Data's sort-based shuffle, on the task workers
-    already running (its default, hash-partitioning shuffle starts new aggregator actors
-    for every groupby: 9-11 s against 3-5 s for the sort on an 18-video table, 2 CPUs);
-    above it the default shuffle with one partition per :data:`PARTITION_BYTES` (at most
-    200, its default). Only this dataset's context is changed, not the session's. Before
-    planning it reads only a file listing, and raises nothing itself: callers check the
-    table first (:func:`embedding_dim_of`)."""
-    import ray
-    from ray.data.context import ShuffleStrategy
-
-    ds = ray.data.read_parquet(
-        f"{embeddings.rstrip('/')}/{SEGMENTS_DIR}",
-        columns=["video_id", "segment_index", "embedding"],
-    )
-    size = segments_bytes(embeddings)
-    partitions = None
-    if size < SORT_SHUFFLE_MAX_BYTES:
-        ds.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    else:
-        partitions = min(200, -(-size // PARTITION_BYTES))
-    return ds.groupby("video_id", num_partitions=partitions).map_groups(
-        sequence_table, batch_format="pyarrow"
-    )
 
 
 def sequence_datasets(embeddings: str, config: PretrainConfig):
@@ -292,12 +226,12 @@ def _capacities(config: PretrainConfig, per_worker_batch: int | None) -> list[Ca
 class _Reporter:
     """Rank 0's MLflow metrics and Ray Train reports with checkpoints."""
 
-    def __init__(self, loop_config: dict, trainer: _Trainer, rank: int) -> None:
-        self.loop_config, self.trainer, self.rank = loop_config, trainer, rank
+    def __init__(self, loop: TrainLoopConfig, trainer: _Trainer, rank: int) -> None:
+        self.loop, self.trainer, self.rank = loop, trainer, rank
         self.client = self.run_id = None
-        if rank == 0 and loop_config.get("mlflow_run_id"):
-            self.client = MlflowClient(tracking_uri=loop_config["tracking_uri"])
-            self.run_id = loop_config["mlflow_run_id"]
+        if rank == 0 and loop.mlflow_run_id:
+            self.client = MlflowClient(tracking_uri=loop.tracking_uri)
+            self.run_id = loop.mlflow_run_id
             if trainer.resumed_from is not None:
                 self.log({"resumed_from_step": trainer.resumed_from}, trainer.resumed_from)
 
@@ -319,12 +253,12 @@ class _Reporter:
             save_checkpoint(
                 tmp,
                 model_state=t.core.state_dict(),
-                model_config=self.loop_config["model_config"],
-                train_config=self.loop_config["config"],
+                model_config=self.loop.model_config.to_dict(),
+                train_config=self.loop.config.model_dump(mode="json"),
                 optimizer_state=t.optimizer.state_dict(),
                 scheduler_state=t.scheduler.state_dict(),
                 step=step,
-                epoch=bisect.bisect_right(self.loop_config["epoch_starts"], step) - 1,
+                epoch=bisect.bisect_right(self.loop.plan.epoch_starts, step) - 1,
                 extra={"metrics": {k: float(v) for k, v in metrics.items()}},
             )
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -354,34 +288,58 @@ class _StepLogger:
             self.reporter.report({"step": step, "epoch": self.epoch, "train/loss": loss}, step)
 
 
-def train_loop_per_worker(loop_config: dict) -> None:
+@dataclass(frozen=True)
+class TrainLoopConfig:
+    """What every Ray Train worker of a run gets, typed and validated once on the driver.
+
+    Attributes:
+        config: the pre-training settings.
+        model_config: the model's architecture.
+        plan: the run's :class:`BatchPlan` (micro-batch size, lr, epoch boundaries).
+        n_train, n_val: videos in the training and validation sequence stores.
+        train_path, val_path: the Parquet sequence stores (``val_path`` None: no validation).
+        mlflow_run_id, tracking_uri: where rank 0 logs metrics.
+    """
+
+    config: PretrainConfig
+    model_config: LVMAEConfig
+    plan: BatchPlan
+    n_train: int
+    n_val: int
+    train_path: str
+    val_path: str | None
+    mlflow_run_id: str | None
+    tracking_uri: str
+
+
+def train_loop_per_worker(loop_config: dict[str, TrainLoopConfig]) -> None:
     """Ray Train worker: data-parallel training of LV-MAE, one
     :func:`lvmae.mae.engine.train_one_epoch` per epoch over this rank's share of the epoch's
     steps — ``batch_size`` windows per micro-batch from the global permutation of the
     training videos (:func:`lvmae.mae.sequences.epoch_batches`), or token-budget micro-batches
     of the epoch plan every rank computes alike (:func:`lvmae.mae.sequences.token_epoch_plan`)
-    — read from the Parquet store at ``loop_config["train_path"]``; validation every
+    — read from the Parquet store at ``TrainLoopConfig.train_path`` (``loop_config["loop"]``,
+    Ray Train's dict holding the one typed config); validation every
     ``val_every_epochs``. On CUDA the step's capacities are compiled and captured before the
     first epoch (``perf/warmup_s``, ``perf/compiled_graphs`` in MLflow)."""
     import ray.train  # heavy: Ray Train, only inside workers
     import ray.train.torch
 
-    config = PretrainConfig.model_validate(loop_config["config"])
-    mcfg = LVMAEConfig.from_dict(loop_config["model_config"])
-    epoch_starts = loop_config["epoch_starts"]
-    per_worker_batch = loop_config["per_worker_batch"]
+    loop = loop_config["loop"]
+    config, mcfg = loop.config, loop.model_config
+    epoch_starts, per_worker_batch = loop.plan.epoch_starts, loop.plan.per_worker_batch
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    train_store = SequenceStore(loop_config["train_path"])
-    if len(train_store) != loop_config["n_train"]:
+    train_store = SequenceStore(loop.train_path)
+    if len(train_store) != loop.n_train:
         raise PretrainError(
-            f"{loop_config['train_path']} holds {len(train_store)} videos, expected "
-            f"{loop_config['n_train']}: the sequence store changed during the run"
+            f"{loop.train_path} holds {len(train_store)} videos, expected {loop.n_train}: the "
+            "sequence store changed during the run"
         )
-    val_store = SequenceStore(loop_config["val_path"]) if loop_config["val_path"] else None
-    trainer = _build_trainer(config, mcfg, epoch_starts, device, loop_config["lr"])
-    reporter = _Reporter(loop_config, trainer, rank)
+    val_store = SequenceStore(loop.val_path) if loop.val_path else None
+    trainer = _build_trainer(config, mcfg, epoch_starts, device, loop.plan.lr)
+    reporter = _Reporter(loop, trainer, rank)
     capacities = None
     if trainer.runner.graphs:
         capacities = _capacities(config, per_worker_batch)
@@ -699,15 +657,15 @@ def _log_missing_params(client: MlflowClient, run_id: str, params: dict[str, Any
             client.log_param(run_id, key, value)
 
 
-def _trainer(config: PretrainConfig, out: str, loop_config: dict):
+def _trainer(config: PretrainConfig, out: str, loop: TrainLoopConfig):
     """The :class:`ray.train.torch.TorchTrainer` of this run (no Ray Datasets: the workers
-    read the Parquet sequence stores named in ``loop_config``)."""
+    read the Parquet sequence stores named in ``loop``)."""
     import ray.train  # heavy: Ray Train, only on this path
     from ray.train.torch import TorchTrainer
 
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
+        train_loop_config={"loop": loop},
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.num_workers, use_gpu=config.use_gpu
         ),
@@ -777,16 +735,11 @@ def run_pretrain(
             "train.lr": plan.lr,
             "train.lr_rule": plan.lr_rule,
         })  # fmt: skip
-        trainer = _trainer(config, out, {
-            "config": config.model_dump(mode="json"),
-            "model_config": mcfg.to_dict(),
-            "epoch_starts": plan.epoch_starts,
-            "per_worker_batch": plan.per_worker_batch,
-            "lr": plan.lr,
-            **data,
-            "mlflow_run_id": mlflow_run_id,
-            "tracking_uri": tracking_uri,
-        })  # fmt: skip
+        trainer = _trainer(config, out, TrainLoopConfig(
+            config=config, model_config=mcfg, plan=plan, n_train=data["n_train"],
+            n_val=data["n_val"], train_path=data["train_path"], val_path=data["val_path"],
+            mlflow_run_id=mlflow_run_id, tracking_uri=tracking_uri,
+        ))  # fmt: skip
         with Progress(config.epochs, "pretrain", "epochs", enabled=progress) as bar:
             result = fit_with_progress(trainer.fit, client, mlflow_run_id, bar)
         checkpoint = result.checkpoint.path if result.checkpoint else None
@@ -799,7 +752,6 @@ __all__ = [
     "CheckpointError",
     "PretrainError",
     "PretrainResult",
-    "embedding_dim_of",
     "epoch_status",
     "fit_with_progress",
     "run_pretrain",

@@ -187,7 +187,7 @@ def run_main(
     tracker = RunTracker(config, chain.context.tracking_uri, chain.context.workdir)
     chain.context.parent_run_id = tracker.parent
     result = RunResult(parent_run_id=tracker.parent, tracking_uri=chain.context.tracking_uri)
-    try:
+    with tracker.parent_run():
         for stage in chain.stages:
             if chain.is_done(stage):
                 echo(f"[{stage.name}] done earlier, skipped")
@@ -207,10 +207,6 @@ def run_main(
                 ) from exc
             result.status[stage.name] = "ran"
             echo(f"[{stage.name}] done in {time.perf_counter() - t0:.1f} s")
-    except BaseException:
-        tracker.finish(tracker.parent, "FAILED")
-        raise
-    tracker.finish(tracker.parent, "FINISHED")
     return _result(result, chain.context)
 
 

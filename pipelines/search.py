@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lvmae.encoders.models import build_encoder
 from lvmae.errors import LvmaeError
 from lvmae.retrieval.index import exact_search, load_or_build
-from lvmae.storage import SEGMENTS_DIR, StorageError, read_manifest, read_segments
+from lvmae.storage import SEGMENTS_DIR, read_manifest, read_segments
+from pipelines.archive import text_encoder
 
 EXACT_MAX = 200_000  # segments; above this an approximate index is used
 INDEX_DIR = "index"
@@ -92,21 +92,6 @@ def _check_saved_index(embeddings: str, rebuild: bool) -> None:
             f"the saved index in {meta.parent} was built for other embeddings "
             f"({'; '.join(differs)}): pass --rebuild-index (or delete the directory)"
         )
-
-
-def text_encoder(embeddings: str):
-    """The frozen encoder that made ``embeddings`` (from its manifest), for text queries."""
-
-    manifest = read_manifest(embeddings)
-    if not manifest or "encoder" not in manifest:
-        raise StorageError(
-            f"{embeddings!r} has no manifest.json naming its encoder: was it written by "
-            f"`lvmae extract`?"
-        )
-    enc = manifest["encoder"]
-    cfg = manifest.get("config", {})
-    checkpoint = None if enc["name"] == "tiny" else enc.get("checkpoint")
-    return build_encoder(enc["name"], checkpoint=checkpoint, seed=cfg.get("encoder_seed", 0))
 
 
 def search(

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from mlflow.tracking import MlflowClient
 
 from lvmae.config import RunConfig
-from lvmae.tracking import PARENT_TAG, nested_under, open_run, system_metrics
+from lvmae.tracking import end_run, nested_under, open_run, run_status, system_metrics
 
 
 class RunTracker:
@@ -35,7 +35,6 @@ class RunTracker:
             tracking_uri, self.experiment, f"{config.run.name}-{config.digest()}",
             out=workdir, tags={"lvmae.stage": "run"}, params=params,
         )  # fmt: skip
-        self.client.update_run(self.parent, status="RUNNING")
 
     def open_stage(self, stage: str, params: dict | None = None) -> str:
         """The stage's run under the parent (found again on a rerun of the same config)."""
@@ -48,18 +47,21 @@ class RunTracker:
     @contextmanager
     def stage(self, stage: str, params: dict | None = None) -> Iterator[str]:
         """Run a stage inside its MLflow run: FINISHED on success, FAILED (with the error
-        as the ``lvmae.error`` tag) or KILLED on an exception, which propagates."""
+        as the ``lvmae.error`` tag) or KILLED on an exception, which propagates; runs still
+        open below it end the same way (:func:`lvmae.tracking.run_status`)."""
         run_id = self.open_stage(stage, params)
-        self.client.update_run(run_id, status="RUNNING")
-        try:
-            with nested_under(self.experiment, run_id), system_metrics(run_id, self.uri):
-                yield run_id
-        except BaseException as exc:
-            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-            self.client.set_tag(run_id, "lvmae.error", f"{type(exc).__name__}: {exc}"[:5000])
-            self.finish(run_id, status)
-            raise
-        self.finish(run_id, "FINISHED")
+        with (
+            run_status(self.client, run_id, children=True),
+            nested_under(self.experiment, run_id),
+            system_metrics(run_id, self.uri),
+        ):
+            yield run_id
+
+    @contextmanager
+    def parent_run(self) -> Iterator[str]:
+        """The parent run, ended with the whole run (and the runs still open below it)."""
+        with run_status(self.client, self.parent, children=True):
+            yield self.parent
 
     def skipped(self, stage: str, finished_at: str) -> None:
         """Record that ``stage`` was skipped (done at ``finished_at``)."""
@@ -68,15 +70,4 @@ class RunTracker:
             return  # this parent ran (or skipped) the stage before: keep what its run says
         self.client.set_tag(run_id, "lvmae.stage_status", "skipped")
         self.client.set_tag(run_id, "lvmae.done_at", finished_at)
-        self.finish(run_id, "FINISHED")
-
-    def finish(self, run_id: str, status: str) -> None:
-        """End ``run_id`` and the runs still open below it."""
-        experiment_id = self.client.get_run(run_id).info.experiment_id
-        children = self.client.search_runs(
-            [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{run_id}'"
-        )
-        for child in children:
-            if child.info.status == "RUNNING":
-                self.finish(child.info.run_id, status)
-        self.client.set_terminated(run_id, status)
+        end_run(self.client, run_id, None)

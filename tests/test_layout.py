@@ -40,6 +40,9 @@ SUPPORT_LAYER = frozenset({"__init__", "config", "tracking", "storage", "progres
 """The only modules allowed directly in ``lvmae/`` (rule 6)."""
 CONFIG_FILE = "lvmae/config.py"
 CONFIG_BANNED = ("lvmae.video", "lvmae.encoders", "lvmae.mae", "torch", "av", "decord")
+JOBS = ("extract", "pretrain", "embed", "probe", "search", "monitor")
+"""The job modules of ``pipelines/``: none imports another (what several read lives in
+``pipelines/archive.py``); the CLI, the stages and the runner compose them."""
 """What ``lvmae/config.py`` must not import (rule 7): modules and their submodules."""
 
 
@@ -296,6 +299,21 @@ def imports_within(refs: Iterable[ImportRef], file: str, banned: Iterable[str]) 
     return bad
 
 
+def sideways_job_imports(refs: Iterable[ImportRef], jobs: Iterable[str] = JOBS) -> list[ImportRef]:
+    """Imports of one job module of ``pipelines/`` by another (``pipelines/probe.py``
+    importing ``pipelines.embed``)."""
+    jobs = tuple(jobs)
+    bad = []
+    for ref in refs:
+        stem = Path(ref.file).stem
+        if ref.file != f"pipelines/{stem}.py" or stem not in jobs:
+            continue
+        targets = [ref.module, *(f"{ref.module}.{n}" for n in ref.names)]
+        if any(_within(t, f"pipelines.{j}") for t in targets for j in jobs if j != stem):
+            bad.append(ref)
+    return bad
+
+
 # ------------------------------------------------------------------------------ reporting
 
 
@@ -382,6 +400,28 @@ def test_config_imports_no_video_encoder_mae_or_torch():
         f"{CONFIG_FILE} must import nothing from {', '.join(CONFIG_BANNED)} (reading a config "
         "stays light; keep what it needs as a torch-free constant in config):\n" + _listing(bad)
     )
+
+
+def test_jobs_do_not_import_each_other():
+    bad = sideways_job_imports(_refs())
+    assert not bad, (
+        "a job module of pipelines/ imports another job: move what both need into "
+        "pipelines/archive.py (or lvmae/):\n" + _listing(bad)
+    )
+
+
+def test_sideways_job_checker():
+    sources = {
+        "pipelines/probe.py": "from pipelines.embed import x\nfrom pipelines.archive import y\n",
+        "pipelines/monitor.py": "from pipelines import search\nimport pipelines.monitor\n",
+        "pipelines/cli.py": "from pipelines.probe import run_probe\n",
+        "pipelines/stages/probe.py": "from pipelines.probe import run_probe\n",
+    }
+    refs = _synthetic_refs(sources)
+    assert _lines(sideways_job_imports(refs)) == [
+        ("pipelines/monitor.py", 1),
+        ("pipelines/probe.py", 1),
+    ]
 
 
 # ------------------------------------------------------------------------------ self-checks

@@ -42,7 +42,7 @@ from lvmae.probes import VAL_METRIC, Features, ProbeResult, evaluate, write_resu
 from lvmae.probes.results import result_from_fits
 from lvmae.probes.train import resolve_device
 from lvmae.progress import Progress
-from lvmae.tracking import PARENT_TAG, end_run, log_numbers, tracked_run
+from lvmae.tracking import PARENT_TAG, log_numbers, run_status, tracked_run
 from tune.space import KNOBS, SAMPLERS, load_space, probe_config, recipe_point
 from tune.tasks import fit_seeds, gpus_per_task
 
@@ -97,12 +97,8 @@ def _trial(
         progress = 100.0 * (epoch + 1) / config.epochs
         tune.report({**metrics, "epoch": epoch + 1, PROGRESS: progress})
 
-    try:
+    with run_status(client, run.info.run_id):
         evaluate(labels, features, config, on_epoch=report, use_test=False, device=dev)
-    except BaseException as exc:
-        end_run(client, run.info.run_id, exc)
-        raise
-    end_run(client, run.info.run_id, None)
 
 
 def _end_stopped_trials(client: MlflowClient, tracking: _Tracking) -> None:
