@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 WORKDIR ?= work/demo
 
-.PHONY: install demo ui test lint bench clean
+.PHONY: install demo ui serve test lint bench clean
 
 # torch first (its CPU build here), so nothing else pulls CUDA wheels; then the project.
 $(VENV)/.installed: pyproject.toml
@@ -22,6 +22,10 @@ demo: install
 # The MLflow UI on the demo's store (WORKDIR/mlflow.db), on http://127.0.0.1:5000.
 ui: install
 	$(BIN)/lvmae ui $(WORKDIR)
+
+# Search and watch the demo's videos (lvmae serve) on http://127.0.0.1:8765.
+serve: install
+	$(BIN)/lvmae serve $(WORKDIR)/extract
 
 test: install
 	$(BIN)/ruff check .

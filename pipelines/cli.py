@@ -366,8 +366,10 @@ def demo(workdir) -> None:
     and attentive probes against the mean-pool baseline → a small sweep → report."""
     from pipelines.run import demo_config, run_main  # heavy (Ray, torch, MLflow)
 
-    result = run_main(demo_config(workdir), echo=click.echo)
+    config = demo_config(workdir)
+    result = run_main(config, echo=click.echo)
     _print_run_result(result)
+    click.echo(f"search and watch the videos: lvmae serve {config.run.embeddings_uri()}")
 
 
 @cli.command()
@@ -382,6 +384,28 @@ def ui(workdir, host, port) -> None:
     command, uri = ui_command(workdir, host=host, port=port)
     click.echo(f"MLflow UI for {uri}: http://{host}:{port}  (Ctrl-C to stop)")
     sys.exit(subprocess.run(command, check=False).returncode)
+
+
+@cli.command()
+@click.argument("embeddings")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--exact/--approximate", default=None, help="Force exact or index search.")
+@click.option("--rebuild-index", is_flag=True, help="Rebuild the saved approximate index.")
+@click.option("--cache-dir", help="Thumbnail cache [EMBEDDINGS/thumbnails].")
+@click.option(
+    "--mlflow-ui", default="http://127.0.0.1:5000", show_default=True,
+    help="MLflow UI base URL for run links (`lvmae ui` serves one there).",
+)  # fmt: skip
+def serve(embeddings, host, port, exact, rebuild_index, cache_dir, mlflow_ui) -> None:
+    """A local read-only web app over an extraction's output (EMBEDDINGS): text search with
+    thumbnails, playback from a segment, "more like this", video and run pages."""
+    from pipelines.serve.server import serve as run_server  # heavy (torch, uvicorn)
+
+    run_server(
+        embeddings, host=host, port=port, exact=exact, rebuild_index=rebuild_index,
+        cache_dir=cache_dir, mlflow_ui=mlflow_ui, echo=click.echo,
+    )  # fmt: skip
 
 
 def _verbose_first(argv: list[str]) -> list[str]:

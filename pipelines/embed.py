@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from pipelines.archive import encoded_videos, resolve_checkpoint
+from pipelines.job_inputs import encoded_videos, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 

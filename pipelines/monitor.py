@@ -19,7 +19,7 @@ from lvmae.mae.monitor import caption_report_html, reconstruct, retrieval_metric
 from lvmae.mae.sequences import sequences_from_table, split_of
 from lvmae.storage import StorageError, read_segments
 from lvmae.tracking import metric_key, tracked_run, tracking_uri_near
-from pipelines.archive import embedding_dim_of, resolve_checkpoint, text_encoder
+from pipelines.job_inputs import embedding_dim_of, resolve_checkpoint, text_encoder
 
 log = logging.getLogger(__name__)
 

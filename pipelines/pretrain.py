@@ -69,8 +69,8 @@ from lvmae.mae.sequences import (
 from lvmae.mae.step import PackedStep
 from lvmae.progress import Progress
 from lvmae.tracking import default_tracking_uri, metric_key, tracked_run
-from pipelines.archive import embedding_dim_of, video_sequences
 from pipelines.connect import connect_ray
+from pipelines.job_inputs import embedding_dim_of, video_sequences
 
 log = logging.getLogger(__name__)
 

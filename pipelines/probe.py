@@ -4,7 +4,7 @@ sweep (stage 3 of Naiman et al., ICCV 2025, §8, Tables 6–8): the Ray parts.
 Where the work runs (the driver only orchestrates):
 
 - the encoder runs once per video on a Ray Data actor pool
-  (:class:`pipelines.archive.EmbedVideos`), one GPU per actor when the cluster has GPUs, and
+  (:class:`pipelines.job_inputs.EmbedVideos`), one GPU per actor when the cluster has GPUs, and
   its outputs are cached as Parquet under ``<out>/features/<checkpoint key>/``: per video
   the mean of the token outputs ``[W]``, the [CLS] output ``[W]`` and every token's output
   ``[L, W]``;
@@ -40,7 +40,7 @@ from lvmae.probes.features import ProbeTask, load_tasks, video_ids
 from lvmae.probes.results import ProbeResult, result_from_fits, write_results
 from lvmae.progress import Progress
 from lvmae.tracking import log_numbers, tracked_run, tracking_uri_near
-from pipelines.archive import encoded_videos, resolve_checkpoint
+from pipelines.job_inputs import encoded_videos, resolve_checkpoint
 from tune.space import load_space
 from tune.sweep import run_tune
 from tune.tasks import SCRATCH, SeedFit, fit_seeds, gpus_per_task, load_features_remote

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import numpy as np
 from lvmae.errors import LvmaeError
 from lvmae.retrieval.index import exact_search, load_or_build
 from lvmae.storage import SEGMENTS_DIR, read_manifest, read_segments
-from pipelines.archive import text_encoder
+from pipelines.job_inputs import text_encoder
 
 EXACT_MAX = 200_000  # segments; above this an approximate index is used
 INDEX_DIR = "index"
@@ -94,6 +95,101 @@ def _check_saved_index(embeddings: str, rebuild: bool) -> None:
         )
 
 
+class Searcher:
+    """An archive held in memory for many searches (``lvmae serve``): the segment matrix,
+    the text encoder (built on the first text query) and, for approximate search, the index.
+
+    ``exact`` as in :func:`search` (None: exact up to :data:`EXACT_MAX` segments). Building
+    may take seconds (reading the embeddings, building or loading the index); searching is
+    then a text-tower call plus a matrix product or an HNSW lookup, safe from many threads.
+
+    Raises (at construction):
+        StorageError: no embeddings under ``embeddings``.
+        SearchError: a saved index built for another encoder or width (without rebuild).
+    """
+
+    def __init__(
+        self,
+        embeddings: str,
+        *,
+        exact: bool | None = None,
+        rebuild_index: bool = False,
+        segments: SegmentMatrix | None = None,
+    ) -> None:
+        self.embeddings = embeddings
+        self.segments = segs = segments or load_segment_matrix(embeddings)
+        self.exact = exact if exact is not None else len(segs.video_id) <= EXACT_MAX
+        self.index = None
+        self._encoder = None
+        self._encoder_lock = threading.Lock()
+        if not self.exact:
+            _check_saved_index(embeddings, rebuild_index)
+            self.index, _ = load_or_build(
+                Path(embeddings) / INDEX_DIR,
+                lambda: segs.embeddings,
+                fingerprint(embeddings),
+                rebuild=rebuild_index,
+            )
+
+    @property
+    def size(self) -> int:
+        return len(self.segments.video_id)
+
+    def text_vector(self, query: str) -> np.ndarray:
+        """``[1, D]`` float32: ``query`` through the archive's text tower (built once)."""
+        if not query.strip():
+            raise SearchError("empty query: type some words to search for")
+        with self._encoder_lock:
+            if self._encoder is None:
+                self._encoder = text_encoder(self.embeddings)
+        vec = self._encoder.encode_text([query])
+        if vec.shape[1] != self.segments.embeddings.shape[1]:
+            raise SearchError(
+                f"the text encoder gives {vec.shape[1]}-d vectors but {self.embeddings!r} "
+                f"holds {self.segments.embeddings.shape[1]}-d segment embeddings"
+            )
+        return vec
+
+    def find(self, video_id: str, t: float) -> int:
+        """Row of the segment of ``video_id`` that covers ``t`` seconds; SearchError if none."""
+        segs = self.segments
+        hits = [
+            i for i, v in enumerate(segs.video_id)
+            if v == video_id and segs.start_s[i] <= t < segs.end_s[i]
+        ]  # fmt: skip
+        if not hits:
+            raise SearchError(f"no segment of {video_id!r} covers {t} s")
+        return hits[0]
+
+    def nearest(self, vec: np.ndarray, top_k: int, *, exclude: int = -1) -> list[dict]:
+        """The ``top_k`` segments nearest to ``vec [1, D]``, best first, leaving out row
+        ``exclude``; rows as :func:`search` returns them (plus ``row``)."""
+        if top_k < 1:
+            raise SearchError(f"top_k must be >= 1, got {top_k}")
+        segs = self.segments
+        k = min(top_k + (exclude >= 0), self.size)
+        if self.index is None:
+            scores, idx = exact_search(vec, segs.embeddings, k)
+        else:
+            scores, idx = self.index.search(vec, k)
+        rows = []
+        for score, i in zip(scores[0], idx[0], strict=True):
+            if i == exclude:
+                continue
+            rows.append(
+                {
+                    "rank": len(rows) + 1,
+                    "row": int(i),
+                    "video_id": segs.video_id[i],
+                    "segment_index": int(segs.segment_index[i]),
+                    "start_s": float(segs.start_s[i]),
+                    "end_s": float(segs.end_s[i]),
+                    "score": float(score),
+                }
+            )
+        return rows[:top_k]
+
+
 def search(
     embeddings: str,
     *,
@@ -123,50 +219,15 @@ def search(
         raise SearchError("empty query: type some words to search for")
     if top_k < 1:
         raise SearchError(f"top_k must be >= 1, got {top_k}")
-    segs = load_segment_matrix(embeddings)
-    exclude = -1
+    searcher = Searcher(embeddings, exact=exact, rebuild_index=rebuild_index)
     if query is not None:
-        vec = text_encoder(embeddings).encode_text([query])
-        if vec.shape[1] != segs.embeddings.shape[1]:
-            raise SearchError(
-                f"the text encoder gives {vec.shape[1]}-d vectors but {embeddings!r} holds "
-                f"{segs.embeddings.shape[1]}-d segment embeddings"
-            )
-    else:
-        video_id, t = example
-        hits = [
-            i for i, v in enumerate(segs.video_id)
-            if v == video_id and segs.start_s[i] <= t < segs.end_s[i]
-        ]  # fmt: skip
-        if not hits:
-            raise SearchError(f"no segment of {video_id!r} covers {t} s")
-        exclude = hits[0]
-        vec = segs.embeddings[exclude][None]
-    k = min(top_k + (exclude >= 0), len(segs.video_id))
-    use_exact = exact if exact is not None else len(segs.video_id) <= EXACT_MAX
-    if use_exact:
-        scores, idx = exact_search(vec, segs.embeddings, k)
-    else:
-        _check_saved_index(embeddings, rebuild_index)
-        index, _ = load_or_build(
-            Path(embeddings) / INDEX_DIR,
-            lambda: segs.embeddings,
-            fingerprint(embeddings),
-            rebuild=rebuild_index,
-        )
-        scores, idx = index.search(vec, k)
-    rows = []
-    for score, i in zip(scores[0], idx[0], strict=True):
-        if i == exclude:
-            continue
-        rows.append(
-            {
-                "rank": len(rows) + 1,
-                "video_id": segs.video_id[i],
-                "segment_index": int(segs.segment_index[i]),
-                "start_s": float(segs.start_s[i]),
-                "end_s": float(segs.end_s[i]),
-                "score": float(score),
-            }
-        )
-    return rows[:top_k]
+        return [
+            {k: v for k, v in r.items() if k != "row"}
+            for r in searcher.nearest(searcher.text_vector(query), top_k)
+        ]
+    exclude = searcher.find(*example)
+    vec = searcher.segments.embeddings[exclude][None]
+    return [
+        {k: v for k, v in r.items() if k != "row"}
+        for r in searcher.nearest(vec, top_k, exclude=exclude)
+    ]

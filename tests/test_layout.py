@@ -42,7 +42,7 @@ CONFIG_FILE = "lvmae/config.py"
 CONFIG_BANNED = ("lvmae.video", "lvmae.encoders", "lvmae.mae", "torch", "av", "decord")
 JOBS = ("extract", "pretrain", "embed", "probe", "search", "monitor")
 """The job modules of ``pipelines/``: none imports another (what several read lives in
-``pipelines/archive.py``); the CLI, the stages and the runner compose them."""
+``pipelines/job_inputs.py``); the CLI, the stages and the runner compose them."""
 """What ``lvmae/config.py`` must not import (rule 7): modules and their submodules."""
 
 
@@ -406,13 +406,13 @@ def test_jobs_do_not_import_each_other():
     bad = sideways_job_imports(_refs())
     assert not bad, (
         "a job module of pipelines/ imports another job: move what both need into "
-        "pipelines/archive.py (or lvmae/):\n" + _listing(bad)
+        "pipelines/job_inputs.py (or lvmae/):\n" + _listing(bad)
     )
 
 
 def test_sideways_job_checker():
     sources = {
-        "pipelines/probe.py": "from pipelines.embed import x\nfrom pipelines.archive import y\n",
+        "pipelines/probe.py": "from pipelines.embed import x\nfrom pipelines.job_inputs import y\n",
         "pipelines/monitor.py": "from pipelines import search\nimport pipelines.monitor\n",
         "pipelines/cli.py": "from pipelines.probe import run_probe\n",
         "pipelines/stages/probe.py": "from pipelines.probe import run_probe\n",

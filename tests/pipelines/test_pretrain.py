@@ -27,9 +27,9 @@ from lvmae.mae.model import LVMAE, LVMAEConfig
 from lvmae.mae.monitor import reconstruct
 from lvmae.mae.sequences import SequenceStore, sequences_from_table, windows_for_inference
 from lvmae.storage import StorageError, read_segments
-from pipelines.archive import resolve_checkpoint
 from pipelines.cli import main
 from pipelines.embed import run_embed
+from pipelines.job_inputs import resolve_checkpoint
 from pipelines.pretrain import PretrainError, latest_run_checkpoint, run_pretrain
 from tests.pipelines.conftest import (
     brute_force_ranks,

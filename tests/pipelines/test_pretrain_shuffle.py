@@ -81,7 +81,7 @@ def test_video_sequences_are_the_same_under_either_shuffle(ray_local, tmp_path, 
     from ray.data import DataContext
     from ray.data.context import ShuffleStrategy
 
-    from pipelines import archive
+    from pipelines import job_inputs
 
     root = write_segments(tmp_path / "emb")
     write_segments(root)  # a second file: every row twice, as after a killed run
@@ -93,11 +93,11 @@ def test_video_sequences_are_the_same_under_either_shuffle(ray_local, tmp_path, 
     def grouped(ds) -> dict[str, tuple[int, list[float]]]:
         return {r["video_id"]: (r["length"], list(r["embedding"])) for r in ds.take_all()}
 
-    small = archive.video_sequences(str(root))
+    small = job_inputs.video_sequences(str(root))
     assert small.context.shuffle_strategy == ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    monkeypatch.setattr(archive, "SORT_SHUFFLE_MAX_BYTES", 0)
-    monkeypatch.setattr(archive, "PARTITION_BYTES", 4096)
-    large = archive.video_sequences(str(root))
+    monkeypatch.setattr(job_inputs, "SORT_SHUFFLE_MAX_BYTES", 0)
+    monkeypatch.setattr(job_inputs, "PARTITION_BYTES", 4096)
+    large = job_inputs.video_sequences(str(root))
     assert large.context.shuffle_strategy == session != small.context.shuffle_strategy
     for got in (grouped(small), grouped(large)):
         assert {v: n for v, (n, _) in got.items()} == expected

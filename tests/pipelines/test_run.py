@@ -393,7 +393,7 @@ def test_no_run_is_left_running_and_the_encoder_is_registered(chain, monkeypatch
 
     from lvmae.mae.sequences import sequences_from_table
     from lvmae.storage import read_segments
-    from pipelines.archive import EmbedVideos
+    from pipelines.job_inputs import EmbedVideos
 
     config, result = chain.config, chain.result
     client = _client(result)

@@ -20,7 +20,7 @@ from lvmae.mae.masking import make_mask
 from lvmae.mae.model import LVMAE, model_config
 from lvmae.mae.sequences import sequences_from_table
 from lvmae.storage import StorageError, read_segments, segment_schema, write_table_atomic
-from pipelines.archive import text_encoder
+from pipelines.job_inputs import text_encoder
 from pipelines.monitor import run_monitor
 from pipelines.search import INDEX_DIR, SearchError, search
 from tests.pipelines.conftest import brute_force_ranks, copy_outputs, recall_summary

@@ -1,4 +1,4 @@
-"""What several jobs read from an extraction (the archive), resolved one way for all of them:
+"""What several jobs read from an extraction, resolved one way for all of them:
 its embedding width, its segments grouped into per-video sequences on the cluster, a
 pre-trained LV-MAE checkpoint and the per-video encoder outputs it gives, and the frozen
 encoder's text tower. The jobs (:mod:`pipelines.pretrain`, :mod:`pipelines.embed`,
