@@ -57,16 +57,23 @@ def metric_key(name: str) -> str:
     return name.replace("@", "_at_")
 
 
-def tracking_uri_near(checkpoint: str | Path, out: str) -> str:
-    """The tracking store for a job that uses a pre-training checkpoint: ``MLFLOW_TRACKING_URI``
-    when set, else the pre-training run's own SQLite store (``<pretrain out>/mlflow.db``,
-    found above the checkpoint) so probes and sweeps land beside the run they evaluate, else
+def resolve_tracking_uri(
+    given: str | None, out: str, *, near: str | Path | None = None
+) -> str:
+    """The MLflow store a job logs to, decided here and nowhere else: ``given`` (a config's
+    ``tracking_uri``, or the one the main job resolved for all its stages), else
+    ``MLFLOW_TRACKING_URI``, else — for a job that uses a pre-training checkpoint (``near``)
+    — the pre-training run's own SQLite store (``mlflow.db`` up to three folders above the
+    checkpoint), so probes, sweeps and monitors land beside the run they evaluate, else
     :func:`default_tracking_uri` of ``out``."""
+    if given:
+        return given
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    for parent in list(Path(checkpoint).absolute().parents)[:3]:
-        if (parent / "mlflow.db").is_file():
-            return f"sqlite:///{parent / 'mlflow.db'}"
+    if near is not None:
+        for parent in list(Path(near).absolute().parents)[:3]:
+            if (parent / STORE_FILE).is_file():
+                return f"sqlite:///{parent / STORE_FILE}"
     return default_tracking_uri(out)
 
 

@@ -128,11 +128,7 @@ def extract(input_path, out, config_file, overwrite, no_progress, sets, **option
 def pretrain(embeddings, out, config_file, sets, **options) -> None:
     """Pre-train LV-MAE on the segment embeddings under --embeddings (Ray Train DDP)."""
     from lvmae.mae.model_registry import register_encoder  # heavy (MLflow, torch)
-    from lvmae.tracking import (  # heavy (MLflow)
-        default_tracking_uri,
-        log_embeddings_input,
-        mlflow_ui_hint,
-    )
+    from lvmae.tracking import log_embeddings_input, mlflow_ui_hint  # heavy (MLflow)
     from pipelines.pretrain import run_pretrain  # heavy (Ray, torch): only for this command
 
     config = load_config(PretrainConfig, config_file, options, parse_sets(sets))
@@ -140,7 +136,7 @@ def pretrain(embeddings, out, config_file, sets, **options) -> None:
     result = run_pretrain(embeddings, out, config)
     click.echo(f"run {result.run_name}: {json.dumps(result.metrics, default=str)}")
     click.echo(f"checkpoint: {result.checkpoint}")
-    uri = config.tracking_uri or default_tracking_uri(out)
+    uri = result.tracking_uri
     if result.checkpoint and result.mlflow_run_id:
         log_embeddings_input(uri, result.mlflow_run_id, embeddings)
         model = register_encoder(result.checkpoint, tracking_uri=uri, run_id=result.mlflow_run_id)

@@ -427,7 +427,7 @@ class _WarmStore:
         try:
             from mlflow.tracking import MlflowClient  # mlflow: driver only
 
-            from lvmae.tracking import STORE_FILE, default_tracking_uri  # loads mlflow
+            from lvmae.tracking import STORE_FILE, resolve_tracking_uri  # loads mlflow
 
             # importing mlflow set its loggers to INFO (Ray may still be starting, so
             # connect_ray has not quietened them): the schema migrations stay off the console
@@ -436,7 +436,7 @@ class _WarmStore:
             given = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
             if given is None and "://" in self.out:
                 return  # a remote output is not tracked without MLFLOW_TRACKING_URI
-            uri, template = given or default_tracking_uri(self.out), None
+            uri, template = resolve_tracking_uri(given, self.out), None
             if given is None and not Path(self.out, STORE_FILE).exists():
                 template = Path(tempfile.mkdtemp(prefix="lvmae-store-")) / STORE_FILE
                 uri = f"sqlite:///{template}"
@@ -471,7 +471,7 @@ def _tracking(out: str, manifest: dict, tracking_uri: str | None, track: bool) -
     and config: the config and encoder as params), open while the work runs and ended
     FINISHED or FAILED; yields its id and the store's URI, or Nones when not tracking
     (``track=False``, or a remote output without ``MLFLOW_TRACKING_URI``)."""
-    from lvmae.tracking import default_tracking_uri, tracked_run  # mlflow: driver only
+    from lvmae.tracking import resolve_tracking_uri, tracked_run  # mlflow: driver only
 
     if not track:
         yield None, None
@@ -480,7 +480,7 @@ def _tracking(out: str, manifest: dict, tracking_uri: str | None, track: bool) -
         log.warning("no MLflow tracking for remote output %s: set MLFLOW_TRACKING_URI", out)
         yield None, None
         return
-    uri = tracking_uri or default_tracking_uri(out)
+    uri = resolve_tracking_uri(tracking_uri, out)
     params = {f"extract.{k}": v for k, v in manifest["config"].items()}
     params.update({f"encoder.{k}": v for k, v in manifest["encoder"].items()})
     with tracked_run(

@@ -18,7 +18,7 @@ from lvmae.mae.model import LVMAE, LVMAEConfig
 from lvmae.mae.monitor import caption_report_html, reconstruct, retrieval_metrics
 from lvmae.mae.sequences import sequences_from_table, split_of
 from lvmae.storage import StorageError, read_segments
-from lvmae.tracking import metric_key, tracked_run, tracking_uri_near
+from lvmae.tracking import metric_key, resolve_tracking_uri, tracked_run
 from pipelines.job_inputs import embedding_dim_of, resolve_checkpoint, text_encoder
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def run_monitor(
         )  # fmt: skip
         (out_dir / "monitor.html").write_text(page)
         files.append(out_dir / "monitor.html")
-    uri = tracking_uri or tracking_uri_near(ckpt, out)
+    uri = resolve_tracking_uri(tracking_uri, out, near=ckpt)
     with tracked_run(
         uri,
         train_cfg.get("experiment", "lvmae-pretrain"),

@@ -68,7 +68,7 @@ from lvmae.mae.sequences import (
 )
 from lvmae.mae.step import PackedStep
 from lvmae.progress import Progress
-from lvmae.tracking import default_tracking_uri, metric_key, tracked_run
+from lvmae.tracking import metric_key, resolve_tracking_uri, tracked_run
 from pipelines.connect import connect_ray
 from pipelines.job_inputs import embedding_dim_of, video_sequences
 
@@ -524,12 +524,13 @@ def batch_plan(
 @dataclass
 class PretrainResult:
     """What a pre-training run left: the latest ``checkpoint`` directory, the last reported
-    ``metrics``, and the MLflow run id."""
+    ``metrics``, the MLflow run id, the run's name and its MLflow store."""
 
     checkpoint: str | None
     metrics: dict
     mlflow_run_id: str | None
     run_name: str
+    tracking_uri: str = ""
 
 
 def epoch_status(client: MlflowClient, run_id: str) -> tuple[int, dict[str, str]]:
@@ -585,14 +586,14 @@ def fit_with_progress(
 
 
 def _preflight(
-    embeddings: str, out: str, config: PretrainConfig
+    embeddings: str, out: str, config: PretrainConfig, run_name: str
 ) -> tuple[int, LVMAEConfig, dict | None]:
     """The embedding width, the model config and the run's latest checkpoint (None if it
     has none), which must load and match the model config (StorageError /
     CheckpointError before anything starts)."""
     dim = embedding_dim_of(embeddings)
     mcfg = resolve_model_config(config, dim)
-    previous = latest_run_checkpoint(out, config.run_name or "lvmae")
+    previous = latest_run_checkpoint(out, run_name)
     state = None
     if previous is not None:
         state = load_checkpoint(previous)
@@ -608,6 +609,7 @@ def _finished(
     *,
     run_name: str,
     progress: bool,
+    tracking_uri: str,
 ) -> PretrainResult:
     """The result of a run whose latest checkpoint (``state``) ends its last epoch,
     without starting Ray: what that checkpoint reported (``step``, ``epoch``, losses,
@@ -620,10 +622,12 @@ def _finished(
         _, shown = epoch_status(client, run_id)  # the last losses, if this store has them
         bar.update(min(state["epoch"], config.epochs), **shown)
     log.warning("run %r already finished its %d epochs: nothing to train", run_name, config.epochs)
-    return PretrainResult(str(state["path"]), metrics, run_id, run_name)
+    return PretrainResult(str(state["path"]), metrics, run_id, run_name, tracking_uri)
 
 
-def _prepare_data(embeddings: str, out: str, config: PretrainConfig) -> dict[str, Any]:
+def _prepare_data(
+    embeddings: str, out: str, config: PretrainConfig, run_name: str
+) -> dict[str, Any]:
     """Group, split, count and write the per-video sequence stores under the run directory.
 
     Raises:
@@ -640,7 +644,7 @@ def _prepare_data(embeddings: str, out: str, config: PretrainConfig) -> dict[str
             f"{n_train} training videos (of at least {config.min_tokens} segments) for "
             f"{workers} workers: extract more videos, lower min_tokens, or use fewer workers"
         )
-    root = run_dir(out, config.run_name or "lvmae") / SEQUENCES_DIR
+    root = run_dir(out, run_name) / SEQUENCES_DIR
     return {
         "n_train": n_train,
         "n_val": n_val,
@@ -657,7 +661,7 @@ def _log_missing_params(client: MlflowClient, run_id: str, params: dict[str, Any
             client.log_param(run_id, key, value)
 
 
-def _trainer(config: PretrainConfig, out: str, loop: TrainLoopConfig):
+def _trainer(config: PretrainConfig, out: str, run_name: str, loop: TrainLoopConfig):
     """The :class:`ray.train.torch.TorchTrainer` of this run (no Ray Datasets: the workers
     read the Parquet sequence stores named in ``loop``)."""
     import ray.train  # heavy: Ray Train, only on this path
@@ -670,7 +674,7 @@ def _trainer(config: PretrainConfig, out: str, loop: TrainLoopConfig):
             num_workers=config.num_workers, use_gpu=config.use_gpu
         ),
         run_config=ray.train.RunConfig(
-            name=config.run_name or "lvmae",
+            name=run_name,
             storage_path=str(Path(out).absolute() / RUNS_DIR),
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.keep_checkpoints),
@@ -679,10 +683,20 @@ def _trainer(config: PretrainConfig, out: str, loop: TrainLoopConfig):
 
 
 def run_pretrain(
-    embeddings: str, out: str, config: PretrainConfig, *, progress: bool = True
+    embeddings: str,
+    out: str,
+    config: PretrainConfig,
+    *,
+    progress: bool = True,
+    run_name: str | None = None,
+    tracking_uri: str | None = None,
 ) -> PretrainResult:
     """Pre-train LV-MAE on the segment embeddings under ``embeddings``; write checkpoints,
     the per-video sequence stores and the MLflow store under ``out``.
+
+    ``run_name`` and ``tracking_uri`` (what the main job resolved for its stage) win over the
+    config's; otherwise ``config.run_name`` (default ``lvmae``) and
+    :func:`lvmae.tracking.resolve_tracking_uri`.
 
     Rerunning with the same ``run_name`` continues from its latest checkpoint (same step and
     learning rate). A run whose latest checkpoint ends its last epoch returns that
@@ -701,9 +715,9 @@ def run_pretrain(
         PretrainError: too few videos to train on (the MLflow run ends FAILED).
         ClusterError: the Ray cluster named by ``RAY_ADDRESS`` cannot be reached.
     """
-    dim, mcfg, previous = _preflight(embeddings, out, config)
-    run_name = config.run_name or "lvmae"
-    tracking_uri = config.tracking_uri or default_tracking_uri(out)
+    run_name = run_name or config.run_name or "lvmae"
+    tracking_uri = resolve_tracking_uri(tracking_uri or config.tracking_uri, out)
+    dim, mcfg, previous = _preflight(embeddings, out, config, run_name)
     client = MlflowClient(tracking_uri=tracking_uri)
     done = previous is not None and previous["epoch"] >= config.epochs
     if not done:
@@ -720,9 +734,10 @@ def run_pretrain(
     ) as mlflow_run_id:  # fmt: skip
         if done:
             return _finished(
-                previous, config, client, mlflow_run_id, run_name=run_name, progress=progress
+                previous, config, client, mlflow_run_id, run_name=run_name, progress=progress,
+                tracking_uri=tracking_uri,
             )
-        data = _prepare_data(embeddings, out, config)
+        data = _prepare_data(embeddings, out, config, run_name)
         lengths = SequenceStore(data["train_path"]).lengths if config.batch_tokens else None
         plan = batch_plan(config, data["n_train"], lengths)
         _log_missing_params(client, mlflow_run_id, {
@@ -735,7 +750,7 @@ def run_pretrain(
             "train.lr": plan.lr,
             "train.lr_rule": plan.lr_rule,
         })  # fmt: skip
-        trainer = _trainer(config, out, TrainLoopConfig(
+        trainer = _trainer(config, out, run_name, TrainLoopConfig(
             config=config, model_config=mcfg, plan=plan, n_train=data["n_train"],
             n_val=data["n_val"], train_path=data["train_path"], val_path=data["val_path"],
             mlflow_run_id=mlflow_run_id, tracking_uri=tracking_uri,
@@ -745,7 +760,9 @@ def run_pretrain(
         checkpoint = result.checkpoint.path if result.checkpoint else None
         if checkpoint:
             client.set_tag(mlflow_run_id, "lvmae.checkpoint", checkpoint)
-    return PretrainResult(checkpoint, dict(result.metrics or {}), mlflow_run_id, run_name)
+    return PretrainResult(
+        checkpoint, dict(result.metrics or {}), mlflow_run_id, run_name, tracking_uri
+    )
 
 
 __all__ = [

@@ -39,7 +39,7 @@ from lvmae.config import ProbeConfig, ProbeSection, TuneSection
 from lvmae.probes.features import ProbeTask, load_tasks, video_ids
 from lvmae.probes.results import ProbeResult, result_from_fits, write_results
 from lvmae.progress import Progress
-from lvmae.tracking import log_numbers, tracked_run, tracking_uri_near
+from lvmae.tracking import log_numbers, resolve_tracking_uri, tracked_run
 from pipelines.job_inputs import encoded_videos, resolve_checkpoint
 from tune.space import load_space
 from tune.sweep import run_tune
@@ -190,7 +190,7 @@ def run_probe(
             recipe, so the two linear rows differ only in their features; ``transformer``
             with the paper's attentive recipe), seeds, device and task resources.
         tracking_uri: the MLflow store; default: the pre-training run's store above the
-            checkpoint, else ``<out>/mlflow.db`` (:func:`lvmae.tracking.tracking_uri_near`).
+            checkpoint, else ``<out>/mlflow.db`` (:func:`lvmae.tracking.resolve_tracking_uri`).
 
     Returns:
         One row per task × (probe, then baselines).
@@ -208,7 +208,7 @@ def run_probe(
     _wait_with_progress([ref for row in pending for ref in row.refs])
     rows = [(row.result(ray.get(row.refs), out_dir), row.config) for row in pending]
     files = write_results([row for row, _ in rows], out_dir)
-    uri = tracking_uri or tracking_uri_near(checkpoint, out)
+    uri = resolve_tracking_uri(tracking_uri, out, near=checkpoint)
     _track(rows, files, out=out, tracking_uri=uri)
     return [row for row, _ in rows]
 
@@ -281,7 +281,7 @@ def run_sweep(
     tasks = load_tasks(labels_paths, video_ids(embeddings))
     cache = compute_features(checkpoint, embeddings, out, actors=probe.encoder_actors)
     features = load_features_remote("cache", str(cache))
-    uri = tracking_uri or tracking_uri_near(checkpoint, out)
+    uri = resolve_tracking_uri(tracking_uri, out, near=checkpoint)
     return run_tune(
         tasks, features, out, section, recipes=recipes, tracking_uri=uri, verbose=verbose
     )

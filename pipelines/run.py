@@ -32,7 +32,7 @@ import ray
 
 from lvmae.config import STAGE_NAMES, ConfigError, RunConfig, load_run_config
 from lvmae.probes.results import ProbeResult
-from lvmae.tracking import default_tracking_uri, log_embeddings_input
+from lvmae.tracking import log_embeddings_input
 from pipelines.connect import check_reachable, connect_ray
 from pipelines.stages import STAGES, Stage, StageContext, StageError, StageRecord
 from pipelines.stages.base import sha
@@ -89,9 +89,8 @@ class _Chain:
     def __init__(self, config: RunConfig, chosen: Sequence[str], force: Sequence[str]):
         self.stages = [s for s in STAGES if s.name in chosen]
         self.force = set(force)
-        self.context = StageContext(config, config.run.tracking_uri or "")
+        self.context = StageContext.create(config)
         workdir = self.context.workdir
-        self.context.tracking_uri = config.run.tracking_uri or default_tracking_uri(workdir)
         for stage in STAGES:
             record = StageRecord.read(workdir, stage.name)
             if record is not None:

@@ -27,6 +27,7 @@ from lvmae.config import LabelsSource, RunConfig
 from lvmae.errors import LvmaeError
 from lvmae.labels import from_source, write_labels
 from lvmae.storage import read_videos
+from lvmae.tracking import resolve_tracking_uri
 from lvmae.video.samples import HARD_ORDER_RECIPES, ORDER_RECIPES
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,14 @@ class StageContext:
     stage_run_id: str | None = None
     parent_run_id: str | None = None
     _labels: list[str] | None = field(default=None, repr=False)
+
+    @classmethod
+    def create(cls, config: RunConfig) -> StageContext:
+        """The context of a run of ``config``, its MLflow store resolved once for every
+        stage (:func:`lvmae.tracking.resolve_tracking_uri` of ``run.tracking_uri`` and the
+        workdir)."""
+        workdir = str(Path(config.run.workdir))
+        return cls(config, resolve_tracking_uri(config.run.tracking_uri, workdir))
 
     @property
     def workdir(self) -> str:

@@ -43,13 +43,11 @@ class PretrainStage(BaseStage):
         return {"CPU": float(p.num_workers), "GPU": float(p.num_workers if p.use_gpu else 0)}
 
     def run(self, context: StageContext) -> PretrainOutput:
-        config = context.config.pretrain.model_copy(
-            update={
-                "run_name": f"{context.config.run.name}-{context.fingerprint(self.name)[:8]}",
-                "tracking_uri": context.tracking_uri,
-            }
-        )
-        result = run_pretrain(context.embeddings, context.path("pretrain"), config)
+        result = run_pretrain(
+            context.embeddings, context.path("pretrain"), context.config.pretrain,
+            run_name=f"{context.config.run.name}-{context.fingerprint(self.name)[:8]}",
+            tracking_uri=context.tracking_uri,
+        )  # fmt: skip
         if result.checkpoint is None:
             raise StageError("pre-training finished without a checkpoint")
         model_uri = None

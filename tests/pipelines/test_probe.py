@@ -242,18 +242,18 @@ def test_labels_command_converts_coin(tmp_path):
 
 
 def test_probes_track_into_the_pretraining_store_above_the_checkpoint(tmp_path, monkeypatch):
-    from lvmae.tracking import tracking_uri_near
+    from lvmae.tracking import resolve_tracking_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     ckpt = tmp_path / "pre" / "runs" / "lvmae" / "checkpoint_1"
     ckpt.mkdir(parents=True)
-    assert (
-        tracking_uri_near(ckpt, str(tmp_path / "o")) == f"sqlite:///{tmp_path / 'o' / 'mlflow.db'}"
-    )
+    out = str(tmp_path / "o")
+    assert resolve_tracking_uri(None, out, near=ckpt) == f"sqlite:///{tmp_path / 'o' / 'mlflow.db'}"
     (tmp_path / "pre" / "mlflow.db").touch()
     assert (
-        tracking_uri_near(ckpt, str(tmp_path / "o"))
+        resolve_tracking_uri(None, str(tmp_path / "o"), near=ckpt)
         == f"sqlite:///{tmp_path / 'pre' / 'mlflow.db'}"
     )
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert tracking_uri_near(ckpt, str(tmp_path / "o")) == "http://127.0.0.1:5000"
+    assert resolve_tracking_uri(None, out, near=ckpt) == "http://127.0.0.1:5000"
+    assert resolve_tracking_uri("sqlite:///given.db", out, near=ckpt) == "sqlite:///given.db"
