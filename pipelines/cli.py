@@ -26,6 +26,8 @@ from lvmae.config import (
     ExtractConfig,
     PretrainConfig,
     ProbeSection,
+    RunConfig,
+    RunSection,
     TuneSection,
     load_config,
     load_run_config,
@@ -51,6 +53,19 @@ def set_option(section: str):
         "--set", "sets", multiple=True, metavar="SECTION.FIELD=VALUE",
         help=f"Override a config field, e.g. --set {section}.FIELD=VALUE (repeatable).",
     )  # fmt: skip
+
+
+def command_config(*, input: str = "", workdir: str, **sections) -> RunConfig:
+    """The :class:`lvmae.config.RunConfig` of a single command: its ``run:`` fields
+    (``input``, ``workdir``, ``embeddings``, ``labels``, ``experiment``, ``tracking_uri``;
+    the stage list is the command's own) and the command's config section."""
+    run_fields = {k: sections.pop(k) for k in ("embeddings", "labels", "experiment",
+                                               "tracking_uri") if k in sections}  # fmt: skip
+    if run_fields.get("experiment") is None:
+        run_fields.pop("experiment", None)
+    stage = next(iter(sections))
+    run = RunSection(input=input, workdir=workdir, stages=[stage], **run_fields)
+    return RunConfig(run=run, **sections)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -106,11 +121,17 @@ def extract(input_path, out, config_file, overwrite, no_progress, sets, **option
 
     INPUT is a directory (searched recursively), a glob, or a text file listing paths.
     """
-    from pipelines.extract import run_extraction  # heavy (Ray): only for this command
+    from pipelines.run import run_alone  # heavy (Ray): only for this command
+    from pipelines.stages import ExtractStage, StageContext  # heavy (the jobs: Ray, torch)
 
     config = load_config(ExtractConfig, config_file, options, parse_sets(sets))
-    summary = run_extraction(input_path, out, config, overwrite=overwrite, progress=not no_progress)
-    click.echo(summary.format())
+    workdir = "." if "://" in out else out
+    run = command_config(input=input_path, workdir=workdir, embeddings=out, extract=config)
+    context = StageContext.create(
+        run, tracking_uri=None, overwrite=overwrite, progress=not no_progress
+    )  # the job decides where (and whether, for a remote --out) it tracks
+    output = run_alone(ExtractStage(), context)
+    click.echo(output.summary)
     click.echo(f"outputs: {out}/segments, {out}/videos, {out}/manifest.json")
 
 
@@ -127,21 +148,22 @@ def extract(input_path, out, config_file, overwrite, no_progress, sets, **option
 @set_option("pretrain")
 def pretrain(embeddings, out, config_file, sets, **options) -> None:
     """Pre-train LV-MAE on the segment embeddings under --embeddings (Ray Train DDP)."""
-    from lvmae.mae.model_registry import register_encoder  # heavy (MLflow, torch)
-    from lvmae.tracking import log_embeddings_input, mlflow_ui_hint  # heavy (MLflow)
-    from pipelines.pretrain import run_pretrain  # heavy (Ray, torch): only for this command
+    from lvmae.tracking import mlflow_ui_hint  # heavy (MLflow)
+    from pipelines.run import run_alone  # heavy (Ray, torch): only for this command
+    from pipelines.stages import PretrainStage, StageContext  # heavy (the jobs: Ray, torch)
 
     config = load_config(PretrainConfig, config_file, options, parse_sets(sets))
-    connect_ray()
-    result = run_pretrain(embeddings, out, config)
-    click.echo(f"run {result.run_name}: {json.dumps(result.metrics, default=str)}")
-    click.echo(f"checkpoint: {result.checkpoint}")
-    uri = result.tracking_uri
-    if result.checkpoint and result.mlflow_run_id:
-        log_embeddings_input(uri, result.mlflow_run_id, embeddings)
-        model = register_encoder(result.checkpoint, tracking_uri=uri, run_id=result.mlflow_run_id)
-        click.echo(f"registered {model.model_uri}")
-    click.echo(f"MLflow run {result.mlflow_run_id}; {mlflow_ui_hint(uri)}")
+    run = command_config(workdir=out, embeddings=embeddings, experiment=config.experiment,
+                         tracking_uri=config.tracking_uri, pretrain=config)  # fmt: skip
+    context = StageContext.create(
+        run, outs={"pretrain": out}, run_names={"pretrain": config.run_name or "lvmae"}
+    )
+    output = run_alone(PretrainStage(), context)
+    click.echo(f"run {output.run_name}: {json.dumps(output.metrics, default=str)}")
+    click.echo(f"checkpoint: {output.checkpoint}")
+    if output.model_uri:
+        click.echo(f"registered {output.model_uri}")
+    click.echo(f"MLflow run {output.mlflow_run_id}; {mlflow_ui_hint(output.tracking_uri)}")
 
 
 @cli.command()
@@ -182,7 +204,8 @@ def probe(checkpoint, embeddings, labels, config_file, out, sets, **options) -> 
     """Train probes on the frozen encoder (the paper's recipes, changed with e.g.
     --set probe.recipes.linear.lr=1e-3) and score them on the test split at the best
     validation epoch; results table in --out."""
-    from pipelines.probe import run_probe  # heavy (Ray, torch): only for this command
+    from pipelines.run import run_alone  # heavy (Ray, torch): only for this command
+    from pipelines.stages import ProbeStage, StageContext  # heavy (the jobs: Ray, torch)
 
     options = {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
     options = {k: v for k, v in options.items() if v not in ([], None)}
@@ -191,10 +214,13 @@ def probe(checkpoint, embeddings, labels, config_file, out, sets, **options) -> 
     if "baselines" not in options and not config_file:
         options["baselines"] = []
     section = load_config(ProbeSection, config_file, options, parse_sets(sets))
-    connect_ray()
-    results = run_probe(checkpoint, embeddings, list(labels), out, section)
+    run = command_config(workdir=out, embeddings=embeddings, labels=list(labels), probe=section)
+    context = StageContext.create(
+        run, tracking_uri=None, outs={"probe": out}, checkpoint=checkpoint
+    )  # the job tracks beside the checkpoint's pre-training run
+    output = run_alone(ProbeStage(), context)
     click.echo((Path(out) / "results.md").read_text())
-    click.echo(f"{len(results)} rows: {Path(out) / 'results.csv'}")
+    click.echo(f"{len(output.results)} rows: {Path(out) / 'results.csv'}")
 
 
 @cli.command()
@@ -210,13 +236,17 @@ def probe(checkpoint, embeddings, labels, config_file, out, sets, **options) -> 
 def tune(checkpoint, embeddings, labels, config_file, out, sets, **options) -> None:
     """Ray Tune sweep of probe hyperparameters (ASHA + Optuna) per labels file; the best
     configuration is retrained and scored on the test split once."""
-    from pipelines.probe import run_sweep  # heavy (Ray, torch): only for this command
+    from pipelines.run import run_alone  # heavy (Ray, torch): only for this command
+    from pipelines.stages import StageContext, TuneStage  # heavy (the jobs: Ray, torch)
 
     section = load_config(TuneSection, config_file, options, parse_sets(sets))
-    connect_ray()
-    results = run_sweep(checkpoint, embeddings, list(labels), out, section)
+    run = command_config(workdir=out, embeddings=embeddings, labels=list(labels), tune=section)
+    context = StageContext.create(
+        run, tracking_uri=None, outs={"tune": out}, checkpoint=checkpoint
+    )  # the job tracks beside the checkpoint's pre-training run
+    output = run_alone(TuneStage(), context)
     click.echo((Path(out) / "tune" / "results.md").read_text())
-    click.echo(f"{len(results)} tasks swept; trials in {Path(out) / 'tune'}")
+    click.echo(f"{len(output.results)} tasks swept; trials in {Path(out) / 'tune'}")
 
 
 @cli.command()

@@ -585,12 +585,16 @@ def fit_with_progress(
     return outcome["result"]
 
 
-def _preflight(
+def preflight(
     embeddings: str, out: str, config: PretrainConfig, run_name: str
 ) -> tuple[int, LVMAEConfig, dict | None]:
     """The embedding width, the model config and the run's latest checkpoint (None if it
-    has none), which must load and match the model config (StorageError /
-    CheckpointError before anything starts)."""
+    has none), which must load and match the model config.
+
+    Raises:
+        StorageError: missing embeddings or mixed widths.
+        CheckpointError: the run's checkpoint is corrupt or made with another model.
+    """
     dim = embedding_dim_of(embeddings)
     mcfg = resolve_model_config(config, dim)
     previous = latest_run_checkpoint(out, run_name)
@@ -717,7 +721,7 @@ def run_pretrain(
     """
     run_name = run_name or config.run_name or "lvmae"
     tracking_uri = resolve_tracking_uri(tracking_uri or config.tracking_uri, out)
-    dim, mcfg, previous = _preflight(embeddings, out, config, run_name)
+    dim, mcfg, previous = preflight(embeddings, out, config, run_name)
     client = MlflowClient(tracking_uri=tracking_uri)
     done = previous is not None and previous["epoch"] >= config.epochs
     if not done:

@@ -34,7 +34,7 @@ from lvmae.config import STAGE_NAMES, ConfigError, RunConfig, load_run_config
 from lvmae.probes.results import ProbeResult
 from lvmae.tracking import log_embeddings_input
 from pipelines.connect import check_reachable, connect_ray
-from pipelines.stages import STAGES, Stage, StageContext, StageError, StageRecord
+from pipelines.stages import STAGES, Stage, StageContext, StageError, StageOutput, StageRecord
 from pipelines.stages.base import sha
 from pipelines.tracking import RunTracker
 
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEMO_CONFIG = CONFIGS_DIR / "demo.yaml"
 
-__all__ = ["RunResult", "StageError", "demo_config", "run_main"]
+__all__ = ["RunResult", "StageError", "demo_config", "run_alone", "run_main"]
 
 
 @dataclass
@@ -141,6 +141,25 @@ class _Chain:
             )  # fmt: skip
             record.write(self.context.workdir)
             self.context.records[stage.name] = record
+
+
+def run_alone(stage: Stage, context: StageContext) -> StageOutput:
+    """One stage as its own command (``lvmae extract``, ``pretrain``, ``probe``, ``tune``):
+    the same :class:`Stage` the main job runs, through the same steps — its inputs checked,
+    then Ray joined (``run.address``, else ``RAY_ADDRESS``, else local), then its ``run`` —
+    with what the command named itself in ``context`` (its ``--out``, ``--checkpoint``, run
+    name). No stage record is written: a command is not a chain.
+
+    Raises:
+        LvmaeError: bad inputs (before Ray starts) or the stage's own errors.
+    """
+    stage.check(context)
+    address = context.config.run.address or os.environ.get("RAY_ADDRESS")
+    if address and not ray.is_initialized():
+        check_reachable(address)  # before any work
+    if not getattr(stage, "joins_ray_itself", False):
+        connect_ray(context.config.run.address)
+    return stage.run(context)
 
 
 def _chosen(config: RunConfig, stages: Sequence[str] | None, force: Sequence[str]) -> list[str]:

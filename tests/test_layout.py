@@ -23,6 +23,7 @@ Each failure lists the offenders as ``file:line: import``.
 from __future__ import annotations
 
 import ast
+import inspect
 import io
 import itertools
 import tokenize
@@ -578,3 +579,53 @@ def test_no_function_is_longer_than_100_lines():
         bad += long_functions(str(path.relative_to(ROOT)), path.read_text())
     assert not bad, "functions over 100 lines:\n" + "\n".join(bad)
     assert long_functions("x.py", "def f():\n" + "    x = 1\n" * 120)  # the check can fail
+
+
+# ------------------------------------------------------------------------------ one door per job
+
+JOB_ENTRY_POINTS = {
+    "run_extraction": "pipelines/stages/extract.py",
+    "run_pretrain": "pipelines/stages/pretrain.py",
+    "run_probe": "pipelines/stages/probe.py",
+    "run_sweep": "pipelines/stages/tune.py",
+}
+"""Each job that is a stage of the main job, and the one module allowed to start it: its
+stage. The ``lvmae`` commands and ``lvmae run`` both reach the job through that stage."""
+
+COMMAND_STAGES = {"extract": "ExtractStage", "pretrain": "PretrainStage",
+                  "probe": "ProbeStage", "tune": "TuneStage"}  # fmt: skip
+
+
+def job_calls(root: Path = ROOT) -> dict[str, list[str]]:
+    """Where each of :data:`JOB_ENTRY_POINTS` is called in the packages: name → files."""
+    found: dict[str, list[str]] = {name: [] for name in JOB_ENTRY_POINTS}
+    for path in source_files(root):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                func = node.func
+                name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+                if name in found:
+                    found[name].append(path.relative_to(root).as_posix())
+    return found
+
+
+def test_each_job_has_one_door():
+    """The stage jobs are started only by their stage (no second code path), and each
+    ``lvmae`` command of a stage job runs that stage (walks the CLI's commands)."""
+    for name, files in job_calls().items():
+        assert files == [JOB_ENTRY_POINTS[name]], (
+            f"{name} is started from {files}: only {JOB_ENTRY_POINTS[name]} may start it "
+            "(commands go through the stage with pipelines.run.run_alone)"
+        )
+    import click
+
+    from pipelines.cli import cli
+
+    for command, stage in COMMAND_STAGES.items():
+        callback = cli.commands[command].callback
+        source = inspect.getsource(callback)
+        assert stage in source and "run_alone" in source, (
+            f"`lvmae {command}` must run {stage} through pipelines.run.run_alone"
+        )
+    assert isinstance(cli, click.Group)

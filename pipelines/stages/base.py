@@ -146,20 +146,41 @@ class StageContext:
     records of the stages finished so far."""
 
     config: RunConfig
-    tracking_uri: str
+    tracking_uri: str | None
     records: dict[str, StageRecord] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)
     stage_run_id: str | None = None
     parent_run_id: str | None = None
+    outs: dict[str, str] = field(default_factory=dict)
+    run_names: dict[str, str] = field(default_factory=dict)
+    checkpoint: str | None = None
+    overwrite: bool = False
+    progress: bool = True
     _labels: list[str] | None = field(default=None, repr=False)
 
     @classmethod
-    def create(cls, config: RunConfig) -> StageContext:
+    def create(cls, config: RunConfig, **given: Any) -> StageContext:
         """The context of a run of ``config``, its MLflow store resolved once for every
         stage (:func:`lvmae.tracking.resolve_tracking_uri` of ``run.tracking_uri`` and the
-        workdir)."""
-        workdir = str(Path(config.run.workdir))
-        return cls(config, resolve_tracking_uri(config.run.tracking_uri, workdir))
+        workdir). ``given``: what a single command names itself (``outs``, ``run_names``,
+        ``checkpoint``, ``overwrite``, ``progress``, or ``tracking_uri=None`` to let the job
+        decide)."""
+        if "tracking_uri" not in given:
+            workdir = str(Path(config.run.workdir))
+            given["tracking_uri"] = resolve_tracking_uri(config.run.tracking_uri, workdir)
+        return cls(config, **given)
+
+    def out(self, stage: str, default: str | None = None) -> str:
+        """Where ``stage`` writes: the command's ``--out``, else ``default``, else
+        ``<workdir>/<stage>``."""
+        return self.outs.get(stage) or default or self.path(stage)
+
+    def run_name(self, stage: str) -> str:
+        """The name of ``stage``'s own run (MLflow, checkpoints): the command's, else
+        ``<run.name>-<the stage's fingerprint>`` (one per config)."""
+        if stage in self.run_names:
+            return self.run_names[stage]
+        return f"{self.config.run.name}-{self.fingerprint(stage)[:8]}"
 
     @property
     def workdir(self) -> str:
@@ -243,6 +264,9 @@ class BaseStage:
     """Defaults for the optional parts of :class:`Stage`."""
 
     requires: ClassVar[tuple[str, ...]] = ()
+    joins_ray_itself: ClassVar[bool] = False
+    """True for a stage whose job joins Ray itself, later (extraction overlaps Ray's start
+    with its own set-up); a single command then leaves joining to it."""
 
     def resources(self, config: RunConfig) -> dict[str, float]:
         return {"CPU": 1.0}

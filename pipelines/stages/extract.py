@@ -30,6 +30,7 @@ class ExtractOutput(StageOutput):
     last_wall_s: float
     failures: dict[str, str]
     videos_digest: str
+    summary: str = ""
 
     def digest(self) -> str:
         return self.videos_digest
@@ -57,6 +58,7 @@ class ExtractStage(BaseStage):
     name: ClassVar[str] = "extract"
     upstream: ClassVar[tuple[str, ...]] = ()
     output: ClassVar[type[StageOutput]] = ExtractOutput
+    joins_ray_itself: ClassVar[bool] = True  # Ray starts while its MLflow store is made
 
     def settings(self, context: StageContext) -> dict[str, Any]:
         c = context.config
@@ -85,7 +87,8 @@ class ExtractStage(BaseStage):
             context.config.run.input,
             context.embeddings,
             context.config.extract,
-            progress=True,
+            overwrite=context.overwrite,
+            progress=context.progress,
             tracking_uri=context.tracking_uri,
         )
         videos = read_videos(context.embeddings)
@@ -114,4 +117,5 @@ class ExtractStage(BaseStage):
             last_wall_s=round(summary.wall_s, 2),
             failures={r[0]: r[1] for r in rows if r[1] != "ok"},
             videos_digest=sha([list(r[:3]) for r in rows]),
+            summary=summary.format(),
         )

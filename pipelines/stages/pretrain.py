@@ -7,7 +7,8 @@ from typing import Any, ClassVar
 
 from lvmae.config import RunConfig
 from lvmae.mae.model_registry import register_encoder
-from pipelines.pretrain import run_pretrain
+from lvmae.tracking import log_embeddings_input
+from pipelines.pretrain import preflight, run_pretrain
 from pipelines.stages.base import BaseStage, StageContext, StageError, StageOutput, numbers, sha
 
 
@@ -20,6 +21,7 @@ class PretrainOutput(StageOutput):
     mlflow_run_id: str | None
     metrics: dict[str, float]
     model_uri: str | None = None
+    tracking_uri: str = ""
 
     def digest(self) -> str:
         return sha([self.checkpoint, self.metrics.get("step")])
@@ -42,18 +44,26 @@ class PretrainStage(BaseStage):
         p = config.pretrain
         return {"CPU": float(p.num_workers), "GPU": float(p.num_workers if p.use_gpu else 0)}
 
+    def check(self, context: StageContext) -> None:
+        """The embeddings' width and, when the run has a checkpoint already, that it loads
+        and fits the model (before Ray starts)."""
+        preflight(context.embeddings, context.out(self.name), context.config.pretrain,
+                  context.run_name(self.name))  # fmt: skip
+
     def run(self, context: StageContext) -> PretrainOutput:
+        """Pre-train, then log the embeddings as the run's input dataset and register the
+        encoder as an MLflow model (what ``lvmae pretrain`` and ``lvmae run`` both do)."""
         result = run_pretrain(
-            context.embeddings, context.path("pretrain"), context.config.pretrain,
-            run_name=f"{context.config.run.name}-{context.fingerprint(self.name)[:8]}",
-            tracking_uri=context.tracking_uri,
+            context.embeddings, context.out(self.name), context.config.pretrain,
+            run_name=context.run_name(self.name), tracking_uri=context.tracking_uri,
         )  # fmt: skip
         if result.checkpoint is None:
             raise StageError("pre-training finished without a checkpoint")
         model_uri = None
         if result.mlflow_run_id is not None:
+            log_embeddings_input(result.tracking_uri, result.mlflow_run_id, context.embeddings)
             model_uri = register_encoder(
-                result.checkpoint, tracking_uri=context.tracking_uri, run_id=result.mlflow_run_id
+                result.checkpoint, tracking_uri=result.tracking_uri, run_id=result.mlflow_run_id
             ).model_uri
         return PretrainOutput(
             checkpoint=result.checkpoint,
@@ -61,4 +71,11 @@ class PretrainStage(BaseStage):
             mlflow_run_id=result.mlflow_run_id,
             metrics=numbers(result.metrics),
             model_uri=model_uri,
+            tracking_uri=result.tracking_uri,
         )
+
+
+def pretrained_checkpoint(context: StageContext) -> str:
+    """The checkpoint a stage evaluates: the command's ``--checkpoint``, else the one the
+    pre-training stage of this run left."""
+    return context.checkpoint or context.output("pretrain", PretrainOutput).checkpoint

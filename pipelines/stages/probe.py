@@ -12,7 +12,7 @@ from lvmae.labels import read_labels
 from lvmae.probes.results import ProbeResult
 from pipelines.probe import run_probe
 from pipelines.stages.base import BaseStage, StageContext, StageOutput, sha
-from pipelines.stages.pretrain import PretrainOutput
+from pipelines.stages.pretrain import pretrained_checkpoint
 
 
 class ProbeOutput(StageOutput):
@@ -64,8 +64,8 @@ class ProbeStage(BaseStage):
         check_labels(context)
 
     def run(self, context: StageContext) -> ProbeOutput:
-        checkpoint = context.output("pretrain", PretrainOutput).checkpoint
-        out = context.path("probe")
+        checkpoint = pretrained_checkpoint(context)
+        out = context.out(self.name)
         results = run_probe(
             checkpoint, context.embeddings, context.labels_files(), out, context.config.probe,
             tracking_uri=context.tracking_uri,

@@ -11,7 +11,7 @@ from lvmae.config import RunConfig
 from lvmae.probes.results import ProbeResult
 from pipelines.probe import run_sweep
 from pipelines.stages.base import BaseStage, StageContext, StageOutput, file_digest, sha
-from pipelines.stages.pretrain import PretrainOutput
+from pipelines.stages.pretrain import pretrained_checkpoint
 from pipelines.stages.probe import check_labels
 from tune.space import load_space
 
@@ -53,8 +53,8 @@ class TuneStage(BaseStage):
         load_space(t.space, recipes={k: context.config.probe.config(k) for k in t.probes})
 
     def run(self, context: StageContext) -> TuneOutput:
-        checkpoint = context.output("pretrain", PretrainOutput).checkpoint
-        out = context.path("probe")  # shares the probe stage's feature cache
+        checkpoint = pretrained_checkpoint(context)
+        out = context.out(self.name, context.path("probe"))  # shares the probe's feature cache
         results = run_sweep(
             checkpoint, context.embeddings, context.labels_files(), out, context.config.tune,
             probe=context.config.probe, tracking_uri=context.tracking_uri, verbose=0,

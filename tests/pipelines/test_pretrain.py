@@ -356,3 +356,24 @@ def test_token_budget_run_with_accumulation_logs_its_lr_rule_and_resumes_on_sche
     resumed = client.get_metric_history(second.mlflow_run_id, "resumed_from_step")
     assert [int(m.value) for m in resumed] == [total]
     assert second.metrics["epoch"] == 3 and second.metrics["step"] > total
+
+
+def test_the_pretrain_command_runs_the_pretrain_stage(
+    sample_extraction, mlflow_store, tmp_path, capsys
+):
+    """``lvmae pretrain`` is the pre-training stage run alone: the same follow-up steps as
+    in ``lvmae run`` (the embeddings logged as the run's input, the encoder registered), its
+    run named by --run-name, tracked under --out."""
+    out = seed_store(mlflow_store, tmp_path / "out")
+    main(["pretrain", "--embeddings", str(sample_extraction), "--out", str(out),
+          "--preset", "tiny", "--epochs", "1", "--num-workers", "1", "--run-name", "cli",
+          "--set", "pretrain.max_tokens=8", "--set", "pretrain.warmup_epochs=0",
+          "--set", "pretrain.min_window_s=4", "--set", f"pretrain.segment_s={2.0}"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "run cli:" in printed and "registered models:/lvmae-encoder/" in printed
+    client = mlflow_client(out)
+    run = next(r for r in client.search_runs(
+        [client.get_experiment_by_name("lvmae-pretrain").experiment_id]
+    ) if r.info.run_name == "cli")  # fmt: skip
+    assert run.info.status == "FINISHED" and run.inputs.dataset_inputs
+    assert (out / "runs" / "cli").is_dir()

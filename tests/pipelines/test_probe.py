@@ -257,3 +257,26 @@ def test_probes_track_into_the_pretraining_store_above_the_checkpoint(tmp_path, 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert resolve_tracking_uri(None, out, near=ckpt) == "http://127.0.0.1:5000"
     assert resolve_tracking_uri("sqlite:///given.db", out, near=ckpt) == "sqlite:///given.db"
+
+
+@pytest.mark.slow
+def test_the_probe_command_runs_the_probe_stage(setup, mlflow_store, tmp_path, capsys):
+    """``lvmae probe`` is the probe stage run alone (pipelines.run.run_alone): its labels are
+    checked first, its rows written to --out and printed."""
+    from pipelines.cli import main
+
+    _, emb, labels, ckpt = setup
+    out = seed_store(mlflow_store, tmp_path / "cli")
+    with quick_small_runs():
+        main(["probe", "--checkpoint", ckpt, "--embeddings", emb, "--labels", labels,
+              "--out", str(out), "--set", "probe.seeds=1",
+              "--set", "probe.recipes.linear.epochs=2"])  # fmt: skip
+    printed = capsys.readouterr().out
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["method"], r["probe"]) for r in rows] == [("lvmae", "linear")]
+    assert f"1 rows: {out / 'results.csv'}" in printed
+    with pytest.raises(SystemExit):  # a labels file that does not read: before any work
+        main(["probe", "--checkpoint", ckpt, "--embeddings", emb, "--labels",
+              str(tmp_path / "missing.csv"), "--out", str(tmp_path / "o2")])  # fmt: skip
+    assert not (tmp_path / "o2").exists()
