@@ -18,19 +18,19 @@ from typing import Any, ClassVar, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from lvmae.encoders.registry import ENCODER_NAMES
 from lvmae.errors import LvmaeError
+from lvmae.probes.kinds import KINDS, PROBE_KINDS
 
-EncoderName = Literal["tiny", "languagebind-video-ft", "languagebind-video-huge"]
-ProbeKind = Literal["linear", "attentive", "pooler"]
+# The plug-in registries are plain data (docs/design.md "Plug-ins"): the names a config
+# accepts come from them, so a new encoder or probe kind is not listed here again.
+EncoderName = Literal[ENCODER_NAMES]  # type: ignore[valid-type]
+ProbeKind = Literal[PROBE_KINDS]  # type: ignore[valid-type]
 BaselineName = Literal["mean-pool", "transformer"]
 ClsSource = Literal["learned", "encoder"]
 StageName = Literal["extract", "pretrain", "probe", "tune", "report"]
 LabelDataset = Literal["lvu", "coin", "breakfast"]
 
-ENCODER_NAMES: tuple[str, ...] = get_args(EncoderName)
-"""The frozen encoders (see :mod:`lvmae.encoders.models`)."""
-PROBE_KINDS: tuple[str, ...] = get_args(ProbeKind)
-"""Probes on the frozen LV-MAE encoder (see :mod:`lvmae.probes`)."""
 BASELINES: tuple[str, ...] = get_args(BaselineName)
 """Baselines scored on the same splits as the probes (raw segment embeddings)."""
 CLS_SOURCES: tuple[str, ...] = get_args(ClsSource)
@@ -381,13 +381,10 @@ class PretrainConfig(BaseModel):
 
 # ------------------------------------------------------------------------------- probes
 
-PAPER_PROBE_RECIPES: dict[str, dict[str, Any]] = {
-    "linear": {"lr": 1e-4, "epochs": 30, "batch_size": 16, "gamma": None},
-    "attentive": {"lr": 1e-3, "epochs": 20, "batch_size": 16, "gamma": 0.9},
-    "pooler": {"lr": 1e-3, "epochs": 20, "batch_size": 16, "gamma": 0.9},
-}
-"""The paper's probe recipes (LV-MAE §8; docs/design.md "Reference facts"). The pooler has
-no recipe of its own in the paper; it reuses the attentive probe's."""
+PAPER_PROBE_RECIPES: dict[str, dict[str, Any]] = {k: dict(s.recipe) for k, s in KINDS.items()}
+"""The paper's probe recipes (LV-MAE §8; docs/design.md "Reference facts"), from the
+registry of probe kinds (:data:`lvmae.probes.kinds.KINDS`). The pooler has no recipe of its
+own in the paper; it reuses the attentive probe's."""
 
 
 class ProbeRecipe(BaseModel):
@@ -478,8 +475,8 @@ class ProbeConfig(ProbeRecipe):
         """The probe's name in results tables: ``linear``, ``attentive`` (the paper's: the
         encoder's [CLS] adapted by one block), ``attentive-learned`` (a learned [CLS]) or
         ``pooler`` (V-JEPA's attentive pooler)."""
-        if self.kind == "attentive" and self.cls_source == "learned":
-            return "attentive-learned"
+        if KINDS[self.kind].reads_cls and self.cls_source == "learned":
+            return f"{self.kind}-learned"
         return self.kind
 
     def to_dict(self) -> dict[str, Any]:
@@ -665,14 +662,19 @@ that reading a config never imports the video code (PyAV, ffmpeg)."""
 
 class SamplesSection(BaseModel):
     """Generate the procedural sample library into ``run.input`` first (the demo; see
-    :func:`lvmae.video.samples.make_samples`); its ``labels.csv`` is added to the run's labels."""
+    :func:`lvmae.video.samples.make_samples`); its ``labels.csv`` is added to the run's labels.
+
+    The one home of the library's parameters: the generator
+    (:func:`lvmae.video.samples.make_samples`, :func:`~lvmae.video.samples.plan_samples`) and
+    ``lvmae make-samples`` take their defaults from this model's (:data:`SAMPLE_LIBRARY`).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     SECTION: ClassVar[str] = "samples"
 
     videos_per_recipe: int = Field(3, ge=1)
     min_seconds: float = Field(60.0, ge=1, description="shortest video, seconds")
-    max_seconds: float = Field(180.0, ge=1, description="longest video, seconds")
+    max_seconds: float = Field(600.0, ge=1, description="longest video, seconds")
     recipes: list[str] | None = Field(None, description="default: all recipes")
     width: int = Field(160, ge=16)
     height: int = Field(120, ge=16)
@@ -688,6 +690,10 @@ class SamplesSection(BaseModel):
         if unknown:
             raise ValueError(f"unknown recipes {unknown}; known: {sorted(SAMPLE_RECIPES)}")
         return self
+
+
+SAMPLE_LIBRARY = SamplesSection()
+"""The sample library's default parameters (read by the generator and the CLI)."""
 
 
 class RunConfig(BaseModel):

@@ -22,6 +22,7 @@ from lvmae.config import (
     ENCODER_NAMES,
     LABEL_DATASETS,
     PROBE_KINDS,
+    SAMPLE_LIBRARY,
     SHOT_DETECTORS,
     ExtractConfig,
     PretrainConfig,
@@ -317,13 +318,16 @@ def monitor(checkpoint, embeddings, captions, out) -> None:
 
 @cli.command("make-samples")
 @click.argument("out_dir", type=click.Path(file_okay=False))
-@click.option("--videos-per-recipe", default=3, show_default=True, type=click.IntRange(1))
-@click.option("--min-seconds", default=60.0, show_default=True, type=click.FloatRange(1))
-@click.option("--max-seconds", default=600.0, show_default=True, type=click.FloatRange(1))
-@click.option("--width", default=160, show_default=True, type=click.IntRange(16))
-@click.option("--height", default=120, show_default=True, type=click.IntRange(16))
-@click.option("--fps", default=10, show_default=True, type=click.IntRange(1))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--videos-per-recipe", default=SAMPLE_LIBRARY.videos_per_recipe, show_default=True,
+              type=click.IntRange(1))  # fmt: skip
+@click.option("--min-seconds", default=SAMPLE_LIBRARY.min_seconds, show_default=True,
+              type=click.FloatRange(1))  # fmt: skip
+@click.option("--max-seconds", default=SAMPLE_LIBRARY.max_seconds, show_default=True,
+              type=click.FloatRange(1))  # fmt: skip
+@click.option("--width", default=SAMPLE_LIBRARY.width, show_default=True, type=click.IntRange(16))
+@click.option("--height", default=SAMPLE_LIBRARY.height, show_default=True, type=click.IntRange(16))
+@click.option("--fps", default=SAMPLE_LIBRARY.fps, show_default=True, type=click.IntRange(1))
+@click.option("--seed", default=SAMPLE_LIBRARY.seed, show_default=True, type=int)
 @click.option(
     "--recipes", type=click.Choice(["default", "order", "hard", *RECIPES]), multiple=True,
     help="Recipes (repeatable): 'order' = the four scene orders of the demo, 'hard' = their "

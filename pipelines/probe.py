@@ -9,11 +9,11 @@ Where the work runs (the driver only orchestrates):
   the mean of the token outputs ``[W]``, the [CLS] output ``[W]`` and every token's output
   ``[L, W]``;
 - a Ray task reads the cache (and another the raw segment embeddings, for the baselines)
-  into the object store (:func:`tune.tasks.load_features_remote`); the driver holds only
-  their references;
+  into the object store (:func:`pipelines.probe_tasks.load_features_remote`); the driver
+  holds only their references;
 - every probe row × seed trains in its own Ray task with declared CPUs and GPUs
-  (:func:`tune.tasks.fit_seeds`), on CUDA when it holds a GPU, and reports the node and
-  device it ran on.
+  (:func:`pipelines.probe_tasks.fit_seeds`), on CUDA when it holds a GPU, and reports the
+  node and device it ran on.
 
 Baselines use the raw segment embeddings: ``mean-pool`` (their mean → linear probe) and
 ``transformer`` (a small transformer trained from scratch: the paper's
@@ -41,9 +41,9 @@ from lvmae.probes.results import ProbeResult, result_from_fits, write_results
 from lvmae.progress import Progress
 from lvmae.tracking import log_numbers, resolve_tracking_uri, tracked_run
 from pipelines.job_inputs import encoded_videos, resolve_checkpoint
+from pipelines.probe_tasks import SCRATCH, SeedFit, fit_seeds, gpus_per_task, load_features_remote
 from tune.space import load_space
 from tune.sweep import run_tune
-from tune.tasks import SCRATCH, SeedFit, fit_seeds, gpus_per_task, load_features_remote
 
 __all__ = [
     "FEATURES_DIR",
@@ -78,7 +78,7 @@ def compute_features(
 ) -> Path:
     """Frozen LV-MAE features for every video under ``embeddings``, computed once and cached
     (Parquet: ``video_id``, ``num_tokens``, ``cls`` ``[W]``, ``mean`` ``[W]``, ``tokens``
-    ``[L * W]``; read back with :func:`lvmae.probes.load_features`). A finished cache is
+    ``[L * W]``; read back with :func:`lvmae.probes.features.load_features`). A finished cache is
     reused. The encoder runs on a Ray Data actor pool: ``actors`` actors (default: one per
     GPU of the cluster, at most 8, each holding one GPU; one CPU actor on a cluster without
     GPUs); the rows go from the actors to Parquet without passing through the driver.
@@ -283,5 +283,6 @@ def run_sweep(
     features = load_features_remote("cache", str(cache))
     uri = resolve_tracking_uri(tracking_uri, out, near=checkpoint)
     return run_tune(
-        tasks, features, out, section, recipes=recipes, tracking_uri=uri, verbose=verbose
+        tasks, features, out, section, recipes=recipes, tracking_uri=uri, fit_seeds=fit_seeds,
+        verbose=verbose,
     )

@@ -15,7 +15,11 @@ Every ``.py`` file under ``lvmae/``, ``pipelines/`` and ``tune/`` is parsed with
    progress, errors); everything else lives in a subpackage named for what flows through
    it (``video/``, ``encoders/``, ``mae/``, ``retrieval/``, ``probes/``, ``labels/``).
 7. ``lvmae/config.py`` imports no video, encoder, LV-MAE or torch code, so reading a
-   config stays light.
+   config stays light; it may import the plug-in registries (``lvmae.encoders.registry``,
+   ``lvmae.probes.kinds``), which it takes its encoder and probe names from.
+8. Those registries are plain data: they import only the standard library and
+   ``lvmae.errors`` (itself standard library only), and the ``__init__`` of their packages
+   imports nothing.
 
 Each failure lists the offenders as ``file:line: import``.
 """
@@ -26,6 +30,7 @@ import ast
 import inspect
 import io
 import itertools
+import sys
 import tokenize
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -45,6 +50,10 @@ JOBS = ("extract", "pretrain", "embed", "probe", "search", "monitor")
 """The job modules of ``pipelines/``: none imports another (what several read lives in
 ``pipelines/job_inputs.py``); the CLI, the stages and the runner compose them."""
 """What ``lvmae/config.py`` must not import (rule 7): modules and their submodules."""
+PLUGIN_REGISTRIES = ("lvmae.encoders.registry", "lvmae.probes.kinds")
+"""The plug-in registries: plain data that ``lvmae/config.py`` may import (rules 7 and 8)."""
+PLAIN_DATA_IMPORTS = ("lvmae.errors",)
+"""Project modules a registry may import (rule 8): standard library only themselves."""
 
 
 @dataclass(frozen=True)
@@ -286,13 +295,16 @@ def _within(module: str, prefix: str) -> bool:
     return module == prefix or module.startswith(prefix + ".")
 
 
-def imports_within(refs: Iterable[ImportRef], file: str, banned: Iterable[str]) -> list[ImportRef]:
+def imports_within(
+    refs: Iterable[ImportRef], file: str, banned: Iterable[str], allowed: Iterable[str] = ()
+) -> list[ImportRef]:
     """Imports made by ``file`` of a ``banned`` module or of anything inside it
-    (``from lvmae import video`` counts as importing ``lvmae.video``)."""
-    banned = tuple(banned)
+    (``from lvmae import video`` counts as importing ``lvmae.video``), except imports of an
+    ``allowed`` module or of names inside it."""
+    banned, allowed = tuple(banned), tuple(allowed)
     bad = []
     for ref in refs:
-        if ref.file != file:
+        if ref.file != file or any(_within(ref.module, a) for a in allowed):
             continue
         targets = [ref.module, *(f"{ref.module}.{n}" for n in ref.names)]
         if any(_within(t, b) for t in targets for b in banned):
@@ -313,6 +325,27 @@ def sideways_job_imports(refs: Iterable[ImportRef], jobs: Iterable[str] = JOBS) 
         if any(_within(t, f"pipelines.{j}") for t in targets for j in jobs if j != stem):
             bad.append(ref)
     return bad
+
+
+def non_stdlib_imports(
+    refs: Iterable[ImportRef], file: str, allowed: Iterable[str] = ()
+) -> list[ImportRef]:
+    """Imports made by ``file`` of anything beyond the standard library and ``allowed``."""
+    allowed = set(allowed)
+    return [
+        r
+        for r in refs
+        if r.file == file
+        and r.top not in sys.stdlib_module_names
+        and r.top != "__future__"
+        and r.module not in allowed
+    ]
+
+
+def module_file(module: str) -> str:
+    """The repository path of a dotted project module (``lvmae.probes.kinds`` →
+    ``lvmae/probes/kinds.py``)."""
+    return module.replace(".", "/") + ".py"
 
 
 # ------------------------------------------------------------------------------ reporting
@@ -396,10 +429,11 @@ def test_lvmae_top_level_is_the_support_layer():
 
 
 def test_config_imports_no_video_encoder_mae_or_torch():
-    bad = imports_within(_refs(), CONFIG_FILE, CONFIG_BANNED)
+    bad = imports_within(_refs(), CONFIG_FILE, CONFIG_BANNED, PLUGIN_REGISTRIES)
     assert not bad, (
         f"{CONFIG_FILE} must import nothing from {', '.join(CONFIG_BANNED)} (reading a config "
-        "stays light; keep what it needs as a torch-free constant in config):\n" + _listing(bad)
+        "stays light; keep what it needs as a torch-free constant in config, or in a plug-in "
+        f"registry: {', '.join(PLUGIN_REGISTRIES)}):\n" + _listing(bad)
     )
 
 
@@ -423,6 +457,26 @@ def test_sideways_job_checker():
         ("pipelines/monitor.py", 1),
         ("pipelines/probe.py", 1),
     ]
+
+
+def test_plugin_registries_are_plain_data():
+    refs = _refs()
+    for registry in PLUGIN_REGISTRIES:
+        file = module_file(registry)
+        assert (ROOT / file).is_file(), f"no {file} under {ROOT}"
+        bad = non_stdlib_imports(refs, file, PLAIN_DATA_IMPORTS)
+        package_init = module_file(registry.rsplit(".", 1)[0] + ".__init__")
+        bad += [r for r in refs if r.file == package_init and r.module != "__future__"]
+        assert not bad, (
+            f"{registry} is read by lvmae/config.py: it imports only the standard library and "
+            f"{', '.join(PLAIN_DATA_IMPORTS)}, and its package's __init__ imports nothing:\n"
+            + _listing(bad)
+        )
+    for module in PLAIN_DATA_IMPORTS:
+        bad = non_stdlib_imports(refs, module_file(module))
+        assert not bad, f"{module} is imported by the registries: standard library only:\n" + (
+            _listing(bad)
+        )
 
 
 # ------------------------------------------------------------------------------ self-checks
@@ -546,8 +600,23 @@ def test_support_layer_and_config_checkers():
             "    import decord  # optional\n"
         ),
         "lvmae/storage.py": "import torch\n",
+        "lvmae/probes/kinds.py": (
+            "from dataclasses import dataclass\nimport numpy\nfrom lvmae.errors import E\n"
+        ),
     }
     refs = _synthetic_refs(sources)
+    assert _lines(non_stdlib_imports(refs, "lvmae/probes/kinds.py")) == [
+        ("lvmae/probes/kinds.py", 2),
+        ("lvmae/probes/kinds.py", 3),
+    ]
+    assert _lines(non_stdlib_imports(refs, "lvmae/probes/kinds.py", PLAIN_DATA_IMPORTS)) == [
+        ("lvmae/probes/kinds.py", 2)
+    ]
+    registry_import = _synthetic_refs(
+        {CONFIG_FILE: "from lvmae.encoders.registry import ENCODER_NAMES\n"}
+    )
+    assert imports_within(registry_import, CONFIG_FILE, CONFIG_BANNED)  # banned by default
+    assert not imports_within(registry_import, CONFIG_FILE, CONFIG_BANNED, PLUGIN_REGISTRIES)
     assert _lines(imports_within(refs, CONFIG_FILE, CONFIG_BANNED)) == [
         ("lvmae/config.py", 1),
         ("lvmae/config.py", 2),

@@ -1,17 +1,19 @@
 """Ray Tune sweeps over probe hyperparameters on the frozen LV-MAE encoder's cached features.
 
 Per task (a labels set): the features stay in the object store (a reference is handed to
-the trials); each trial trains one probe (:func:`lvmae.probes.evaluate`) with the resources
-it declares and on the device it reserves (``device: auto``: CUDA when it holds a GPU), and
-reports the validation metric every epoch. The recipe's own configuration is the first
+the trials); each trial trains one probe (:func:`lvmae.probes.features.evaluate`) with the
+resources it declares and on the device it reserves (``device: auto``: CUDA when it holds a
+GPU), and reports the validation metric every epoch. The recipe's own configuration is the first
 trial, so the sweep can only match or beat it on validation. ASHA measures time in percent
 of each trial's own epochs (``progress``) and stops no trial before the section's grace
 period; Optuna proposes the next configurations under a concurrency limit. Trials never see
 the test labels (validation stands in for test inside a trial). Each trial is an MLflow run
 nested under the sweep's run; the best configuration is then retrained with
-``section.seeds`` seeds (Ray tasks, :func:`tune.tasks.fit_seeds`) and scored on the test
-split, once per seed. Outputs per task under ``<out>/tune/<task>/``: ``trials.csv`` and
-``best.json``; ``<out>/tune/results.csv|md`` over all tasks.
+``section.seeds`` seeds and scored on the test split, once per seed, in Ray tasks started by
+the ``fit_seeds`` the caller passes (the probe job's,
+:func:`pipelines.probe_tasks.fit_seeds`: ``tune/`` does not import ``pipelines/``). Outputs
+per task under ``<out>/tune/<task>/``: ``trials.csv`` and ``best.json``;
+``<out>/tune/results.csv|md`` over all tasks.
 
 The search space is described in :mod:`tune.space`.
 """
@@ -25,7 +27,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import ray
 import torch
@@ -38,15 +40,15 @@ from ray.tune.search.optuna import OptunaSearch
 
 from lvmae.config import ProbeConfig, TuneSection
 from lvmae.labels import LabelSet
-from lvmae.probes import VAL_METRIC, Features, ProbeResult, evaluate, write_results
-from lvmae.probes.results import result_from_fits
-from lvmae.probes.train import resolve_device
+from lvmae.probes.features import Features, evaluate
+from lvmae.probes.results import ProbeResult, result_from_fits, write_results
+from lvmae.probes.seeds import task_gpus
+from lvmae.probes.train import VAL_METRIC, resolve_device
 from lvmae.progress import Progress
 from lvmae.tracking import PARENT_TAG, log_numbers, run_status, tracked_run
 from tune.space import KNOBS, SAMPLERS, load_space, probe_config, recipe_point
-from tune.tasks import fit_seeds, gpus_per_task
 
-__all__ = ["KNOBS", "PROGRESS", "SAMPLERS", "TUNED_METHOD", "load_space", "run_tune"]
+__all__ = ["KNOBS", "PROGRESS", "SAMPLERS", "TUNED_METHOD", "FitSeeds", "load_space", "run_tune"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,22 @@ TUNED_METHOD = "lvmae-tuned"
 
 PROGRESS = "progress"
 """ASHA's time attribute: percent of the trial's own epochs done (0–100]."""
+
+
+class FitSeeds(Protocol):
+    """How the sweep's chosen configuration is retrained: one Ray task per seed, each
+    returning a :class:`lvmae.probes.seeds.SeedFit` (:func:`pipelines.probe_tasks.fit_seeds`)."""
+
+    def __call__(
+        self,
+        features: Any,
+        labels: LabelSet,
+        config: ProbeConfig,
+        *,
+        seeds: int,
+        device: str,
+        gpus: float,
+    ) -> list[ray.ObjectRef]: ...
 
 
 class _Tracking(NamedTuple):
@@ -237,6 +255,7 @@ def _sweep_task(
     out: str,
     tracking_uri: str,
     gpus_per_trial: float,
+    fit_seeds: FitSeeds,
     verbose: int,
 ) -> ProbeResult:
     """Sweep one task (the recipe first), retrain the best configuration with
@@ -304,6 +323,7 @@ def run_tune(
     *,
     recipes: Mapping[str, ProbeConfig] | None = None,
     tracking_uri: str,
+    fit_seeds: FitSeeds,
     verbose: int = 1,
 ) -> list[ProbeResult]:
     """Sweep probe hyperparameters on each task (the recipe is the first trial), retrain
@@ -312,10 +332,10 @@ def run_tune(
 
     Args:
         tasks: ``(name, labels, skipped)`` per task (e.g.
-            :class:`lvmae.probes.ProbeTask`): the labels restricted to videos with
+            :class:`lvmae.probes.features.ProbeTask`): the labels restricted to videos with
             features, and how many labelled videos were left out.
         features: features of every labelled video, or a reference to them in the object
-            store (:func:`tune.tasks.load_features_remote`); a plain table is put in the
+            store (:func:`pipelines.probe_tasks.load_features_remote`); a plain table is put in the
             object store once.
         out: the output directory; everything goes under ``<out>/tune``.
         section: trials per task, the search space file (:func:`tune.space.load_space`),
@@ -325,10 +345,12 @@ def run_tune(
             paper's): the first trial and the centre of the default space.
         tracking_uri: the MLflow store (experiment ``lvmae-tune``: one run per task, the
             trials nested under it).
+        fit_seeds: starts the final retraining's Ray tasks, one per seed
+            (:func:`pipelines.probe_tasks.fit_seeds`).
         verbose: Ray Tune's verbosity (0-3).
 
     Returns:
-        One ``lvmae-tuned`` :class:`~lvmae.probes.ProbeResult` per task, with ``trials``,
+        One ``lvmae-tuned`` :class:`~lvmae.probes.results.ProbeResult` per task, with ``trials``,
         ``best_config`` (JSON), ``sweep_val`` (the chosen trial's val) and ``recipe_val``
         (the recipe trial's val); also written to ``<out>/tune/results.csv|md``.
 
@@ -340,12 +362,15 @@ def run_tune(
     if not ray.is_initialized():
         ray.init(configure_logging=True, logging_level=logging.WARNING)
     ref = features if isinstance(features, ray.ObjectRef) else ray.put(features)
-    gpus = gpus_per_task(section.gpus_per_trial, section.device)
+    gpus = task_gpus(
+        section.gpus_per_trial, section.device, lambda: ray.cluster_resources().get("GPU", 0)
+    )
     results = []
     for name, labels, _skipped in tasks:
         results.append(
             _sweep_task(name, labels, ref, space, section, recipes=recipes, out=out,
-                        tracking_uri=tracking_uri, gpus_per_trial=gpus, verbose=verbose)
+                        tracking_uri=tracking_uri, gpus_per_trial=gpus, fit_seeds=fit_seeds,
+                        verbose=verbose)
         )  # fmt: skip
     write_results(results, Path(out) / "tune")
     return results

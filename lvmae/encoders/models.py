@@ -5,7 +5,9 @@ short segment of a long video is embedded by a frozen, off-the-shelf multimodal 
 encoder — LanguageBind's video tower, 8 frames sampled uniformly per segment, 224 px,
 CLIP mean/std. The paper uses ``LanguageBind/LanguageBind_Video_Huge_V1.5_FT`` (1024-d).
 
-Three registry names, one interface (:class:`FrozenEncoder`): ``encode`` (segments of frames →
+Three registry names (:mod:`lvmae.encoders.registry`: each entry names its ``describe`` and
+``build`` functions; :func:`build_tiny` and :func:`build_languagebind` here), one interface
+(:class:`FrozenEncoder`): ``encode`` (segments of frames →
 ``[B, D]``) and ``encode_text`` (strings → ``[N, D]`` in the same, aligned video–text space;
 LanguageBind, Zhu et al., ICLR 2024). LV-MAE §4.4 uses that aligned text space to monitor
 reconstructions (the captions nearest to a reconstructed embedding); ``lvmae search`` uses it
@@ -46,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lvmae.config import ENCODER_NAMES
+from lvmae.encoders.registry import ENCODER_NAMES, encoder_spec, resolve
 from lvmae.encoders.specs import (
     DEFAULT_CHECKPOINTS,
     FRAMES_PER_SEGMENT,
@@ -72,7 +74,8 @@ __all__ = [
     "CLIP_MEAN", "CLIP_STD", "DEFAULT_CHECKPOINTS", "ENCODER_NAMES", "FRAMES_PER_SEGMENT",
     "IMAGE_SIZE", "PRECISIONS", "TINY_ARCH", "VIT_H14_ARCH", "VIT_L14_ARCH",
     "EncoderUnavailableError", "FrozenEncoder", "HashWordTokenizer", "LanguageBindArch",
-    "LanguageBindEncoder", "build_encoder", "build_languagebind_random", "default_device",
+    "LanguageBindEncoder", "build_encoder", "build_languagebind", "build_languagebind_random",
+    "build_tiny", "default_device",
     "describe_encoder", "load_languagebind", "load_languagebind_tokenizer",
     "normalize_frames", "save_tiny_checkpoint",
 ]  # fmt: skip
@@ -432,8 +435,8 @@ class LanguageBindEncoder(FrozenEncoder):
         for sub in (model.config.vision_config, model.config.text_config):
             sub._attn_implementation = "sdpa"
         model.eval().requires_grad_(False)
-        self.weights_sha1 = _weights_sha1(model)
-        self.text_weights_sha1 = _text_weights_sha1(model)
+        self.weights_sha1 = _weights_sha1(model.vision_model, model.visual_projection)
+        self.text_weights_sha1 = _weights_sha1(model.text_model, model.text_projection)
         self.model = model.to(self.device)
         text = model.config.text_config
         self.text_max_length = int(text.max_position_embeddings)
@@ -529,23 +532,12 @@ class LanguageBindEncoder(FrozenEncoder):
         )
 
 
-def _weights_sha1(model: nn.Module) -> str:
-    """sha1 (first 16 hex digits) over the shapes and float32 bytes of a few vision-tower
-    tensors and the visual projection: cheap, and different for any two real checkpoints."""
-    params = list(model.vision_model.parameters())
-    picked = [params[0], params[len(params) // 2], params[-1], model.visual_projection.weight]
-    digest = hashlib.sha1()
-    for p in picked:
-        t = p.detach().to("cpu", torch.float32).contiguous()
-        digest.update(str(tuple(t.shape)).encode())
-        digest.update(t.numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def _text_weights_sha1(model: nn.Module) -> str:
-    """Like :func:`_weights_sha1`, over a few text-tower tensors and the text projection."""
-    params = list(model.text_model.parameters())
-    picked = [params[0], params[len(params) // 2], params[-1], model.text_projection.weight]
+def _weights_sha1(tower: nn.Module, projection: nn.Linear) -> str:
+    """sha1 (first 16 hex digits) over the shapes and float32 bytes of a few of ``tower``'s
+    tensors and ``projection``'s weight (the vision tower and visual projection, or the text
+    tower and text projection): cheap, and different for any two real checkpoints."""
+    params = list(tower.parameters())
+    picked = [params[0], params[len(params) // 2], params[-1], projection.weight]
     digest = hashlib.sha1()
     for p in picked:
         t = p.detach().to("cpu", torch.float32).contiguous()
@@ -573,8 +565,8 @@ def build_encoder(
     Args:
         name: one of :data:`ENCODER_NAMES`.
         checkpoint: LanguageBind presets: a hub id or a local ``save_pretrained`` directory
-            (default :data:`DEFAULT_CHECKPOINTS`); D comes from the loaded config. ``tiny``:
-            ``tiny-seed<N>`` (sets the seed) or None.
+            (default: the registry's, :data:`DEFAULT_CHECKPOINTS`); D comes from the loaded
+            config. ``tiny``: ``tiny-seed<N>`` (sets the seed) or None.
         device: torch device; default ``"cuda"`` if available, else ``"cpu"``.
         seed: weights seed of ``tiny`` (same seed → bit-identical weights in every process);
             ignored by the LanguageBind presets.
@@ -587,26 +579,43 @@ def build_encoder(
         EncoderUnavailableError: the checkpoint cannot be loaded (offline with no local copy,
             a bad directory); the message says how to provide it.
     """
-    if name not in ENCODER_NAMES:
-        raise ValueError(f"unknown encoder {name!r}; valid names: {', '.join(ENCODER_NAMES)}")
+    build = resolve(encoder_spec(name).build)  # imports the builder's module on first use
     device = device or default_device()
-    if name == "tiny":
-        if checkpoint is not None:
-            match = _TINY_CHECKPOINT.fullmatch(checkpoint)
-            if match is None:
-                raise ValueError(
-                    f"the tiny encoder has no checkpoint to load; got {checkpoint!r}, expected "
-                    f"'tiny-seed<N>' or none (to load a saved tiny checkpoint directory use "
-                    f"a languagebind-* encoder name)"
-                )
-            if seed not in (0, int(match.group(1))):
-                raise ValueError(f"checkpoint {checkpoint!r} disagrees with seed={seed}")
-            seed = int(match.group(1))
-        model = build_languagebind_random(TINY_ARCH, seed=seed)
-        return LanguageBindEncoder(
-            model, name=name, checkpoint=f"tiny-seed{seed}", device=device, precision=precision
-        )
-    checkpoint = checkpoint or DEFAULT_CHECKPOINTS[name]
+    return build(name, checkpoint, device=device, seed=seed, precision=precision)
+
+
+def build_tiny(
+    name: str, checkpoint: str | None, *, device: str, seed: int, precision: str | None
+) -> FrozenEncoder:
+    """The ``tiny`` encoder (registry builder): :data:`TINY_ARCH` with weights drawn from
+    ``seed``; ``checkpoint`` is None or ``tiny-seed<N>`` (which sets the seed).
+
+    Raises:
+        ValueError: any other checkpoint, or one that disagrees with a non-zero ``seed``.
+    """
+    if checkpoint is not None:
+        match = _TINY_CHECKPOINT.fullmatch(checkpoint)
+        if match is None:
+            raise ValueError(
+                f"the tiny encoder has no checkpoint to load; got {checkpoint!r}, expected "
+                f"'tiny-seed<N>' or none (to load a saved tiny checkpoint directory use "
+                f"a languagebind-* encoder name)"
+            )
+        if seed not in (0, int(match.group(1))):
+            raise ValueError(f"checkpoint {checkpoint!r} disagrees with seed={seed}")
+        seed = int(match.group(1))
+    model = build_languagebind_random(TINY_ARCH, seed=seed)
+    return LanguageBindEncoder(
+        model, name=name, checkpoint=f"tiny-seed{seed}", device=device, precision=precision
+    )
+
+
+def build_languagebind(
+    name: str, checkpoint: str | None, *, device: str, seed: int, precision: str | None
+) -> FrozenEncoder:
+    """A LanguageBind preset (registry builder): ``checkpoint`` (default: the registry's for
+    ``name``) loaded by :func:`load_languagebind`; ``seed`` is unused."""
+    checkpoint = checkpoint or encoder_spec(name).checkpoint
     model = load_languagebind(checkpoint)
     return LanguageBindEncoder(
         model, name=name, checkpoint=checkpoint, device=device, precision=precision

@@ -1,6 +1,7 @@
-"""What a frozen encoder is, without torch: the registry's checkpoints, the LanguageBind
-architectures' sizes, how LanguageBind's model code and hub checkpoints are found, and
-:func:`describe_encoder`, the driver's pre-flight view of an encoder.
+"""What a frozen encoder is, without torch: the LanguageBind architectures' sizes, how
+LanguageBind's model code and hub checkpoints are found, and :func:`describe_encoder`, the
+driver's pre-flight view of an encoder (through the registry,
+:mod:`lvmae.encoders.registry`).
 
 Kept apart from :mod:`lvmae.encoders.models` so that a process that only plans work (the extraction
 driver) does not import torch (≈ 1.7 s on 2 cores, before Ray can start). The loaders here
@@ -19,7 +20,7 @@ import types
 from pathlib import Path
 from typing import Any
 
-from lvmae.config import ENCODER_NAMES
+from lvmae.encoders.registry import ENCODERS, encoder_spec, resolve
 from lvmae.errors import LvmaeError
 
 FRAMES_PER_SEGMENT = 8
@@ -28,13 +29,9 @@ IMAGE_SIZE = 224
 """Side of the square frames the encoder sees, in pixels (paper §4)."""
 
 
-DEFAULT_CHECKPOINTS: dict[str, str] = {
-    "tiny": "tiny-seed0",
-    "languagebind-video-ft": "LanguageBind/LanguageBind_Video_FT",
-    "languagebind-video-huge": "LanguageBind/LanguageBind_Video_Huge_V1.5_FT",
-}
-"""Checkpoint used when ``build_encoder(name)`` is given none: a Hugging Face hub id for the
-LanguageBind presets, ``tiny-seed<seed>`` for ``tiny``."""
+DEFAULT_CHECKPOINTS: dict[str, str] = {name: spec.checkpoint for name, spec in ENCODERS.items()}
+"""Checkpoint used when ``build_encoder(name)`` is given none (the registry's): a Hugging
+Face hub id for the LanguageBind presets, ``tiny-seed<seed>`` for ``tiny``."""
 
 
 class EncoderUnavailableError(LvmaeError, RuntimeError):
@@ -220,26 +217,34 @@ def _from_pretrained(
 
 
 def describe_encoder(name: str, checkpoint: str | None = None, seed: int = 0) -> dict[str, Any]:
-    """What :func:`build_encoder` would build, from the checkpoint's config alone (no
-    weights): ``name``, ``checkpoint``, ``embedding_dim``, ``frames_per_segment``,
-    ``image_size``. A cheap pre-flight check on the driver before any work starts.
+    """What :func:`lvmae.encoders.models.build_encoder` would build, from the checkpoint's
+    config alone (no weights): ``name``, ``checkpoint``, ``embedding_dim``,
+    ``frames_per_segment``, ``image_size``. A cheap pre-flight check on the driver before any
+    work starts; the registry entry's ``describe`` does the work.
 
     Raises:
-        ValueError: unknown name.
+        ValueError: unknown name (the message lists the known ones).
         EncoderUnavailableError: the checkpoint's config cannot be found (see
-            :func:`load_languagebind`).
+            :func:`lvmae.encoders.models.load_languagebind`).
     """
-    if name not in ENCODER_NAMES:
-        raise ValueError(f"unknown encoder {name!r}; valid names: {', '.join(ENCODER_NAMES)}")
-    if name == "tiny":
-        return {
-            "name": name,
-            "checkpoint": checkpoint or f"tiny-seed{seed}",
-            "embedding_dim": TINY_ARCH.projection_dim,
-            "frames_per_segment": TINY_ARCH.num_frames,
-            "image_size": TINY_ARCH.image_size,
-        }
-    checkpoint = checkpoint or DEFAULT_CHECKPOINTS[name]
+    return resolve(encoder_spec(name).describe)(name, checkpoint, seed)
+
+
+def describe_tiny(name: str, checkpoint: str | None, seed: int) -> dict[str, Any]:
+    """The ``tiny`` encoder's description: its sizes are :data:`TINY_ARCH`'s."""
+    return {
+        "name": name,
+        "checkpoint": checkpoint or f"tiny-seed{seed}",
+        "embedding_dim": TINY_ARCH.projection_dim,
+        "frames_per_segment": TINY_ARCH.num_frames,
+        "image_size": TINY_ARCH.image_size,
+    }
+
+
+def describe_languagebind(name: str, checkpoint: str | None, seed: int) -> dict[str, Any]:
+    """A LanguageBind checkpoint's description, read from its ``config.json`` (default: the
+    registry's checkpoint for ``name``; ``seed`` is unused)."""
+    checkpoint = checkpoint or encoder_spec(name).checkpoint
     _, config_cls = _languagebind_video()
     config = _from_pretrained(config_cls, checkpoint)
     return {

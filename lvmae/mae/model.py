@@ -45,6 +45,7 @@ __all__ = [
     "LVMAEConfig",
     "Packing",
     "RowLayout",
+    "init_weights",
     "model_config",
     "sincos_positions",
     "varlen_available",
@@ -197,6 +198,20 @@ def sincos_positions(length: int, dim: int) -> Tensor:
     omega = 1.0 / 10000.0**omega
     angles = torch.arange(length, dtype=torch.float64)[:, None] * omega[None, :]
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1).float()
+
+
+def init_weights(module: nn.Module) -> None:
+    """MAE's init of every submodule of ``module``, in registration order: xavier-uniform
+    ``Linear`` weights, zero biases, ``LayerNorm`` weight 1 and bias 0 (He et al., CVPR 2022;
+    the LV-MAE model and the probe heads)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 @dataclass(frozen=True)
@@ -530,17 +545,10 @@ class LVMAE(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        """MAE init: xavier-uniform Linear, zero biases, LayerNorm 1/0, tokens N(0, 0.02)."""
+        """MAE init: tokens N(0, 0.02), then :func:`init_weights`."""
         nn.init.normal_(self.cls_token, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_weights(self)
 
     def _check_inputs(self, x: Tensor | None, real: Tensor, mask: Tensor | None = None) -> None:
         if real.dim() != 2 or real.dtype != torch.bool:

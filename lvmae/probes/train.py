@@ -28,6 +28,7 @@ from lvmae.config import ProbeConfig
 from lvmae.labels import TASKS
 from lvmae.mae.sequences import collate
 from lvmae.probes.heads import build_probe
+from lvmae.probes.kinds import kind_spec
 from lvmae.probes.metrics import regression_report, top_k_accuracy
 
 __all__ = ["VAL_METRIC", "ProbeData", "ProbeFit", "resolve_device", "train_probe"]
@@ -307,8 +308,9 @@ def _task_targets(named: Mapping[str, ProbeData], task: str, n_classes: int | No
 
 def _model_inputs(config: ProbeConfig, model: nn.Module | None) -> tuple[str, bool]:
     """What the probe is fed: ``"pooled"`` or ``"tokens"``, and whether it wants [CLS]."""
-    default_input = "pooled" if config.kind == "linear" else "tokens"
-    default_cls = config.kind == "attentive" and config.cls_source == "encoder"
+    spec = kind_spec(config.kind)
+    default_input = spec.inputs
+    default_cls = spec.reads_cls and config.cls_source == "encoder"
     input_kind = getattr(model, "input_kind", default_input) if model is not None else default_input
     wants_cls = bool(getattr(model, "wants_cls", False)) if model is not None else default_cls
     if input_kind not in ("pooled", "tokens"):

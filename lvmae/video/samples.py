@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 import av
 import ffmpeg
 
-from lvmae.config import SAMPLE_RECIPES
+from lvmae.config import SAMPLE_LIBRARY, SAMPLE_RECIPES
 from lvmae.labels import SPLITS
 from lvmae.video.ffmpeg import ffmpeg_exe
 
@@ -476,10 +476,10 @@ def _split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[in
 
 def plan_samples(
     *,
-    videos_per_recipe: int = 3,
-    min_seconds: float = 60.0,
-    max_seconds: float = 600.0,
-    seed: int = 0,
+    videos_per_recipe: int = SAMPLE_LIBRARY.videos_per_recipe,
+    min_seconds: float = SAMPLE_LIBRARY.min_seconds,
+    max_seconds: float = SAMPLE_LIBRARY.max_seconds,
+    seed: int = SAMPLE_LIBRARY.seed,
     recipes: Sequence[str] | None = None,
     jitter: float = 0.4,
     val_fraction: float = 0.2,
@@ -550,13 +550,13 @@ def plan_samples(
 def make_samples(
     out_dir: str | os.PathLike[str],
     *,
-    videos_per_recipe: int = 3,
-    min_seconds: float = 60.0,
-    max_seconds: float = 600.0,
-    width: int = 160,
-    height: int = 120,
-    fps: float = 10,
-    seed: int = 0,
+    videos_per_recipe: int = SAMPLE_LIBRARY.videos_per_recipe,
+    min_seconds: float = SAMPLE_LIBRARY.min_seconds,
+    max_seconds: float = SAMPLE_LIBRARY.max_seconds,
+    width: int = SAMPLE_LIBRARY.width,
+    height: int = SAMPLE_LIBRARY.height,
+    fps: float = SAMPLE_LIBRARY.fps,
+    seed: int = SAMPLE_LIBRARY.seed,
     recipes: Sequence[str] | None = None,
     workers: int = 2,
     crf: int = 30,

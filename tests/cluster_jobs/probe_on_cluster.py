@@ -20,8 +20,8 @@ from ray.cluster_utils import Cluster
 
 from lvmae.config import ProbeSection
 from pipelines.probe import compute_features, run_probe
+from pipelines.probe_tasks import load_features_remote
 from tests.pipelines.test_probe import probe_inputs
-from tune.tasks import load_features_remote
 
 
 def inputs(root: Path) -> tuple[str, str, str]:

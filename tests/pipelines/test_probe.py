@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from lvmae.config import ProbeSection, TuneSection
 from lvmae.mae.checkpoints import save_checkpoint
 from lvmae.mae.model import LVMAE, model_config
-from lvmae.probes import ProbeResult
+from lvmae.probes.results import ProbeResult
 from lvmae.storage import StorageError, segment_schema, write_table_atomic
 from pipelines.cli import cli
 from pipelines.probe import feature_cache_dir, run_probe, run_sweep

@@ -70,7 +70,7 @@ def refit_probes(chain: Chain) -> dict[tuple[str, str], tuple[int, float, float]
     with the true class is wrong). Per (method, probe): (best epoch, val top-1, top-1)."""
     import torch
 
-    from lvmae.probes import evaluate, load_features, load_tasks, raw_features, video_ids
+    from lvmae.probes.features import evaluate, load_features, load_tasks, raw_features, video_ids
     from pipelines.probe import feature_cache_dir
 
     config, records = chain.config, chain.result.records

@@ -18,7 +18,9 @@ from ray import tune
 
 from lvmae.config import ConfigError, ProbeConfig, TuneSection
 from lvmae.labels import LabelSet
-from lvmae.probes import Features, ProbeResult, ProbeTask
+from lvmae.probes.features import Features, ProbeTask
+from lvmae.probes.results import ProbeResult
+from pipelines.probe_tasks import fit_seeds
 from tune.space import default_space_spec, load_space, max_epochs, probe_config, recipe_point
 from tune.sweep import run_tune
 
@@ -168,7 +170,7 @@ def sweep(ray_local, tmp_path_factory, empty_store) -> Sweep:
                           probes=["linear", "attentive"])  # fmt: skip
     out, uri = tmp / "sweep", _store_in(empty_store, tmp)
     (row,) = run_tune([task], features, str(out), section, recipes=recipes, tracking_uri=uri,
-                      verbose=0)  # fmt: skip
+                      fit_seeds=fit_seeds, verbose=0)  # fmt: skip
     with (out / "tune" / "genre" / "trials.csv").open() as f:
         trials = tuple(csv.DictReader(f))
     return Sweep(out, uri, row, trials)
@@ -234,7 +236,7 @@ def test_trials_never_read_the_test_split(ray_local, tmp_path, empty_store, capf
     section = TuneSection(num_samples=2, space=str(space), max_concurrent=2)
     out = tmp_path / "sweep"
     with pytest.raises(ValueError, match="width mismatch"):
-        run_tune([task], features, str(out), section,
+        run_tune([task], features, str(out), section, fit_seeds=fit_seeds,
                  tracking_uri=_store_in(empty_store, tmp_path), verbose=0)  # fmt: skip
     printed = capfd.readouterr()
     assert "Configuration for experiment" not in printed.out + printed.err

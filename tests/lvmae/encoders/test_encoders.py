@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import get_args
 
 import numpy as np
 import pytest
 import torch
 
+from lvmae.config import EncoderName
 from lvmae.encoders.models import (
     CLIP_MEAN,
     CLIP_STD,
@@ -20,9 +22,11 @@ from lvmae.encoders.models import (
     FrozenEncoder,
     build_encoder,
     build_languagebind_random,
+    describe_encoder,
     normalize_frames,
     save_tiny_checkpoint,
 )
+from lvmae.encoders.registry import ENCODERS, encoder_spec, resolve
 
 
 def random_frames(batch: int, *, seed: int = 0, frames: int = 8, size: int = 224) -> np.ndarray:
@@ -157,11 +161,22 @@ def test_encode_empty_batch(tiny):
     assert emb.dtype == np.float32
 
 
-def test_unknown_encoder_name_lists_the_valid_ones():
+@pytest.mark.parametrize("look_up", [build_encoder, describe_encoder, encoder_spec])
+def test_unknown_encoder_name_lists_the_valid_ones(look_up):
     with pytest.raises(ValueError, match="unknown encoder 'clip'") as info:
-        build_encoder("clip")
+        look_up("clip")
     for name in ENCODER_NAMES:
         assert name in str(info.value)
+
+
+def test_every_registry_entry_names_its_functions():
+    """An encoder is one registry entry naming its ``describe`` (torch-free) and ``build``;
+    config accepts exactly the registry's names."""
+    assert ENCODER_NAMES == tuple(ENCODERS) == get_args(EncoderName)
+    for name, spec in ENCODERS.items():
+        assert callable(resolve(spec.describe)) and callable(resolve(spec.build)), name
+        assert DEFAULT_CHECKPOINTS[name] == spec.checkpoint
+    assert describe_encoder("tiny", seed=3)["checkpoint"] == "tiny-seed3"
 
 
 def test_normalize_frames_known_pixel():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from lvmae.mae.model import sincos_positions
-from lvmae.probes import ProbeData
+from lvmae.probes.train import ProbeData
 
 W = 32
 N_CLASSES = 4

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from lvmae.config import ConfigError
-from lvmae.probes import CLS_SOURCES, PROBE_KINDS, ProbeConfig
+from lvmae.config import CLS_SOURCES, ConfigError, ProbeConfig
 
 
 def test_paper_configs():
-    linear, attentive, pooler = (ProbeConfig.paper(k) for k in PROBE_KINDS)
+    linear, attentive, pooler = (ProbeConfig.paper(k) for k in ("linear", "attentive", "pooler"))
     assert (linear.lr, linear.epochs, linear.batch_size, linear.gamma) == (1e-4, 30, 16, None)
     assert (attentive.lr, attentive.epochs, attentive.batch_size) == (1e-3, 20, 16)
     assert attentive.gamma == 0.9 and pooler.gamma == 0.9

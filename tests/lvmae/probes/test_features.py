@@ -9,10 +9,10 @@ import csv
 import numpy as np
 import pytest
 
+from lvmae.config import ProbeConfig
 from lvmae.labels import LabelsError
-from lvmae.probes import (
+from lvmae.probes.features import (
     Features,
-    ProbeConfig,
     ProbeError,
     evaluate,
     load_task,

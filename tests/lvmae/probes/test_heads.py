@@ -6,12 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lvmae.probes import (
-    PROBE_KINDS,
+from lvmae.config import PROBE_KINDS, ProbeConfig
+from lvmae.probes.heads import (
     AttentiveProbe,
     LinearProbe,
     PoolerProbe,
-    ProbeConfig,
     TransformerBaseline,
     build_probe,
     mean_pool,

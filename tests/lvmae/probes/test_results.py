@@ -10,8 +10,8 @@ import pyarrow as pa
 import pytest
 
 from lvmae.labels import LabelSet
-from lvmae.probes import ProbeFit, ProbeResult, result_from_fit, write_results
-from lvmae.probes.results import result_from_fits
+from lvmae.probes.results import ProbeResult, result_from_fit, result_from_fits, write_results
+from lvmae.probes.train import ProbeFit
 
 
 def _labels(task: str) -> LabelSet:

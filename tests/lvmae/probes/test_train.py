@@ -8,17 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from lvmae.config import ProbeConfig
 from lvmae.mae.model import LVMAE, model_config
-from lvmae.probes import (
-    VAL_METRIC,
-    AttentiveProbe,
-    LinearProbe,
-    ProbeConfig,
-    ProbeData,
-    TransformerBaseline,
-    train_probe,
-)
+from lvmae.probes.heads import AttentiveProbe, LinearProbe, TransformerBaseline
 from lvmae.probes.metrics import regression_report
+from lvmae.probes.train import VAL_METRIC, ProbeData, train_probe
 from tests.lvmae.probes.tasks import N_CLASSES, W, mean_task, order_task
 
 
