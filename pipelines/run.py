@@ -109,6 +109,7 @@ class _Chain:
     def check(self) -> None:
         """Every stage still to run can read its inputs and upstream outputs."""
         chosen = {s.name for s in self.stages}
+        self.context.pending = {s.name for s in self.stages if not self.is_done(s)}
         for stage in self.stages:
             if self.is_done(stage):
                 continue

@@ -156,6 +156,7 @@ class StageContext:
     checkpoint: str | None = None
     overwrite: bool = False
     progress: bool = True
+    pending: set[str] = field(default_factory=set)
     _labels: list[str] | None = field(default=None, repr=False)
 
     @classmethod
@@ -164,7 +165,8 @@ class StageContext:
         stage (:func:`lvmae.tracking.resolve_tracking_uri` of ``run.tracking_uri`` and the
         workdir). ``given``: what a single command names itself (``outs``, ``run_names``,
         ``checkpoint``, ``overwrite``, ``progress``, or ``tracking_uri=None`` to let the job
-        decide)."""
+        decide). ``pending``: the stages this invocation will run (set by the runner), so
+        a stage checks only inputs that exist before it starts, not upstream outputs."""
         if "tracking_uri" not in given:
             workdir = str(Path(config.run.workdir))
             given["tracking_uri"] = resolve_tracking_uri(config.run.tracking_uri, workdir)

@@ -46,7 +46,10 @@ class PretrainStage(BaseStage):
 
     def check(self, context: StageContext) -> None:
         """The embeddings' width and, when the run has a checkpoint already, that it loads
-        and fits the model (before Ray starts)."""
+        and fits the model (before Ray starts); not when this invocation extracts them
+        first."""
+        if "extract" in context.pending:
+            return
         preflight(context.embeddings, context.out(self.name), context.config.pretrain,
                   context.run_name(self.name))  # fmt: skip
 
