@@ -3,7 +3,8 @@ cluster named cannot be reached.
 
 ``ray.init(address=...)`` against an address where nothing listens waits for its GCS
 connection timeout and then fails with a long traceback; the jobs check the address first
-(a TCP connect with a short timeout) and say what to fix.
+(a TCP connect with a short timeout) and say what to fix. :class:`Reservation` is what one
+unit of a job asks of the cluster.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import os
 import socket
 import warnings
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from lvmae.errors import LvmaeError
@@ -143,3 +145,30 @@ def connect_ray(address: str | None = None) -> None:
             f"could not join the Ray cluster at {address or 'a local instance'}: {exc}"
         ) from exc
     log.info("Ray: %s", ray.cluster_resources())
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What one unit of a stage's work reserves on the Ray cluster, in Ray's units: a task,
+    an actor or a Ray Train worker. :meth:`pipelines.stages.base.Stage.resources` returns
+    them, the runner logs them with the stage's MLflow run, and the job reserves exactly
+    these (Ray Data's ``num_cpus``/``num_gpus``/``memory`` and actor pool size, Ray Train's
+    scaling config, the probe tasks' and the sweep trials' options).
+
+    Attributes:
+        cpus: CPUs per unit (fractions allowed).
+        gpus: GPUs per unit; None: resolved against the cluster when the stage runs (a
+            share of a GPU where the cluster has GPUs, else none).
+        memory_mb: memory per unit for Ray's scheduler (None: not declared).
+        count: units at once (actors, workers, concurrent trials); None: as many as fit.
+    """
+
+    cpus: float
+    gpus: float | None = 0.0
+    memory_mb: int | None = None
+    count: int | None = None
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        """JSON-able, for MLflow params and records."""
+        return {"cpus": self.cpus, "gpus": self.gpus, "memory_mb": self.memory_mb,
+                "count": self.count}  # fmt: skip

@@ -59,7 +59,7 @@ from lvmae.storage import (
 from lvmae.video.clips import Clip, VideoReport, read_clips_bounded
 from lvmae.video.inputs import VideoSource, list_videos, local_copy
 from lvmae.video.shots import describe_detector, detector_versions
-from pipelines.connect import connect_ray, library_log_level
+from pipelines.connect import Reservation, connect_ray, library_log_level
 
 if TYPE_CHECKING:
     from lvmae.encoders.models import FrozenEncoder
@@ -333,6 +333,7 @@ def run_extraction(
     progress: bool = True,
     tracking_uri: str | None = None,
     track: bool = True,
+    reservations: dict[str, Reservation] | None = None,
 ) -> ExtractionSummary:
     """Extract segment embeddings for every video under ``input_path`` into ``out``.
 
@@ -351,6 +352,9 @@ def run_extraction(
             directory and config: params = resolved config, metrics = the summary, the
             manifest as an artifact).
         track: log to MLflow at all.
+        reservations: what each decode task and encoder actor reserves (the stage's
+            :meth:`~pipelines.stages.ExtractStage.resources`; default
+            :func:`extract_reservations`).
 
     Returns:
         The run's :class:`ExtractionSummary` (also written into the manifest).
@@ -396,7 +400,7 @@ def run_extraction(
             on_flush = _step_logger(run_id, uri)
             _run_pipeline(
                 todo, out, config, encoder, summary,
-                done=written, progress=progress, on_flush=on_flush,
+                done=written, progress=progress, on_flush=on_flush, reservations=reservations,
             )  # fmt: skip
         summary.wall_s = time.perf_counter() - t0
         manifest.update(
@@ -595,7 +599,8 @@ def check_gpus(config: ExtractConfig) -> None:
     import ray
     from ray._private.state import state  # how Ray Train/Data read the autoscaler's limits
 
-    gpus = config.encoder_gpus()
+    encode = extract_reservations(config).get("encode")
+    gpus = (encode.gpus or 0.0) if encode is not None else 0.0
     if gpus <= 0 or ray.cluster_resources().get("GPU", 0) >= gpus:
         return
     try:
@@ -613,15 +618,33 @@ def check_gpus(config: ExtractConfig) -> None:
     )
 
 
+def extract_reservations(config: ExtractConfig) -> dict[str, Reservation]:
+    """What extraction reserves: per decode task (``decode``: ``decode_cpus``,
+    ``decode_memory_mb``) and, unless the encoder runs inside the decode tasks, per encoder
+    actor (``encode``: ``encoder_cpu_share()``, ``encoder_gpus()``, ``encoder_actors`` of
+    them). :meth:`pipelines.stages.ExtractStage.resources` returns this, and
+    :func:`build_dataset` reserves it."""
+    out = {"decode": Reservation(config.decode_cpus, 0.0, config.decode_memory_mb)}
+    if not config.encodes_in_decode_tasks():
+        out["encode"] = Reservation(
+            config.encoder_cpu_share(), config.encoder_gpus(), count=config.encoder_actors
+        )
+    return out
+
+
 def build_dataset(
-    todo: list[VideoSource], config: ExtractConfig, done: dict[str, list[int]] | None = None
+    todo: list[VideoSource],
+    config: ExtractConfig,
+    done: dict[str, list[int]] | None = None,
+    reservations: dict[str, Reservation] | None = None,
 ):
     """The extraction as a lazy Ray Dataset: decode (CPU tasks, one video each) and, unless
     the encoder runs inside them, encode (actor pool with ``encoder_gpus()`` GPUs and
     ``encoder_cpu_share()`` CPUs each). Rows: ``video_id``, ``segment_index`` (-1 for a
     video's report row), ``start_s``, ``end_s``, ``frame_indices``, ``frame_times_s``,
     ``embedding``, ``report`` (JSON or empty). ``done`` maps a video to the indices of its
-    segments already on disk (not decoded again)."""
+    segments already on disk (not decoded again). ``reservations``: what each decode task
+    and encoder actor reserves (default :func:`extract_reservations`)."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -631,25 +654,28 @@ def build_dataset(
         {"video_id": s.video_id, "uri": s.uri, "done": np.asarray(done.get(s.video_id, []))}
         for s in todo
     ]
+    reserve = reservations or extract_reservations(config)
+    decode = reserve["decode"]
     ds = ray.data.from_items(items, override_num_blocks=len(todo))
     ds = ds.map_batches(
         decode_videos,
         batch_size=1,
         fn_kwargs={"config_json": config_json},
-        num_cpus=config.decode_cpus,
+        num_cpus=decode.cpus,
         # Declared memory also keeps Ray Data from fusing decoding into the encoder actors:
         # decoding must scale out over CPU tasks, not run serially inside the actor pool.
-        memory=config.decode_memory_mb * 2**20,
+        memory=(decode.memory_mb or 0) * 2**20 or None,
     )
-    if config.encodes_in_decode_tasks():
+    encode = reserve.get("encode")
+    if encode is None:
         return ds
     return ds.map_batches(
         EncodeClips,
         fn_constructor_kwargs={"config_json": config_json},
         batch_size=config.batch_size,
-        compute=ActorPoolStrategy(size=config.encoder_actors),
-        num_gpus=config.encoder_gpus(),
-        num_cpus=config.encoder_cpu_share(),
+        compute=ActorPoolStrategy(size=encode.count or 1),
+        num_gpus=encode.gpus or 0.0,
+        num_cpus=encode.cpus,
     )
 
 
@@ -746,14 +772,16 @@ def _data_context(config: ExtractConfig, encoder: dict, n_videos: int) -> Iterat
         ctx.enable_progress_bars, ctx.max_errored_blocks, ctx.target_max_block_size = saved
 
 
-def _run_pipeline(todo, out, config, encoder, summary, *, done, progress, on_flush) -> None:
+def _run_pipeline(
+    todo, out, config, encoder, summary, *, done, progress, on_flush, reservations
+) -> None:
     writer = OutputWriter(out, flush_s=config.flush_s, rows_per_file=config.rows_per_file)
     bar = Progress(len(todo), "extract", "videos", enabled=progress)
     book = _Bookkeeping(todo, config, summary, writer, progress=bar, on_flush=on_flush)
     dim, config_id = encoder["embedding_dim"], config.config_id()
     try:
         with _data_context(config, encoder, len(todo)):
-            ds = build_dataset(todo, config, done)
+            ds = build_dataset(todo, config, done, reservations)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             book.add(batch, segment_table(batch, encoder["name"], config_id, dim))
         book.finish_missing()

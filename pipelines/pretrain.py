@@ -69,7 +69,7 @@ from lvmae.mae.sequences import (
 from lvmae.mae.step import PackedStep
 from lvmae.progress import Progress
 from lvmae.tracking import metric_key, resolve_tracking_uri, tracked_run
-from pipelines.connect import connect_ray
+from pipelines.connect import Reservation, connect_ray
 from pipelines.job_inputs import embedding_dim_of, video_sequences
 
 log = logging.getLogger(__name__)
@@ -665,17 +665,35 @@ def _log_missing_params(client: MlflowClient, run_id: str, params: dict[str, Any
             client.log_param(run_id, key, value)
 
 
-def _trainer(config: PretrainConfig, out: str, run_name: str, loop: TrainLoopConfig):
+def pretrain_reservations(config: PretrainConfig) -> dict[str, Reservation]:
+    """What pre-training reserves: ``num_workers`` Ray Train workers of one CPU and, with
+    ``use_gpu``, one GPU each. :meth:`pipelines.stages.PretrainStage.resources` returns
+    this and the trainer's scaling config reserves it."""
+    return {"worker": Reservation(1.0, 1.0 if config.use_gpu else 0.0, count=config.num_workers)}
+
+
+def _trainer(
+    config: PretrainConfig,
+    out: str,
+    run_name: str,
+    loop: TrainLoopConfig,
+    *,
+    reservations: dict[str, Reservation],
+):
     """The :class:`ray.train.torch.TorchTrainer` of this run (no Ray Datasets: the workers
-    read the Parquet sequence stores named in ``loop``)."""
+    read the Parquet sequence stores named in ``loop``), its workers reserving
+    ``reservations["worker"]``."""
     import ray.train  # heavy: Ray Train, only on this path
     from ray.train.torch import TorchTrainer
 
+    worker = reservations["worker"]
+    per_worker = {"CPU": worker.cpus, **({"GPU": worker.gpus} if worker.gpus else {})}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"loop": loop},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=config.num_workers, use_gpu=config.use_gpu
+            num_workers=worker.count or config.num_workers, use_gpu=bool(worker.gpus),
+            resources_per_worker=per_worker,
         ),
         run_config=ray.train.RunConfig(
             name=run_name,
@@ -694,13 +712,15 @@ def run_pretrain(
     progress: bool = True,
     run_name: str | None = None,
     tracking_uri: str | None = None,
+    reservations: dict[str, Reservation] | None = None,
 ) -> PretrainResult:
     """Pre-train LV-MAE on the segment embeddings under ``embeddings``; write checkpoints,
     the per-video sequence stores and the MLflow store under ``out``.
 
     ``run_name`` and ``tracking_uri`` (what the main job resolved for its stage) win over the
     config's; otherwise ``config.run_name`` (default ``lvmae``) and
-    :func:`lvmae.tracking.resolve_tracking_uri`.
+    :func:`lvmae.tracking.resolve_tracking_uri`. ``reservations``: what each worker reserves
+    (the stage's ``resources()``; default :func:`pretrain_reservations`).
 
     Rerunning with the same ``run_name`` continues from its latest checkpoint (same step and
     learning rate). A run whose latest checkpoint ends its last epoch returns that
@@ -754,11 +774,12 @@ def run_pretrain(
             "train.lr": plan.lr,
             "train.lr_rule": plan.lr_rule,
         })  # fmt: skip
+        reserve = reservations or pretrain_reservations(config)
         trainer = _trainer(config, out, run_name, TrainLoopConfig(
             config=config, model_config=mcfg, plan=plan, n_train=data["n_train"],
             n_val=data["n_val"], train_path=data["train_path"], val_path=data["val_path"],
             mlflow_run_id=mlflow_run_id, tracking_uri=tracking_uri,
-        ))  # fmt: skip
+        ), reservations=reserve)  # fmt: skip
         with Progress(config.epochs, "pretrain", "epochs", enabled=progress) as bar:
             result = fit_with_progress(trainer.fit, client, mlflow_run_id, bar)
         checkpoint = result.checkpoint.path if result.checkpoint else None

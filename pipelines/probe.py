@@ -40,6 +40,7 @@ from lvmae.probes.features import ProbeTask, load_tasks, video_ids
 from lvmae.probes.results import ProbeResult, result_from_fits, write_results
 from lvmae.progress import Progress
 from lvmae.tracking import log_numbers, resolve_tracking_uri, tracked_run
+from pipelines.connect import Reservation
 from pipelines.job_inputs import encoded_videos, resolve_checkpoint
 from pipelines.probe_tasks import SCRATCH, SeedFit, fit_seeds, gpus_per_task, load_features_remote
 from tune.space import load_space
@@ -126,13 +127,22 @@ class _Row:
         )
 
 
+def probe_reservations(section: ProbeSection) -> dict[str, Reservation]:
+    """What each probe-training task reserves: ``cpus_per_task`` CPUs and
+    ``gpus_per_task`` GPUs (None: a share resolved against the cluster when the stage runs,
+    :func:`pipelines.probe_tasks.gpus_per_task`). :meth:`pipelines.stages.ProbeStage.resources`
+    returns this and :func:`run_probe` reserves it."""
+    return {"task": Reservation(section.cpus_per_task, section.gpus_per_task)}
+
+
 def _start_rows(
-    tasks: Sequence[ProbeTask], section: ProbeSection, lvmae_ref, raw_ref
+    tasks: Sequence[ProbeTask], section: ProbeSection, lvmae_ref, raw_ref, reserve: Reservation
 ) -> list[_Row]:
-    """Start every row's seeds as Ray tasks (all at once: Ray queues what does not fit)."""
-    gpus = gpus_per_task(section.gpus_per_task, section.device)
+    """Start every row's seeds as Ray tasks, each reserving ``reserve`` (all at once: Ray
+    queues what does not fit)."""
+    gpus = gpus_per_task(reserve.gpus, section.device)
     place = {"seeds": section.seeds, "device": section.device,
-             "cpus": section.cpus_per_task, "gpus": gpus}  # fmt: skip
+             "cpus": reserve.cpus, "gpus": gpus}  # fmt: skip
     rows = []
     for task in tasks:
         for kind in dict.fromkeys(section.probes):
@@ -167,13 +177,16 @@ def run_probe(
     section: ProbeSection,
     *,
     tracking_uri: str | None = None,
+    reservations: dict[str, Reservation] | None = None,
 ) -> list[ProbeResult]:
     """Probe the frozen encoder (and score the baselines) on every labels file (a task
     each); write ``results.csv``/``results.md`` and confusion matrices under ``out``; log
     every row to MLflow.
 
     Each row is trained ``section.seeds`` times, each seed in a Ray task that reserves
-    ``section.cpus_per_task`` CPUs and ``section.gpus_per_task`` GPUs (default 0.25 on a
+    ``reservations["task"]`` (the stage's ``resources()``; default
+    :func:`probe_reservations`: ``section.cpus_per_task`` CPUs and ``section.gpus_per_task``
+    GPUs, default 0.25 on a
     cluster with GPUs) and trains on ``section.device`` (``auto``: CUDA when it holds a
     GPU). The feature tables reach the tasks through the object store; the driver never
     loads them. Rows report the mean and standard deviation over seeds, and the node and
@@ -204,7 +217,8 @@ def run_probe(
     lvmae_ref = load_features_remote("cache", str(cache))
     raw_ref = load_features_remote("raw", embeddings) if section.baselines else None
     out_dir = Path(out)
-    pending = _start_rows(tasks, section, lvmae_ref, raw_ref)
+    reserve = (reservations or probe_reservations(section))["task"]
+    pending = _start_rows(tasks, section, lvmae_ref, raw_ref, reserve)
     _wait_with_progress([ref for row in pending for ref in row.refs])
     rows = [(row.result(ray.get(row.refs), out_dir), row.config) for row in pending]
     files = write_results([row for row, _ in rows], out_dir)
@@ -242,6 +256,14 @@ def _track(
 # --------------------------------------------------------------------------- sweeping
 
 
+def tune_reservations(section: TuneSection) -> dict[str, Reservation]:
+    """What each sweep trial reserves: one CPU, ``gpus_per_trial`` GPUs (None: resolved
+    against the cluster), ``max_concurrent`` trials at once.
+    :meth:`pipelines.stages.TuneStage.resources` returns this and :func:`run_sweep` reserves
+    it."""
+    return {"trial": Reservation(1.0, section.gpus_per_trial, count=section.max_concurrent)}
+
+
 def run_sweep(
     checkpoint: str,
     embeddings: str,
@@ -252,6 +274,7 @@ def run_sweep(
     probe: ProbeSection | None = None,
     tracking_uri: str | None = None,
     verbose: int = 1,
+    reservations: dict[str, Reservation] | None = None,
 ) -> list[ProbeResult]:
     """Sweep probe hyperparameters on every labels file (a task each) with
     :func:`tune.sweep.run_tune`, on the frozen encoder's features cached under
@@ -282,7 +305,9 @@ def run_sweep(
     cache = compute_features(checkpoint, embeddings, out, actors=probe.encoder_actors)
     features = load_features_remote("cache", str(cache))
     uri = resolve_tracking_uri(tracking_uri, out, near=checkpoint)
+    trial = (reservations or tune_reservations(section))["trial"]
     return run_tune(
         tasks, features, out, section, recipes=recipes, tracking_uri=uri, fit_seeds=fit_seeds,
+        trial_resources=trial.as_dict(),
         verbose=verbose,
     )

@@ -130,7 +130,7 @@ class _Chain:
     def run_stage(self, stage: Stage, tracker: RunTracker) -> None:
         t0 = time.perf_counter()
         fingerprint = self.context.fingerprints[stage.name]
-        resources = stage.resources(self.context.config)
+        resources = {k: r.as_dict() for k, r in stage.resources(self.context.config).items()}
         with tracker.stage(stage.name, {"resources": resources}) as run_id:
             self.context.stage_run_id = run_id
             if "extract" in stage.requires:  # the stage reads the segment embeddings

@@ -257,6 +257,7 @@ def _sweep_task(
     gpus_per_trial: float,
     fit_seeds: FitSeeds,
     verbose: int,
+    cpus_per_trial: float = 1.0,
 ) -> ProbeResult:
     """Sweep one task (the recipe first), retrain the best configuration with
     ``section.seeds`` seeds in Ray tasks and score it on the test split once per seed;
@@ -274,7 +275,7 @@ def _sweep_task(
         trainable = tune.with_resources(
             tune.with_parameters(_trial, data=[labels, features], recipes=dict(recipes), task=task,
                                  device=section.device, tracking=tracking),
-            {"cpu": 1, "gpu": gpus_per_trial},
+            {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
         )  # fmt: skip
         first = recipe_point(space, next(iter(recipes.values())))
         out_dir = Path(out) / "tune"
@@ -325,6 +326,7 @@ def run_tune(
     tracking_uri: str,
     fit_seeds: FitSeeds,
     verbose: int = 1,
+    trial_resources: Mapping[str, float | int | None] | None = None,
 ) -> list[ProbeResult]:
     """Sweep probe hyperparameters on each task (the recipe is the first trial), retrain
     the best configuration with ``section.seeds`` seeds and score it on the test split once
@@ -348,6 +350,9 @@ def run_tune(
         fit_seeds: starts the final retraining's Ray tasks, one per seed
             (:func:`pipelines.probe_tasks.fit_seeds`).
         verbose: Ray Tune's verbosity (0-3).
+        trial_resources: what each trial reserves (``cpus``, ``gpus``, ``count`` at once;
+            the stage's ``resources()``): default 1 CPU, ``section.gpus_per_trial``,
+            ``section.max_concurrent``.
 
     Returns:
         One ``lvmae-tuned`` :class:`~lvmae.probes.results.ProbeResult` per task, with ``trials``,
@@ -362,15 +367,18 @@ def run_tune(
     if not ray.is_initialized():
         ray.init(configure_logging=True, logging_level=logging.WARNING)
     ref = features if isinstance(features, ray.ObjectRef) else ray.put(features)
-    gpus = task_gpus(
-        section.gpus_per_trial, section.device, lambda: ray.cluster_resources().get("GPU", 0)
+    trial = {"cpus": 1.0, "gpus": section.gpus_per_trial, "count": section.max_concurrent}
+    trial |= dict(trial_resources or {})
+    gpus = task_gpus(trial["gpus"], section.device, lambda: ray.cluster_resources().get("GPU", 0))
+    section = section.model_copy(
+        update={"max_concurrent": int(trial["count"] or section.max_concurrent)}
     )
     results = []
     for name, labels, _skipped in tasks:
         results.append(
             _sweep_task(name, labels, ref, space, section, recipes=recipes, out=out,
                         tracking_uri=tracking_uri, gpus_per_trial=gpus, fit_seeds=fit_seeds,
-                        verbose=verbose)
+                        verbose=verbose, cpus_per_trial=float(trial["cpus"]))
         )  # fmt: skip
     write_results(results, Path(out) / "tune")
     return results

@@ -29,6 +29,7 @@ from lvmae.labels import from_source, write_labels
 from lvmae.storage import read_videos
 from lvmae.tracking import resolve_tracking_uri
 from lvmae.video.samples import HARD_ORDER_RECIPES, ORDER_RECIPES
+from pipelines.connect import Reservation
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +124,10 @@ class Stage(Protocol):
         """The settings that fingerprint the stage (JSON-able)."""
         ...
 
-    def resources(self, config: RunConfig) -> dict[str, float]:
-        """What the stage asks of the Ray cluster, in Ray's units (``CPU``, ``GPU``)."""
+    def resources(self, config: RunConfig) -> dict[str, Reservation]:
+        """What each unit of the stage's work reserves on the Ray cluster (decode task,
+        encoder actor, Train worker, probe task, sweep trial): the runner logs it, and the
+        stage hands this very value to its job, which reserves exactly it."""
         ...
 
     def prepare(self, context: StageContext) -> None:
@@ -270,8 +273,8 @@ class BaseStage:
     """True for a stage whose job joins Ray itself, later (extraction overlaps Ray's start
     with its own set-up); a single command then leaves joining to it."""
 
-    def resources(self, config: RunConfig) -> dict[str, float]:
-        return {"CPU": 1.0}
+    def resources(self, config: RunConfig) -> dict[str, Reservation]:
+        return {"driver": Reservation(1.0)}
 
     def prepare(self, context: StageContext) -> None:
         return None

@@ -13,7 +13,8 @@ from lvmae.storage import read_videos
 from lvmae.video.inputs import list_videos
 from lvmae.video.samples import make_samples, write_broken_videos
 from lvmae.video.shots import describe_detector
-from pipelines.extract import run_extraction
+from pipelines.connect import Reservation
+from pipelines.extract import extract_reservations, run_extraction
 from pipelines.stages.base import BaseStage, StageContext, StageOutput, sha
 
 
@@ -68,10 +69,8 @@ class ExtractStage(BaseStage):
             "config_id": c.extract.config_id(),
         }
 
-    def resources(self, config: RunConfig) -> dict[str, float]:
-        e = config.extract
-        gpus = 0.0 if e.encodes_in_decode_tasks() else e.encoder_gpus() * e.encoder_actors
-        return {"CPU": e.decode_cpus, "GPU": gpus}
+    def resources(self, config: RunConfig) -> dict[str, Reservation]:
+        return extract_reservations(config.extract)
 
     def prepare(self, context: StageContext) -> None:
         make_samples_for(context.config)
@@ -90,6 +89,7 @@ class ExtractStage(BaseStage):
             overwrite=context.overwrite,
             progress=context.progress,
             tracking_uri=context.tracking_uri,
+            reservations=self.resources(context.config),
         )
         videos = read_videos(context.embeddings)
         rows = sorted(

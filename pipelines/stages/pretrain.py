@@ -8,7 +8,8 @@ from typing import Any, ClassVar
 from lvmae.config import RunConfig
 from lvmae.mae.model_registry import register_encoder
 from lvmae.tracking import log_embeddings_input
-from pipelines.pretrain import preflight, run_pretrain
+from pipelines.connect import Reservation
+from pipelines.pretrain import preflight, pretrain_reservations, run_pretrain
 from pipelines.stages.base import BaseStage, StageContext, StageError, StageOutput, numbers, sha
 
 
@@ -40,9 +41,8 @@ class PretrainStage(BaseStage):
         fields = context.config.pretrain.model_dump(mode="json")
         return {k: v for k, v in fields.items() if k not in skip}
 
-    def resources(self, config: RunConfig) -> dict[str, float]:
-        p = config.pretrain
-        return {"CPU": float(p.num_workers), "GPU": float(p.num_workers if p.use_gpu else 0)}
+    def resources(self, config: RunConfig) -> dict[str, Reservation]:
+        return pretrain_reservations(config.pretrain)
 
     def check(self, context: StageContext) -> None:
         """The embeddings' width and, when the run has a checkpoint already, that it loads
@@ -59,6 +59,7 @@ class PretrainStage(BaseStage):
         result = run_pretrain(
             context.embeddings, context.out(self.name), context.config.pretrain,
             run_name=context.run_name(self.name), tracking_uri=context.tracking_uri,
+            reservations=self.resources(context.config),
         )  # fmt: skip
         if result.checkpoint is None:
             raise StageError("pre-training finished without a checkpoint")

@@ -10,7 +10,8 @@ from typing import Any, ClassVar
 from lvmae.config import ConfigError, LabelsSource, RunConfig
 from lvmae.labels import read_labels
 from lvmae.probes.results import ProbeResult
-from pipelines.probe import run_probe
+from pipelines.connect import Reservation
+from pipelines.probe import probe_reservations, run_probe
 from pipelines.stages.base import BaseStage, StageContext, StageOutput, sha
 from pipelines.stages.pretrain import pretrained_checkpoint
 
@@ -53,12 +54,10 @@ class ProbeStage(BaseStage):
             "labels": context.labels_settings(),
         }
 
-    def resources(self, config: RunConfig) -> dict[str, float]:
+    def resources(self, config: RunConfig) -> dict[str, Reservation]:
         """What each probe-training task reserves (the driver itself only orchestrates;
-        the GPU share is resolved against the cluster when the stage runs)."""
-        p = config.probe
-        gpus = p.gpus_per_task if p.gpus_per_task is not None else 0.0
-        return {"CPU": p.cpus_per_task, "GPU": gpus}
+        a GPU share left None is resolved against the cluster when the stage runs)."""
+        return probe_reservations(config.probe)
 
     def check(self, context: StageContext) -> None:
         check_labels(context)
@@ -68,6 +67,6 @@ class ProbeStage(BaseStage):
         out = context.out(self.name)
         results = run_probe(
             checkpoint, context.embeddings, context.labels_files(), out, context.config.probe,
-            tracking_uri=context.tracking_uri,
+            tracking_uri=context.tracking_uri, reservations=self.resources(context.config),
         )  # fmt: skip
         return ProbeOutput(dir=out, results=results)

@@ -9,7 +9,8 @@ from typing import Any, ClassVar
 
 from lvmae.config import RunConfig
 from lvmae.probes.results import ProbeResult
-from pipelines.probe import run_sweep
+from pipelines.connect import Reservation
+from pipelines.probe import run_sweep, tune_reservations
 from pipelines.stages.base import BaseStage, StageContext, StageOutput, file_digest, sha
 from pipelines.stages.pretrain import pretrained_checkpoint
 from pipelines.stages.probe import check_labels
@@ -43,9 +44,8 @@ class TuneStage(BaseStage):
             "labels": context.labels_settings(),
         }
 
-    def resources(self, config: RunConfig) -> dict[str, float]:
-        t = config.tune
-        return {"CPU": float(t.max_concurrent), "GPU": (t.gpus_per_trial or 0.0) * t.max_concurrent}
+    def resources(self, config: RunConfig) -> dict[str, Reservation]:
+        return tune_reservations(config.tune)
 
     def check(self, context: StageContext) -> None:
         check_labels(context)
@@ -58,5 +58,6 @@ class TuneStage(BaseStage):
         results = run_sweep(
             checkpoint, context.embeddings, context.labels_files(), out, context.config.tune,
             probe=context.config.probe, tracking_uri=context.tracking_uri, verbose=0,
+            reservations=self.resources(context.config),
         )  # fmt: skip
         return TuneOutput(dir=str(Path(out) / "tune"), results=results)

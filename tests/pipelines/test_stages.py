@@ -46,8 +46,8 @@ def test_every_stage_declares_its_parts(tmp_path):
         assert issubclass(stage.output, StageOutput), stage.name
         assert isinstance(stage, BaseStage)
         resources = stage.resources(config)
-        assert resources.get("CPU", 0) > 0, stage.name
-        assert all(v >= 0 for v in resources.values())
+        assert resources and all(r.cpus > 0 for r in resources.values()), stage.name
+        assert all(r.gpus is None or r.gpus >= 0 for r in resources.values())
         settings = stage.settings(context)
         assert settings == stage.settings(context)  # deterministic
 
@@ -66,3 +66,20 @@ def test_records_round_trip_and_typed_outputs_read_back(tmp_path):
     context = StageContext(config, "sqlite:///x.db", records={"pretrain": again})
     assert context.output("pretrain", PretrainOutput) == output
     assert output.digest() != PretrainOutput(**{**output.model_dump(), "checkpoint": "d"}).digest()
+
+
+def test_the_trainer_reserves_what_the_pretrain_stage_declares(tmp_path):
+    """Stage.resources() is what the executor reserves: Ray Train's scaling config is built
+    from the pre-training stage's reservation (workers, CPUs and GPUs per worker)."""
+    from pipelines.pretrain import _trainer
+    from pipelines.stages import PretrainStage
+
+    config = load_run_config(None, {"run.input": "v", "run.labels": ["x.csv"],
+                                    "pretrain.num_workers": 3, "pretrain.use_gpu": True})
+    declared = PretrainStage().resources(config)["worker"]
+    trainer = _trainer(config.pretrain, str(tmp_path), "r", None,
+                       reservations=PretrainStage().resources(config))  # fmt: skip
+    scaling = trainer.scaling_config
+    assert (declared.count, declared.cpus, declared.gpus) == (3, 1.0, 1.0)
+    assert scaling.num_workers == 3 and scaling.use_gpu
+    assert scaling.resources_per_worker == {"CPU": 1.0, "GPU": 1.0}
