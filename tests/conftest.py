@@ -1,14 +1,54 @@
-"""Shared fixtures: real mp4 files made by ffmpeg, a session-scoped local Ray instance."""
+"""Shared fixtures: real mp4 files made by ffmpeg, a session-scoped local Ray instance.
+
+The suite is isolated from the machine it runs on (docs/design.md, "Tests"). Before any
+fixture, test module or Ray import runs, this module clears every ``MLFLOW_*`` and ``RAY_*``
+variable of the caller's environment (``MLFLOW_TRACKING_URI``, ``RAY_ADDRESS``, a token path:
+anything that would send runs to the user's MLflow server or join the user's Ray cluster)
+and gives the session a Ray temporary directory of its own (``RAY_TMPDIR``, short for Ray's
+unix socket paths), where Ray looks for a running local cluster and starts its own, and a
+fresh Ray token of its own (never ``~/.ray/auth_token``). ``lvmae`` subprocesses of the
+tests inherit all of this; a test that needs one of these variables sets it itself.
+"""
 
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
-# Keep Ray quiet and small in tests.
-os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+ISOLATED_PREFIXES = ("MLFLOW_", "RAY_")
+
+
+def isolate_environment() -> str:
+    """Clear the caller's ``MLFLOW_*`` / ``RAY_*`` variables and set the suite's own: a
+    private Ray temp dir (returned; removed by :func:`pytest_unconfigure`), token
+    authentication with a fresh token, Ray's usage stats and log deduplication off."""
+    for name in [k for k in os.environ if k.startswith(ISOLATED_PREFIXES)]:
+        del os.environ[name]
+    # under /tmp whatever TMPDIR says: Ray's socket paths (about 107 characters at most) live
+    # below it, about 60 characters deeper
+    ray_tmp = tempfile.mkdtemp(prefix="lvmae-t-", dir="/tmp" if Path("/tmp").is_dir() else None)
+    os.environ.update(
+        RAY_TMPDIR=ray_tmp,
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=secrets.token_hex(32),
+        RAY_USAGE_STATS_ENABLED="0",
+        RAY_DEDUP_LOGS="0",
+    )
+    return ray_tmp
+
+
+# At import, before pytest configures plugins or collects a test module: nothing imported
+# later (Ray, MLflow, the project) can have read the caller's variables.
+SESSION_RAY_TMPDIR = isolate_environment()
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(SESSION_RAY_TMPDIR, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -71,6 +111,8 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # "local": a new instance (under RAY_TMPDIR), never a running cluster found on the
+        # machine
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -151,9 +151,10 @@ def test_another_config_into_the_same_output_is_refused(extracted, archive):
     assert sorted(p.name for p in (out / "segments").iterdir()) == files
 
 
-def store_templates() -> set[Path]:
-    """The temporary directories in which extractions prepare a new MLflow store."""
-    return set(Path(tempfile.gettempdir()).glob("lvmae-store-*"))
+def store_templates(root: Path) -> set[Path]:
+    """The temporary directories in which extractions prepare a new MLflow store, under the
+    test's own temporary directory ``root``."""
+    return set(root.glob("lvmae-store-*"))
 
 
 class _Records(logging.Handler):
@@ -166,14 +167,21 @@ class _Records(logging.Handler):
 
 
 @pytest.mark.slow
-def test_shots_segmenter_and_pyav_decoder_through_the_pipeline(tmp_path, scene_video, ray_local):
+def test_shots_segmenter_and_pyav_decoder_through_the_pipeline(
+    tmp_path, scene_video, ray_local, monkeypatch
+):
     from mlflow.tracking import MlflowClient
+
+    # this test's own temporary directory for the code's temporary files (the store's
+    # template), so what another extraction on the machine leaves in /tmp cannot matter
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
 
     out = tmp_path / "out"
     config = ExtractConfig(segmenter="shots", shot_min_s=1.0, decoder="pyav", batch_size=2)
     listing = tmp_path / "list.txt"
     listing.write_text(f"{scene_video}\n")
-    templates = store_templates()
     # importing mlflow leaves its loggers at INFO, as a fresh `lvmae extract` has them
     # while the new store is created
     mlflow_log, records = logging.getLogger("mlflow"), _Records()
@@ -193,7 +201,7 @@ def test_shots_segmenter_and_pyav_decoder_through_the_pipeline(tmp_path, scene_v
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("lvmae-extract").experiment_id])
     assert run.info.status == "FINISHED"
-    assert store_templates() <= templates
+    assert store_templates(temp) == set()
     seg = read_segments(str(out))
     bounds = np.array([seg["start_s"].to_pylist(), seg["end_s"].to_pylist()]).T
     # the scene changes at 4 s and 8 s, within a frame or two (TransNetV2 on 10-fps video)
@@ -454,15 +462,17 @@ def test_tiny_encodes_inside_the_decode_tasks_and_other_encoders_get_an_actor_po
 
 @pytest.mark.slow
 def test_real_encoder_without_any_gpu_is_refused_before_any_work(
-    tmp_path, scene_video, tiny_checkpoint, ray_local
+    tmp_path, scene_video, tiny_checkpoint, ray_local, monkeypatch
 ):
+    temp = tmp_path / "temp"  # the code's temporary files: this test's own
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     config = ExtractConfig(encoder="languagebind-video-ft", encoder_checkpoint=str(tiny_checkpoint))
     assert config.encoder_gpus() == 1.0  # GPUs by default for real encoders
-    templates = store_templates()
     with pytest.raises(ExtractError, match="gpus_per_actor"):
         run_extraction(str(scene_video), str(tmp_path / "out"), config, progress=False)
     assert not (tmp_path / "out").exists()
-    assert store_templates() <= templates  # the store prepared meanwhile is gone too
+    assert store_templates(temp) == set()  # the store prepared meanwhile is gone too
 
 
 @pytest.mark.slow
