@@ -21,6 +21,7 @@ from lvmae.errors import LvmaeError
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0
+AUTH_MODE_ENV = "RAY_AUTH_MODE"  # Ray's switch for token authentication: token / disabled
 
 
 class ClusterError(LvmaeError, ConnectionError):
@@ -116,9 +117,16 @@ def set_verbose(verbose: bool) -> None:
 
 def connect_ray(address: str | None = None) -> None:
     """Initialise Ray once per process: join ``address`` (else ``RAY_ADDRESS``, which
-    ``ray job submit`` sets for a job's entrypoint), or start a local instance when neither
-    is given. A no-op when Ray is already initialised. Workers' logs reach this console
-    only after :func:`set_verbose` (``lvmae -v``).
+    ``ray job submit`` sets for a job's entrypoint; ``auto`` joins the cluster last started
+    on this machine), or start a local instance of its own when neither is given — never a
+    running cluster found on the machine, which a plain ``ray.init()`` would join. A no-op
+    when Ray is already initialised. Workers' logs reach this console only after
+    :func:`set_verbose` (``lvmae -v``).
+
+    A local instance gets token authentication, as Ray 2.60 gives it by default (the token
+    from ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``, generated there
+    when missing), but asked for explicitly (``RAY_AUTH_MODE=token`` unless the environment
+    sets a mode), so Ray does not warn that it chose it (docs/design.md, "A quiet console").
 
     Raises:
         ClusterError: the address is unreachable, malformed, or Ray refuses to connect.
@@ -131,9 +139,11 @@ def connect_ray(address: str | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is not None:
         check_reachable(address)
+    else:
+        os.environ.setdefault(AUTH_MODE_ENV, "token")
     try:
         ray.init(
-            address=address,
+            address=address or "local",
             configure_logging=True,
             logging_level=logging.INFO if _VERBOSE["on"] else logging.WARNING,
             log_to_driver=_VERBOSE["on"],

@@ -195,6 +195,14 @@ def encoded_videos(
     """A lazy Ray Dataset of per-video encoder outputs (:class:`EmbedVideos`) for every video
     under ``embeddings``: sequences grouped on the cluster, encoded on an actor pool.
 
+    The pool's actors are not restarted (``max_restarts=0``): one that dies fails the
+    dataset with its error, and the job is rerun (the probe's feature cache is written only
+    when complete). Ray Data's default, endless restarts and retries, would loop on a
+    deterministic failure (an out-of-memory video), and Ray says such restarts can fail
+    anyway: it passes the map function to its actors as an object-store argument, which Ray
+    cannot rebuild for a restart (ray-project/ray#53727; the ERROR line it printed for every
+    pool; docs/design.md, "A quiet console").
+
     Raises:
         StorageError: missing embeddings, or a width the checkpoint was not trained on
             (checked before any work).
@@ -219,6 +227,7 @@ def encoded_videos(
         batch_size=batch_size,
         compute=ActorPoolStrategy(size=actors),
         num_gpus=1 if use_gpu else 0,
+        max_restarts=0,
     )
 
 

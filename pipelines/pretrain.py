@@ -36,6 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import torch
 import torch.distributed as dist
 from mlflow.entities import Metric
@@ -126,26 +129,39 @@ def latest_run_checkpoint(out: str, run_name: str) -> Path | None:
 # --------------------------------------------------------------------------- data
 
 
-def sequence_datasets(embeddings: str, config: PretrainConfig):
-    """``(train, val)`` Ray Datasets of per-video sequences (``video_id``, ``length``,
-    ``embedding`` flattened), videos shorter than ``min_tokens`` dropped, split by
-    :func:`lvmae.mae.sequences.split_of`. Grouping runs on the cluster."""
-    seqs = video_sequences(embeddings)
-    seqs = seqs.filter(lambda row: row["length"] >= config.min_tokens).materialize()
-    frac, seed = config.val_fraction, config.split_seed
-    train = seqs.filter(lambda row: split_of(row["video_id"], frac, seed) == "train")
-    val = seqs.filter(lambda row: split_of(row["video_id"], frac, seed) == "val")
-    return train.materialize(), val.materialize()
+def split_rows(batch: pa.Table, *, min_tokens: int, val_fraction: float, seed: int) -> pa.Table:
+    """Per-video sequence rows of at least ``min_tokens`` segments, each with its ``split``
+    (``"train"`` / ``"val"``: :func:`lvmae.mae.sequences.split_of` of its ``video_id``)."""
+    batch = batch.filter(pc.greater_equal(batch["length"], min_tokens))
+    splits = [split_of(v, val_fraction, seed) for v in batch["video_id"].to_pylist()]
+    return batch.append_column("split", pa.array(splits, pa.string()))
 
 
-def write_sequence_store(ds, path: Path) -> str:
-    """Write the per-video sequence rows of the Ray Dataset ``ds`` as Parquet under ``path``
-    (replacing what a previous attempt left there), in row groups of
-    :data:`ROWS_PER_GROUP` videos, with Ray Data on the cluster (nothing is collected on
-    the driver). Returns ``path`` as a string, for :class:`lvmae.mae.sequences.SequenceStore`."""
-    shutil.rmtree(path, ignore_errors=True)
-    ds.write_parquet(str(path), row_group_size=ROWS_PER_GROUP)
-    return str(path)
+def sequence_dataset(embeddings: str, config: PretrainConfig):
+    """The lazy Ray Dataset of per-video sequences (``video_id``, ``length``, ``embedding``
+    flattened, and ``split``; :func:`split_rows`), videos shorter than ``min_tokens``
+    dropped. Grouping runs on the cluster."""
+    return video_sequences(embeddings).map_batches(
+        split_rows, batch_format="pyarrow", fn_kwargs={"min_tokens": config.min_tokens,
+        "val_fraction": config.val_fraction, "seed": config.split_seed},
+    )  # fmt: skip
+
+
+def write_sequence_stores(ds, root: Path) -> dict[str, str]:
+    """Write the rows of :func:`sequence_dataset` ``ds`` as the Parquet sequence stores
+    ``root/split=train`` and ``root/split=val`` (replacing what a previous attempt left under
+    ``root``), in row groups of :data:`ROWS_PER_GROUP` videos, with Ray Data on the cluster
+    (nothing is collected on the driver). One Ray Data execution: a ``materialize()`` ends
+    by checking the cluster's free CPUs while the view still counts the tasks that just
+    finished, and warned that it had none (docs/design.md, "A quiet console").
+
+    Returns:
+        ``{"train": path, "val": path}`` for the splits that have rows.
+    """
+    shutil.rmtree(root, ignore_errors=True)
+    ds.write_parquet(str(root), partition_cols=["split"], row_group_size=ROWS_PER_GROUP)
+    stores = {split: root / f"split={split}" for split in ("train", "val")}
+    return {split: str(path) for split, path in stores.items() if path.is_dir()}
 
 
 # --------------------------------------------------------------------------- worker
@@ -511,7 +527,7 @@ def batch_plan(
     lr = config.effective_lr(global_batch)
     if config.lr is not None:
         rule = "lr set in the config"
-    log.warning(
+    log.info(  # the run's plan: information (also in MLflow: train.lr_rule, train.lr)
         "pre-training %d videos on %d workers: %s per micro-batch, %d micro-batch(es) per "
         "step, %.1f windows per step, %d steps per epoch, peak lr %.3g (%s)",
         n_train, workers,
@@ -632,7 +648,8 @@ def _finished(
 def _prepare_data(
     embeddings: str, out: str, config: PretrainConfig, run_name: str
 ) -> dict[str, Any]:
-    """Group, split, count and write the per-video sequence stores under the run directory.
+    """Group, split and write the per-video sequence stores under the run directory (one Ray
+    Data execution), and count their rows.
 
     Raises:
         PretrainError: fewer training videos than workers.
@@ -640,21 +657,21 @@ def _prepare_data(
     from ray.data import DataContext  # heavy: Ray Data, only on this path
 
     DataContext.get_current().enable_progress_bars = False
-    train_ds, val_ds = sequence_datasets(embeddings, config)
-    n_train, n_val = train_ds.count(), val_ds.count()
+    stores = write_sequence_stores(
+        sequence_dataset(embeddings, config), run_dir(out, run_name) / SEQUENCES_DIR
+    )
+    n_train, n_val = (
+        pads.dataset(stores[s], format="parquet").count_rows() if s in stores else 0
+        for s in ("train", "val")
+    )
     workers = config.num_workers
     if n_train < workers:
         raise PretrainError(
             f"{n_train} training videos (of at least {config.min_tokens} segments) for "
             f"{workers} workers: extract more videos, lower min_tokens, or use fewer workers"
         )
-    root = run_dir(out, run_name) / SEQUENCES_DIR
-    return {
-        "n_train": n_train,
-        "n_val": n_val,
-        "train_path": write_sequence_store(train_ds, root / "train"),
-        "val_path": write_sequence_store(val_ds, root / "val") if n_val else None,
-    }
+    return {"n_train": n_train, "n_val": n_val, "train_path": stores["train"],
+            "val_path": stores.get("val")}  # fmt: skip
 
 
 def _log_missing_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:

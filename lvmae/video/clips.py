@@ -54,7 +54,9 @@ class Clip:
 @dataclass
 class VideoReport:
     """How reading one video went. ``status`` is ``"ok"`` (every planned segment read),
-    ``"partial"`` (some clips read, then an error) or ``"failed"`` (no clip); ``error`` says
+    ``"partial"`` (some clips read, then an error; or a file cut short, with fewer frames
+    than its index lists: the segments of the frames it holds are planned and read, and
+    ``error`` says how many frames are missing) or ``"failed"`` (no clip); ``error`` says
     why when not ok; ``num_segments`` is the plan's length, ``num_clips`` the clips emitted;
     ``decode_s`` wall seconds spent. With ``segmenter: shots``, ``cuts_s`` holds the
     detected cut times (seconds; the start of every shot but the first) and
@@ -221,6 +223,13 @@ def read_clips(
             for clip in _sampled_clips(reader, todo, config) if todo else ():
                 yield clip
                 report.num_clips += 1
+            if reader.missing_frames:  # planned over what is there; the rest is lost
+                held = len(reader.frame_times_s)
+                raise DecodeError(
+                    f"the file is cut short: it holds {held} of the "
+                    f"{held + reader.missing_frames} frames its index lists (the first "
+                    f"{reader.info.duration_s:.1f} s were read)"
+                )
         report.status = "ok"
     except DecodeError as exc:
         report.error = str(exc)

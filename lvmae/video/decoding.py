@@ -72,11 +72,15 @@ class VideoReader(abc.ABC):
         frame_times_s: ``[F]`` float64 presentation time of each frame in seconds, starting
             at 0, non-decreasing.
         out_size: ``(width, height)`` of returned frames, pixels.
+        missing_frames: frames the container's index lists but the file does not hold (a
+            file cut short, such as an interrupted download); 0 when none are missing or the
+            container gives no frame count.
     """
 
     info: VideoInfo
     frame_times_s: np.ndarray
     out_size: tuple[int, int]
+    missing_frames: int = 0
 
     @abc.abstractmethod
     def get_frames(self, indices: np.ndarray) -> np.ndarray:
@@ -209,6 +213,8 @@ class PyAVReader(VideoReader):
                 keys.append(packet.pts)
         if not pts:
             raise DecodeError("no frames")
+        # mp4/mov list every frame in their index; a file cut short holds fewer packets
+        self.missing_frames = max(0, int(stream.frames or 0) - len(pts))
         self._pts = np.sort(np.asarray(pts, dtype=np.int64))
         self._key_pts = np.sort(np.asarray(keys or pts[:1], dtype=np.int64))
         time_base = float(stream.time_base)

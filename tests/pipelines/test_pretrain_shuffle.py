@@ -13,7 +13,7 @@ import pytest
 from lvmae.config import PretrainConfig
 from lvmae.mae.sequences import SequenceStore, epoch_batches
 from lvmae.storage import segment_schema, write_table_atomic
-from pipelines.pretrain import batch_plan, sequence_datasets, write_sequence_store
+from pipelines.pretrain import batch_plan, sequence_dataset, write_sequence_stores
 
 D = 8
 N_VIDEOS = 10
@@ -50,8 +50,11 @@ def test_each_epoch_is_a_new_global_permutation_over_two_ranks(ray_local, tmp_pa
     config = PretrainConfig(
         preset="tiny", num_workers=2, batch_size=1, val_fraction=0.0, max_tokens=8, seed=5
     )
-    train_ds, _ = sequence_datasets(str(write_segments(tmp_path / "emb")), config)
-    path = write_sequence_store(train_ds, tmp_path / "sequences" / "train")
+    stores = write_sequence_stores(
+        sequence_dataset(str(write_segments(tmp_path / "emb")), config), tmp_path / "sequences"
+    )
+    assert set(stores) == {"train"}  # val_fraction 0: no validation store
+    path = stores["train"]
     store = SequenceStore(path)
     assert len(store) == N_VIDEOS and len(store.video_ids) == len(set(store.video_ids))
     plan = batch_plan(config, len(store))
@@ -119,8 +122,8 @@ def test_token_budget_epochs_use_every_video_once_and_the_same_plan_on_two_ranks
     config = PretrainConfig(preset="tiny", num_workers=2, batch_tokens=8, accumulate=2,
                             val_fraction=0.0, max_tokens=8, seed=5, epochs=2,
                             warmup_epochs=0)  # fmt: skip
-    train_ds, _ = sequence_datasets(str(write_segments(tmp_path / "emb")), config)
-    store = SequenceStore(write_sequence_store(train_ds, tmp_path / "sequences" / "train"))
+    ds = sequence_dataset(str(write_segments(tmp_path / "emb")), config)
+    store = SequenceStore(write_sequence_stores(ds, tmp_path / "sequences")["train"])
     plan = batch_plan(config, len(store), store.lengths)
     settings = {"batch_tokens": 8, "accumulate": 2, "ratio": 0.5, "decoder_fraction": 1.0,
                 "max_tokens": 8, "mode": "cap", "min_window_s": 10.0, "segment_s": 5.0}
@@ -141,3 +144,24 @@ def test_token_budget_epochs_use_every_video_once_and_the_same_plan_on_two_ranks
         assert sorted(seen) == sorted(store.video_ids.tolist())
     assert plan.global_batch == len(store) * config.epochs / plan.epoch_starts[-1]
     assert plan.lr == pytest.approx(config.blr * plan.global_batch / 256)
+
+
+@pytest.mark.slow
+def test_the_stores_split_by_video_and_drop_short_videos(ray_local, tmp_path):
+    """One write makes both stores: every video of at least ``min_tokens`` segments in
+    exactly the store its ``split_of`` names, whole; shorter videos in neither."""
+    from lvmae.mae.sequences import split_of
+
+    config = PretrainConfig(preset="tiny", val_fraction=0.5, split_seed=1, min_tokens=4)
+    ds = sequence_dataset(str(write_segments(tmp_path / "emb")), config)
+    stores = {k: SequenceStore(v) for k, v in write_sequence_stores(ds, tmp_path / "seq").items()}
+    long_enough = {f"v{k:02d}.mp4": 3 + k % 3 for k in range(N_VIDEOS) if 3 + k % 3 >= 4}
+    expected = {
+        split: sorted(v for v in long_enough if split_of(v, 0.5, 1) == split)
+        for split in ("train", "val")
+    }
+    assert all(expected.values())  # both splits have videos (else the check is weaker)
+    for split, store in stores.items():
+        assert sorted(store.video_ids.tolist()) == expected[split]
+        assert store.lengths.tolist() == [long_enough[v] for v in sorted(expected[split])]
+    assert set(stores) == {"train", "val"}

@@ -276,7 +276,10 @@ def test_the_probe_command_runs_the_probe_stage(setup, mlflow_store, tmp_path, c
         rows = list(csv.DictReader(f))
     assert [(r["method"], r["probe"]) for r in rows] == [("lvmae", "linear")]
     assert f"1 rows: {out / 'results.csv'}" in printed
-    with pytest.raises(SystemExit):  # a labels file that does not read: before any work
+    with pytest.raises(SystemExit) as exit_info:  # a labels file that does not read
         main(["probe", "--checkpoint", ckpt, "--embeddings", emb, "--labels",
               str(tmp_path / "missing.csv"), "--out", str(tmp_path / "o2")])  # fmt: skip
-    assert not (tmp_path / "o2").exists()
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err == f"error: no labels file at {str(tmp_path / 'missing.csv')!r}\n", err
+    assert not (tmp_path / "o2").exists()  # before any work

@@ -125,6 +125,24 @@ def test_partly_decodable_file_yields_its_good_clips_then_a_partial_report(decod
     assert report.error and 0 < len(clips) < report.num_segments
 
 
+@pytest.mark.parametrize(
+    ("decoder", "mode"), [("decord", "exact"), ("pyav", "exact"), ("pyav", "fast")]
+)
+def test_a_file_cut_short_keeps_what_it_holds_and_is_partial(decoder, mode, broken_videos):
+    """An interrupted download: the index lists 120 frames (12 s), the file holds the first
+    92. The segments of what is there are planned and read (decord cannot open it and falls
+    back to PyAV); the report is ``partial`` and says how much is missing, not ``ok``."""
+    config = ExtractConfig(decoder=decoder, decode_mode=mode)
+    *clips, report = read_clips(broken_videos["interrupted"], config)
+    assert report.status == "partial"
+    assert report.error == (
+        "the file is cut short: it holds 92 of the 120 frames its index lists "
+        "(the first 9.2 s were read)"
+    )
+    assert report.num_segments == report.num_clips == len(clips) == 2  # 0-5 s, 5-9.2 s
+    assert report.info.num_frames == 92 and report.info.decoder == "pyav"
+
+
 def test_time_limit_ends_a_slow_video_with_a_recorded_failure(scene_video):
     config = ExtractConfig(video_time_limit_s=0.001, decoder="pyav", segment_s=0.5)
     items = list(read_clips_bounded(scene_video, config))
@@ -237,6 +255,15 @@ def test_fast_mode_records_bad_files_as_failures(kind, broken_videos):
 
 
 def test_fast_mode_on_a_partly_decodable_file_keeps_its_good_clips(broken_videos):
+    """The second half of the file's coded frames is garbage: fast mode, like exact mode,
+    keeps the clips before the damage (the same frames) and reports the rest as a failure
+    (``partial``, PyAV's error), never ``ok`` with the last good frame copied into the
+    damaged segments."""
     *clips, report = read_clips(broken_videos["partial"], ExtractConfig(decode_mode="fast"))
-    assert report.status in ("partial", "ok")
-    assert len(clips) == report.num_clips and report.num_clips >= 1
+    *exact, exact_report = read_clips(broken_videos["partial"], ExtractConfig(decoder="pyav"))
+    assert report.status == exact_report.status == "partial"
+    assert report.error.startswith("PyAV failed to decode: ")
+    assert report.num_segments == exact_report.num_segments
+    assert len(clips) == report.num_clips == len(exact) == 1 < report.num_segments
+    assert clips[0].segment == exact[0].segment
+    assert clips[0].frame_indices.tolist() == exact[0].frame_indices.tolist()
