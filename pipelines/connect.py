@@ -115,6 +115,19 @@ def set_verbose(verbose: bool) -> None:
     _VERBOSE["on"] = verbose
 
 
+def _ask_for_token_auth() -> None:
+    """``RAY_AUTH_MODE=token`` for a local instance, unless the environment sets a mode.
+    Ray reads the variable once, when it is imported (which the project's modules may have
+    done already), so its configuration is read again afterwards: what ``ray.init`` itself
+    does when it turns the mode on by default."""
+    if AUTH_MODE_ENV in os.environ:
+        return
+    from ray._raylet import Config  # heavy: Ray, loaded by the caller already
+
+    os.environ[AUTH_MODE_ENV] = "token"
+    Config.initialize("")
+
+
 def connect_ray(address: str | None = None) -> None:
     """Initialise Ray once per process: join ``address`` (else ``RAY_ADDRESS``, which
     ``ray job submit`` sets for a job's entrypoint; ``auto`` joins the cluster last started
@@ -140,7 +153,7 @@ def connect_ray(address: str | None = None) -> None:
     if address is not None:
         check_reachable(address)
     else:
-        os.environ.setdefault(AUTH_MODE_ENV, "token")
+        _ask_for_token_auth()
     try:
         ray.init(
             address=address or "local",

@@ -8,6 +8,7 @@ depends on the order the others ran in."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sqlite3
 from collections.abc import Iterator
@@ -25,6 +26,11 @@ from lvmae.config import ExtractConfig, PretrainConfig
 LIBRARY = {"videos_per_recipe": 2, "min_seconds": 20, "max_seconds": 40, "seed": 1}
 SEGMENT_S = 2.0
 POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # seconds between Ray Train's worker polls
+
+
+# A line of Python logging at WARNING or above (ours, Ray's "... WARNING file.py:N -- ..."),
+# or of Ray's C++ logging at warning, error or fatal level ("[date time,ms E pid tid] ...").
+PROBLEM_LINE = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|^\[[^\]]* [WEF] \d+ \d+\] ")
 
 
 def small_pretrain_config(**overrides) -> PretrainConfig:

@@ -13,7 +13,6 @@ import csv
 import json
 import logging
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from lvmae.config import ConfigError, RunConfig, load_run_config
 from pipelines.cli import main
 from pipelines.connect import ClusterError, check_reachable
 from pipelines.run import RunResult, StageError, demo_config, run_main
-from tests.pipelines.conftest import copy_outputs
+from tests.pipelines.conftest import PROBLEM_LINE, copy_outputs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -115,9 +114,6 @@ class Chain:
     problems: list[str]
 
 
-# A line of Python logging at WARNING or above (ours, Ray's "... WARNING file.py:N -- ..."),
-# or of Ray's C++ logging at warning, error or fatal level ("[date time,ms E pid tid] ...").
-PROBLEM_LINE = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|^\[[^\]]* [WEF] \d+ \d+\] ")
 
 
 class _Collect(logging.Handler):
