@@ -504,9 +504,9 @@ class ProbeSection(BaseModel):
     0 .. seeds - 1``) and reports the mean and standard deviation over them. Each seed
     trains in a Ray task that reserves ``cpus_per_task`` CPUs and ``gpus_per_task`` GPUs
     (default: 0.25 when the cluster has GPUs, else 0); ``device: auto`` trains on CUDA when
-    the task holds a GPU, else on CPU. The frozen encoder's features are computed on an actor
-    pool of ``encoder_actors`` (default: one per GPU of the cluster, at most 8; one CPU actor
-    without GPUs).
+    the task holds a GPU, else on CPU. The frozen encoder's features are computed by Ray tasks,
+    ``encoder_actors`` at once (default: one per GPU of the cluster, at most 8; one CPU task
+    without GPUs; the name is kept from when they were an actor pool).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -530,7 +530,7 @@ class ProbeSection(BaseModel):
         description="GPUs per probe-training task (default 0.25 if the cluster has GPUs)",
     )
     encoder_actors: int | None = Field(
-        None, ge=1, description="feature actors (default: one per cluster GPU, max 8; else 1)"
+        None, ge=1, description="feature tasks at once (default: one per GPU, max 8; else 1)"
     )
 
     def config(self, kind: str) -> ProbeConfig:

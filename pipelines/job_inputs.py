@@ -7,6 +7,7 @@ here, never from each other."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from lvmae.encoders.models import build_encoder
-from lvmae.mae.checkpoints import CheckpointError, load_checkpoint
+from lvmae.mae.checkpoints import MODEL_FILE, CheckpointError, load_checkpoint
 from lvmae.mae.model import LVMAE, LVMAEConfig
 from lvmae.mae.sequences import collate, sequence_table, windows_for_inference
 from lvmae.storage import SEGMENTS_DIR, StorageError, read_manifest, segments_bytes
@@ -183,6 +184,20 @@ class EmbedVideos:
         return pa.table(columns)
 
 
+@functools.lru_cache(maxsize=2)
+def _embedder(checkpoint: str, with_tokens: bool, stamp: int) -> EmbedVideos:
+    """The :class:`EmbedVideos` of ``checkpoint`` for this process; ``stamp`` (the weights
+    file's mtime) keys it to the weights' version."""
+    return EmbedVideos(checkpoint, with_tokens=with_tokens)
+
+
+def embed_videos(batch: dict[str, np.ndarray], *, checkpoint: str, with_tokens: bool) -> pa.Table:
+    """Ray Data task function: :class:`EmbedVideos` of ``checkpoint`` (built once per worker
+    process) on one batch of per-video sequences."""
+    stamp = (Path(checkpoint) / MODEL_FILE).stat().st_mtime_ns
+    return _embedder(checkpoint, with_tokens, stamp)(batch)
+
+
 def encoded_videos(
     ckpt: Path,
     embeddings: str,
@@ -192,23 +207,24 @@ def encoded_videos(
     actors: int = 1,
     use_gpu: bool = False,
 ):
-    """A lazy Ray Dataset of per-video encoder outputs (:class:`EmbedVideos`) for every video
-    under ``embeddings``: sequences grouped on the cluster, encoded on an actor pool.
+    """A lazy Ray Dataset of per-video encoder outputs (:class:`EmbedVideos`, through
+    :func:`embed_videos`) for every video under ``embeddings``: sequences grouped on the
+    cluster, encoded by Ray tasks, at most ``actors`` at once, each holding a GPU when
+    ``use_gpu``.
 
-    The pool's actors are not restarted (``max_restarts=0``): one that dies fails the
-    dataset with its error, and the job is rerun (the probe's feature cache is written only
-    when complete). Ray Data's default, endless restarts and retries, would loop on a
-    deterministic failure (an out-of-memory video), and Ray says such restarts can fail
-    anyway: it passes the map function to its actors as an object-store argument, which Ray
-    cannot rebuild for a restart (ray-project/ray#53727; the ERROR line it printed for every
-    pool; docs/design.md, "A quiet console").
+    Tasks, not an actor pool: Ray Data hands its map function to every pool actor as an
+    object-store argument and asks for endless restarts, and Ray logs an ERROR that such
+    restarts can fail (ray-project/ray#53727) for every pool; turning the restarts off needs
+    an argument Ray Data deprecates (docs/design.md, "A quiet console"). A task that fails
+    is retried. The model is built once per worker process (a CPU worker serves many
+    tasks; Ray gives every GPU task a fresh process by default).
 
     Raises:
         StorageError: missing embeddings, or a width the checkpoint was not trained on
             (checked before any work).
     """
     import ray
-    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data import DataContext, TaskPoolStrategy
 
     trained_dim = load_checkpoint(ckpt)["model_config"]["input_dim"]
     dim = embedding_dim_of(embeddings)
@@ -222,12 +238,11 @@ def encoded_videos(
     DataContext.get_current().enable_progress_bars = False
     seqs = video_sequences(embeddings)
     return seqs.map_batches(
-        EmbedVideos,
-        fn_constructor_kwargs={"checkpoint": str(ckpt), "with_tokens": with_tokens},
+        embed_videos,
+        fn_kwargs={"checkpoint": str(ckpt), "with_tokens": with_tokens},
         batch_size=batch_size,
-        compute=ActorPoolStrategy(size=actors),
+        compute=TaskPoolStrategy(size=actors),
         num_gpus=1 if use_gpu else 0,
-        max_restarts=0,
     )
 
 

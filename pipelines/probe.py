@@ -3,8 +3,8 @@ sweep (stage 3 of Naiman et al., ICCV 2025, §8, Tables 6–8): the Ray parts.
 
 Where the work runs (the driver only orchestrates):
 
-- the encoder runs once per video on a Ray Data actor pool
-  (:class:`pipelines.job_inputs.EmbedVideos`), one GPU per actor when the cluster has GPUs, and
+- the encoder runs once per video in Ray Data tasks
+  (:func:`pipelines.job_inputs.embed_videos`), one GPU per task when the cluster has GPUs, and
   its outputs are cached as Parquet under ``<out>/features/<checkpoint key>/``: per video
   the mean of the token outputs ``[W]``, the [CLS] output ``[W]`` and every token's output
   ``[L, W]``;
@@ -80,9 +80,10 @@ def compute_features(
     """Frozen LV-MAE features for every video under ``embeddings``, computed once and cached
     (Parquet: ``video_id``, ``num_tokens``, ``cls`` ``[W]``, ``mean`` ``[W]``, ``tokens``
     ``[L * W]``; read back with :func:`lvmae.probes.features.load_features`). A finished cache is
-    reused. The encoder runs on a Ray Data actor pool: ``actors`` actors (default: one per
-    GPU of the cluster, at most 8, each holding one GPU; one CPU actor on a cluster without
-    GPUs); the rows go from the actors to Parquet without passing through the driver.
+    reused. The encoder runs in Ray Data tasks, ``actors`` at once (default: one per GPU of
+    the cluster, at most 8, each holding one GPU; one CPU task at a time on a cluster
+    without GPUs); the rows go from the tasks to Parquet without passing through the
+    driver.
 
     Raises:
         CheckpointError, StorageError: see :func:`pipelines.embed.run_embed`.
