@@ -73,9 +73,10 @@ def video_sequences(embeddings: str):
     import ray
     from ray.data.context import ShuffleStrategy
 
-    ds = ray.data.read_parquet(
-        f"{embeddings.rstrip('/')}/{SEGMENTS_DIR}",
-        columns=["video_id", "segment_index", "embedding"],
+    # select_columns after the read (pushed down into it), not read_parquet(columns=...),
+    # which Ray 2.60 deprecates
+    ds = ray.data.read_parquet(f"{embeddings.rstrip('/')}/{SEGMENTS_DIR}").select_columns(
+        ["video_id", "segment_index", "embedding"]
     )
     size = segments_bytes(embeddings)
     partitions = None
