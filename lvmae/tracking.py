@@ -187,19 +187,13 @@ def run_status(client: MlflowClient, run_id: str, *, children: bool = False) -> 
 
 @contextmanager
 def tracked_run(
-    tracking_uri: str,
-    experiment: str,
-    run_name: str,
-    *,
-    out: str,
-    tags: dict[str, str] | None = None,
-    params: dict[str, Any] | None = None,
-    with_system_metrics: bool = False,
+    tracking_uri: str, *names: str, with_system_metrics: bool = False, **run: Any
 ) -> Iterator[str]:
-    """:func:`open_run`, marked RUNNING for the block and ended however the block exits
-    (:func:`run_status`: FINISHED, or FAILED with the error as the ``lvmae.error`` tag; the
-    exception propagates). Yields the run id."""
-    run_id = open_run(tracking_uri, experiment, run_name, out=out, tags=tags, params=params)
+    """:func:`open_run` (``names`` are its experiment and run name, ``run`` its keywords:
+    ``out``, ``tags``, ``params``), marked RUNNING for the block and ended however the block
+    exits (:func:`run_status`: FINISHED, or FAILED with the error as the ``lvmae.error`` tag;
+    the exception propagates). Yields the run id."""
+    run_id = open_run(tracking_uri, *names, **run)
     with run_status(MlflowClient(tracking_uri=tracking_uri), run_id):
         if with_system_metrics:
             with system_metrics(run_id, tracking_uri):
