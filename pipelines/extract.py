@@ -163,7 +163,7 @@ def decode_videos(batch: dict[str, np.ndarray], config_json: str):
         try:
             with local_copy(str(uri)) as path:
                 skip = frozenset(done.tolist())
-                for item in read_clips_bounded(path, config, skip, index_range):
+                for item in read_clips_bounded(path, config, skip=skip, index_range=index_range):
                     if isinstance(item, Clip):
                         chunk.append(item)
                         if len(chunk) >= config.batch_size:

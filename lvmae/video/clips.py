@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -243,13 +244,10 @@ _DONE = object()
 
 
 def read_clips_bounded(
-    path: str | Path,
-    config: ExtractConfig,
-    skip: frozenset[int] = frozenset(),
-    index_range: tuple[int, int | None] = (0, None),
+    path: str | Path, config: ExtractConfig, **which: Any
 ) -> Iterator[Clip | VideoReport]:
-    """:func:`read_clips` (``skip`` and ``index_range`` as there) under a time limit, with
-    bounded memory.
+    """:func:`read_clips` (``which``: its ``skip`` and ``index_range``) under a time limit,
+    with bounded memory.
 
     Decoding runs in a daemon thread that hands clips over through a queue of
     ``config.max_clips_in_flight`` places, so at most that many clips (plus the one being
@@ -261,7 +259,7 @@ def read_clips_bounded(
     stop = threading.Event()
 
     def produce() -> None:
-        gen = read_clips(path, config, skip, index_range)
+        gen = read_clips(path, config, **which)
         try:
             for item in gen:
                 while not stop.is_set():
