@@ -1,7 +1,5 @@
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow as pa
@@ -21,6 +19,7 @@ from lvmae.mae.sequences import (
     windows_for_inference,
 )
 from lvmae.storage import read_segments, segment_schema, write_table_atomic
+from tests.fresh import fresh_python
 
 D = 4
 
@@ -126,11 +125,7 @@ def test_split_is_the_same_in_another_interpreter_with_another_hash_salt():
     ids = [f"dir/video_{i:05d}.mp4" for i in range(2000)]
     here = [split_of(v, 0.1, seed=3) for v in ids]
     salt = "1" if os.environ.get("PYTHONHASHSEED") != "1" else "2"
-    res = subprocess.run(
-        [sys.executable, "-c", SPLITS_ELSEWHERE], env={**os.environ, "PYTHONHASHSEED": salt},
-        capture_output=True, text=True, timeout=120, check=True,
-    )  # fmt: skip
-    there = json.loads(res.stdout)
+    there = json.loads(fresh_python(SPLITS_ELSEWHERE, PYTHONHASHSEED=salt))
     assert there["hash"] != hash("dir/video_00000.mp4")  # another salt indeed
     assert there["splits"] == here
 
