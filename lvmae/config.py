@@ -87,7 +87,12 @@ class ExtractConfig(BaseModel):
     frames_per_segment: int = Field(8, ge=1, le=64)
     image_size: int = Field(224, ge=16, le=1024, description="pixels, square crop")
     # decoding
-    decoder: Literal["decord", "pyav"] = "decord"
+    decoder: Literal["decord", "pyav", "nvdec", "auto"] = Field(
+        "decord",
+        description="decord or pyav: CPU decoders; nvdec: the GPU's video decoder, inside "
+        "the encoder actor; auto: NVDEC where the decoding worker holds a GPU and the codec "
+        "is supported, else decord (the reason is recorded per video: decoder_reason)",
+    )
     decode_mode: Literal["exact", "fast"] = Field(
         "exact",
         description="exact: the planned frames; fast: PyAV skipping non-reference frames and "
@@ -116,6 +121,11 @@ class ExtractConfig(BaseModel):
         description="CPUs reserved per encoder actor; default 0.25 with a GPU, 1 without",
     )
     decode_cpus: float = Field(1.0, gt=0, description="CPUs reserved per decode task")
+    decode_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources reserved per decode task besides decode_cpus, e.g. "
+        "{lvmae_decode: 1} to keep decoding on the nodes that declare it (a CPU worker group)",
+    )
     decode_memory_mb: int = Field(
         1536,
         ge=64,
@@ -146,6 +156,19 @@ class ExtractConfig(BaseModel):
             )
         if not self.extensions:
             raise ValueError("extensions must name at least one file extension")
+        if self.decoder == "nvdec" and self.encoder_gpus() == 0:
+            raise ValueError(
+                f"decoder nvdec decodes on the encoder actor's GPU, but encoder "
+                f"{self.encoder!r} runs on CPU here (gpus_per_actor 0): set gpus_per_actor: "
+                f"1 on a cluster with GPUs, or decoder: auto (NVDEC where a GPU is held, "
+                f"else the CPU decoders)"
+            )
+        bad = {k: v for k, v in self.decode_resources.items() if v <= 0 or k in ("CPU", "GPU")}
+        if bad:
+            raise ValueError(
+                f"decode_resources takes custom Ray resources with positive amounts "
+                f"(decode_cpus sets the CPUs; decode tasks take no GPU), got {bad}"
+            )
         return self
 
     def encoder_gpus(self) -> float:

@@ -42,6 +42,7 @@ VIDEO_SCHEMA = pa.schema(
         ("status", pa.string()),
         ("error", pa.string()),
         ("decoder", pa.string()),
+        ("decoder_reason", pa.string()),  # why not the configured decoder (decoder: auto)
         ("duration_s", pa.float64()),
         ("fps", pa.float64()),
         ("width", pa.int32()),
@@ -179,8 +180,8 @@ def read_videos(out: str) -> pa.Table:
     an empty table with :data:`VIDEO_SCHEMA` when there is none yet.
 
     Every file is read as :data:`VIDEO_SCHEMA`: a column that files written by an older
-    version lack (``cuts_s``, ``shot_detector``) reads as null there, and a column the
-    schema no longer has is left out.
+    version lack (``cuts_s``, ``shot_detector``, ``decoder_reason``) reads as null there,
+    and a column the schema no longer has is left out.
     """
     fs, root = _fs(out)
     directory = f"{root.rstrip('/')}/{VIDEOS_DIR}"

@@ -138,6 +138,7 @@ def decode_videos(batch: dict[str, np.ndarray], config_json: str):
 
     config = ExtractConfig.model_validate_json(config_json)
     node_id = ray.get_runtime_context().get_node_id()
+    gpus = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])  # decoder: auto/nvdec
     loading = None
     if config.encodes_in_decode_tasks():
         # Built in a thread while the first clips decode (a new worker spends seconds
@@ -153,7 +154,7 @@ def decode_videos(batch: dict[str, np.ndarray], config_json: str):
         chunk: list[Clip] = []
         try:
             with local_copy(str(uri)) as path:
-                for item in read_clips_bounded(path, config, frozenset(done.tolist())):
+                for item in read_clips_bounded(path, config, frozenset(done.tolist()), gpus):
                     if isinstance(item, Clip):
                         chunk.append(item)
                         if len(chunk) >= config.batch_size:
@@ -263,6 +264,7 @@ def _video_row(source: VideoSource, report: dict, config_id: str) -> dict:
         "status": report["status"],
         "error": report.get("error"),
         "decoder": info.get("decoder"),
+        "decoder_reason": report.get("decoder_reason"),
         "duration_s": info.get("duration_s"),
         "fps": info.get("fps"),
         "width": info.get("width"),
@@ -620,11 +622,16 @@ def check_gpus(config: ExtractConfig) -> None:
 
 def extract_reservations(config: ExtractConfig) -> dict[str, Reservation]:
     """What extraction reserves: per decode task (``decode``: ``decode_cpus``,
-    ``decode_memory_mb``) and, unless the encoder runs inside the decode tasks, per encoder
-    actor (``encode``: ``encoder_cpu_share()``, ``encoder_gpus()``, ``encoder_actors`` of
-    them). :meth:`pipelines.stages.ExtractStage.resources` returns this, and
-    :func:`build_dataset` reserves it."""
-    out = {"decode": Reservation(config.decode_cpus, 0.0, config.decode_memory_mb)}
+    ``decode_memory_mb``, ``decode_resources``) and, unless the encoder runs inside the
+    decode tasks, per encoder actor (``encode``: ``encoder_cpu_share()``,
+    ``encoder_gpus()``, ``encoder_actors`` of them).
+    :meth:`pipelines.stages.ExtractStage.resources` returns this, and :func:`build_dataset`
+    reserves it."""
+    out = {
+        "decode": Reservation(
+            config.decode_cpus, 0.0, config.decode_memory_mb, resources=config.decode_resources
+        )
+    }
     if not config.encodes_in_decode_tasks():
         out["encode"] = Reservation(
             config.encoder_cpu_share(), config.encoder_gpus(), count=config.encoder_actors
@@ -665,6 +672,7 @@ def build_dataset(
         # Declared memory also keeps Ray Data from fusing decoding into the encoder actors:
         # decoding must scale out over CPU tasks, not run serially inside the actor pool.
         memory=(decode.memory_mb or 0) * 2**20 or None,
+        **({"resources": dict(decode.resources)} if decode.resources else {}),
     )
     encode = reserve.get("encode")
     if encode is None:

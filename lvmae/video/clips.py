@@ -15,7 +15,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from lvmae.video.decoding import (
     center_crop,
     open_video,
 )
+from lvmae.video.nvdec import choose_decoder, video_codec
 from lvmae.video.segments import Segment, fixed_segments, sample_frame_indices, shot_segments
 from lvmae.video.shots import detect_config_shots
 
@@ -56,9 +57,11 @@ class VideoReport:
     """How reading one video went. ``status`` is ``"ok"`` (every planned segment read),
     ``"partial"`` (some clips read, then an error) or ``"failed"`` (no clip); ``error`` says
     why when not ok; ``num_segments`` is the plan's length, ``num_clips`` the clips emitted;
-    ``decode_s`` wall seconds spent. With ``segmenter: shots``, ``cuts_s`` holds the
-    detected cut times (seconds; the start of every shot but the first) and
-    ``shot_detector`` the detector's name; both are None for fixed segments."""
+    ``decode_s`` wall seconds spent; ``decoder_reason`` why the decoder differs from the
+    configured one (``decoder: auto`` without NVDEC, :mod:`lvmae.video.nvdec`). With
+    ``segmenter: shots``, ``cuts_s`` holds the detected cut times (seconds; the start of
+    every shot but the first) and ``shot_detector`` the detector's name; both are None for
+    fixed segments."""
 
     status: str
     error: str | None = None
@@ -68,6 +71,7 @@ class VideoReport:
     decode_s: float = 0.0
     cuts_s: list[float] | None = None
     shot_detector: str | None = None
+    decoder_reason: str | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -196,7 +200,10 @@ def _sampled_clips(
 
 
 def read_clips(
-    path: str | Path, config: ExtractConfig, skip: frozenset[int] = frozenset()
+    path: str | Path,
+    config: ExtractConfig,
+    skip: frozenset[int] = frozenset(),
+    gpus: Sequence[object] = (),
 ) -> Iterator[Clip | VideoReport]:
     """Decode a video into clips, in segment order, then one :class:`VideoReport`.
 
@@ -206,11 +213,17 @@ def read_clips(
     :class:`Clip` per segment, except the segments whose index is in ``skip`` (already on
     disk from an interrupted run: they are neither decoded nor counted in ``num_clips``).
     Never raises for a bad video: open and decode errors end the stream with a
-    ``"failed"`` or ``"partial"`` report.
+    ``"failed"`` or ``"partial"`` report. ``decoder: nvdec`` / ``auto`` are resolved first
+    against ``gpus``, the GPU ids this worker holds (:func:`lvmae.video.nvdec.choose_decoder`;
+    the reason for a CPU decoder goes to ``report.decoder_reason``).
     """
     t0 = time.perf_counter()
     report = VideoReport(status="failed")
     try:
+        choice = choose_decoder(config.decoder, gpus, lambda: video_codec(str(path)))
+        report.decoder_reason = choice.reason
+        if choice.decoder != config.decoder:
+            config = config.model_copy(update={"decoder": choice.decoder})
         with _open_reader(path, config) as reader:
             report.info = reader.info
             plan = plan_video(reader, path, config)
@@ -236,9 +249,12 @@ _DONE = object()
 
 
 def read_clips_bounded(
-    path: str | Path, config: ExtractConfig, skip: frozenset[int] = frozenset()
+    path: str | Path,
+    config: ExtractConfig,
+    skip: frozenset[int] = frozenset(),
+    gpus: Sequence[object] = (),
 ) -> Iterator[Clip | VideoReport]:
-    """:func:`read_clips` (``skip`` as there) under a time limit, with bounded memory.
+    """:func:`read_clips` (``skip`` and ``gpus`` as there) under a time limit, with bounded memory.
 
     Decoding runs in a daemon thread that hands clips over through a queue of
     ``config.max_clips_in_flight`` places, so at most that many clips (plus the one being
@@ -250,7 +266,7 @@ def read_clips_bounded(
     stop = threading.Event()
 
     def produce() -> None:
-        gen = read_clips(path, config, skip)
+        gen = read_clips(path, config, skip, gpus)
         try:
             for item in gen:
                 while not stop.is_set():
