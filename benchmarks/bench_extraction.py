@@ -22,7 +22,10 @@ camera and web files are), all in one run:
    beyond that ideal (a worker's start: Ray's worker, imports, the encoder build) and idle.
    ``--tree LABEL=DIR`` (repeatable) runs the same extraction from other checkouts of the
    project (``PYTHONPATH=DIR``, this environment), taking turns run by run, so a change is
-   compared with the code before it on the same machine at the same time.
+   compared with the code before it on the same machine at the same time. Beside each
+   run, one new Ray worker's start, decode-stage imports and encoder build are timed alone
+   (a shared machine's load inflates the workers' share up to the first file: they decode
+   while they wait).
 
     .venv/bin/python benchmarks/bench_extraction.py [--workdir work/bench] [--quick]
         [--pipeline-files N] [--skip throughput|memory]
@@ -383,6 +386,43 @@ def memory(work: Path, counts: tuple[int, ...]) -> None:
               f"| {r['wall_s']:.0f} s |")  # fmt: skip
 
 
+WORKER_START = r"""
+import json, resource
+import ray
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+
+@ray.remote
+def start():
+    def cpu():
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+    import sys
+    c0 = cpu()  # the worker process so far: Python, Ray's worker, this task
+    import pipelines.extract  # noqa: F401  (what a decode task imports)
+    c1 = cpu()
+    from lvmae.encoders.models import build_encoder
+    build_encoder("tiny", device="cpu")  # as pipelines.extract builds it in a decode task
+    c2 = cpu()
+    mods = sorted(m for m in ("sklearn", "scipy", "sympy", "peft") if m in sys.modules)
+    return {"worker": c0, "stage": c1 - c0, "encoder": c2 - c1, "modules": mods}
+
+print(json.dumps(ray.get(start.remote())))
+"""
+
+
+def worker_start(pythonpath: str | None) -> dict:
+    """A new Ray worker's CPU seconds: its start (``worker``), importing the decode stage
+    (``stage``), building the ``tiny`` encoder (``encoder``), in a fresh local Ray."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    res = subprocess.run(
+        [sys.executable, "-c", WORKER_START], check=True, capture_output=True, text=True,
+        env=env, cwd="/",
+    )  # fmt: skip
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def start_cost(work: Path, trees: dict[str, str | None], repeats: int) -> None:
     """The fixed start cost of ``lvmae extract`` on a small archive (default settings: exact
     mode, decord, the ``tiny`` encoder in the decode tasks), for each checkout in
@@ -392,7 +432,7 @@ def start_cost(work: Path, trees: dict[str, str | None], repeats: int) -> None:
     base = single_process(files[0], "decord", "exact")
     rate = base["duration_s"] / base["cpu_s"]  # s of video per CPU-s, one process
     seg_s = 5.0
-    rows, ray_names = [], {}
+    rows, ray_names, starts = [], {}, {}
     for i in range(repeats):
         for label, path in trees.items():
             r = run_extract(files[0].parent, work / "out_start", pythonpath=path)
@@ -416,6 +456,7 @@ def start_cost(work: Path, trees: dict[str, str | None], repeats: int) -> None:
                 )
             )
             ray_names.setdefault(label, []).append(r["ray_at_first"])
+            starts.setdefault(label, []).append(worker_start(path))
     print(
         f"\n## Fixed start cost of `lvmae extract` (2 x 1 min of {W}x{H}, {cores} cores; "
         f"single-process rate {rate:.1f} s of video per CPU-s)\n"
@@ -442,6 +483,19 @@ def start_cost(work: Path, trees: dict[str, str | None], repeats: int) -> None:
         mine = [r for r in rows if r[0] == label]
         m = [float(np.mean([r[k] for r in mine])) for k in (5, 6, 7, 8, 9)]
         print(f"| {label} | **{m[0]:.1f}** | {m[1]:.1f} | {m[2]:.1f} | {m[3]:.1f} | {m[4]:.1f} |")
+    print(
+        "\nOne new Ray worker, CPU-s (a fresh local Ray per run; mean over runs): the "
+        "worker's start, importing the decode stage, building the tiny encoder; and which "
+        "of sklearn, scipy, sympy, peft it imported.\n"
+    )
+    print("| code | worker start | decode stage imports | encoder build | total | modules |")
+    print("|---|---|---|---|---|---|")
+    for label, runs in starts.items():
+        m = {k: float(np.mean([r[k] for r in runs])) for k in ("worker", "stage", "encoder")}
+        print(
+            f"| {label} | {m['worker']:.2f} | {m['stage']:.2f} | {m['encoder']:.2f} "
+            f"| {sum(m.values()):.2f} | {', '.join(runs[-1]['modules']) or '-'} |"
+        )
     print("\nRay's own processes up to the first file, mean CPU-s by process name:\n")
     for label, runs in ray_names.items():
         names = sorted({n for r in runs for n in r})
