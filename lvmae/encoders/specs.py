@@ -159,7 +159,9 @@ def lean_model_imports() -> Iterator[None]:
       the real package when called.
 
     Both are undone on exit: modules already imported are left as they are, and importing
-    these packages after the block is an ordinary import. SymPy still arrives: transformers'
+    these packages after the block is an ordinary import. While the block runs the change is
+    process-wide: the extraction's other thread meanwhile decodes (decord, PyAV, the shot
+    detectors), which imports neither package. SymPy still arrives: transformers'
     ``PreTrainedModel`` is defined with ``torch._dynamo`` decorators, and PyTorch's compiler
     imports it.
     """
