@@ -158,14 +158,18 @@ def lean_model_imports() -> Iterator[None]:
       only a LoRA checkpoint, ``lora_r > 0``, calls them) is a stand-in whose two names import
       the real package when called.
 
-    Both are undone on exit: modules already imported are left as they are, and importing
+    Both are undone on exit: modules already imported are left as they are (and nothing is
+    hidden once transformers has been imported: it decided at its own import), and importing
     these packages after the block is an ordinary import. While the block runs the change is
     process-wide: the extraction's other thread meanwhile decodes (decord, PyAV, the shot
     detectors), which imports neither package. SymPy still arrives: transformers'
     ``PreTrainedModel`` is defined with ``torch._dynamo`` decorators, and PyTorch's compiler
     imports it.
     """
-    hidden = [m for m in UNUSED_INTEGRATIONS if m not in sys.modules]
+    # transformers decides what is installed once, when it is first imported: hide the
+    # packages only before that (hiding them later breaks its imports that rely on them)
+    fresh = "transformers.utils.import_utils" not in sys.modules
+    hidden = [m for m in UNUSED_INTEGRATIONS if fresh and m not in sys.modules]
     stand_in = None
     for m in hidden:
         sys.modules[m] = None  # type: ignore[assignment]
