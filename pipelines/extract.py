@@ -49,15 +49,17 @@ from lvmae.errors import LvmaeError
 from lvmae.progress import Progress
 from lvmae.storage import (
     VIDEO_SCHEMA,
+    check_object_store,
     read_manifest,
     read_videos,
     segment_schema,
+    use_object_store,
     write_manifest,
     write_table_atomic,
     written_segments,
 )
 from lvmae.video.clips import Clip, VideoReport, read_clips_bounded
-from lvmae.video.inputs import VideoSource, list_videos, local_copy
+from lvmae.video.inputs import VideoSource, list_videos, video_source
 from lvmae.video.shots import describe_detector, detector_versions
 from pipelines.connect import Reservation, connect_ray, library_log_level
 
@@ -137,6 +139,7 @@ def decode_videos(batch: dict[str, np.ndarray], config_json: str):
     import ray
 
     config = ExtractConfig.model_validate_json(config_json)
+    use_object_store(config.storage)  # this worker's endpoint and retries (not credentials)
     node_id = ray.get_runtime_context().get_node_id()
     loading = None
     if config.encodes_in_decode_tasks():
@@ -152,8 +155,9 @@ def decode_videos(batch: dict[str, np.ndarray], config_json: str):
     for video_id, uri, done in zip(batch["video_id"], batch["uri"], batch["done"], strict=True):
         chunk: list[Clip] = []
         try:
-            with local_copy(str(uri)) as path:
-                for item in read_clips_bounded(path, config, frozenset(done.tolist())):
+            with video_source(str(uri), config.storage) as source:
+                local = getattr(source, "local_path", None)
+                for item in read_clips_bounded(source, config, frozenset(done.tolist())):
                     if isinstance(item, Clip):
                         chunk.append(item)
                         if len(chunk) >= config.batch_size:
@@ -163,11 +167,14 @@ def decode_videos(batch: dict[str, np.ndarray], config_json: str):
                     if chunk:
                         yield out(_clip_batch(video_id, chunk))
                         chunk = []
+                    if item.error and local is not None:  # name the object, not the copy
+                        item.error = item.error.replace(str(local), str(uri))
                     yield out(_report_batch(video_id, item, config, node_id))
-        except Exception as exc:  # the copy from remote storage failed
+        except Exception as exc:  # the object cannot be read (after the client's retries)
             if chunk:
                 yield out(_clip_batch(video_id, chunk))
-            report = VideoReport("failed", f"cannot read {uri}: {exc}")
+            reason = str(exc) if str(uri) in str(exc) else f"cannot read {uri}: {exc}"
+            report = VideoReport("failed", reason)
             yield out(_report_batch(video_id, report, config, node_id))
 
 
@@ -361,9 +368,14 @@ def run_extraction(
 
     Raises:
         InputError: the input names no videos / does not exist (nothing written).
+        ObjectStoreError: an ``s3://``/``gs://`` input or output cannot be read or written
+            (missing bucket, refused credentials, unreachable endpoint, denied write).
         ExtractError, EncoderUnavailableError: the run cannot start (nothing written).
     """
     t0 = time.perf_counter()
+    use_object_store(config.storage)
+    check_object_store(input_path, write=False)
+    check_object_store(out, write=True)
     sources = list_videos(input_path, config.extensions)
     encoder = describe_encoder(config.encoder, config.encoder_checkpoint, config.encoder_seed)
     warm = _WarmStore(out, tracking_uri) if track else None

@@ -30,6 +30,7 @@ from lvmae.video.decoding import (
     center_crop,
     open_video,
 )
+from lvmae.video.remote import RemoteVideo
 from lvmae.video.segments import Segment, fixed_segments, sample_frame_indices, shot_segments
 from lvmae.video.shots import detect_config_shots
 
@@ -102,7 +103,14 @@ class SegmentPlan:
                 report.extra["shot_analysis_error"] = self.analysis_error
 
 
-def plan_video(reader: VideoReader, path: str | Path, config: ExtractConfig) -> SegmentPlan:
+def _local_path(path: str | Path | RemoteVideo) -> str | Path:
+    """A path a decoder can open: ``path``, or a remote video's complete local copy."""
+    return path.wait() if isinstance(path, RemoteVideo) else path
+
+
+def plan_video(
+    reader: VideoReader, path: str | Path | RemoteVideo, config: ExtractConfig
+) -> SegmentPlan:
     """The segment plan of an opened video under ``config.segmenter``.
 
     ``fixed``: :func:`~lvmae.video.segments.fixed_segments` with ``segment_s``/``stride_s``/
@@ -126,7 +134,7 @@ def plan_video(reader: VideoReader, path: str | Path, config: ExtractConfig) -> 
             min_segment_s=config.min_segment_s,
         )
         return SegmentPlan(segments)
-    found = detect_config_shots(path, config, fps=reader.info.fps)
+    found = detect_config_shots(_local_path(path), config, fps=reader.info.fps)
     segments = shot_segments(
         found.cuts_s,
         duration,
@@ -150,8 +158,17 @@ def plan_segments(reader: VideoReader, path: str | Path, config: ExtractConfig) 
     return plan_video(reader, path, config).segments
 
 
-def _open_reader(path: str | Path, config: ExtractConfig) -> VideoReader:
-    """``config.decoder`` for ``decode_mode: exact``; PyAV with frame skipping for ``fast``."""
+def _open_reader(path: str | Path | RemoteVideo, config: ExtractConfig) -> VideoReader:
+    """``config.decoder`` for ``decode_mode: exact``; PyAV with frame skipping for ``fast``.
+    A remote video is read while it downloads by PyAV (``decoder: pyav`` or ``fast``); decord
+    opens its local copy once complete."""
+    if isinstance(path, RemoteVideo):
+        if config.decode_mode == "fast" or config.decoder == "pyav":
+            return PyAVReader(
+                path.open(), short_side=config.image_size, threads=config.decode_threads,
+                fast=config.decode_mode == "fast",
+            )  # fmt: skip
+        path = path.wait()
     if config.decode_mode == "fast":
         return PyAVReader(
             path, short_side=config.image_size, threads=config.decode_threads, fast=True
@@ -196,7 +213,7 @@ def _sampled_clips(
 
 
 def read_clips(
-    path: str | Path, config: ExtractConfig, skip: frozenset[int] = frozenset()
+    path: str | Path | RemoteVideo, config: ExtractConfig, skip: frozenset[int] = frozenset()
 ) -> Iterator[Clip | VideoReport]:
     """Decode a video into clips, in segment order, then one :class:`VideoReport`.
 
@@ -236,7 +253,7 @@ _DONE = object()
 
 
 def read_clips_bounded(
-    path: str | Path, config: ExtractConfig, skip: frozenset[int] = frozenset()
+    path: str | Path | RemoteVideo, config: ExtractConfig, skip: frozenset[int] = frozenset()
 ) -> Iterator[Clip | VideoReport]:
     """:func:`read_clips` (``skip`` as there) under a time limit, with bounded memory.
 
@@ -268,7 +285,8 @@ def read_clips_bounded(
 
     t0 = time.perf_counter()
     deadline = t0 + config.video_time_limit_s
-    worker = threading.Thread(target=produce, name=f"decode:{Path(path).name}", daemon=True)
+    name = path.name if isinstance(path, RemoteVideo) else Path(path).name
+    worker = threading.Thread(target=produce, name=f"decode:{name}", daemon=True)
     worker.start()
     clips = 0
     try:

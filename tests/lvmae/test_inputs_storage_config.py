@@ -15,7 +15,7 @@ from lvmae.storage import (
     segment_schema,
     write_table_atomic,
 )
-from lvmae.video.inputs import InputError, list_videos, local_copy
+from lvmae.video.inputs import InputError, list_videos, video_source
 
 EXT = (".mp4", ".mkv")
 
@@ -54,7 +54,7 @@ def test_single_video_file_and_fsspec_uri(tree):
     assert ids(list_videos(str(tree / "top.mp4"), EXT)) == ["top.mp4"]
     got = list_videos(f"file://{tree}/a", EXT)
     assert ids(got) == ["b/y.MKV", "x.mp4"]
-    with local_copy(got[1].uri) as path:
+    with video_source(got[1].uri) as path:
         assert path.read_bytes() == b"data"
 
 
@@ -65,8 +65,10 @@ def test_memory_filesystem_is_copied_locally():
     fs.pipe("/arch/v1.mp4", b"0123")
     got = list_videos("memory://arch", EXT)
     assert ids(got) == ["v1.mp4"]
-    with local_copy(got[0].uri) as path:
-        assert path.read_bytes() == b"0123"
+    with video_source(got[0].uri) as remote:
+        path = remote.wait()
+        assert path.read_bytes() == b"0123" and path.name.startswith("lvmae-fetch-")
+        assert remote.open().read() == b"0123"
     assert not path.exists()  # the temporary copy is gone
 
 
