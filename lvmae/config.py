@@ -82,7 +82,7 @@ class StorageConfig(BaseModel):
     read_timeout_s: float = Field(60.0, gt=0, description="seconds a read may stall")
     fetch_dir: str | None = Field(
         None,
-        description="local directory of partial downloads (lvmae-fetch-*.part); "
+        description="local directory of partial downloads (lvmae-fetch-*); "
         "None: <system temp>/lvmae-fetch",
     )
 
@@ -185,6 +185,8 @@ class ExtractConfig(BaseModel):
     flush_s: float = Field(
         30.0, gt=0, description="seconds between writes of finished videos' rows, at most"
     )
+    # object storage (input and output URIs): endpoint, retries, timeouts; never credentials
+    storage: StorageConfig = Field(default_factory=StorageConfig)
 
     @model_validator(mode="after")
     def _check(self) -> ExtractConfig:

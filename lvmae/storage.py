@@ -161,8 +161,9 @@ def fsspec_options(
 ) -> dict[str, Any]:
     """fsspec keyword arguments for ``protocol`` under ``settings`` (default: the
     process's). ``s3``: the endpoint, region and botocore's ``retries`` (``max_attempts``
-    in ``retry_mode``, exponential backoff) and timeouts, through s3fs's ``config_kwargs``;
-    s3fs's own retries of a body read cut off mid-stream get the same count. ``attempts``
+    in ``retry_mode``, exponential backoff) and timeouts, through s3fs's ``config_kwargs``
+    (:func:`object_fs` gives s3fs's own retries of a body read cut off mid-stream the same
+    count). ``attempts``
     overrides the count (the quick checks of :func:`check_object_store`)."""
     s = settings or _SETTINGS
     n = attempts or s.max_attempts
@@ -171,7 +172,6 @@ def fsspec_options(
         if s.region:
             client["region_name"] = s.region
         options: dict[str, Any] = {
-            "retries": n,
             "config_kwargs": {
                 "retries": {"max_attempts": n, "mode": s.retry_mode},
                 "connect_timeout": s.connect_timeout_s,
@@ -182,9 +182,7 @@ def fsspec_options(
         if endpoint_url(s):
             options["endpoint_url"] = endpoint_url(s)
         return options
-    if protocol in ("gs", "gcs"):
-        return {"retries": n, "timeout": s.read_timeout_s}
-    return {}
+    return {}  # gcsfs: its own retries with backoff; credentials from ADC
 
 
 def object_fs(
@@ -200,13 +198,18 @@ def object_fs(
 
     protocol = str(uri).split("://", 1)[0] if is_remote(uri) else "file"
     try:
-        return url_to_fs(str(uri), **fsspec_options(protocol, settings, attempts=attempts), **extra)
+        fs, path = url_to_fs(
+            str(uri), **fsspec_options(protocol, settings, attempts=attempts), **extra
+        )
     except ImportError as exc:
         package = _PACKAGES.get(protocol, protocol)
         raise ObjectStoreError(
             f"{uri}: reading {protocol}:// needs the {package} package "
             f"(pip install 'lvmae[{'gcs' if package == 'gcsfs' else 's3'}]'): {exc}"
         ) from None
+    if protocol in ("s3", "s3a"):
+        fs.retries = attempts or (settings or _SETTINGS).max_attempts  # s3fs: a class default
+    return fs, path
 
 
 def _error_code(exc: BaseException) -> str:
@@ -285,8 +288,7 @@ def check_object_store(uri: str, *, write: bool, settings: StorageConfig | None 
     fs, _ = object_fs(uri, s, attempts=2, skip_instance_cache=True)  # no cached credentials
     probe = f"{rest.rstrip('/')}/.lvmae-write-check-{uuid.uuid4().hex}"
     try:
-        if protocol in ("s3", "s3a"):
-            fs.call_s3("head_bucket", Bucket=bucket)
+        if protocol in ("s3", "s3a"):  # a listing answers with the clearest error codes
             fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=1)
         else:
             fs.ls(bucket if protocol in ("gs", "gcs") else rest, detail=False)

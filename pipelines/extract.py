@@ -168,7 +168,8 @@ def decode_videos(batch: dict[str, np.ndarray], config_json: str):
                         yield out(_clip_batch(video_id, chunk))
                         chunk = []
                     if item.error and local is not None:  # name the object, not the copy
-                        item.error = item.error.replace(str(local), str(uri))
+                        error = item.error.replace(str(local), str(uri))
+                        item.error = error if str(uri) in error else f"{uri}: {error}"
                     yield out(_report_batch(video_id, item, config, node_id))
         except Exception as exc:  # the object cannot be read (after the client's retries)
             if chunk:

@@ -14,7 +14,8 @@ retries (:func:`lvmae.storage.fsspec_options`). Decoding does not wait for the c
 
 Temporary disk is one object per video being read (a decode task reads one video at a
 time), deleted when the video is done. The files are named
-``lvmae-fetch-<pid>-<random>.<ext>.part`` in :func:`fetch_dir`; a killed worker's files are
+``lvmae-fetch-<pid>-<random>.<ext>`` in :func:`fetch_dir` (the video's extension last, for
+the decoders' format probing); a killed worker's files are
 removed by the next :class:`RemoteVideo` on that machine (:func:`remove_stale`: the owner
 process is gone).
 """
@@ -33,7 +34,6 @@ from pathlib import Path
 from lvmae.config import StorageConfig
 
 PREFIX = "lvmae-fetch-"
-SUFFIX = ".part"
 CHUNK_BYTES = 4 << 20
 
 
@@ -60,7 +60,7 @@ def remove_stale(directory: Path) -> list[Path]:
     removed = []
     if not directory.is_dir():
         return removed
-    for path in directory.glob(f"{PREFIX}*{SUFFIX}"):
+    for path in directory.glob(f"{PREFIX}*"):
         try:
             pid = int(path.name[len(PREFIX) :].split("-", 1)[0])
         except ValueError:
@@ -121,7 +121,7 @@ class RemoteVideo:
         except Exception as exc:
             raise self._failure(exc) from None
         ext = posixpath.splitext(self.path)[1]
-        self.local_path = directory / f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}{ext}{SUFFIX}"
+        self.local_path = directory / f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}{ext}"
         self.local_path.touch()
         self._thread = threading.Thread(
             target=self._download, name=f"fetch:{self.name}", daemon=True
