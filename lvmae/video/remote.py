@@ -32,6 +32,7 @@ import uuid
 from pathlib import Path
 
 from lvmae.config import StorageConfig
+from lvmae.errors import LvmaeError
 
 PREFIX = "lvmae-fetch-"
 CHUNK_BYTES = 4 << 20
@@ -72,8 +73,9 @@ def remove_stale(directory: Path) -> list[Path]:
     return removed
 
 
-class RemoteReadError(OSError):
-    """The object could not be read (after the client's retries); names the URI."""
+class RemoteReadError(LvmaeError, OSError):
+    """The object could not be read (after the client's retries); names the URI. Raised
+    inside decode tasks, where it becomes the video's recorded failure."""
 
 
 class RemoteVideo:

@@ -212,8 +212,11 @@ def test_lvmae_run_on_s3_survives_kill_9_and_reruns_exactly_once_without_secrets
     assert len(good) == 6 and {r["status"] for r in good.values()} == {"ok"}
     expected = {(v, i) for v, r in good.items() for i in range(r["segments_planned"])}
     raw = _raw_keys(out)
-    assert set(raw) == expected and set(raw.values()) == {1}  # exactly once, no duplicate
-    assert read_segments(out).num_rows == len(expected)
+    assert set(raw.values()) == {1}  # every segment on S3 exactly once, no duplicate
+    assert expected <= set(raw)
+    # beyond the good videos' plans: only what the damaged one decoded before its damage
+    assert {vid for vid, _ in set(raw) - expected} <= {"broken/partial.mp4"}
+    assert read_segments(out).num_rows == len(raw)
     assert not list(fetch.iterdir())  # the stale file and every download are gone
     assert (workdir / "stages" / "pretrain.json").is_file()
 
