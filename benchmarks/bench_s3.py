@@ -11,7 +11,8 @@ one the tests use) holds copies of the local files. Measured in one run:
    object downloaded first, then decoded. The temporary file's size when the first segment
    came out is reported too.
 2. Throughput: ``run_extraction`` (local Ray on this machine's cores, tiny encoder) over the
-   same archive of short videos from a local directory and from ``s3://``: seconds of
+   same archive of short videos from a local directory and from ``s3://`` (outputs to local
+   disk in both, so only the input differs), per decoder: seconds of
    video per wall-second, and the largest temporary disk seen (the fetch directory polled
    every 0.1 s) against the largest video.
 
@@ -84,12 +85,15 @@ def bench_first_segment(local: Path, uri: str, repeats: int, storage: StorageCon
     size = local.stat().st_size
     rows = []
     modes = {
-        "decord, exact": {"decoder": "decord"},
+        "decord, whole object first (storage.stream: false)": {"decoder": "decord",
+                                                               "stream": False},
+        "default: decord; s3 streamed by PyAV": {"decoder": "decord"},
         "pyav, exact": {"decoder": "pyav"},
         "fast (PyAV)": {"decode_mode": "fast"},
     }
     for name, fields in modes.items():
-        config = ExtractConfig(**fields, storage=storage)
+        stream = fields.pop("stream", True)
+        config = ExtractConfig(**fields, storage=storage.model_copy(update={"stream": stream}))
         runs = {"local": [], "s3": [], "s3, whole object first": []}
         at_first = []
         for _ in range(repeats):
@@ -115,33 +119,38 @@ def watch_dir(directory: Path, stop: threading.Event, peak: list[int]) -> None:
         time.sleep(0.1)
 
 
-def bench_throughput(archive: Path, uri: str, work: Path, storage: StorageConfig) -> dict:
+def bench_throughput(
+    archive: Path, uri: str, work: Path, storage: StorageConfig, mode: str
+) -> dict:
     import ray
 
     from pipelines.extract import run_extraction
 
-    ray.init(include_dashboard=False, log_to_driver=False)
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False)
     out = {}
-    try:
-        config = ExtractConfig(storage=storage, flush_s=5.0)
-        # warm-up: worker processes start, the encoder's code is imported once
-        run_extraction(str(archive), str(work / "warm"), config, progress=False, track=False)
-        for name, source, dest in [
-            ("local", str(archive), str(work / "out-local")),
-            ("s3", uri, "s3://bench/out"),
-            ("local (again)", str(archive), str(work / "out-local2")),
-        ]:
-            stop, peak = threading.Event(), [0]
-            watcher = threading.Thread(
-                target=watch_dir, args=(Path(storage.fetch_dir), stop, peak), daemon=True
-            )
-            watcher.start()
-            summary = run_extraction(source, dest, config, progress=False, track=False)
-            stop.set()
-            watcher.join()
-            out[name] = (summary, peak[0])
-    finally:
-        ray.shutdown()
+    decoder, _, stream = mode.partition("+")
+    storage = storage.model_copy(update={"stream": stream != "nostream"})
+    config = ExtractConfig(storage=storage, flush_s=5.0, decoder=decoder)
+    # warm-up: worker processes start, the encoder's code is imported once
+    warm = work / f"warm-{mode}"
+    shutil.rmtree(warm, ignore_errors=True)
+    run_extraction(str(archive), str(warm), config, progress=False, track=False)
+    for name, source, dest in [
+        ("local", str(archive), str(work / f"out-local-{mode}")),
+        ("s3", uri, str(work / f"out-s3-{mode}")),  # the input differs, not the output
+        ("local (again)", str(archive), str(work / f"out-local2-{mode}")),
+    ]:
+        shutil.rmtree(dest, ignore_errors=True)
+        stop, peak = threading.Event(), [0]
+        watcher = threading.Thread(
+            target=watch_dir, args=(Path(storage.fetch_dir), stop, peak), daemon=True
+        )
+        watcher.start()
+        summary = run_extraction(source, dest, config, progress=False, track=False)
+        stop.set()
+        watcher.join()
+        out[name] = (summary, peak[0])
     return out
 
 
@@ -151,6 +160,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--archive-files", type=int, default=8)
     parser.add_argument("--archive-minutes", type=int, default=2)
+    parser.add_argument(
+        "--modes", default="decord,decord+nostream,pyav",
+        help="throughput part: decoders; +nostream: storage.stream false (whole object first)",
+    )  # fmt: skip
+    parser.add_argument("--skip", choices=["first-segment", "throughput"])
     args = parser.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -160,10 +174,9 @@ def main() -> None:
                    width=W, height=H, fps=FPS, keyint_s=2.0)  # fmt: skip
     hour = concat(clip, work / "hour.mp4", 60)
     archive = work / f"archive_{args.archive_files}x{args.archive_minutes}min"
+    shutil.rmtree(work / "warm", ignore_errors=True)
     for i in range(args.archive_files):
         concat(clip, archive / f"v{i}.mp4", args.archive_minutes)
-    for stale in ("out-local", "out-local2", "warm"):
-        shutil.rmtree(work / stale, ignore_errors=True)
     fetch = work / "fetch"
     fetch.mkdir(exist_ok=True)
     storage = StorageConfig(fetch_dir=str(fetch.resolve()))
@@ -184,34 +197,44 @@ def main() -> None:
         download_s = time.perf_counter() - t0
         (fetch / "whole-download-test.mp4").unlink()
 
-        size_mb = hour.stat().st_size / 2**20
-        print(f"## 1-hour video: {W}x{H} {FPS} fps, {size_mb:.1f} MiB; upload "
-              f"{upload_s:.2f} s, whole download {download_s:.2f} s "
-              f"({size_mb / download_s:.0f} MiB/s)\n")  # fmt: skip
-        print("| mode | local (s) | s3 streamed (s) | ratio | s3 whole object first (s) "
-              "| ratio | temp file at first segment |")
-        print("|---|---|---|---|---|---|---|")
-        for name, med, frac in bench_first_segment(
-            hour, "s3://bench/hour.mp4", args.repeats, storage
-        ):
-            loc, s3s, whole = med["local"], med["s3"], med["s3, whole object first"]
-            print(f"| {name} | {loc:.3f} | {s3s:.3f} | {s3s / loc:.2f}x | {whole:.3f} | "
-                  f"{whole / loc:.2f}x | {frac:.0%} of the object |")  # fmt: skip
-
-        res = bench_throughput(archive, "s3://bench/archive/", work, storage)
-        largest = max(p.stat().st_size for p in archive.glob("*.mp4"))
-        print(f"\n## Throughput: {args.archive_files} videos x {args.archive_minutes} min "
-              f"({W}x{H} {FPS} fps), decord exact, tiny encoder, local Ray "
-              f"({os.cpu_count()} cores)\n")  # fmt: skip
-        print("| input | wall (s) | video s / wall s | ratio to local | peak temp disk |")
-        print("|---|---|---|---|---|")
-        base = res["local"][0].video_seconds_per_wall_second
-        for name, (summary, peak) in res.items():
-            rate = summary.video_seconds_per_wall_second
-            print(f"| {name} | {summary.wall_s:.1f} | {rate:.1f} | {rate / base:.2f}x | "
-                  f"{peak / 2**20:.1f} MiB ({peak / largest:.2f} x largest video) |")  # fmt: skip
+        if args.skip != "first-segment":
+            first_segment_table(hour, download_s, upload_s, args.repeats, storage)
+        if args.skip != "throughput":
+            for mode in args.modes.split(","):
+                throughput_table(archive, work, storage, mode, args)
         left = list(fetch.glob("lvmae-fetch-*"))
         print(f"\ntemporary files left after the runs: {len(left)}")
+
+
+def first_segment_table(hour: Path, download_s: float, upload_s: float, repeats: int,
+                        storage: StorageConfig) -> None:  # fmt: skip
+    size_mb = hour.stat().st_size / 2**20
+    print(f"## 1-hour video: {W}x{H} {FPS} fps, {size_mb:.1f} MiB; upload "
+          f"{upload_s:.2f} s, whole download {download_s:.2f} s "
+          f"({size_mb / download_s:.0f} MiB/s)\n")  # fmt: skip
+    print("| mode | local (s) | s3 streamed (s) | ratio | s3 whole object first (s) "
+          "| ratio | temp file at first segment |")
+    print("|---|---|---|---|---|---|---|")
+    for name, med, frac in bench_first_segment(hour, "s3://bench/hour.mp4", repeats, storage):
+        loc, s3s, whole = med["local"], med["s3"], med["s3, whole object first"]
+        print(f"| {name} | {loc:.3f} | {s3s:.3f} | {s3s / loc:.2f}x | {whole:.3f} | "
+              f"{whole / loc:.2f}x | {frac:.0%} of the object |")  # fmt: skip
+
+
+def throughput_table(archive: Path, work: Path, storage: StorageConfig, mode: str,
+                     args: argparse.Namespace) -> None:  # fmt: skip
+    res = bench_throughput(archive, "s3://bench/archive/", work, storage, mode)
+    largest = max(p.stat().st_size for p in archive.glob("*.mp4"))
+    print(f"\n## Throughput: {args.archive_files} videos x {args.archive_minutes} min "
+          f"({W}x{H} {FPS} fps), decoder {mode} exact, tiny encoder, local Ray "
+          f"({os.cpu_count()} cores)\n")  # fmt: skip
+    print("| input | wall (s) | video s / wall s | ratio to local | peak temp disk |")
+    print("|---|---|---|---|---|")
+    base = res["local"][0].video_seconds_per_wall_second
+    for name, (summary, peak) in res.items():
+        rate = summary.video_seconds_per_wall_second
+        print(f"| {name} | {summary.wall_s:.1f} | {rate:.1f} | {rate / base:.2f}x | "
+              f"{peak / 2**20:.1f} MiB ({peak / largest:.2f} x largest video) |")  # fmt: skip
 
 
 if __name__ == "__main__":

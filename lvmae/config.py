@@ -80,6 +80,11 @@ class StorageConfig(BaseModel):
     retry_mode: Literal["standard", "adaptive", "legacy"] = "standard"
     connect_timeout_s: float = Field(10.0, gt=0, description="seconds to connect")
     read_timeout_s: float = Field(60.0, gt=0, description="seconds a read may stall")
+    stream: bool = Field(
+        True,
+        description="decode remote videos with PyAV while they download, whatever `decoder` "
+        "(decord needs the whole object first); false: download, then `decoder`",
+    )
     fetch_dir: str | None = Field(
         None,
         description="local directory of partial downloads (lvmae-fetch-*); "

@@ -28,12 +28,16 @@ def _clips(source, config):
 
 
 @pytest.mark.parametrize(
-    "fields", [{"decoder": "pyav"}, {"decode_mode": "fast"}, {"decoder": "decord"}]
+    ("fields", "stream"),
+    [({"decoder": "pyav"}, True), ({"decode_mode": "fast"}, True), ({"decoder": "decord"}, False)],
 )
-def test_an_object_decodes_to_the_same_clips_as_the_local_file(
-    fields, s3_archive, s3_env, scene_video, tmp_path
+def test_an_object_decodes_to_the_same_clips_as_the_local_file(  # noqa: PLR0917
+    fields, stream, s3_archive, s3_env, scene_video, tmp_path
 ):
-    config = ExtractConfig(**fields, storage=StorageConfig(fetch_dir=str(tmp_path)))
+    """PyAV streaming the object, or decord on its whole copy (``storage.stream: false``):
+    the clips of the local file, bit for bit."""
+    storage = StorageConfig(fetch_dir=str(tmp_path), stream=stream)
+    config = ExtractConfig(**fields, storage=storage)
     local, local_report = _clips(scene_video, config)
     with video_source("s3://videos/scenes.mp4", config.storage) as remote:
         assert isinstance(remote, RemoteVideo)
@@ -46,6 +50,16 @@ def test_an_object_decodes_to_the_same_clips_as_the_local_file(
         assert np.array_equal(a.frame_indices, b.frame_indices)
         assert np.array_equal(a.frames, b.frames)
     assert not list(tmp_path.iterdir())  # the temporary copy is gone
+
+
+def test_remote_videos_stream_through_pyav_by_default(s3_archive, s3_env, tmp_path):
+    """``decoder: decord`` (the default) with ``storage.stream`` (default): the object is
+    decoded by PyAV as it downloads; the report says so."""
+    config = ExtractConfig(storage=StorageConfig(fetch_dir=str(tmp_path)))
+    assert config.decoder == "decord" and config.storage.stream
+    with video_source("s3://videos/scenes.mp4", config.storage) as remote:
+        clips, report = _clips(remote, config)
+    assert report.status == "ok" and report.info.decoder == "pyav" and len(clips) == 3
 
 
 def test_pyav_reads_the_frame_index_from_the_container_not_by_demuxing(
