@@ -60,6 +60,7 @@ from lvmae.storage import (
 )
 from lvmae.video.clips import Clip, VideoReport, read_clips_bounded
 from lvmae.video.inputs import VideoSource, list_videos, video_source
+from lvmae.video.remote import fetch_dir, remove_stale
 from lvmae.video.shots import describe_detector, detector_versions
 from pipelines.connect import Reservation, connect_ray, library_log_level
 
@@ -375,6 +376,7 @@ def run_extraction(
     """
     t0 = time.perf_counter()
     use_object_store(config.storage)
+    remove_stale(fetch_dir(config.storage))  # a killed run's partial downloads, this node
     check_object_store(input_path, write=False)
     check_object_store(out, write=True)
     sources = list_videos(input_path, config.extensions)
