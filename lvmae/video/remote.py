@@ -266,7 +266,7 @@ class _GrowingFile(io.RawIOBase):
                 n = self.local.readinto(memoryview(buffer)[: end - self.pos])
                 self.pos += n
                 return n
-            fetch_end = min(max(end, self.pos + (1 << 20)), size)
+            fetch_end = min(max(end, self.pos + self.video.chunk_bytes), size)
             self.cached = (self.pos, self.video.read_range(self.pos, fetch_end))
             start, data = self.cached
         n = end - self.pos
