@@ -153,7 +153,8 @@ def test_lvmae_run_on_s3_survives_kill_9_and_reruns_exactly_once_without_secrets
     reasons naming their URIs (never a temporary file), no temporary file left (a killed
     worker's included), pre-training read the embeddings from S3, and the admin's secret
     is nowhere: not in the manifest or any output object, the MLflow store, the workdir,
-    or either command's output."""
+    or either command's output. Each video is split into ranges of 10 s (decode tasks that
+    start reading mid-object)."""
     input_uri, keys = long_archive
     out = "s3://out/run"
     fetch = tmp_path / "fetch"
@@ -165,7 +166,7 @@ def test_lvmae_run_on_s3_survives_kill_9_and_reruns_exactly_once_without_secrets
     config.write_text(yaml.safe_dump({
         "run": {"input": input_uri, "embeddings": out, "workdir": str(workdir),
                 "stages": ["extract", "pretrain"]},
-        "extract": {"segment_s": 2.0, "batch_size": 4, "flush_s": 0.2,
+        "extract": {"segment_s": 2.0, "batch_size": 4, "flush_s": 0.2, "range_s": 10.0,
                     "storage": {"fetch_dir": str(fetch), "max_attempts": 3}},
         "pretrain": {"preset": "tiny", "num_workers": 1, "epochs": 1, "warmup_epochs": 0,
                      "batch_size": 4},
