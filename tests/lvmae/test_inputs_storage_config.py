@@ -144,3 +144,16 @@ def test_config_imports_no_video_or_torch_code():
         "or any(m == p or m.startswith(p + '.') for p in ours))))"
     )
     assert fresh_python(code) == "[]"
+
+
+def test_storage_settings_refuse_credentials_without_echoing_them():
+    from lvmae.config import parse_sets
+
+    ok = load_config(ExtractConfig, None, {}, parse_sets(["extract.storage.max_attempts=3"]))
+    assert ok.storage.max_attempts == 3 and ok.storage.stream
+    for key in ("secret_access_key", "aws_access_key_id", "session_token"):
+        with pytest.raises(ConfigError, match="credentials never go in the config") as info:
+            load_config(ExtractConfig, None, {}, {f"extract.storage.{key}": "lvmae-SECRET-42"})
+        assert "lvmae-SECRET-42" not in str(info.value)
+    with pytest.raises(ConfigError, match="needs a scheme"):
+        load_config(ExtractConfig, None, {}, {"extract.storage.endpoint_url": "minio:9000"})
