@@ -54,6 +54,67 @@ class ConfigError(LvmaeError, ValueError):
     """A configuration file or value is invalid; the message says what to fix."""
 
 
+_SECRET_WORDS = ("key", "secret", "token", "password", "credential")
+
+
+class StorageConfig(BaseModel):
+    """How to reach object storage (``s3://``; ``gs://`` takes its defaults): the endpoint
+    of an S3-compatible server, the region, and the client's retry and timeout settings
+    (botocore's, through s3fs; pyarrow's for the Parquet output). No credentials: those
+    come from the standard chains only (AWS environment variables, profiles, instance or
+    pod roles; GCS application-default credentials), so no secret is ever written with
+    the config into a manifest or MLflow.
+
+    ``endpoint_url`` None: ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` if set, else AWS.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (http(s)://host:port); None: env or AWS"
+    )
+    region: str | None = Field(None, description="S3 region; None: the chain's / us-east-1")
+    max_attempts: int = Field(
+        5, ge=1, le=20, description="attempts per request (botocore/pyarrow retries, backoff)"
+    )
+    retry_mode: Literal["standard", "adaptive", "legacy"] = "standard"
+    connect_timeout_s: float = Field(10.0, gt=0, description="seconds to connect")
+    read_timeout_s: float = Field(60.0, gt=0, description="seconds a read may stall")
+    stream: bool = Field(
+        True,
+        description="decode remote videos with PyAV while they download, whatever `decoder` "
+        "(decord needs the whole object first); false: download, then `decoder`",
+    )
+    fetch_dir: str | None = Field(
+        None,
+        description="local directory of partial downloads (lvmae-fetch-*); "
+        "None: <system temp>/lvmae-fetch",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            secret = [k for k in data if any(w in str(k).lower() for w in _SECRET_WORDS)]
+            if secret:
+                raise ValueError(
+                    f"{', '.join(map(str, secret))}: credentials never go in the config (it "
+                    f"is written to the manifest and MLflow); set AWS_ACCESS_KEY_ID / "
+                    f"AWS_SECRET_ACCESS_KEY or AWS_PROFILE, or GCS application-default "
+                    f"credentials"
+                )
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> StorageConfig:
+        if self.endpoint_url is not None and "://" not in self.endpoint_url:
+            raise ValueError(
+                f"endpoint_url {self.endpoint_url!r} needs a scheme: http://host:port or "
+                f"https://host"
+            )
+        return self
+
+
 class ExtractConfig(BaseModel):
     """Extraction settings (stage 1 of LV-MAE: segments → frozen-encoder embeddings).
 
@@ -147,6 +208,8 @@ class ExtractConfig(BaseModel):
     flush_s: float = Field(
         30.0, gt=0, description="seconds between writes of finished videos' rows, at most"
     )
+    # object storage (input and output URIs): endpoint, retries, timeouts; never credentials
+    storage: StorageConfig = Field(default_factory=StorageConfig)
 
     @model_validator(mode="after")
     def _check(self) -> ExtractConfig:

@@ -32,6 +32,7 @@ from lvmae.video.decoding import (
     open_video,
 )
 from lvmae.video.nvdec import choose_decoder, video_codec
+from lvmae.video.remote import RemoteVideo
 from lvmae.video.segments import Segment, fixed_segments, sample_frame_indices, shot_segments
 from lvmae.video.shots import detect_config_shots
 
@@ -107,7 +108,14 @@ class SegmentPlan:
                 report.extra["shot_analysis_error"] = self.analysis_error
 
 
-def plan_video(reader: VideoReader, path: str | Path, config: ExtractConfig) -> SegmentPlan:
+def _local_path(path: str | Path | RemoteVideo) -> str | Path:
+    """A path a decoder can open: ``path``, or a remote video's complete local copy."""
+    return path.wait() if isinstance(path, RemoteVideo) else path
+
+
+def plan_video(
+    reader: VideoReader, path: str | Path | RemoteVideo, config: ExtractConfig
+) -> SegmentPlan:
     """The segment plan of an opened video under ``config.segmenter``.
 
     ``fixed``: :func:`~lvmae.video.segments.fixed_segments` with ``segment_s``/``stride_s``/
@@ -131,7 +139,7 @@ def plan_video(reader: VideoReader, path: str | Path, config: ExtractConfig) -> 
             min_segment_s=config.min_segment_s,
         )
         return SegmentPlan(segments)
-    found = detect_config_shots(path, config, fps=reader.info.fps)
+    found = detect_config_shots(_local_path(path), config, fps=reader.info.fps)
     segments = shot_segments(
         found.cuts_s,
         duration,
@@ -155,8 +163,17 @@ def plan_segments(reader: VideoReader, path: str | Path, config: ExtractConfig) 
     return plan_video(reader, path, config).segments
 
 
-def _open_reader(path: str | Path, config: ExtractConfig) -> VideoReader:
-    """``config.decoder`` for ``decode_mode: exact``; PyAV with frame skipping for ``fast``."""
+def _open_reader(path: str | Path | RemoteVideo, config: ExtractConfig) -> VideoReader:
+    """``config.decoder`` for ``decode_mode: exact``; PyAV with frame skipping for ``fast``.
+    A remote video is read while it downloads by PyAV (``storage.stream``, ``decoder: pyav``
+    or ``fast``); otherwise decord opens its local copy once complete."""
+    if isinstance(path, RemoteVideo):
+        if config.storage.stream or config.decode_mode == "fast" or config.decoder == "pyav":
+            return PyAVReader(
+                path.open(), short_side=config.image_size, threads=config.decode_threads,
+                fast=config.decode_mode == "fast",
+            )  # fmt: skip
+        path = path.wait()
     if config.decode_mode == "fast":
         return PyAVReader(
             path, short_side=config.image_size, threads=config.decode_threads, fast=True
@@ -201,7 +218,7 @@ def _sampled_clips(
 
 
 def read_clips(
-    path: str | Path,
+    path: str | Path | RemoteVideo,
     config: ExtractConfig,
     skip: frozenset[int] = frozenset(),
     index_range: tuple[int, int | None] = (0, None),
@@ -226,7 +243,8 @@ def read_clips(
     t0 = time.perf_counter()
     report = VideoReport(status="failed")
     try:
-        choice = choose_decoder(config.decoder, gpus, lambda: video_codec(str(path)))
+        source = path.open if isinstance(path, RemoteVideo) else lambda: path
+        choice = choose_decoder(config.decoder, gpus, lambda: video_codec(source()))
         report.decoder_reason = choice.reason
         if choice.decoder != config.decoder:
             config = config.model_copy(update={"decoder": choice.decoder})
@@ -256,7 +274,7 @@ _DONE = object()
 
 
 def read_clips_bounded(
-    path: str | Path, config: ExtractConfig, **which: Any
+    path: str | Path | RemoteVideo, config: ExtractConfig, **which: Any
 ) -> Iterator[Clip | VideoReport]:
     """:func:`read_clips` (``which``: its ``skip``, ``index_range`` and ``gpus``) under a
     time limit, with bounded memory.
@@ -289,7 +307,8 @@ def read_clips_bounded(
 
     t0 = time.perf_counter()
     deadline = t0 + config.video_time_limit_s
-    worker = threading.Thread(target=produce, name=f"decode:{Path(path).name}", daemon=True)
+    name = path.name if isinstance(path, RemoteVideo) else Path(path).name
+    worker = threading.Thread(target=produce, name=f"decode:{name}", daemon=True)
     worker.start()
     clips = 0
     try:

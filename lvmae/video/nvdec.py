@@ -23,8 +23,10 @@ import ctypes
 import ctypes.util
 import functools
 import importlib.util
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from lvmae.video.decoding import DecodeError
 
@@ -125,13 +127,14 @@ def choose_decoder(
     return DecoderChoice(CPU_FALLBACK, reason)
 
 
-def video_codec(path: str) -> str | None:
-    """The FFmpeg name of the first video stream's codec (``h264``, ``av1``, ...); None when
-    the file has no video stream or cannot be opened."""
+def video_codec(source: str | os.PathLike[str] | BinaryIO) -> str | None:
+    """The FFmpeg name of the first video stream's codec (``h264``, ``av1``, ...) of a file
+    path or a readable binary file object; None when there is no video stream or the
+    container cannot be opened."""
     import av  # the container is opened only when every other NVDEC condition holds
 
     try:
-        with av.open(str(path)) as container:
+        with av.open(source if hasattr(source, "read") else os.fspath(source)) as container:
             streams = container.streams.video
             return streams[0].codec_context.name if streams else None
     except (av.error.FFmpegError, OSError):
