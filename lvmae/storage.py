@@ -224,8 +224,11 @@ def _error_code(exc: BaseException) -> str:
     return ""
 
 
-def _reason(exc: BaseException, *, bucket: str, endpoint: str | None, writing: bool) -> str:
-    """What went wrong, in words a user can act on (one line)."""
+def storage_error_reason(
+    exc: BaseException, *, bucket: str, endpoint: str | None, writing: bool
+) -> str:
+    """What went wrong with an object-store call, in words a user can act on (one line):
+    an unreachable endpoint, refused credentials, a missing bucket, a denied write, ..."""
     code = _error_code(exc)
     names = {type(e).__name__ for e in _chain(exc)}
     text = " ".join(str(exc).split())
@@ -297,7 +300,7 @@ def check_object_store(uri: str, *, write: bool, settings: StorageConfig | None 
             fs.pipe_file(probe, b"lvmae write check\n")
             fs.rm_file(probe)
     except Exception as exc:
-        reason = _reason(exc, bucket=bucket, endpoint=endpoint, writing=write)
+        reason = storage_error_reason(exc, bucket=bucket, endpoint=endpoint, writing=write)
         raise ObjectStoreError(f"object storage: {uri}: {reason}") from None
 
 

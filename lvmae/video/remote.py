@@ -33,6 +33,7 @@ from pathlib import Path
 
 from lvmae.config import StorageConfig
 from lvmae.errors import LvmaeError
+from lvmae.storage import object_fs, object_store_settings, storage_error_reason
 
 PREFIX = "lvmae-fetch-"
 CHUNK_BYTES = 4 << 20
@@ -96,8 +97,6 @@ class RemoteVideo:
         *,
         chunk_bytes: int = CHUNK_BYTES,
     ) -> None:
-        from lvmae.storage import object_fs, object_store_settings
-
         self.uri = str(uri)
         self.name = posixpath.basename(self.uri)
         self.settings = settings or object_store_settings()
@@ -170,10 +169,8 @@ class RemoteVideo:
                 self._cond.notify_all()
 
     def _failure(self, exc: BaseException) -> RemoteReadError:
-        from lvmae.storage import _reason
-
         bucket = self.uri.split("://", 1)[-1].split("/", 1)[0]
-        reason = _reason(exc, bucket=bucket, endpoint=None, writing=False)
+        reason = storage_error_reason(exc, bucket=bucket, endpoint=None, writing=False)
         return RemoteReadError(f"cannot read {self.uri}: {reason}")
 
     # -- access
