@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from lvmae.config import RunConfig
 from lvmae.encoders.specs import describe_encoder
-from lvmae.storage import read_videos
+from lvmae.storage import check_object_store, read_videos, use_object_store
 from lvmae.video.inputs import list_videos
 from lvmae.video.samples import make_samples, write_broken_videos
 from lvmae.video.shots import describe_detector
@@ -77,6 +77,9 @@ class ExtractStage(BaseStage):
 
     def check(self, context: StageContext) -> None:
         e = context.config.extract
+        use_object_store(e.storage)
+        check_object_store(context.config.run.input, write=False)
+        check_object_store(context.embeddings, write=True)
         list_videos(context.config.run.input, e.extensions)
         describe_encoder(e.encoder, e.encoder_checkpoint, e.encoder_seed)
         describe_detector(e)  # the shot detector's weights are installed (shot plans)

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 from lvmae.config import RunConfig
 from lvmae.mae.model_registry import register_encoder
+from lvmae.storage import check_object_store
 from lvmae.tracking import log_embeddings_input
 from pipelines.connect import Reservation
 from pipelines.pretrain import preflight, pretrain_reservations, run_pretrain
@@ -50,6 +51,7 @@ class PretrainStage(BaseStage):
         first."""
         if "extract" in context.pending:
             return
+        check_object_store(context.embeddings, write=False)  # s3:// / gs:// embeddings
         preflight(context.embeddings, context.out(self.name), context.config.pretrain,
                   context.run_name(self.name))  # fmt: skip
 
