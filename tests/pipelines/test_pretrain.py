@@ -80,9 +80,9 @@ def test_two_worker_ddp_run_writes_checkpoints_and_mlflow_metrics(pretrained):
     assert run.info.status == "FINISHED" and "lvmae.error" not in run.data.tags
     assert client.get_metric_history(run_id, "system/cpu_utilization_percentage")
     n_train = int(run.data.params["data.train_videos"])
-    store = SequenceStore(str(pretrained.run_dir / "sequences" / "train"))
+    store = SequenceStore(str(pretrained.run_dir / "sequences" / "split=train"))
     assert len(store) == n_train  # the driver's Parquet store the workers read
-    val = SequenceStore(str(pretrained.run_dir / "sequences" / "val"))
+    val = SequenceStore(str(pretrained.run_dir / "sequences" / "split=val"))
     assert len(val) == int(run.data.params["data.val_videos"]) > 0
     per_rank = -(-n_train // config.num_workers)  # DistributedSampler: ceil(n / world) each
     assert steps_per_epoch == per_rank // config.batch_size
