@@ -31,6 +31,7 @@ import logging
 import os
 import socket
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -199,7 +200,13 @@ def hold_output(out: str, flag: str = "--out") -> Iterator[None]:
     try:
         lock.acquire()
     except Timeout:
-        held = _read_holder(holder_path) or {}
+        held = _read_holder(holder_path)
+        for _ in range(20):  # the holder writes its details just after taking the lock
+            if held is not None:
+                break
+            time.sleep(0.05)
+            held = _read_holder(holder_path)
+        held = held or {}
         who = (
             f"pid {held.get('pid', '?')} on {held.get('host', '?')}, started "
             f"{held.get('started_at', '?')}: {held.get('command', '?')}"

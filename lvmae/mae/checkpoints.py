@@ -177,8 +177,9 @@ def save_checkpoint(
     tmp.mkdir()
     old = None
     try:
-        torch.save(model_state, tmp / MODEL_FILE)
-        torch.save(train_state, tmp / TRAIN_STATE_FILE)
+        for name, obj in ((MODEL_FILE, model_state), (TRAIN_STATE_FILE, train_state)):
+            with (tmp / name).open("wb") as f:  # a Python file: ENOSPC keeps its errno
+                torch.save(obj, f)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         for name in (MODEL_FILE, TRAIN_STATE_FILE, CONFIG_FILE):
             _fsync_path(tmp / name)

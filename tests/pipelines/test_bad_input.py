@@ -20,8 +20,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import resource
-import signal
 import subprocess
 import sys
 import textwrap
@@ -32,50 +30,13 @@ import pytest
 
 from lvmae.storage import LOCK_FILE, segment_schema, write_table_atomic
 from pipelines.cli import main
+from tests.pipelines.disks import full_disk
 
 REPO = Path(__file__).resolve().parents[2]
 ROOT_USER = os.geteuid() == 0  # root reads and writes whatever the modes say
 
 
 # ------------------------------------------------------------------------------ fixtures
-
-
-def _mount_tmpfs(path: Path, size: str) -> bool:
-    """Mount a tmpfs of ``size`` at ``path``; False where this machine does not allow it."""
-    try:
-        res = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-            capture_output=True, timeout=10, check=False,
-        )  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return res.returncode == 0
-
-
-@contextlib.contextmanager
-def full_disk(path: Path):
-    """``path`` on a full disk for the block: a 16 KiB tmpfs filled to the last byte, where
-    one can be mounted; else this process may not grow any file (``RLIMIT_FSIZE`` 0, the
-    write failing with ``EFBIG``). Yields whether a tmpfs was mounted."""
-    path.mkdir(parents=True, exist_ok=True)
-    if _mount_tmpfs(path, "16k"):
-        try:
-            with contextlib.suppress(OSError), (path / ".filler").open("wb") as f:
-                while True:
-                    f.write(b"\0" * 4096)
-                    f.flush()
-            yield True
-        finally:
-            subprocess.run(["umount", "-l", str(path)], check=False, timeout=10)
-        return
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (0, hard))
-    try:
-        yield False
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, old)
 
 
 @dataclass
