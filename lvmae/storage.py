@@ -109,17 +109,17 @@ class OutputBusyError(StorageError):
     """Another run holds the output directory (:func:`hold_output`); the message names it."""
 
 
-def disk_full_error(exc: BaseException, what: str) -> DiskFullError | None:
-    """A :class:`DiskFullError` for ``exc`` (see :func:`lvmae.errors.disk_full_cause`) raised
-    while writing ``what``, or None when ``exc`` is not about a full disk."""
+def raise_if_disk_full(exc: BaseException, what: str) -> None:
+    """Raise a :class:`DiskFullError` (from ``exc``) when ``exc``, raised while writing
+    ``what``, says the disk is full (:func:`lvmae.errors.disk_full_cause`); else return."""
     cause = disk_full_cause(exc)
     if cause is None:
-        return None
+        return
     reason = getattr(cause, "strerror", None) or "no space left on device"
-    return DiskFullError(
+    raise DiskFullError(
         f"no space left writing {what} ({reason}): the outputs written before stay valid; "
         f"free space and rerun the same command to resume"
-    )
+    ) from exc
 
 
 def check_output_path(out: str, flag: str = "--out") -> None:
@@ -188,7 +188,8 @@ def hold_output(out: str, flag: str = "--out") -> Iterator[None]:
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise disk_full_error(exc, str(root)) or StorageError(
+        raise_if_disk_full(exc, str(root))
+        raise StorageError(
             f"{flag} {out}: cannot make the directory ({exc.strerror or exc})"
         ) from exc
     lock = FileLock(
@@ -229,10 +230,8 @@ def hold_output(out: str, flag: str = "--out") -> Iterator[None]:
                 tmp.replace(holder_path)
             except OSError as exc:
                 tmp.unlink(missing_ok=True)
-                full = disk_full_error(exc, str(holder_path))
-                if full is None:
-                    raise
-                raise full from exc
+                raise_if_disk_full(exc, str(holder_path))
+                raise
         yield
     finally:
         if not nested:
@@ -261,10 +260,8 @@ def write_table_atomic(table: pa.Table, out: str, subdir: str) -> str:
     except OSError as exc:
         with contextlib.suppress(OSError):
             fs.delete_file(tmp)  # never left to fill the disk further
-        full = disk_full_error(exc, f"{table.num_rows} rows to {directory}/")
-        if full is None:
-            raise
-        raise full from exc
+        raise_if_disk_full(exc, f"{table.num_rows} rows to {directory}/")
+        raise
     return f"{directory}/{name}"
 
 
@@ -381,7 +378,5 @@ def write_manifest(out: str, manifest: dict) -> None:
     except OSError as exc:
         with contextlib.suppress(OSError):
             fs.delete_file(tmp)
-        full = disk_full_error(exc, f"{out.rstrip('/')}/{MANIFEST}")
-        if full is None:
-            raise
-        raise full from exc
+        raise_if_disk_full(exc, f"{out.rstrip('/')}/{MANIFEST}")
+        raise

@@ -35,7 +35,7 @@ import ray
 from lvmae.config import STAGE_NAMES, ConfigError, RunConfig, load_run_config
 from lvmae.errors import LvmaeError
 from lvmae.probes.results import ProbeResult
-from lvmae.storage import check_output_path, disk_full_error, hold_output
+from lvmae.storage import check_output_path, hold_output, raise_if_disk_full
 from lvmae.tracking import TrackingError, log_embeddings_input
 from pipelines.connect import check_reachable, connect_ray
 from pipelines.stages import STAGES, Stage, StageContext, StageError, StageOutput, StageRecord
@@ -117,7 +117,6 @@ class _Chain:
         for stage in self.stages:
             if self.is_done(stage):
                 continue
-            stage.check(self.context)
             for needed in stage.requires:
                 if needed in chosen:
                     continue
@@ -130,6 +129,7 @@ class _Chain:
                         f"{what} in {self.context.workdir}: add {needed} to run.stages "
                         f"(or --stages)"
                     )
+            stage.check(self.context)  # after its upstream is known to be there
 
     def run_stage(self, stage: Stage, tracker: RunTracker) -> None:
         t0 = time.perf_counter()
@@ -226,9 +226,7 @@ def _tracker(config: RunConfig, chain: _Chain) -> RunTracker:
     except LvmaeError:
         raise
     except Exception as exc:
-        full = disk_full_error(exc, f"the MLflow store {uri}")
-        if full is not None:
-            raise full from exc
+        raise_if_disk_full(exc, f"the MLflow store {uri}")
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TrackingError(
             f"run.tracking_uri {uri}: cannot open the MLflow store ({first}); fix "

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from lvmae.errors import LvmaeError
-from lvmae.storage import disk_full_error
+from lvmae.storage import raise_if_disk_full
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.pt"
@@ -192,9 +192,7 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None and not directory.exists():
             old.rename(directory)  # put the previous checkpoint back
-        full = disk_full_error(exc, f"checkpoint {directory}")
-        if full is not None:  # the previous checkpoints stay; the rerun resumes from them
-            raise full from exc
+        raise_if_disk_full(exc, f"checkpoint {directory}")  # the previous ones stay
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
