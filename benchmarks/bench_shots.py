@@ -230,14 +230,8 @@ def main() -> None:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     print(f"# generating the cut set under {work} (cached) ...", flush=True)
-    cut_set = make_cut_set(
-        work,
-        videos=args.videos,
-        minutes=args.minutes,
-        width=args.width,
-        height=args.height,
-        fps=args.fps,
-    )
+    sizes = ("videos", "minutes", "width", "height", "fps")
+    cut_set = make_cut_set(work, **{name: getattr(args, name) for name in sizes})
     print(f"# versions: {json.dumps(detector_versions())}, torch {torch.__version__}")
 
     video_frames: list[int] = []

@@ -96,6 +96,14 @@ class ExtractConfig(BaseModel):
     decode_threads: int = Field(1, ge=0, le=64, description="threads per decoder (0: auto)")
     video_time_limit_s: float = Field(3600.0, gt=0, description="per video, seconds")
     max_clips_in_flight: int = Field(4, ge=1, le=1024, description="per video")
+    range_s: float | None = Field(
+        600.0,
+        gt=0,
+        description="a video longer than this many seconds (by its container's header) is "
+        "decoded as several tasks, each over a range of about this many seconds of its fixed "
+        "segments, so one long video keeps several cores busy; null: one task per video. "
+        "Shot segments are not split (their plan needs the whole video)",
+    )
     # encoder
     encoder: EncoderName = "tiny"
     encoder_checkpoint: str | None = Field(

@@ -186,56 +186,61 @@ def log_numbers(
 
 
 def end_run(
-    client: MlflowClient, run_id: str, exc: BaseException | None, *, children: bool = False
+    client: MlflowClient,
+    run_id: str,
+    exc: BaseException | None,
+    *,
+    children: bool = False,
+    stopped: str = "stopped before its end (SystemExit 0)",
 ) -> None:
     """End ``run_id``: FINISHED, or FAILED (KILLED on Ctrl-C) with the error in the
-    ``lvmae.error`` tag. With ``children``, first end the same way the runs nested under it
-    (``PARENT_TAG``) that are still RUNNING, e.g. those of a Ray task that died with the
-    stage. The one place that decides how a run of this project ends."""
+    ``lvmae.error`` tag. A clean ``SystemExit`` (code 0 or None: the run was told to stop,
+    as Ray Tune stops a function trial) is KILLED with ``stopped`` as that tag. With
+    ``children``, first end the same way the runs nested under it (``PARENT_TAG``) that are
+    still RUNNING, e.g. those of a Ray task that died with the stage. The one place that
+    decides how a run of this project ends."""
     if children:
         experiment_id = client.get_run(run_id).info.experiment_id
         mine = f"tags.`{PARENT_TAG}` = '{run_id}' and attributes.status = 'RUNNING'"
         for child in client.search_runs([experiment_id], filter_string=mine):
-            end_run(client, child.info.run_id, exc, children=True)
+            end_run(client, child.info.run_id, exc, children=True, stopped=stopped)
     if exc is None:
         client.set_terminated(run_id, "FINISHED")
+        return
+    if isinstance(exc, SystemExit) and exc.code in (0, None):
+        client.set_tag(run_id, "lvmae.error", stopped)
+        client.set_terminated(run_id, "KILLED")
         return
     client.set_tag(run_id, "lvmae.error", f"{type(exc).__name__}: {exc}"[:5000])
     client.set_terminated(run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
 
 
 @contextmanager
-def run_status(client: MlflowClient, run_id: str, *, children: bool = False) -> Iterator[None]:
+def run_status(client: MlflowClient, run_id: str, **how: Any) -> Iterator[None]:
     """``run_id`` RUNNING for the block, then ended however the block exits
-    (:func:`end_run`; the exception propagates, even when ending the run fails too, e.g.
-    on a full disk: that is logged)."""
+    (:func:`end_run`, with ``how`` its keywords ``children`` and ``stopped``; the exception
+    propagates, even when ending the run fails too, e.g. on a full disk: that is logged)."""
     client.update_run(run_id, status="RUNNING")
     try:
         yield
     except BaseException as exc:
         try:
-            end_run(client, run_id, exc, children=children)
+            end_run(client, run_id, exc, **how)
         except Exception as end_exc:  # e.g. the store's disk is full too: the cause wins
             log.info("could not mark MLflow run %s failed: %s", run_id, end_exc)
         raise
-    end_run(client, run_id, None, children=children)
+    end_run(client, run_id, None, **how)
 
 
 @contextmanager
 def tracked_run(
-    tracking_uri: str,
-    experiment: str,
-    run_name: str,
-    *,
-    out: str,
-    tags: dict[str, str] | None = None,
-    params: dict[str, Any] | None = None,
-    with_system_metrics: bool = False,
+    tracking_uri: str, *names: str, with_system_metrics: bool = False, **run: Any
 ) -> Iterator[str]:
-    """:func:`open_run`, marked RUNNING for the block and ended however the block exits
-    (:func:`run_status`: FINISHED, or FAILED with the error as the ``lvmae.error`` tag; the
-    exception propagates). Yields the run id."""
-    run_id = open_run(tracking_uri, experiment, run_name, out=out, tags=tags, params=params)
+    """:func:`open_run` (``names`` are its experiment and run name, ``run`` its keywords:
+    ``out``, ``tags``, ``params``), marked RUNNING for the block and ended however the block
+    exits (:func:`run_status`: FINISHED, or FAILED with the error as the ``lvmae.error`` tag;
+    the exception propagates). Yields the run id."""
+    run_id = open_run(tracking_uri, *names, **run)
     with run_status(MlflowClient(tracking_uri=tracking_uri), run_id):
         if with_system_metrics:
             with system_metrics(run_id, tracking_uri):

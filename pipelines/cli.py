@@ -63,6 +63,37 @@ def set_option(section: str):
     )  # fmt: skip
 
 
+def run_probing(stage, section, out: str, embeddings: str, labels, checkpoint: str):
+    """Run a probing stage (``probe`` or ``tune``) alone on ``section``, its config section:
+    the same stage ``lvmae run`` runs, tracked beside the checkpoint's pre-training run."""
+    from pipelines.run import run_alone  # heavy (Ray, torch): only for these commands
+    from pipelines.stages import StageContext  # heavy, as above
+
+    sections = {stage.name: section}
+    run = command_config(workdir=out, embeddings=embeddings, labels=list(labels), **sections)
+    context = StageContext.create(
+        run, tracking_uri=None, outs={stage.name: out}, checkpoint=checkpoint
+    )
+    return run_alone(stage, context)
+
+
+def probe_inputs(command):
+    """The inputs of a command that trains probes (``probe``, ``tune``): the pre-trained
+    checkpoint, the extraction output, one or more labels files and a YAML config."""
+    options = [
+        click.option("--checkpoint", required=True,
+                     help="Checkpoint or pre-training run directory."),
+        click.option("--embeddings", required=True, help="Extraction output (holds segments/)."),
+        click.option("--labels", "labels", required=True, multiple=True,
+                     help="Labels file (a task)."),
+        click.option("--config", "config_file", type=click.Path(dir_okay=False),
+                     help="YAML config."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def command_config(*, input: str = "", workdir: str, **sections) -> RunConfig:
     """The :class:`lvmae.config.RunConfig` of a single command: its ``run:`` fields
     (``input``, ``workdir``, ``embeddings``, ``labels``, ``experiment``, ``tracking_uri``;
@@ -202,10 +233,7 @@ def embed(*, checkpoint, embeddings, out, batch_size, actors, use_gpu) -> None:
 
 
 @cli.command()
-@click.option("--checkpoint", required=True, help="Checkpoint or pre-training run directory.")
-@click.option("--embeddings", required=True, help="Extraction output (holds segments/).")
-@click.option("--labels", "labels", required=True, multiple=True, help="Labels file (a task).")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config.")
+@probe_inputs
 @click.option(
     "--probe", "probes", type=click.Choice(PROBE_KINDS), multiple=True,
     help="Probe kind; repeat for several (features are computed once) [linear].",
@@ -221,8 +249,7 @@ def probe(checkpoint, embeddings, labels, config_file, out, sets, **options) -> 
     """Train probes on the frozen encoder (the paper's recipes, changed with e.g.
     --set probe.recipes.linear.lr=1e-3) and score them on the test split at the best
     validation epoch; results table in --out."""
-    from pipelines.run import run_alone  # heavy (Ray, torch): only for this command
-    from pipelines.stages import ProbeStage, StageContext  # heavy (the jobs: Ray, torch)
+    from pipelines.stages import ProbeStage  # heavy (the jobs: Ray, torch)
 
     options = {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
     options = {k: v for k, v in options.items() if v not in ([], None)}
@@ -231,20 +258,13 @@ def probe(checkpoint, embeddings, labels, config_file, out, sets, **options) -> 
     if "baselines" not in options and not config_file:
         options["baselines"] = []
     section = load_config(ProbeSection, config_file, options, parse_sets(sets))
-    run = command_config(workdir=out, embeddings=embeddings, labels=list(labels), probe=section)
-    context = StageContext.create(
-        run, tracking_uri=None, outs={"probe": out}, checkpoint=checkpoint
-    )  # the job tracks beside the checkpoint's pre-training run
-    output = run_alone(ProbeStage(), context)
+    output = run_probing(ProbeStage(), section, out, embeddings, labels, checkpoint)
     click.echo((Path(out) / "results.md").read_text())
     click.echo(f"{len(output.results)} rows: {Path(out) / 'results.csv'}")
 
 
 @cli.command()
-@click.option("--checkpoint", required=True, help="Checkpoint or pre-training run directory.")
-@click.option("--embeddings", required=True, help="Extraction output (holds segments/).")
-@click.option("--labels", "labels", required=True, multiple=True, help="Labels file (a task).")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config.")
+@probe_inputs
 @click.option("--num-samples", type=click.IntRange(1), help="Trials per task [16].")
 @click.option("--space", type=click.Path(dir_okay=False), help="Search space YAML.")
 @click.option("--max-concurrent", type=click.IntRange(1), help="Trials at once [2].")
@@ -253,15 +273,10 @@ def probe(checkpoint, embeddings, labels, config_file, out, sets, **options) -> 
 def tune(checkpoint, embeddings, labels, config_file, out, sets, **options) -> None:
     """Ray Tune sweep of probe hyperparameters (ASHA + Optuna) per labels file; the best
     configuration is retrained and scored on the test split once."""
-    from pipelines.run import run_alone  # heavy (Ray, torch): only for this command
-    from pipelines.stages import StageContext, TuneStage  # heavy (the jobs: Ray, torch)
+    from pipelines.stages import TuneStage  # heavy (the jobs: Ray, torch)
 
     section = load_config(TuneSection, config_file, options, parse_sets(sets))
-    run = command_config(workdir=out, embeddings=embeddings, labels=list(labels), tune=section)
-    context = StageContext.create(
-        run, tracking_uri=None, outs={"tune": out}, checkpoint=checkpoint
-    )  # the job tracks beside the checkpoint's pre-training run
-    output = run_alone(TuneStage(), context)
+    output = run_probing(TuneStage(), section, out, embeddings, labels, checkpoint)
     click.echo((Path(out) / "tune" / "results.md").read_text())
     click.echo(f"{len(output.results)} tasks swept; trials in {Path(out) / 'tune'}")
 

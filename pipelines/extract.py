@@ -61,7 +61,9 @@ from lvmae.storage import (
     written_segments,
 )
 from lvmae.video.clips import Clip, VideoReport, read_clips_bounded
+from lvmae.video.decoding import container_duration
 from lvmae.video.inputs import VideoSource, list_videos, local_copy
+from lvmae.video.segments import segment_ranges
 from lvmae.video.shots import describe_detector, detector_versions
 from pipelines.connect import Reservation, connect_ray, library_log_level
 
@@ -92,12 +94,13 @@ def _clip_batch(video_id: str, clips: list[Clip]) -> dict[str, np.ndarray]:
 
 
 def _report_batch(
-    video_id: str, report: VideoReport, config: ExtractConfig, node_id: str | None
+    video_id: str, report: VideoReport, config: ExtractConfig, node_id: str | None, share: dict
 ) -> dict:
-    """One marker row (``segment_index == -1``) carrying the video's report, and the Ray
-    node that decoded the video, as JSON."""
+    """One marker row (``segment_index == -1``) carrying, as JSON, the report of one task's
+    share of a video (``share``: its ``part`` of ``parts`` segment ranges) and the Ray node
+    that decoded it."""
     t, s = config.frames_per_segment, config.image_size
-    payload = {**asdict(report), "node_id": node_id}
+    payload = {**asdict(report), "node_id": node_id, **share}
     return {
         "video_id": np.array([video_id], dtype=object),
         "segment_index": np.array([-1], dtype=np.int32),
@@ -153,11 +156,18 @@ def decode_videos(batch: dict[str, np.ndarray], config_json: str):
     def out(rows: dict) -> dict:
         return _embed(rows, loading.result()) if loading is not None else rows
 
-    for video_id, uri, done in zip(batch["video_id"], batch["uri"], batch["done"], strict=True):
+    rows = zip(
+        batch["video_id"], batch["uri"], batch["done"], batch["first"], batch["stop"],
+        batch["part"], batch["parts"], strict=True,
+    )  # fmt: skip
+    for video_id, uri, done, first, stop, part, parts in rows:
         chunk: list[Clip] = []
+        index_range = (int(first), None if stop < 0 else int(stop))
+        share = {"part": int(part), "parts": int(parts)}
         try:
             with local_copy(str(uri)) as path:
-                for item in read_clips_bounded(path, config, frozenset(done.tolist())):
+                skip = frozenset(done.tolist())
+                for item in read_clips_bounded(path, config, skip=skip, index_range=index_range):
                     if isinstance(item, Clip):
                         chunk.append(item)
                         if len(chunk) >= config.batch_size:
@@ -167,12 +177,12 @@ def decode_videos(batch: dict[str, np.ndarray], config_json: str):
                     if chunk:
                         yield out(_clip_batch(video_id, chunk))
                         chunk = []
-                    yield out(_report_batch(video_id, item, config, node_id))
+                    yield out(_report_batch(video_id, item, config, node_id, share))
         except Exception as exc:  # the copy from remote storage failed
             if chunk:
                 yield out(_clip_batch(video_id, chunk))
             report = VideoReport("failed", f"cannot read {uri}: {exc}")
-            yield out(_report_batch(video_id, report, config, node_id))
+            yield out(_report_batch(video_id, report, config, node_id, share))
 
 
 class EncodeClips:
@@ -669,13 +679,51 @@ def extract_reservations(config: ExtractConfig) -> dict[str, Reservation]:
     return out
 
 
+def _header_duration(uri: str) -> float | None:
+    from fsspec.core import url_to_fs
+    from fsspec.implementations.local import LocalFileSystem
+
+    fs, path = url_to_fs(uri)
+    if isinstance(fs, LocalFileSystem):
+        return container_duration(path)
+    try:
+        with fs.open(path, "rb") as f:  # ranged reads of the header, not a download
+            return container_duration(f)
+    except Exception:  # unreadable: the decode task records why
+        return None
+
+
+def plan_ranges(
+    todo: list[VideoSource], config: ExtractConfig, *, threads: int = 8
+) -> dict[str, list[tuple[int, int | None]]]:
+    """The segment ranges of every video longer than ``config.range_s`` seconds (by its
+    container's header, read by ``threads`` threads on the driver):
+    :func:`~lvmae.video.segments.segment_ranges`. Empty when ``range_s`` is None or the
+    segments are shots (their plan needs the whole video). Videos kept whole, and those
+    whose header gives no duration, are left out (one task each)."""
+    if config.range_s is None or config.segmenter != "fixed":
+        return {}
+    stride = config.stride_s or config.segment_s
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lvmae-probe") as pool:
+        durations = list(pool.map(_header_duration, [s.uri for s in todo]))
+    out = {}
+    for source, duration in zip(todo, durations, strict=True):
+        if duration is not None:
+            own = segment_ranges(duration, range_s=config.range_s, stride_s=stride)
+            if len(own) > 1:
+                out[source.video_id] = own
+    return out
+
+
 def build_dataset(
     todo: list[VideoSource],
     config: ExtractConfig,
     done: dict[str, list[int]] | None = None,
     reservations: dict[str, Reservation] | None = None,
+    ranges: dict[str, list[tuple[int, int | None]]] | None = None,
 ):
-    """The extraction as a lazy Ray Dataset: decode (CPU tasks, one video each) and, unless
+    """The extraction as a lazy Ray Dataset: decode (CPU tasks, one per video or, for a
+    video in ``ranges`` (:func:`plan_ranges`), one per range of its segments) and, unless
     the encoder runs inside them, encode (actor pool with ``encoder_gpus()`` GPUs and
     ``encoder_cpu_share()`` CPUs each). Rows: ``video_id``, ``segment_index`` (-1 for a
     video's report row), ``start_s``, ``end_s``, ``frame_indices``, ``frame_times_s``,
@@ -687,13 +735,20 @@ def build_dataset(
 
     config_json = config.model_dump_json()
     done = done or {}
+    ranges = ranges or {}
     items = [
-        {"video_id": s.video_id, "uri": s.uri, "done": np.asarray(done.get(s.video_id, []))}
+        {
+            "video_id": s.video_id, "uri": s.uri, "done": np.asarray(done.get(s.video_id, [])),
+            "first": first, "stop": -1 if stop is None else stop, "part": part, "parts": len(own),
+        }
         for s in todo
-    ]
+        for own in [ranges.get(s.video_id, [(0, None)])]
+        for part, (first, stop) in enumerate(own)
+    ]  # fmt: skip
     reserve = reservations or extract_reservations(config)
     decode = reserve["decode"]
-    ds = ray.data.from_items(items, override_num_blocks=len(todo))
+    # one block, so one decode task, per item: the ranges of a long video run side by side
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
         decode_videos,
         batch_size=1,
@@ -716,6 +771,33 @@ def build_dataset(
     )
 
 
+def merge_reports(parts: list[dict]) -> dict:
+    """One video's report from the reports of its ranges (one, for a video kept whole):
+    ``num_clips`` and ``decode_s`` summed; ``ok`` when every range is, else ``partial`` when
+    any clip was written, else ``failed``; the errors joined, each naming its range
+    (``part i/n``); the plan's fields (``info``, ``num_segments``, shots) from the first
+    range that has them."""
+    if len(parts) == 1:
+        return parts[0]
+    parts = sorted(parts, key=lambda p: p.get("part", 0))
+    merged = dict(next((p for p in parts if p.get("info")), parts[0]))
+    merged["num_clips"] = sum(p.get("num_clips", 0) for p in parts)
+    merged["decode_s"] = sum(p.get("decode_s") or 0.0 for p in parts)
+    merged["num_segments"] = max(p.get("num_segments", 0) for p in parts)
+    errors = [
+        f"part {p.get('part', 0) + 1}/{p.get('parts', len(parts))}: {p['error']}"
+        for p in parts if p.get("error")
+    ]  # fmt: skip
+    merged["error"] = "; ".join(errors) or None
+    if all(p["status"] == "ok" for p in parts):
+        merged["status"] = "ok"
+    else:
+        merged["status"] = "partial" if merged["num_clips"] else "failed"
+    merged.pop("part", None)
+    merged.pop("parts", None)
+    return merged
+
+
 class _Bookkeeping:
     """The driver's view of the run: segments received per video, reports, finished videos,
     the summary and the progress shown."""
@@ -725,6 +807,8 @@ class _Bookkeeping:
         self.config_id = config.config_id()
         self.summary, self.writer, self.bar, self.on_flush = summary, writer, progress, on_flush
         self.received: dict[str, int] = defaultdict(int)
+        self.parts: dict[str, int] = {}  # videos decoded as several ranges: how many
+        self.part_reports: dict[str, dict[int, dict]] = defaultdict(dict)
         self.reports: dict[str, dict] = {}
         self.finished: set[str] = set()
         self.t0 = time.perf_counter()
@@ -738,7 +822,10 @@ class _Bookkeeping:
                 self.received[vid] += 1
                 self.summary.segments_written += 1
             else:
-                self.reports[vid] = json.loads(rep)
+                part = json.loads(rep)
+                self.part_reports[vid][part.get("part", 0)] = part
+                if len(self.part_reports[vid]) == self.parts.get(vid, 1):
+                    self.reports[vid] = merge_reports(list(self.part_reports[vid].values()))
             report = self.reports.get(vid)
             if report and vid not in self.finished and self.received[vid] >= report["num_clips"]:
                 self.finish(vid, report)
@@ -767,7 +854,10 @@ class _Bookkeeping:
             if vid in self.finished:
                 continue
             got = self.received[vid]
-            report = self.reports.get(vid) or {"status": "failed", "num_clips": got}
+            parts = self.part_reports.get(vid)
+            report = self.reports.get(vid) or (merge_reports(list(parts.values())) if parts else {
+                "status": "failed", "num_clips": got
+            })  # fmt: skip
             error = report.get("error") or "no result: the decode task died (crash or OOM?)"
             self.finish(vid, {**report, "status": "partial" if got else "failed", "error": error})
 
@@ -817,9 +907,16 @@ def _run_pipeline(
     book = _Bookkeeping(todo, config, summary, writer, progress=bar, on_flush=on_flush)
     dim, config_id = encoder["embedding_dim"], config.config_id()
     full = False
+    ranges = plan_ranges(todo, config)
+    if ranges:
+        log.info(
+            "%d of %d videos are longer than %g s: decoded as %d ranges of their segments",
+            len(ranges), len(todo), config.range_s, sum(len(r) for r in ranges.values()),
+        )  # fmt: skip
+    book.parts = {v: len(r) for v, r in ranges.items()}
     try:
-        with _data_context(config, encoder, len(todo)):
-            ds = build_dataset(todo, config, done, reservations)
+        with _data_context(config, encoder, len(todo) + sum(len(r) for r in ranges.values())):
+            ds = build_dataset(todo, config, done, reservations, ranges)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             book.add(batch, segment_table(batch, encoder["name"], config_id, dim))
         book.finish_missing()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from lvmae.errors import LvmaeError
 from lvmae.retrieval.index import exact_search, load_or_build
@@ -44,9 +45,14 @@ class SegmentMatrix:
 
 def load_segment_matrix(embeddings: str) -> SegmentMatrix:
     """Every segment (deduplicated, sorted) with its embedding; StorageError when none."""
-    table = read_segments(
+    return segment_matrix(read_segments(
         embeddings, columns=["video_id", "segment_index", "start_s", "end_s", "embedding"]
-    )
+    ))  # fmt: skip
+
+
+def segment_matrix(table: pa.Table) -> SegmentMatrix:
+    """The :class:`SegmentMatrix` of a segments table (``video_id``, ``segment_index``,
+    ``start_s``, ``end_s`` and a fixed-size ``embedding`` list column), in its row order."""
     flat = table["embedding"].combine_chunks()
     dim = flat.type.list_size
     matrix = flat.values.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)

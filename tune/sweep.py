@@ -84,6 +84,9 @@ class _Tracking(NamedTuple):
     parent: str
 
 
+STOPPED_BY_SCHEDULER = "stopped by the Tune scheduler"
+
+
 def _trial(
     params: dict[str, Any],
     *,
@@ -115,7 +118,8 @@ def _trial(
         progress = 100.0 * (epoch + 1) / config.epochs
         tune.report({**metrics, "epoch": epoch + 1, PROGRESS: progress})
 
-    with run_status(client, run.info.run_id):
+    # Tune stops a trial (ASHA) by raising SystemExit(0) in its report: KILLED, not FAILED
+    with run_status(client, run.info.run_id, stopped=STOPPED_BY_SCHEDULER):
         evaluate(labels, features, config, on_epoch=report, use_test=False, device=dev)
 
 
@@ -127,7 +131,7 @@ def _end_stopped_trials(client: MlflowClient, tracking: _Tracking) -> None:
         [tracking.experiment_id], filter_string=f"{mine} and attributes.status = 'RUNNING'"
     )
     for run in runs:
-        client.set_tag(run.info.run_id, "lvmae.error", "stopped by the Tune scheduler")
+        client.set_tag(run.info.run_id, "lvmae.error", STOPPED_BY_SCHEDULER)
         client.set_terminated(run.info.run_id, "KILLED")
 
 

@@ -65,6 +65,22 @@ class LanguageBindArch:
     text_vocab_size: int = 1000
     text_max_position_embeddings: int = 77
 
+    @classmethod
+    def clip(cls, width: int, layers: int, heads: int, projection_dim: int, *,
+             text: tuple[int, int, int], patch_size: int = 14) -> LanguageBindArch:
+        """A CLIP-sized model: a video tower of ``width`` channels, ``layers`` blocks and
+        ``heads`` heads with a 4× MLP and ``patch_size``-px patches, and a text tower of
+        ``text = (width, layers, heads)``, also with a 4× MLP, over CLIP's 49,408-token
+        vocabulary (Radford et al., 2021, Table 19, whose towers LanguageBind reuses)."""
+        text_width, text_layers, text_heads = text
+        return cls(
+            hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
+            num_attention_heads=heads, patch_size=patch_size, projection_dim=projection_dim,
+            text_hidden_size=text_width, text_intermediate_size=4 * text_width,
+            text_num_hidden_layers=text_layers, text_num_attention_heads=text_heads,
+            text_vocab_size=49408,
+        )  # fmt: skip
+
     def to_config(self) -> Any:
         """The ``LanguageBindVideoConfig`` for these sizes (no LoRA, time attention on)."""
         _, config_cls = _languagebind_video()
@@ -104,34 +120,10 @@ TINY_ARCH = LanguageBindArch(
 )
 """The ``tiny`` encoder: 64-d, 2 layers, 32-px patches (7×7 tokens per frame)."""
 
-VIT_L14_ARCH = LanguageBindArch(
-    hidden_size=1024,
-    intermediate_size=4096,
-    num_hidden_layers=24,
-    num_attention_heads=16,
-    patch_size=14,
-    projection_dim=768,
-    text_hidden_size=768,
-    text_intermediate_size=3072,
-    text_num_hidden_layers=12,
-    text_num_attention_heads=12,
-    text_vocab_size=49408,
-)
+VIT_L14_ARCH = LanguageBindArch.clip(1024, 24, 16, 768, text=(768, 12, 12))
 """``LanguageBind/LanguageBind_Video_FT``'s architecture (ViT-L/14 video tower, 768-d)."""
 
-VIT_H14_ARCH = LanguageBindArch(
-    hidden_size=1280,
-    intermediate_size=5120,
-    num_hidden_layers=32,
-    num_attention_heads=16,
-    patch_size=14,
-    projection_dim=1024,
-    text_hidden_size=1024,
-    text_intermediate_size=4096,
-    text_num_hidden_layers=24,
-    text_num_attention_heads=16,
-    text_vocab_size=49408,
-)
+VIT_H14_ARCH = LanguageBindArch.clip(1280, 32, 16, 1024, text=(1024, 24, 16))
 """``LanguageBind/LanguageBind_Video_Huge_V1.5_FT``'s architecture (ViT-H/14, 1024-d)."""
 
 

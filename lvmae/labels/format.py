@@ -37,6 +37,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -170,16 +171,25 @@ class LabelSet:
         See :func:`read_labels` for the arguments and the checks; ``source`` names the table
         in error messages.
         """
-        return _validate(
-            table,
-            task=task,
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            seed=seed,
-            min_examples_per_class=min_examples_per_class,
-            required_splits=required_splits,
-            source=source,
-        )
+        _check_table(table, task=task, required_splits=required_splits, source=source)
+        ids, labels = _ids_and_labels(table, source)
+        splits = _given_splits(table, ids, source)
+        given = splits is not None
+        task = _task_of(table, task, labels)
+        regression = task == "regression"
+        values = _regression_values(ids, labels, source) if regression else []
+        ids, labels, values, splits = _drop_repeats(ids, labels, values, splits, source)
+        if not regression:
+            _check_class_sizes(labels, min_examples_per_class, source)
+        if splits is None:
+            strata = regression_strata(values) if regression else labels
+            splits = stratified_split(
+                strata, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
+            )
+        _check_required_splits(splits, required_splits, given=given, source=source)
+        classes = [] if regression else _class_index(labels, splits, source)
+        out = labels_table(ids, values if regression else labels, splits, regression=regression)
+        return cls(out, task, classes)
 
     @property
     def num_classes(self) -> int:
@@ -420,39 +430,6 @@ def _class_index(labels: Sequence[str], splits: Sequence[str], source: str) -> l
     return classes
 
 
-def _validate(
-    table: pa.Table,
-    *,
-    task: str | None,
-    val_fraction: float,
-    test_fraction: float,
-    seed: int,
-    min_examples_per_class: int,
-    required_splits: Sequence[str],
-    source: str,
-) -> LabelSet:
-    """:meth:`LabelSet.from_table`: the checks in order, then the seeded split if none given."""
-    _check_table(table, task=task, required_splits=required_splits, source=source)
-    ids, labels = _ids_and_labels(table, source)
-    splits = _given_splits(table, ids, source)
-    given = splits is not None
-    task = _task_of(table, task, labels)
-    regression = task == "regression"
-    values = _regression_values(ids, labels, source) if regression else []
-    ids, labels, values, splits = _drop_repeats(ids, labels, values, splits, source)
-    if not regression:
-        _check_class_sizes(labels, min_examples_per_class, source)
-    if splits is None:
-        strata = regression_strata(values) if regression else labels
-        splits = stratified_split(
-            strata, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
-        )
-    _check_required_splits(splits, required_splits, given=given, source=source)
-    classes = [] if regression else _class_index(labels, splits, source)
-    out = labels_table(ids, values if regression else labels, splits, regression=regression)
-    return LabelSet(out, task, classes)
-
-
 # --------------------------------------------------------------------------- files
 
 
@@ -489,16 +466,7 @@ def _read_csv(data: bytes, source: str) -> pa.Table:
     return pa.table({h: pa.array(v, pa.string()) for h, v in columns.items()})
 
 
-def read_labels(
-    path: str | os.PathLike[str],
-    *,
-    task: str | None = None,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    seed: int = 0,
-    min_examples_per_class: int = 2,
-    required_splits: Sequence[str] = SPLITS,
-) -> LabelSet:
+def read_labels(path: str | os.PathLike[str], **checks: Any) -> LabelSet:
     """Read and validate a labels file (CSV with a header, or Parquet; by suffix).
 
     Columns: ``video_id``, ``label``, optional ``split`` (others are ignored). Values are
@@ -519,11 +487,13 @@ def read_labels(
 
     Args:
         path: a local path or a pyarrow filesystem URI (``s3://...``).
-        task: ``"classification"``, ``"regression"`` or None (infer).
-        val_fraction, test_fraction, seed: the split drawn when the file has none.
-        min_examples_per_class: fewer examples in a class is an error (classification).
-        required_splits: splits that must not be empty (all three by default: probes pick the
-            best epoch on val and report test accuracy there).
+        **checks: :meth:`LabelSet.from_table`'s keywords, with its defaults:
+            ``task``: ``"classification"``, ``"regression"`` or None (infer);
+            ``val_fraction``, ``test_fraction`` (0.15 each), ``seed`` (0): the split drawn
+            when the file has none; ``min_examples_per_class`` (2): fewer examples in a
+            class is an error (classification); ``required_splits``: splits that must not
+            be empty (all three by default: probes pick the best epoch on val and report
+            test accuracy there).
 
     Returns:
         The :class:`LabelSet`.
@@ -544,16 +514,7 @@ def read_labels(
             table = _read_csv(f.read(), os.fspath(path))
     else:
         table = pq.read_table(where, filesystem=fs)
-    return LabelSet.from_table(
-        table,
-        task=task,
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        seed=seed,
-        min_examples_per_class=min_examples_per_class,
-        required_splits=required_splits,
-        source=os.fspath(path),
-    )
+    return LabelSet.from_table(table, source=os.fspath(path), **checks)
 
 
 def _csv_cell(value: object) -> object:

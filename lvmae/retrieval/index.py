@@ -79,6 +79,16 @@ def _matrix(x: Any, name: str, dim: int | None = None) -> np.ndarray:
     return arr
 
 
+def _queries_and_corpus(queries: Any, corpus: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(queries [Q, D], corpus [N, D])`` as finite float32 (:func:`_matrix`), ``N >= 1``;
+    ValueError otherwise, naming the corpus ``name``."""
+    c = _matrix(corpus, name)
+    q = _matrix(queries, "queries", dim=c.shape[1])
+    if c.shape[0] == 0:
+        raise ValueError(f"{name} is empty")
+    return q, c
+
+
 def _check_k(k: int) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be an integer >= 1, got {k!r}")
@@ -190,11 +200,8 @@ def exact_search(
     """
     k = _check_k(k)
     chunk = _check_chunk(chunk)
-    c = _matrix(corpus, "corpus")
-    q = _matrix(queries, "queries", dim=c.shape[1])
+    q, c = _queries_and_corpus(queries, corpus, "corpus")
     n = c.shape[0]
-    if n == 0:
-        raise ValueError("corpus is empty")
     k_out = min(k, n)
     qn = normalize(q)
     best_s = np.empty((q.shape[0], 0), dtype=np.float32)

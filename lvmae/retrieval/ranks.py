@@ -21,7 +21,7 @@ from lvmae.retrieval.index import (
     _block_scores,
     _check_chunk,
     _check_k,
-    _matrix,
+    _queries_and_corpus,
     _query_blocks,
     normalize,
 )
@@ -58,11 +58,8 @@ def retrieval_ranks(
             NaN / infinite value in ``queries`` or ``candidates``.
     """
     chunk = _check_chunk(chunk)
-    c = _matrix(candidates, "candidates")
-    q = _matrix(queries, "queries", dim=c.shape[1])
+    q, c = _queries_and_corpus(queries, candidates, "candidates")
     n = c.shape[0]
-    if n == 0:
-        raise ValueError("candidates is empty")
     t_arr = np.asarray(targets)
     if t_arr.ndim != 1 or t_arr.shape[0] != q.shape[0]:
         raise ValueError(f"targets must have shape [{q.shape[0]}], got {t_arr.shape}")

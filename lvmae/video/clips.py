@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -196,7 +197,10 @@ def _sampled_clips(
 
 
 def read_clips(
-    path: str | Path, config: ExtractConfig, skip: frozenset[int] = frozenset()
+    path: str | Path,
+    config: ExtractConfig,
+    skip: frozenset[int] = frozenset(),
+    index_range: tuple[int, int | None] = (0, None),
 ) -> Iterator[Clip | VideoReport]:
     """Decode a video into clips, in segment order, then one :class:`VideoReport`.
 
@@ -204,10 +208,13 @@ def read_clips(
     skipping under ``decode_mode: fast``), plans the segments, samples
     ``frames_per_segment`` frames per segment (:func:`sample_frame_indices`) and yields a
     :class:`Clip` per segment, except the segments whose index is in ``skip`` (already on
-    disk from an interrupted run: they are neither decoded nor counted in ``num_clips``).
-    Never raises for a bad video: open and decode errors end the stream with a
-    ``"failed"`` or ``"partial"`` report.
+    disk from an interrupted run: they are neither decoded nor counted in ``num_clips``)
+    or outside ``index_range`` (``start <= index < stop``, stop None: to the end; one task's
+    share of a long video, :func:`~lvmae.video.segments.segment_ranges`). The report's
+    ``num_segments`` counts the whole plan. Never raises for a bad video: open and decode
+    errors end the stream with a ``"failed"`` or ``"partial"`` report.
     """
+    start, stop = index_range
     t0 = time.perf_counter()
     report = VideoReport(status="failed")
     try:
@@ -217,7 +224,8 @@ def read_clips(
             plan.annotate(report)  # cuts_s, shot_detector (shot plans)
             segments = plan.segments
             report.num_segments = len(segments)
-            todo = [seg for seg in segments if seg.index not in skip]
+            mine = segments[start:stop]  # indices are list positions (0..S-1)
+            todo = [seg for seg in mine if seg.index not in skip]
             for clip in _sampled_clips(reader, todo, config) if todo else ():
                 yield clip
                 report.num_clips += 1
@@ -236,9 +244,10 @@ _DONE = object()
 
 
 def read_clips_bounded(
-    path: str | Path, config: ExtractConfig, skip: frozenset[int] = frozenset()
+    path: str | Path, config: ExtractConfig, **which: Any
 ) -> Iterator[Clip | VideoReport]:
-    """:func:`read_clips` (``skip`` as there) under a time limit, with bounded memory.
+    """:func:`read_clips` (``which``: its ``skip`` and ``index_range``) under a time limit,
+    with bounded memory.
 
     Decoding runs in a daemon thread that hands clips over through a queue of
     ``config.max_clips_in_flight`` places, so at most that many clips (plus the one being
@@ -250,7 +259,7 @@ def read_clips_bounded(
     stop = threading.Event()
 
     def produce() -> None:
-        gen = read_clips(path, config, skip)
+        gen = read_clips(path, config, **which)
         try:
             for item in gen:
                 while not stop.is_set():

@@ -13,7 +13,7 @@ import abc
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -282,7 +282,15 @@ class PyAVReader(VideoReader):
 
         k, prev, prev_t = 0, None, -np.inf
         try:
-            self._seek(int(self._pts[0]))
+            # From the last keyframe at or before the first target (the start of the video
+            # for a whole pass; later for a range or a resumed video): every frame from
+            # there on is decoded as in a pass from the start, and none before it can be
+            # nearer to a target.
+            first = self._pts[0] + (targets[0] if targets.size else 0.0) / float(
+                self._stream.time_base
+            )
+            keys = self._key_pts[self._key_pts <= first]
+            self._seek(int(keys[-1]) if keys.size else int(self._pts[0]))
             for frame in self._frames:
                 if frame.pts is None:
                     continue
@@ -316,6 +324,26 @@ class PyAVReader(VideoReader):
 
 
 _READERS: dict[str, type[VideoReader]] = {"decord": DecordReader, "pyav": PyAVReader}
+
+
+def container_duration(source: Any) -> float | None:
+    """The duration in seconds that a video's container header gives (PyAV; reads the
+    header only, not the packets), or None when the header has none or the file cannot be
+    opened. ``source``: a path or a binary file object (e.g. fsspec's, for object storage).
+    An estimate for planning work (:func:`~lvmae.video.segments.segment_ranges`); readers
+    time segments on the packets' own timestamps."""
+    import av
+
+    try:
+        with av.open(source) as container:
+            if container.duration:
+                return container.duration / av.time_base
+            for stream in container.streams.video:
+                if stream.duration and stream.time_base:
+                    return float(stream.duration * stream.time_base)
+    except Exception:  # unreadable: the decode task records why
+        return None
+    return None
 
 
 def open_video(

@@ -550,17 +550,13 @@ def plan_samples(
 def make_samples(
     out_dir: str | os.PathLike[str],
     *,
-    videos_per_recipe: int = SAMPLE_LIBRARY.videos_per_recipe,
-    min_seconds: float = SAMPLE_LIBRARY.min_seconds,
-    max_seconds: float = SAMPLE_LIBRARY.max_seconds,
     width: int = SAMPLE_LIBRARY.width,
     height: int = SAMPLE_LIBRARY.height,
     fps: float = SAMPLE_LIBRARY.fps,
-    seed: int = SAMPLE_LIBRARY.seed,
-    recipes: Sequence[str] | None = None,
     workers: int = 2,
     crf: int = 30,
     keyint_s: float = 2.0,
+    **plan_args: Any,
 ) -> Path:
     """Write the sample library: labelled long videos whose classes differ in scene order.
 
@@ -584,15 +580,15 @@ def make_samples(
 
     Args:
         out_dir: the library root (created if missing).
-        videos_per_recipe: videos per class (>= 1).
-        min_seconds, max_seconds: range of video durations, in seconds.
         width, height: frame size in pixels (even, >= 16).
         fps: frames per second.
-        seed: seeds durations, scene lengths, variations and splits.
-        recipes: names from :data:`RECIPES` (default: :data:`DEFAULT_RECIPES`, in order).
         workers: ffmpeg processes run at once (>= 1).
         crf: x264 constant rate factor.
         keyint_s: maximum seconds between key frames.
+        **plan_args: :func:`plan_samples`'s keywords, with its defaults: ``videos_per_recipe``
+            (videos per class), ``min_seconds`` / ``max_seconds`` (range of durations, in
+            seconds), ``seed`` (durations, scene lengths, variations and splits),
+            ``recipes`` (names from :data:`RECIPES`, default :data:`DEFAULT_RECIPES`).
 
     Returns:
         The path of ``labels.csv``.
@@ -606,13 +602,7 @@ def make_samples(
     _check_geometry(width, height, fps)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    plan = plan_samples(
-        videos_per_recipe=videos_per_recipe,
-        min_seconds=min_seconds,
-        max_seconds=max_seconds,
-        seed=seed,
-        recipes=recipes,
-    )
+    plan = plan_samples(**plan_args)
     for video in plan:
         if min(_scene_frames(video.scenes, fps)) < 1:
             raise ValueError(f"{video.video_id}: a scene is shorter than one frame: {video}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -81,6 +82,42 @@ def fixed_segments(
     ):
         segments.append(Segment(n_full, tail_start, float(duration_s)))
     return segments
+
+
+def segment_ranges(
+    duration_s: float, *, range_s: float, stride_s: float
+) -> list[tuple[int, int | None]]:
+    """Split a video's fixed segments (:func:`fixed_segments`, index ``k`` starting at
+    ``k * stride_s`` seconds) into ranges of segment indices that separate tasks decode.
+
+    A video of at most ``range_s`` seconds is one range. A longer one is ``n = ceil(duration_s
+    / range_s)`` ranges of ``ceil(ceil(duration_s / stride_s) / n)`` segments each; the last
+    range is open (``stop`` None), so the ranges cover every index whatever the decoder's own
+    count of segments turns out to be (``duration_s`` is the container's estimate).
+
+    Args:
+        duration_s: the video's duration in seconds (>= 0; an estimate is fine).
+        range_s: the longest video kept whole, and the target range length, in seconds (> 0).
+        stride_s: seconds between segment starts (> 0).
+
+    Returns:
+        ``[(start, stop), ...]``: segment indices ``start <= k < stop`` (``stop`` None: to
+        the end), in order, disjoint, covering ``[0, inf)``.
+
+    Raises:
+        ValueError: a negative duration or a non-positive ``range_s`` / ``stride_s``.
+    """
+    if duration_s < 0 or not range_s > 0 or not stride_s > 0:
+        raise ValueError(
+            f"need duration_s >= 0, range_s > 0, stride_s > 0; got {duration_s}, {range_s}, "
+            f"{stride_s}"
+        )
+    if duration_s <= range_s + _EPS:
+        return [(0, None)]
+    n = math.ceil(duration_s / range_s - _EPS)
+    per = math.ceil(math.ceil(duration_s / stride_s - _EPS) / n)
+    starts = [i * per for i in range(n)]
+    return [*itertools.pairwise(starts), (starts[-1], None)]
 
 
 def sample_frame_indices(

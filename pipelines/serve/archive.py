@@ -34,7 +34,7 @@ from lvmae.storage import (
     read_videos,
 )
 from lvmae.video.thumbnails import ThumbnailCache
-from pipelines.search import Searcher, SegmentMatrix
+from pipelines.search import Searcher, SegmentMatrix, segment_matrix
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ class Archive:
         try:
             self.state.stage = "reading the segment embeddings"
             table = read_segments(self.embeddings, columns=[*SEGMENT_COLUMNS, "frame_times_s"])
-            segs = _matrix(table)
+            segs = segment_matrix(table)
             self.thumb_times = _thumb_times(table)
             self._attach_segments(segs)
             n = len(segs.video_id)
@@ -332,19 +332,6 @@ def _exact_max() -> int:
     from pipelines.search import EXACT_MAX  # the same threshold as `lvmae search`
 
     return EXACT_MAX
-
-
-def _matrix(table: pa.Table) -> SegmentMatrix:
-    flat = table["embedding"].combine_chunks()
-    dim = flat.type.list_size
-    matrix = flat.values.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
-    return SegmentMatrix(
-        table["video_id"].to_pylist(),
-        table["segment_index"].to_numpy(),
-        table["start_s"].to_numpy(),
-        table["end_s"].to_numpy(),
-        matrix,
-    )
 
 
 def _thumb_times(table: pa.Table) -> np.ndarray:

@@ -41,3 +41,12 @@ def fresh_tiny(tmp_path_factory) -> dict:
         "text": np.load(root / "text.npy"),
         "eager_imports": json.loads((root / "eager.json").read_text()),
     }
+
+
+def assert_unit_embeddings(emb, rows: int, dim: int) -> None:
+    """``emb`` is a finite float32 numpy ``[rows, dim]`` array of unit-norm embeddings."""
+    assert isinstance(emb, np.ndarray)
+    assert emb.shape == (rows, dim)
+    assert emb.dtype == np.float32
+    assert np.all(np.isfinite(emb))
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)

@@ -1,8 +1,3 @@
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -16,6 +11,7 @@ from lvmae.storage import (
     write_table_atomic,
 )
 from lvmae.video.inputs import InputError, list_videos, local_copy
+from tests.fresh import fresh_python
 
 EXT = (".mp4", ".mkv")
 
@@ -145,8 +141,4 @@ def test_config_imports_no_video_or_torch_code():
         "print(sorted(m for m in sys.modules if m not in registry and (m.split('.')[0] in heavy "
         "or any(m == p or m.startswith(p + '.') for p in ours))))"
     )
-    res = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-    )  # fmt: skip
-    assert res.stdout.strip() == "[]"
+    assert fresh_python(code) == "[]"

@@ -14,6 +14,7 @@ from lvmae.tracking import (
     mlflow_ui_hint,
     nested_under,
     open_run,
+    run_status,
     source_tags,
     tracked_run,
 )
@@ -44,6 +45,18 @@ def test_a_tracked_run_ends_finished_or_failed_with_the_error(uri, tmp_path):
         raise KeyboardInterrupt
     assert again == run_id  # the same run name is the same run (a resumed job)
     assert _run(uri, run_id).info.status == "KILLED"
+
+
+@pytest.mark.parametrize("code, status", [(0, "KILLED"), (None, "KILLED"), (2, "FAILED")])
+def test_a_run_told_to_stop_is_killed_not_failed(uri, tmp_path, code, status):
+    """Ray Tune stops a function trial by raising SystemExit(0) inside it."""
+    run_id = open_run(uri, "e", f"stopped-{code}", out=str(tmp_path))
+    client = MlflowClient(tracking_uri=uri)
+    with pytest.raises(SystemExit), run_status(client, run_id, stopped="stopped by Tune"):
+        raise SystemExit(code)
+    run = _run(uri, run_id)
+    assert run.info.status == status
+    assert run.data.tags["lvmae.error"] == ("stopped by Tune" if code != 2 else "SystemExit: 2")
 
 
 def test_runs_carry_source_tags(uri, tmp_path):

@@ -25,6 +25,7 @@ from lvmae.storage import read_manifest, read_segments, read_videos
 from lvmae.video.segments import fixed_segments
 from pipelines.cli import main
 from pipelines.extract import ExtractError, run_extraction
+from tests.fresh import fresh_python
 from tests.pipelines.conftest import seed_store
 
 LVMAE = [sys.executable, "-m", "pipelines.cli"]
@@ -290,11 +291,7 @@ def test_the_extraction_driver_plans_without_torch():
         "assert describe_encoder('tiny')['embedding_dim'] == 64; "
         "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     )
-    res = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-    )  # fmt: skip
-    assert res.stdout.strip() == "[]"
+    assert fresh_python(code) == "[]"
 
 
 def _raw_keys(seg_dir: Path) -> Counter:

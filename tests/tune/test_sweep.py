@@ -204,6 +204,11 @@ def test_small_sweep_logs_nested_trials_and_scores_the_best_on_test(sweep):
     assert all(t.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for t in trials)
     assert parents[0].data.metrics["best/top1"] == pytest.approx(row.top1)
     assert all("val_top1" in t.data.metrics for t in trials)
+    # a trial the scheduler stops early is KILLED with that reason, never FAILED
+    for t in trials:
+        assert t.info.status in ("FINISHED", "KILLED"), t.data.tags.get("lvmae.error")
+        if t.info.status == "KILLED":
+            assert t.data.tags["lvmae.error"] == "stopped by the Tune scheduler"
 
 
 @pytest.mark.slow

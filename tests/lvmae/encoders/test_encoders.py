@@ -27,6 +27,7 @@ from lvmae.encoders.models import (
     save_tiny_checkpoint,
 )
 from lvmae.encoders.registry import ENCODERS, encoder_spec, resolve
+from tests.lvmae.conftest import assert_unit_embeddings
 
 
 def random_frames(batch: int, *, seed: int = 0, frames: int = 8, size: int = 224) -> np.ndarray:
@@ -50,12 +51,8 @@ def tiny_checkpoint(tmp_path_factory) -> str:
 
 
 def test_tiny_encode_shape_dtype_unit_norm(tiny, frames):
-    emb = tiny.encode(frames)
-    assert isinstance(emb, np.ndarray)
-    assert emb.shape == (4, tiny.embedding_dim) == (4, 64)
-    assert emb.dtype == np.float32
-    assert np.all(np.isfinite(emb))
-    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    assert tiny.embedding_dim == 64
+    assert_unit_embeddings(tiny.encode(frames), 4, 64)
     assert (tiny.frames_per_segment, tiny.image_size) == (8, 224)
     assert tiny.device == torch.device("cpu")
 

@@ -24,6 +24,7 @@ from lvmae.encoders.models import (
     save_tiny_checkpoint,
 )
 from tests.lvmae.conftest import FRESH_TEXTS as TEXTS
+from tests.lvmae.conftest import assert_unit_embeddings
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +54,7 @@ def checkpoint_with_tokenizer(tmp_path_factory) -> str:
 
 def test_tiny_encode_text_shape_dtype_unit_norm(tiny):
     emb = tiny.encode_text(TEXTS)
-    assert isinstance(emb, np.ndarray)
-    assert emb.shape == (3, tiny.embedding_dim) == (3, 64)
-    assert emb.dtype == np.float32
-    assert np.all(np.isfinite(emb))
-    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    assert_unit_embeddings(emb, 3, tiny.embedding_dim)
     # same space as the video embeddings: same width, comparable by a dot product
     frames = np.zeros((1, 8, 224, 224, 3), dtype=np.uint8)
     assert (emb @ tiny.encode(frames).T).shape == (3, 1)

@@ -75,18 +75,10 @@ def test_read_labels_without_split_is_stratified_and_deterministic(tmp_path):
 
 
 def test_class_index_survives_a_class_missing_from_a_split(tmp_path):
-    path = write_csv(
-        tmp_path / "labels.csv",
-        [
-            ["a1.mp4", "apple", "train"],
-            ["a2.mp4", "apple", "val"],
-            ["a3.mp4", "apple", "test"],
-            ["b1.mp4", "banana", "train"],
-            ["b2.mp4", "banana", "test"],  # no banana in val
-            ["c1.mp4", "cherry", "train"],
-            ["c2.mp4", "cherry", "val"],
-        ],
-    )
+    rows = """a1.mp4 apple train, a2.mp4 apple val, a3.mp4 apple test,
+              b1.mp4 banana train, b2.mp4 banana test,
+              c1.mp4 cherry train, c2.mp4 cherry val"""  # no banana in val
+    path = write_csv(tmp_path / "labels.csv", [row.split() for row in rows.split(",")])
     labels = read_labels(path)
     assert labels.class_index() == {"apple": 0, "banana": 1, "cherry": 2}
     assert labels.targets("val").tolist() == [0, 2]
