@@ -220,7 +220,7 @@ def pretrain(embeddings, out, config_file, sets, **options) -> None:
 def embed(*, checkpoint, embeddings, out, batch_size, actors, use_gpu) -> None:
     """Per-video representations ([CLS] and mean of token outputs) for whole videos."""
     from pipelines.embed import run_embed  # heavy (Ray, torch): only for this command
-    from pipelines.job_inputs import check_checkpoint_inputs
+    from pipelines.job_inputs import check_checkpoint_inputs  # heavy (Ray Data, torch)
 
     check_checkpoint_inputs(checkpoint, embeddings)
     check_output_path(out)
@@ -346,7 +346,7 @@ def search(query, embeddings, top_k, example, exact, rebuild_index) -> None:
 def monitor(checkpoint, embeddings, captions, out) -> None:
     """Reconstruction-retrieval monitor: R@1/5/10 and median rank of reconstructed masked
     segments among the held-out set; nearest captions as HTML with --captions."""
-    from pipelines.job_inputs import check_checkpoint_inputs
+    from pipelines.job_inputs import check_checkpoint_inputs  # heavy (Ray Data, torch)
     from pipelines.monitor import read_captions, run_monitor  # heavy (torch)
 
     check_checkpoint_inputs(checkpoint, embeddings)

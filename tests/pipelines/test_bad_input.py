@@ -318,11 +318,15 @@ CASES: list[Case] = [
     C("run-input-not-videos", "run", "--config", "{cfg}", words=["notvideos"],
       config="run:\n  input: {notvideos}\n  workdir: {out}\n  stages: [extract]\n"),
     C("run-labels-missing", "run", "--config", "{cfg}", words=["nope.csv"],
+      config="run:\n  input: {videos}\n  workdir: {out}\n"
+             "  labels: [{root}/nope.csv]\n  stages: [extract, pretrain, probe]\n"),
+    C("run-upstream-missing", "run", "--config", "{cfg}", words=["stage extract", "run.stages"],
       config="run:\n  input: {videos}\n  workdir: {out}\n  embeddings: {emb}\n"
-             "  labels: [{root}/nope.csv]\n  stages: [probe]\n"),
-    C("run-embeddings-missing", "run", "--config", "{cfg}", words=["nope", "segment"],
-      config="run:\n  input: {videos}\n  workdir: {out}\n  embeddings: {root}/nope\n"
              "  stages: [pretrain]\n"),
+    C("run-embeddings-under-a-file", "run", "--config", "{cfg}",
+      words=["run.embeddings", "a_file"],
+      config="run:\n  input: {videos}\n  workdir: {out}\n  embeddings: {file}/e\n"
+             "  stages: [extract]\n"),
     C("run-workdir-under-a-file", "run", "--config", "{cfg}", words=["run.workdir", "a_file"],
       config="run:\n  input: {videos}\n  workdir: {file}/w\n  stages: [report]\n"),
     C("run-workdir-held", "run", "--config", "{cfg}", words=["run.workdir", "in use"],
