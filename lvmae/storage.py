@@ -172,8 +172,9 @@ def hold_output(out: str, flag: str = "--out") -> Iterator[None]:
     left by a killed run is taken over at once (logged with the old holder's details). The
     holder (host, pid, command, start time) is written next to it, to
     ``<out>/.lvmae.holder.json``. Re-entrant within a process (``lvmae run`` holding its
-    workdir while a stage writes into it). A URI is not held (object stores have no such
-    locks).
+    workdir while a stage writes into it). A directory it made is removed again when the
+    block leaves nothing in it (a run refused after the lock, e.g. by the cluster's GPU
+    check, writes nothing). A URI is not held (object stores have no such locks).
 
     Raises:
         OutputBusyError: another live run holds ``out``; the message names it.
@@ -185,6 +186,11 @@ def hold_output(out: str, flag: str = "--out") -> Iterator[None]:
     from filelock import FileLock, Timeout  # an OS lock (fcntl.flock) on Unix
 
     root = Path(out).absolute()
+    made = None  # the topmost directory this call makes, removed again if left empty
+    if not root.exists():
+        made = root
+        while not made.parent.exists():
+            made = made.parent
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -237,6 +243,22 @@ def hold_output(out: str, flag: str = "--out") -> Iterator[None]:
         if not nested:
             holder_path.unlink(missing_ok=True)
         lock.release()
+        if made is not None and not nested:
+            _remove_if_empty(root, made)
+
+
+def _remove_if_empty(root: Path, top: Path) -> None:
+    """A run that wrote nothing leaves nothing: ``root`` (holding only the lock file) and its
+    parents up to ``top``, all made by :func:`hold_output`, are removed."""
+    with contextlib.suppress(OSError):
+        if {p.name for p in root.iterdir()} <= {LOCK_FILE}:
+            (root / LOCK_FILE).unlink(missing_ok=True)
+            node = root
+            while True:
+                node.rmdir()
+                if node == top:
+                    break
+                node = node.parent
 
 
 def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
