@@ -16,9 +16,21 @@ camera and web files are), all in one run:
 3. Peak memory of ``lvmae extract`` over 200 and 2,000 small videos: the largest sum of
    PSS over the run's processes (driver, raylet, workers), sampled every 0.5 s, and the
    driver's own peak RSS.
+4. ``--start`` (alone): the fixed start cost of a small run (2 files x 1 min, 720p): the
+   core-seconds before the first segments file that are not the first segments' decoding
+   and encoding, split into Ray's own processes (each named), the driver, the task workers
+   beyond that ideal (a worker's start: Ray's worker, imports, the encoder build) and idle.
+   ``--tree LABEL=DIR`` (repeatable) runs the same extraction from other checkouts of the
+   project (``PYTHONPATH=DIR``, this environment), taking turns run by run, so a change is
+   compared with the code before it on the same machine at the same time. Beside each
+   run, one new Ray worker's start, decode-stage imports and encoder build are timed alone
+   (a shared machine's load inflates the workers' share up to the first file: they decode
+   while they wait).
 
     .venv/bin/python benchmarks/bench_extraction.py [--workdir work/bench] [--quick]
         [--pipeline-files N] [--skip throughput|memory]
+    .venv/bin/python benchmarks/bench_extraction.py --start [--repeats N]
+        [--tree before=/path/to/old/checkout]
 
 Prints Markdown tables for benchmarks/RESULTS.md.
 """
@@ -143,6 +155,7 @@ class TreeSampler(threading.Thread):
         self.peak_pss = self.peak_root_rss = 0
         self.cpu: dict[int, float] = {}
         self.group: dict[int, str] = {}
+        self.pname: dict[int, str] = {}
         self.done = threading.Event()
 
     def _group(self, p: psutil.Process) -> str:
@@ -152,6 +165,28 @@ class TreeSampler(threading.Thread):
         if argv and argv[0].startswith("ray::"):
             return "ray" if argv[0].startswith(RAY_ACTORS) else "workers"
         return "workers" if any(a.endswith("default_worker.py") for a in argv) else "ray"
+
+    @staticmethod
+    def _short_name(p: psutil.Process) -> str:
+        """A short name: ``ray::X`` for named workers, else the program or the Python
+        script (``raylet``, ``gcs_server``, ``dashboard.py``, ``default_worker.py``)."""
+        argv = p.cmdline()
+        if argv and argv[0].startswith("ray::"):
+            return argv[0].split()[0]
+        for a in argv[1:3]:
+            if a.endswith(".py"):
+                return Path(a).name
+            if a == "-m" and len(argv) > 2:
+                return argv[2]
+        return Path(argv[0]).name if argv else p.name()
+
+    def cpu_by_name(self, group: str) -> dict[str, float]:
+        """CPU seconds of ``group``'s processes by :meth:`_short_name` (summed over processes)."""
+        out: dict[str, float] = {}
+        for pid, used in list(self.cpu.items()):
+            if self.group[pid] == group:
+                out[self.pname[pid]] = out.get(self.pname[pid], 0.0) + used
+        return out
 
     def cpu_by_group(self) -> dict[str, float]:
         out = {"driver": 0.0, "workers": 0.0, "ray": 0.0}
@@ -171,6 +206,8 @@ class TreeSampler(threading.Thread):
             for p in procs:
                 try:
                     self.group[p.pid] = self._group(p)  # a worker's name changes
+                    if self.group[p.pid] == "ray" or p.pid not in self.pname:
+                        self.pname[p.pid] = self._short_name(p)
                     t = p.cpu_times()
                     self.cpu[p.pid] = t.user + t.system
                     if self.memory:
@@ -181,14 +218,23 @@ class TreeSampler(threading.Thread):
             self.done.wait(self.every_s)
 
 
-def run_extract(videos: Path, out: Path, *sets: str, sample_memory: bool = False) -> dict:
+def run_extract(
+    videos: Path,
+    out: Path,
+    *sets: str,
+    sample_memory: bool = False,
+    pythonpath: str | None = None,
+) -> dict:
     """``lvmae extract`` in a fresh process (its own local Ray); the run's wall time, when
-    its first segments and videos files appeared, and (optionally) its memory."""
+    its first segments and videos files appeared, and (optionally) its memory.
+    ``pythonpath``: run another checkout of the project with this environment."""
     shutil.rmtree(out, ignore_errors=True)
     cmd = [str(Path(sys.executable).parent / "lvmae"), "extract", str(videos), "--out", str(out)]
     for s in sets:
         cmd += ["--set", s]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
     t0, c0 = time.perf_counter(), time.process_time()
     proc = subprocess.Popen(
         [*cmd, "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -199,6 +245,7 @@ def run_extract(videos: Path, out: Path, *sets: str, sample_memory: bool = False
     first: dict[str, float] = {}
     first_file: dict[str, Path] = {}
     cpu_at_first: dict[str, float] = {}
+    ray_at_first: dict[str, float] = {}
     while proc.poll() is None:
         for sub in ("segments", "videos"):
             found = sorted((out / sub).glob("*.parquet")) if sub not in first else []
@@ -206,6 +253,7 @@ def run_extract(videos: Path, out: Path, *sets: str, sample_memory: bool = False
                 first[sub], first_file[sub] = time.perf_counter() - t0, found[0]
                 if sub == "segments":
                     cpu_at_first = sampler.cpu_by_group()
+                    ray_at_first = sampler.cpu_by_name("ray")
         time.sleep(0.05)
     wall, polling = time.perf_counter() - t0, time.process_time() - c0
     _, stderr = proc.communicate()
@@ -217,6 +265,7 @@ def run_extract(videos: Path, out: Path, *sets: str, sample_memory: bool = False
     result = {
         "wall_s": wall, "summary": manifest["summary"], "first": first,
         "cpu": sampler.cpu_by_group(), "cpu_at_first": cpu_at_first, "polling_cpu_s": polling,
+        "ray_at_first": ray_at_first,
     }  # fmt: skip
     if "segments" in first_file:
         result["first_rows"] = pq.read_metadata(first_file["segments"]).num_rows
@@ -337,6 +386,126 @@ def memory(work: Path, counts: tuple[int, ...]) -> None:
               f"| {r['wall_s']:.0f} s |")  # fmt: skip
 
 
+WORKER_START = r"""
+import json, resource
+import ray
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+
+@ray.remote
+def start():
+    def cpu():
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+    import sys
+    c0 = cpu()  # the worker process so far: Python, Ray's worker, this task
+    import pipelines.extract  # noqa: F401  (what a decode task imports)
+    c1 = cpu()
+    from lvmae.encoders.models import build_encoder
+    build_encoder("tiny", device="cpu")  # as pipelines.extract builds it in a decode task
+    c2 = cpu()
+    mods = sorted(m for m in ("sklearn", "scipy", "sympy", "peft") if m in sys.modules)
+    return {"worker": c0, "stage": c1 - c0, "encoder": c2 - c1, "modules": mods}
+
+print(json.dumps(ray.get(start.remote())))
+"""
+
+
+def worker_start(pythonpath: str | None) -> dict:
+    """A new Ray worker's CPU seconds: its start (``worker``), importing the decode stage
+    (``stage``), building the ``tiny`` encoder (``encoder``), in a fresh local Ray."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    res = subprocess.run(
+        [sys.executable, "-c", WORKER_START], check=True, capture_output=True, text=True,
+        env=env, cwd="/",
+    )  # fmt: skip
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def start_cost(work: Path, trees: dict[str, str | None], repeats: int) -> None:
+    """The fixed start cost of ``lvmae extract`` on a small archive (default settings: exact
+    mode, decord, the ``tiny`` encoder in the decode tasks), for each checkout in
+    ``trees`` (label → PYTHONPATH; None: this one), the checkouts taking turns."""
+    files = archive(work, 2, 1)
+    cores = os.cpu_count() or 1
+    base = single_process(files[0], "decord", "exact")
+    rate = base["duration_s"] / base["cpu_s"]  # s of video per CPU-s, one process
+    seg_s = 5.0
+    rows, ray_names, starts = [], {}, {}
+    for i in range(repeats):
+        for label, path in trees.items():
+            r = run_extract(files[0].parent, work / "out_start", pythonpath=path)
+            seg = r["first"].get("segments", float("nan"))
+            ideal = r.get("first_rows", 0) * seg_s / rate
+            cpu = r["cpu_at_first"]
+            total = cores * seg
+            fixed = total - ideal
+            rows.append(
+                (
+                    label,
+                    i + 1,
+                    seg,
+                    total,
+                    ideal,
+                    fixed,
+                    cpu["driver"],
+                    cpu["ray"],
+                    cpu["workers"] - ideal,
+                    total - sum(cpu.values()),
+                )
+            )
+            ray_names.setdefault(label, []).append(r["ray_at_first"])
+            starts.setdefault(label, []).append(worker_start(path))
+    print(
+        f"\n## Fixed start cost of `lvmae extract` (2 x 1 min of {W}x{H}, {cores} cores; "
+        f"single-process rate {rate:.1f} s of video per CPU-s)\n"
+    )
+    print(
+        "Core-seconds up to the first segments file. Fixed = cores x wall - ideal (the "
+        "first file's segments decoded and embedded at the single-process rate); task "
+        "workers = their CPU beyond that ideal (Ray's worker start, imports, encoder build, "
+        "first-batch overheads).\n"
+    )
+    print(
+        "| code | run | first segments file | cores x wall | ideal | **fixed** | driver "
+        "| Ray's own processes | task workers beyond ideal | idle |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for label, i, seg, total, ideal, fixed, drv, ray_, wk, idle in rows:
+        print(
+            f"| {label} | {i} | {seg:.1f} s | {total:.1f} | {ideal:.1f} | **{fixed:.1f}** "
+            f"| {drv:.1f} | {ray_:.1f} | {wk:.1f} | {idle:.1f} |"
+        )
+    print("\n| code | mean fixed | driver | Ray's own | task workers | idle |")
+    print("|---|---|---|---|---|---|")
+    for label in trees:
+        mine = [r for r in rows if r[0] == label]
+        m = [float(np.mean([r[k] for r in mine])) for k in (5, 6, 7, 8, 9)]
+        print(f"| {label} | **{m[0]:.1f}** | {m[1]:.1f} | {m[2]:.1f} | {m[3]:.1f} | {m[4]:.1f} |")
+    print(
+        "\nOne new Ray worker, CPU-s (a fresh local Ray per run; mean over runs): the "
+        "worker's start, importing the decode stage, building the tiny encoder; and which "
+        "of sklearn, scipy, sympy, peft it imported.\n"
+    )
+    print("| code | worker start | decode stage imports | encoder build | total | modules |")
+    print("|---|---|---|---|---|---|")
+    for label, runs in starts.items():
+        m = {k: float(np.mean([r[k] for r in runs])) for k in ("worker", "stage", "encoder")}
+        print(
+            f"| {label} | {m['worker']:.2f} | {m['stage']:.2f} | {m['encoder']:.2f} "
+            f"| {sum(m.values()):.2f} | {', '.join(runs[-1]['modules']) or '-'} |"
+        )
+    print("\nRay's own processes up to the first file, mean CPU-s by process name:\n")
+    for label, runs in ray_names.items():
+        names = sorted({n for r in runs for n in r})
+        means = {n: float(np.mean([r.get(n, 0.0) for r in runs])) for n in names}
+        parts = ", ".join(
+            f"{n} {v:.1f}" for n, v in sorted(means.items(), key=lambda x: -x[1]) if v >= 0.05
+        )
+        print(f"- {label}: {parts}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workdir", default=str(ROOT / "work" / "bench"))
@@ -347,9 +516,22 @@ def main() -> None:
         help="5-min files for the end-to-end runs (8 = 40 min; the fixed start-up of a run "
         "weighs less on a longer archive)",
     )  # fmt: skip
+    ap.add_argument("--start", action="store_true", help="the fixed start cost alone")
+    ap.add_argument("--repeats", type=int, default=3, help="--start: runs per checkout")
+    ap.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="--start: also run the checkout in DIR (PYTHONPATH), labelled LABEL",
+    )
     args = ap.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
+    if args.start:
+        trees: dict[str, str | None] = dict(t.split("=", 1) for t in args.tree)
+        start_cost(work, {**trees, "this": None}, args.repeats)
+        return
     if "throughput" not in args.skip:
         # per CPU-second on 20 min (4 files); the pipeline on --pipeline-files files
         files = archive(work, 2, 1) if args.quick else archive(work, args.pipeline_files, 5)

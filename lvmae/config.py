@@ -54,6 +54,67 @@ class ConfigError(LvmaeError, ValueError):
     """A configuration file or value is invalid; the message says what to fix."""
 
 
+_SECRET_WORDS = ("key", "secret", "token", "password", "credential")
+
+
+class StorageConfig(BaseModel):
+    """How to reach object storage (``s3://``; ``gs://`` takes its defaults): the endpoint
+    of an S3-compatible server, the region, and the client's retry and timeout settings
+    (botocore's, through s3fs; pyarrow's for the Parquet output). No credentials: those
+    come from the standard chains only (AWS environment variables, profiles, instance or
+    pod roles; GCS application-default credentials), so no secret is ever written with
+    the config into a manifest or MLflow.
+
+    ``endpoint_url`` None: ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` if set, else AWS.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (http(s)://host:port); None: env or AWS"
+    )
+    region: str | None = Field(None, description="S3 region; None: the chain's / us-east-1")
+    max_attempts: int = Field(
+        5, ge=1, le=20, description="attempts per request (botocore/pyarrow retries, backoff)"
+    )
+    retry_mode: Literal["standard", "adaptive", "legacy"] = "standard"
+    connect_timeout_s: float = Field(10.0, gt=0, description="seconds to connect")
+    read_timeout_s: float = Field(60.0, gt=0, description="seconds a read may stall")
+    stream: bool = Field(
+        True,
+        description="decode remote videos with PyAV while they download, whatever `decoder` "
+        "(decord needs the whole object first); false: download, then `decoder`",
+    )
+    fetch_dir: str | None = Field(
+        None,
+        description="local directory of partial downloads (lvmae-fetch-*); "
+        "None: <system temp>/lvmae-fetch",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            secret = [k for k in data if any(w in str(k).lower() for w in _SECRET_WORDS)]
+            if secret:
+                raise ValueError(
+                    f"{', '.join(map(str, secret))}: credentials never go in the config (it "
+                    f"is written to the manifest and MLflow); set AWS_ACCESS_KEY_ID / "
+                    f"AWS_SECRET_ACCESS_KEY or AWS_PROFILE, or GCS application-default "
+                    f"credentials"
+                )
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> StorageConfig:
+        if self.endpoint_url is not None and "://" not in self.endpoint_url:
+            raise ValueError(
+                f"endpoint_url {self.endpoint_url!r} needs a scheme: http://host:port or "
+                f"https://host"
+            )
+        return self
+
+
 class ExtractConfig(BaseModel):
     """Extraction settings (stage 1 of LV-MAE: segments → frozen-encoder embeddings).
 
@@ -87,7 +148,12 @@ class ExtractConfig(BaseModel):
     frames_per_segment: int = Field(8, ge=1, le=64)
     image_size: int = Field(224, ge=16, le=1024, description="pixels, square crop")
     # decoding
-    decoder: Literal["decord", "pyav"] = "decord"
+    decoder: Literal["decord", "pyav", "nvdec", "auto"] = Field(
+        "decord",
+        description="decord or pyav: CPU decoders; nvdec: the GPU's video decoder, inside "
+        "the encoder actor; auto: NVDEC where the decoding worker holds a GPU and the codec "
+        "is supported, else decord (the reason is recorded per video: decoder_reason)",
+    )
     decode_mode: Literal["exact", "fast"] = Field(
         "exact",
         description="exact: the planned frames; fast: PyAV skipping non-reference frames and "
@@ -124,6 +190,11 @@ class ExtractConfig(BaseModel):
         description="CPUs reserved per encoder actor; default 0.25 with a GPU, 1 without",
     )
     decode_cpus: float = Field(1.0, gt=0, description="CPUs reserved per decode task")
+    decode_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources reserved per decode task besides decode_cpus, e.g. "
+        "{lvmae_decode: 1} to keep decoding on the nodes that declare it (a CPU worker group)",
+    )
     decode_memory_mb: int = Field(
         1536,
         ge=64,
@@ -137,6 +208,8 @@ class ExtractConfig(BaseModel):
     flush_s: float = Field(
         30.0, gt=0, description="seconds between writes of finished videos' rows, at most"
     )
+    # object storage (input and output URIs): endpoint, retries, timeouts; never credentials
+    storage: StorageConfig = Field(default_factory=StorageConfig)
 
     @model_validator(mode="after")
     def _check(self) -> ExtractConfig:
@@ -154,6 +227,19 @@ class ExtractConfig(BaseModel):
             )
         if not self.extensions:
             raise ValueError("extensions must name at least one file extension")
+        if self.decoder == "nvdec" and self.encoder_gpus() == 0:
+            raise ValueError(
+                f"decoder nvdec decodes on the encoder actor's GPU, but encoder "
+                f"{self.encoder!r} runs on CPU here (gpus_per_actor 0): set gpus_per_actor: "
+                f"1 on a cluster with GPUs, or decoder: auto (NVDEC where a GPU is held, "
+                f"else the CPU decoders)"
+            )
+        bad = {k: v for k, v in self.decode_resources.items() if v <= 0 or k in ("CPU", "GPU")}
+        if bad:
+            raise ValueError(
+                f"decode_resources takes custom Ray resources with positive amounts "
+                f"(decode_cpus sets the CPUs; decode tasks take no GPU), got {bad}"
+            )
         return self
 
     def encoder_gpus(self) -> float:

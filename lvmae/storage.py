@@ -21,6 +21,13 @@ Before any work, a job checks that a local output can be written
 (:func:`hold_output`: one run at a time, the holder named in ``<out>/.lvmae.holder.json``).
 A full disk stops a write with :class:`DiskFullError`; the files already renamed into place
 stay valid, and the rerun resumes (docs/design.md, "Errors" and "Concurrency").
+
+Object storage (docs/design.md, "Object storage"): :func:`use_object_store` sets the
+process's :class:`~lvmae.config.StorageConfig` (endpoint, retries, timeouts; never
+credentials, which come from the standard chains), :func:`object_fs` opens a URI with it
+through fsspec (s3fs, gcsfs), and :func:`check_object_store` turns a missing bucket, refused
+credentials, an unreachable endpoint or a denied write into one :class:`ObjectStoreError`
+line naming the URI, before any work starts.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -43,6 +51,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from lvmae.config import StorageConfig
 from lvmae.errors import LvmaeError, disk_full_cause
 
 log = logging.getLogger(__name__)
@@ -60,6 +69,7 @@ VIDEO_SCHEMA = pa.schema(
         ("status", pa.string()),
         ("error", pa.string()),
         ("decoder", pa.string()),
+        ("decoder_reason", pa.string()),  # why not the configured decoder (decoder: auto)
         ("duration_s", pa.float64()),
         ("fps", pa.float64()),
         ("width", pa.int32()),
@@ -262,9 +272,215 @@ def _remove_if_empty(root: Path, top: Path) -> None:
 
 
 def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem of ``uri`` and the path in it. ``s3://`` with an endpoint
+    (``storage.endpoint_url`` or ``AWS_ENDPOINT_URL``) gets an :class:`pyarrow.fs.S3FileSystem`
+    with the process's retry and timeout settings; anything else pyarrow resolves itself
+    (AWS: the bucket's region; credentials from the standard chain)."""
     if "://" not in uri:
         uri = str(Path(uri).absolute())
+    protocol, _, rest = uri.partition("://")
+    endpoint = endpoint_url()
+    if protocol in ("s3", "s3a") and endpoint:
+        scheme, _, host = endpoint.partition("://")
+        s = _SETTINGS
+        fs = pafs.S3FileSystem(
+            endpoint_override=host.rstrip("/"),
+            scheme=scheme,
+            region=s.region or os.environ.get("AWS_REGION") or "us-east-1",
+            retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=s.max_attempts),
+            connect_timeout=s.connect_timeout_s,
+            request_timeout=s.read_timeout_s,
+        )
+        return fs, rest.rstrip("/")
     return pafs.FileSystem.from_uri(uri)
+
+
+# ----------------------------------------------------------------------------- object storage
+
+_SETTINGS = StorageConfig()
+
+_PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs"}
+
+
+class ObjectStoreError(LvmaeError, OSError):
+    """Object storage cannot be used as asked (missing bucket, refused credentials,
+    unreachable endpoint, denied write, missing client package); one line naming the URI."""
+
+
+def use_object_store(settings: StorageConfig) -> None:
+    """Make ``settings`` the process's object-storage settings (read by :func:`object_fs`,
+    the Parquet output and the decode workers, which get them with their config)."""
+    global _SETTINGS  # noqa: PLW0603 - one setting per process, like logging's level
+    _SETTINGS = settings
+
+
+def object_store_settings() -> StorageConfig:
+    """The process's :class:`~lvmae.config.StorageConfig` (see :func:`use_object_store`)."""
+    return _SETTINGS
+
+
+def is_remote(uri: str) -> bool:
+    """Whether ``uri`` names object storage or another non-local fsspec filesystem."""
+    return "://" in str(uri) and not str(uri).startswith("file://")
+
+
+def endpoint_url(settings: StorageConfig | None = None) -> str | None:
+    """The S3 endpoint: ``settings.endpoint_url``, else ``AWS_ENDPOINT_URL_S3``, else
+    ``AWS_ENDPOINT_URL`` (botocore's own variables), else None (AWS)."""
+    s = settings or _SETTINGS
+    return (
+        s.endpoint_url
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+        or None
+    )
+
+
+def fsspec_options(
+    protocol: str, settings: StorageConfig | None = None, *, attempts: int | None = None
+) -> dict[str, Any]:
+    """fsspec keyword arguments for ``protocol`` under ``settings`` (default: the
+    process's). ``s3``: the endpoint, region and botocore's ``retries`` (``max_attempts``
+    in ``retry_mode``, exponential backoff) and timeouts, through s3fs's ``config_kwargs``
+    (:func:`object_fs` gives s3fs's own retries of a body read cut off mid-stream the same
+    count). ``attempts``
+    overrides the count (the quick checks of :func:`check_object_store`)."""
+    s = settings or _SETTINGS
+    n = attempts or s.max_attempts
+    if protocol in ("s3", "s3a"):
+        client: dict[str, Any] = {}
+        if s.region:
+            client["region_name"] = s.region
+        options: dict[str, Any] = {
+            "config_kwargs": {
+                "retries": {"max_attempts": n, "mode": s.retry_mode},
+                "connect_timeout": s.connect_timeout_s,
+                "read_timeout": s.read_timeout_s,
+            },
+            "client_kwargs": client,
+        }
+        if endpoint_url(s):
+            options["endpoint_url"] = endpoint_url(s)
+        return options
+    return {}  # gcsfs: its own retries with backoff; credentials from ADC
+
+
+def object_fs(
+    uri: str, settings: StorageConfig | None = None, *, attempts: int | None = None, **extra: Any
+):
+    """``(fsspec filesystem, path)`` of ``uri`` with :func:`fsspec_options` (``attempts``
+    as there; ``extra``: more fsspec arguments, e.g. ``skip_instance_cache=True``).
+
+    Raises:
+        ObjectStoreError: the protocol's client package is not installed.
+    """
+    from fsspec.core import url_to_fs
+
+    protocol = str(uri).split("://", 1)[0] if is_remote(uri) else "file"
+    try:
+        fs, path = url_to_fs(
+            str(uri), **fsspec_options(protocol, settings, attempts=attempts), **extra
+        )
+    except ImportError as exc:
+        package = _PACKAGES.get(protocol, protocol)
+        raise ObjectStoreError(
+            f"{uri}: reading {protocol}:// needs the {package} package "
+            f"(pip install 'lvmae[{'gcs' if package == 'gcsfs' else 's3'}]'): {exc}"
+        ) from None
+    if protocol in ("s3", "s3a"):
+        fs.retries = attempts or (settings or _SETTINGS).max_attempts  # s3fs: a class default
+    return fs, path
+
+
+def _error_code(exc: BaseException) -> str:
+    """The service's error code (``NoSuchBucket``, ``403``...) in ``exc`` or its causes."""
+    seen = exc
+    while seen is not None:
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict):
+            return str(response.get("Error", {}).get("Code", ""))
+        seen = seen.__cause__ or seen.__context__
+    return ""
+
+
+def storage_error_reason(
+    exc: BaseException, *, bucket: str, endpoint: str | None, writing: bool
+) -> str:
+    """What went wrong with an object-store call, in words a user can act on (one line):
+    an unreachable endpoint, refused credentials, a missing bucket, a denied write, ..."""
+    code = _error_code(exc)
+    names = {type(e).__name__ for e in _chain(exc)}
+    text = " ".join(str(exc).split())
+    if names & {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError",
+                "ConnectionRefusedError", "ServerDisconnectedError"} or (
+        "connect" in text.lower() and not code
+    ):  # fmt: skip
+        return (
+            f"cannot reach the storage endpoint {endpoint or '(AWS default)'} ({text}); check "
+            f"storage.endpoint_url / AWS_ENDPOINT_URL and that the server is up"
+        )
+    if names & {"NoCredentialsError", "PartialCredentialsError"}:
+        return (
+            "no credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
+            "AWS_PROFILE (GCS: application-default credentials)"
+        )
+    if code in ("NoSuchBucket", "404") or ("FileNotFoundError" in names and code != "NoSuchKey"):
+        return f"bucket {bucket!r} does not exist; create it or fix the URI"
+    if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+                "InvalidClientTokenId", "AuthFailure"):  # fmt: skip
+        return (
+            f"the credentials are refused ({code}); check AWS_ACCESS_KEY_ID / "
+            f"AWS_SECRET_ACCESS_KEY / AWS_PROFILE"
+        )
+    if code in ("AccessDenied", "403", "AllAccessDisabled") or "PermissionError" in names:
+        what = "writing is" if writing else "access is"
+        return (
+            f"{what} denied (HTTP 403: wrong credentials, or no permission for this bucket "
+            f"and prefix); check the credentials and the bucket's policy"
+        )
+    return f"{type(exc).__name__}: {text}"
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    out, seen = [], exc
+    while seen is not None and len(out) < 10:
+        out.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    return out
+
+
+def check_object_store(uri: str, *, write: bool, settings: StorageConfig | None = None) -> None:
+    """Check, with a few quick requests, that ``uri`` (object storage; a local path is left
+    to the local checks) can be read, and written when ``write``: the bucket exists, the
+    credentials are accepted, the endpoint answers, and (``write``) a small probe object
+    can be written under ``uri`` and deleted again. Two attempts per request, not the
+    run's ``max_attempts``, so a dead endpoint is reported in seconds.
+
+    Raises:
+        ObjectStoreError: one line, ``object storage: <uri>: <what to fix>``.
+    """
+    if not is_remote(uri):
+        return
+    protocol, _, rest = str(uri).partition("://")
+    bucket, _, key = rest.partition("/")
+    prefix = key.split("*")[0].split("?")[0].split("[")[0]
+    s = settings or _SETTINGS
+    endpoint = endpoint_url(s) if protocol in ("s3", "s3a") else None
+    if protocol in ("s3", "s3a", "gs", "gcs") and not bucket:
+        raise ObjectStoreError(f"object storage: {uri}: no bucket in the URI")
+    fs, _ = object_fs(uri, s, attempts=2, skip_instance_cache=True)  # no cached credentials
+    probe = f"{rest.rstrip('/')}/.lvmae-write-check-{uuid.uuid4().hex}"
+    try:
+        if protocol in ("s3", "s3a"):  # a listing answers with the clearest error codes
+            fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=1)
+        else:
+            fs.ls(bucket if protocol in ("gs", "gcs") else rest, detail=False)
+        if write:
+            fs.pipe_file(probe, b"lvmae write check\n")
+            fs.rm_file(probe)
+    except Exception as exc:
+        reason = storage_error_reason(exc, bucket=bucket, endpoint=endpoint, writing=write)
+        raise ObjectStoreError(f"object storage: {uri}: {reason}") from None
 
 
 def write_table_atomic(table: pa.Table, out: str, subdir: str) -> str:
@@ -365,8 +581,8 @@ def read_videos(out: str) -> pa.Table:
     an empty table with :data:`VIDEO_SCHEMA` when there is none yet.
 
     Every file is read as :data:`VIDEO_SCHEMA`: a column that files written by an older
-    version lack (``cuts_s``, ``shot_detector``) reads as null there, and a column the
-    schema no longer has is left out.
+    version lack (``cuts_s``, ``shot_detector``, ``decoder_reason``) reads as null there,
+    and a column the schema no longer has is left out.
     """
     fs, root = _fs(out)
     directory = f"{root.rstrip('/')}/{VIDEOS_DIR}"

@@ -142,7 +142,11 @@ def cli(verbose: bool, debug: bool) -> None:
     type=click.Choice(list(SHOT_DETECTORS)),
     help="Cut detector of --segmenter shots [transnetv2].",
 )
-@click.option("--decoder", type=click.Choice(["decord", "pyav"]), help="Video decoder.")
+@click.option(
+    "--decoder",
+    type=click.Choice(["decord", "pyav", "nvdec", "auto"]),
+    help="Video decoder (auto: NVDEC where the decoding worker holds a GPU, else decord).",
+)
 @click.option(
     "--decode-mode",
     type=click.Choice(["exact", "fast"]),

@@ -13,7 +13,8 @@ import logging
 import os
 import socket
 import warnings
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from lvmae.errors import LvmaeError
@@ -114,11 +115,27 @@ def set_verbose(verbose: bool) -> None:
     _VERBOSE["on"] = verbose
 
 
+DASHBOARD_ENV = "LVMAE_RAY_DASHBOARD"
+"""Set to 1 to start a local instance with Ray's dashboard and metrics (off by default)."""
+
+
+def local_start_options() -> dict:
+    """``ray.init`` options for a local instance: no more of Ray than a job needs. Without
+    the dashboard's modules (about ten processes) and the per-node metrics collection (the
+    agent's reporter samples every process), a local run's start cost less (docs/design.md
+    "A lighter start"; ``benchmarks/RESULTS.md`` "Fixed start cost"). ``LVMAE_RAY_DASHBOARD=1``
+    keeps both."""
+    if os.environ.get(DASHBOARD_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+        return {}
+    return {"include_dashboard": False, "_system_config": {"enable_metrics_collection": False}}
+
+
 def connect_ray(address: str | None = None) -> None:
     """Initialise Ray once per process: join ``address`` (else ``RAY_ADDRESS``, which
     ``ray job submit`` sets for a job's entrypoint), or start a local instance when neither
-    is given. A no-op when Ray is already initialised. Workers' logs reach this console
-    only after :func:`set_verbose` (``lvmae -v``).
+    is given (:func:`local_start_options`: no dashboard, no metrics collection). A no-op
+    when Ray is already initialised. Workers' logs reach this console only after
+    :func:`set_verbose` (``lvmae -v``).
 
     Raises:
         ClusterError: the address is unreachable, malformed, or Ray refuses to connect.
@@ -137,6 +154,7 @@ def connect_ray(address: str | None = None) -> None:
             configure_logging=True,
             logging_level=logging.INFO if _VERBOSE["on"] else logging.WARNING,
             log_to_driver=_VERBOSE["on"],
+            **(local_start_options() if address is None else {}),
         )
         DataContext.get_current().print_on_execution_start = _VERBOSE["on"]
         quiet_libraries(_VERBOSE["on"])
@@ -161,14 +179,18 @@ class Reservation:
             share of a GPU where the cluster has GPUs, else none).
         memory_mb: memory per unit for Ray's scheduler (None: not declared).
         count: units at once (actors, workers, concurrent trials); None: as many as fit.
+        resources: custom Ray resources per unit (name → amount), e.g. ``lvmae_decode``,
+            which only the nodes meant for that work declare.
     """
 
     cpus: float
     gpus: float | None = 0.0
     memory_mb: int | None = None
     count: int | None = None
+    resources: Mapping[str, float] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, float | int | None]:
-        """JSON-able, for MLflow params and records."""
-        return {"cpus": self.cpus, "gpus": self.gpus, "memory_mb": self.memory_mb,
-                "count": self.count}  # fmt: skip
+    def as_dict(self) -> dict[str, float | int | dict | None]:
+        """JSON-able, for MLflow params and records (``resources`` only when set)."""
+        out = {"cpus": self.cpus, "gpus": self.gpus, "memory_mb": self.memory_mb,
+               "count": self.count}  # fmt: skip
+        return {**out, "resources": dict(self.resources)} if self.resources else out

@@ -51,18 +51,22 @@ from lvmae.storage import (
     VIDEO_SCHEMA,
     DiskFullError,
     StorageError,
+    check_object_store,
     check_output_path,
     hold_output,
+    object_fs,
     read_manifest,
     read_videos,
     segment_schema,
+    use_object_store,
     write_manifest,
     write_table_atomic,
     written_segments,
 )
 from lvmae.video.clips import Clip, VideoReport, read_clips_bounded
 from lvmae.video.decoding import container_duration
-from lvmae.video.inputs import VideoSource, list_videos, local_copy
+from lvmae.video.inputs import VideoSource, list_videos, video_source
+from lvmae.video.remote import fetch_dir, remove_stale
 from lvmae.video.segments import segment_ranges
 from lvmae.video.shots import describe_detector, detector_versions
 from pipelines.connect import Reservation, connect_ray, library_log_level
@@ -144,7 +148,9 @@ def decode_videos(batch: dict[str, np.ndarray], config_json: str):
     import ray
 
     config = ExtractConfig.model_validate_json(config_json)
+    use_object_store(config.storage)  # this worker's endpoint and retries (not credentials)
     node_id = ray.get_runtime_context().get_node_id()
+    gpus = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])  # decoder: auto/nvdec
     loading = None
     if config.encodes_in_decode_tasks():
         # Built in a thread while the first clips decode (a new worker spends seconds
@@ -165,9 +171,11 @@ def decode_videos(batch: dict[str, np.ndarray], config_json: str):
         index_range = (int(first), None if stop < 0 else int(stop))
         share = {"part": int(part), "parts": int(parts)}
         try:
-            with local_copy(str(uri)) as path:
+            with video_source(str(uri), config.storage) as source:
+                local = getattr(source, "local_path", None)
                 skip = frozenset(done.tolist())
-                for item in read_clips_bounded(path, config, skip=skip, index_range=index_range):
+                which = {"skip": skip, "index_range": index_range, "gpus": gpus}
+                for item in read_clips_bounded(source, config, **which):
                     if isinstance(item, Clip):
                         chunk.append(item)
                         if len(chunk) >= config.batch_size:
@@ -177,11 +185,15 @@ def decode_videos(batch: dict[str, np.ndarray], config_json: str):
                     if chunk:
                         yield out(_clip_batch(video_id, chunk))
                         chunk = []
+                    if item.error and local is not None:  # name the object, not the copy
+                        error = item.error.replace(str(local), str(uri))
+                        item.error = error if str(uri) in error else f"{uri}: {error}"
                     yield out(_report_batch(video_id, item, config, node_id, share))
-        except Exception as exc:  # the copy from remote storage failed
+        except Exception as exc:  # the object cannot be read (after the client's retries)
             if chunk:
                 yield out(_clip_batch(video_id, chunk))
-            report = VideoReport("failed", f"cannot read {uri}: {exc}")
+            reason = str(exc) if str(uri) in str(exc) else f"cannot read {uri}: {exc}"
+            report = VideoReport("failed", reason)
             yield out(_report_batch(video_id, report, config, node_id, share))
 
 
@@ -277,6 +289,7 @@ def _video_row(source: VideoSource, report: dict, config_id: str) -> dict:
         "status": report["status"],
         "error": report.get("error"),
         "decoder": info.get("decoder"),
+        "decoder_reason": report.get("decoder_reason"),
         "duration_s": info.get("duration_s"),
         "fps": info.get("fps"),
         "width": info.get("width"),
@@ -393,11 +406,17 @@ def run_extraction(
         InputError: the input names no videos / does not exist (nothing written).
         StorageError: ``out`` cannot be written (nothing written, Ray not started).
         OutputBusyError: another run holds ``out`` (:func:`lvmae.storage.hold_output`).
+        ObjectStoreError: an ``s3://``/``gs://`` input or output cannot be read or written
+            (missing bucket, refused credentials, unreachable endpoint, denied write).
         ExtractError, EncoderUnavailableError: the run cannot start (nothing written).
         DiskFullError: no space left while writing; the files written stay valid and a
             rerun resumes.
     """
     t0 = time.perf_counter()
+    use_object_store(config.storage)
+    remove_stale(fetch_dir(config.storage))  # a killed run's partial downloads, this node
+    check_object_store(input_path, write=False)
+    check_object_store(out, write=True)
     sources = list_videos(input_path, config.extensions)
     encoder = describe_encoder(config.encoder, config.encoder_checkpoint, config.encoder_seed)
     check_output_path(out)
@@ -667,11 +686,16 @@ def check_gpus(config: ExtractConfig) -> None:
 
 def extract_reservations(config: ExtractConfig) -> dict[str, Reservation]:
     """What extraction reserves: per decode task (``decode``: ``decode_cpus``,
-    ``decode_memory_mb``) and, unless the encoder runs inside the decode tasks, per encoder
-    actor (``encode``: ``encoder_cpu_share()``, ``encoder_gpus()``, ``encoder_actors`` of
-    them). :meth:`pipelines.stages.ExtractStage.resources` returns this, and
-    :func:`build_dataset` reserves it."""
-    out = {"decode": Reservation(config.decode_cpus, 0.0, config.decode_memory_mb)}
+    ``decode_memory_mb``, ``decode_resources``) and, unless the encoder runs inside the
+    decode tasks, per encoder actor (``encode``: ``encoder_cpu_share()``,
+    ``encoder_gpus()``, ``encoder_actors`` of them).
+    :meth:`pipelines.stages.ExtractStage.resources` returns this, and :func:`build_dataset`
+    reserves it."""
+    out = {
+        "decode": Reservation(
+            config.decode_cpus, 0.0, config.decode_memory_mb, resources=config.decode_resources
+        )
+    }
     if not config.encodes_in_decode_tasks():
         out["encode"] = Reservation(
             config.encoder_cpu_share(), config.encoder_gpus(), count=config.encoder_actors
@@ -680,10 +704,9 @@ def extract_reservations(config: ExtractConfig) -> dict[str, Reservation]:
 
 
 def _header_duration(uri: str) -> float | None:
-    from fsspec.core import url_to_fs
     from fsspec.implementations.local import LocalFileSystem
 
-    fs, path = url_to_fs(uri)
+    fs, path = object_fs(uri)  # the configured endpoint and retries
     if isinstance(fs, LocalFileSystem):
         return container_duration(path)
     try:
@@ -757,6 +780,7 @@ def build_dataset(
         # Declared memory also keeps Ray Data from fusing decoding into the encoder actors:
         # decoding must scale out over CPU tasks, not run serially inside the actor pool.
         memory=(decode.memory_mb or 0) * 2**20 or None,
+        **({"resources": dict(decode.resources)} if decode.resources else {}),
     )
     encode = reserve.get("encode")
     if encode is None:

@@ -74,3 +74,49 @@ def ray_local():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (moto's, its own subprocess) on 127.0.0.1 with IAM
+    authentication: ``.admin`` may do anything, ``.reader`` only get and list
+    (:mod:`tests.s3server`). Stopped at the end of the session."""
+    from tests.s3server import s3_server as start
+
+    with start(tmp_path_factory.mktemp("s3") / "server.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_archive(s3_server, scene_video, wide_video, broken_videos):
+    """Bucket ``videos``: two good ffmpeg-made mp4s (one in a sub-folder) and four broken
+    files under ``broken/``; and an empty bucket ``out`` for outputs. Returns the input
+    URI, ``s3://videos/``."""
+    import shutil
+
+    root = scene_video.parent / "s3-archive"
+    (root / "sub").mkdir(parents=True, exist_ok=True)
+    (root / "broken").mkdir(exist_ok=True)
+    shutil.copy(scene_video, root / "scenes.mp4")
+    shutil.copy(wide_video, root / "sub" / "wide.mp4")
+    for kind in ("zero_byte", "text", "truncated", "partial"):
+        shutil.copy(broken_videos[kind], root / "broken" / f"{kind}.mp4")
+    s3_server.upload_tree("videos", root)
+    s3_server.client().create_bucket(Bucket="out")
+    return "s3://videos/"
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """This test's environment points AWS clients at :func:`s3_server` as its admin (undone
+    after the test), with this process's object-storage settings back to the defaults."""
+    from lvmae.config import StorageConfig
+    from lvmae.storage import use_object_store
+
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    use_object_store(StorageConfig())
+    yield s3_server
+    use_object_store(StorageConfig())

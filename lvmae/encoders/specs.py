@@ -11,12 +11,14 @@ config is read. :mod:`lvmae.encoders.models` re-exports every public name. Nothi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib.util
 import os
 import sys
 import types
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +129,67 @@ VIT_H14_ARCH = LanguageBindArch.clip(1280, 32, 16, 1024, text=(1024, 24, 16))
 """``LanguageBind/LanguageBind_Video_Huge_V1.5_FT``'s architecture (ViT-H/14, 1024-d)."""
 
 
+UNUSED_INTEGRATIONS = ("sklearn", "scipy")
+"""Packages that transformers imports whenever they are installed, for features a frozen
+encoder never uses (assisted generation's ROC curve, object-detection losses' matching).
+Hidden while LanguageBind's model code is imported (:func:`lean_model_imports`)."""
+
+
+def _deferred(module: str, name: str) -> Callable[..., Any]:
+    """A stand-in for ``module.name`` that imports ``module`` when first called."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
+@contextlib.contextmanager
+def lean_model_imports() -> Iterator[None]:
+    """Import LanguageBind's model code without what the encoders never run. Without this a
+    new worker imports scikit-learn and SciPy through transformers and peft (about 2 of the
+    5 CPU-s its model code took to import; ``python -X importtime``, ``benchmarks/RESULTS.md``
+    "Fixed start cost"). Inside the block, for this process:
+
+    - :data:`UNUSED_INTEGRATIONS` read as not installed (``sys.modules[name] = None``, how
+      Python marks a module absent), so transformers records them as unavailable;
+    - ``peft`` (LanguageBind imports ``LoraConfig`` and ``get_peft_model`` at module level;
+      only a LoRA checkpoint, ``lora_r > 0``, calls them) is a stand-in whose two names import
+      the real package when called.
+
+    Both are undone on exit: modules already imported are left as they are (and nothing is
+    hidden once transformers has been imported: it decided at its own import), and importing
+    these packages after the block is an ordinary import. While the block runs the change is
+    process-wide: the extraction's other thread meanwhile decodes (decord, PyAV, the shot
+    detectors), which imports neither package. SymPy still arrives: transformers'
+    ``PreTrainedModel`` is defined with ``torch._dynamo`` decorators, and PyTorch's compiler
+    imports it.
+    """
+    # transformers decides what is installed once, when it is first imported: hide the
+    # packages only before that (hiding them later breaks its imports that rely on them)
+    fresh = "transformers.utils.import_utils" not in sys.modules
+    hidden = [m for m in UNUSED_INTEGRATIONS if fresh and m not in sys.modules]
+    stand_in = None
+    for m in hidden:
+        sys.modules[m] = None  # type: ignore[assignment]
+    try:
+        if "peft" not in sys.modules:
+            import transformers  # noqa: F401  (heavy; it looks peft up: not the stand-in)
+
+            stand_in = types.ModuleType("peft")
+            stand_in.LoraConfig = _deferred("peft", "LoraConfig")  # type: ignore[attr-defined]
+            stand_in.get_peft_model = _deferred("peft", "get_peft_model")  # type: ignore[attr-defined]
+            sys.modules["peft"] = stand_in
+        yield
+    finally:
+        for m in hidden:
+            if m in sys.modules and sys.modules[m] is None:
+                del sys.modules[m]
+        if stand_in is not None and sys.modules.get("peft") is stand_in:
+            del sys.modules["peft"]
+
+
 @functools.cache
 def _languagebind_video() -> tuple[type, type]:
     """``(LanguageBindVideo, LanguageBindVideoConfig)``, imported without running the
@@ -148,8 +211,9 @@ def _languagebind_video() -> tuple[type, type]:
         package.__path__ = list(spec.submodule_search_locations)
         package.__package__ = "languagebind"
         sys.modules.setdefault("languagebind", package)
-    from languagebind.video.configuration_video import LanguageBindVideoConfig
-    from languagebind.video.modeling_video import LanguageBindVideo
+    with lean_model_imports():
+        from languagebind.video.configuration_video import LanguageBindVideoConfig
+        from languagebind.video.modeling_video import LanguageBindVideo
 
     return LanguageBindVideo, LanguageBindVideoConfig
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,8 @@ from lvmae.video.decoding import (
     center_crop,
     open_video,
 )
+from lvmae.video.nvdec import choose_decoder, video_codec
+from lvmae.video.remote import RemoteVideo
 from lvmae.video.segments import Segment, fixed_segments, sample_frame_indices, shot_segments
 from lvmae.video.shots import detect_config_shots
 
@@ -57,9 +59,11 @@ class VideoReport:
     """How reading one video went. ``status`` is ``"ok"`` (every planned segment read),
     ``"partial"`` (some clips read, then an error) or ``"failed"`` (no clip); ``error`` says
     why when not ok; ``num_segments`` is the plan's length, ``num_clips`` the clips emitted;
-    ``decode_s`` wall seconds spent. With ``segmenter: shots``, ``cuts_s`` holds the
-    detected cut times (seconds; the start of every shot but the first) and
-    ``shot_detector`` the detector's name; both are None for fixed segments."""
+    ``decode_s`` wall seconds spent; ``decoder_reason`` why the decoder differs from the
+    configured one (``decoder: auto`` without NVDEC, :mod:`lvmae.video.nvdec`). With
+    ``segmenter: shots``, ``cuts_s`` holds the detected cut times (seconds; the start of
+    every shot but the first) and ``shot_detector`` the detector's name; both are None for
+    fixed segments."""
 
     status: str
     error: str | None = None
@@ -69,6 +73,7 @@ class VideoReport:
     decode_s: float = 0.0
     cuts_s: list[float] | None = None
     shot_detector: str | None = None
+    decoder_reason: str | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -103,7 +108,14 @@ class SegmentPlan:
                 report.extra["shot_analysis_error"] = self.analysis_error
 
 
-def plan_video(reader: VideoReader, path: str | Path, config: ExtractConfig) -> SegmentPlan:
+def _local_path(path: str | Path | RemoteVideo) -> str | Path:
+    """A path a decoder can open: ``path``, or a remote video's complete local copy."""
+    return path.wait() if isinstance(path, RemoteVideo) else path
+
+
+def plan_video(
+    reader: VideoReader, path: str | Path | RemoteVideo, config: ExtractConfig
+) -> SegmentPlan:
     """The segment plan of an opened video under ``config.segmenter``.
 
     ``fixed``: :func:`~lvmae.video.segments.fixed_segments` with ``segment_s``/``stride_s``/
@@ -127,7 +139,7 @@ def plan_video(reader: VideoReader, path: str | Path, config: ExtractConfig) -> 
             min_segment_s=config.min_segment_s,
         )
         return SegmentPlan(segments)
-    found = detect_config_shots(path, config, fps=reader.info.fps)
+    found = detect_config_shots(_local_path(path), config, fps=reader.info.fps)
     segments = shot_segments(
         found.cuts_s,
         duration,
@@ -151,8 +163,17 @@ def plan_segments(reader: VideoReader, path: str | Path, config: ExtractConfig) 
     return plan_video(reader, path, config).segments
 
 
-def _open_reader(path: str | Path, config: ExtractConfig) -> VideoReader:
-    """``config.decoder`` for ``decode_mode: exact``; PyAV with frame skipping for ``fast``."""
+def _open_reader(path: str | Path | RemoteVideo, config: ExtractConfig) -> VideoReader:
+    """``config.decoder`` for ``decode_mode: exact``; PyAV with frame skipping for ``fast``.
+    A remote video is read while it downloads by PyAV (``storage.stream``, ``decoder: pyav``
+    or ``fast``); otherwise decord opens its local copy once complete."""
+    if isinstance(path, RemoteVideo):
+        if config.storage.stream or config.decode_mode == "fast" or config.decoder == "pyav":
+            return PyAVReader(
+                path.open(), short_side=config.image_size, threads=config.decode_threads,
+                fast=config.decode_mode == "fast",
+            )  # fmt: skip
+        path = path.wait()
     if config.decode_mode == "fast":
         return PyAVReader(
             path, short_side=config.image_size, threads=config.decode_threads, fast=True
@@ -197,10 +218,11 @@ def _sampled_clips(
 
 
 def read_clips(
-    path: str | Path,
+    path: str | Path | RemoteVideo,
     config: ExtractConfig,
     skip: frozenset[int] = frozenset(),
     index_range: tuple[int, int | None] = (0, None),
+    gpus: Sequence[object] = (),
 ) -> Iterator[Clip | VideoReport]:
     """Decode a video into clips, in segment order, then one :class:`VideoReport`.
 
@@ -212,12 +234,20 @@ def read_clips(
     or outside ``index_range`` (``start <= index < stop``, stop None: to the end; one task's
     share of a long video, :func:`~lvmae.video.segments.segment_ranges`). The report's
     ``num_segments`` counts the whole plan. Never raises for a bad video: open and decode
-    errors end the stream with a ``"failed"`` or ``"partial"`` report.
+    errors end the stream with a ``"failed"`` or ``"partial"`` report. ``decoder: nvdec`` /
+    ``auto`` are resolved first against ``gpus``, the GPU ids this worker holds
+    (:func:`lvmae.video.nvdec.choose_decoder`; the reason for a CPU decoder goes to
+    ``report.decoder_reason``).
     """
     start, stop = index_range
     t0 = time.perf_counter()
     report = VideoReport(status="failed")
     try:
+        source = path.open if isinstance(path, RemoteVideo) else lambda: path
+        choice = choose_decoder(config.decoder, gpus, lambda: video_codec(source()))
+        report.decoder_reason = choice.reason
+        if choice.decoder != config.decoder:
+            config = config.model_copy(update={"decoder": choice.decoder})
         with _open_reader(path, config) as reader:
             report.info = reader.info
             plan = plan_video(reader, path, config)
@@ -244,10 +274,10 @@ _DONE = object()
 
 
 def read_clips_bounded(
-    path: str | Path, config: ExtractConfig, **which: Any
+    path: str | Path | RemoteVideo, config: ExtractConfig, **which: Any
 ) -> Iterator[Clip | VideoReport]:
-    """:func:`read_clips` (``which``: its ``skip`` and ``index_range``) under a time limit,
-    with bounded memory.
+    """:func:`read_clips` (``which``: its ``skip``, ``index_range`` and ``gpus``) under a
+    time limit, with bounded memory.
 
     Decoding runs in a daemon thread that hands clips over through a queue of
     ``config.max_clips_in_flight`` places, so at most that many clips (plus the one being
@@ -277,7 +307,8 @@ def read_clips_bounded(
 
     t0 = time.perf_counter()
     deadline = t0 + config.video_time_limit_s
-    worker = threading.Thread(target=produce, name=f"decode:{Path(path).name}", daemon=True)
+    name = path.name if isinstance(path, RemoteVideo) else Path(path).name
+    worker = threading.Thread(target=produce, name=f"decode:{name}", daemon=True)
     worker.start()
     clips = 0
     try:

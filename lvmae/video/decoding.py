@@ -13,7 +13,7 @@ import abc
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
@@ -169,22 +169,33 @@ class PyAVReader(VideoReader):
     filter, where the codec allows (H.264, HEVC): frames it still outputs are slightly
     softer, and only :meth:`nearest_frames` makes sense (the frame at an exact index may
     never be decoded).
+
+    ``path`` may also be a binary file object (seekable; e.g.
+    :meth:`lvmae.video.remote.RemoteVideo.open`, an object still downloading). Then the
+    frame timestamps come from the container's index (``stream.index_entries``: an mp4's
+    ``moov`` box) when it lists every frame and agrees with the first demuxed packets (no
+    frame reordering), so opening does not read the whole file; otherwise every packet is
+    demuxed as for a path.
     """
 
     def __init__(
-        self, path: str | Path, *, short_side: int, threads: int = 1, fast: bool = False
-    ) -> None:
+        self, path: str | Path | BinaryIO, *, short_side: int, threads: int = 1,
+        fast: bool = False,
+    ) -> None:  # fmt: skip
         import av
 
+        self._file = path if hasattr(path, "read") else None
         try:
-            self._container = av.open(str(path))
+            self._container = av.open(self._file if self._file is not None else str(path))
         except Exception as exc:
+            if self._file is not None:
+                self._file.close()
             raise DecodeError(f"PyAV cannot open the file: {exc}") from exc
         self.fast = fast
         try:
             self._init_stream(short_side, threads)
         except Exception as exc:
-            self._container.close()
+            self.close()
             if isinstance(exc, DecodeError):
                 raise
             raise DecodeError(f"PyAV cannot read the video stream: {exc}") from exc
@@ -200,13 +211,8 @@ class PyAVReader(VideoReader):
         width, height = stream.codec_context.width, stream.codec_context.height
         if not width or not height:
             raise DecodeError("video stream has no frame size")
-        pts, keys = [], []
-        for packet in self._container.demux(stream):
-            if packet.pts is None or packet.size == 0:
-                continue
-            pts.append(packet.pts)
-            if packet.is_keyframe:
-                keys.append(packet.pts)
+        found = self._index_pts(stream) if self._file is not None else None
+        pts, keys = found if found is not None else self._demux_pts(stream)
         if not pts:
             raise DecodeError("no frames")
         self._pts = np.sort(np.asarray(pts, dtype=np.int64))
@@ -220,6 +226,40 @@ class PyAVReader(VideoReader):
         )
         self._frames = None  # decoding iterator, positioned after self._current
         self._current = None  # last decoded av.VideoFrame
+
+    def _demux_pts(self, stream) -> tuple[list[int], list[int]]:
+        """Every packet's pts, and the keyframes', by demuxing the whole stream."""
+        pts, keys = [], []
+        for packet in self._container.demux(stream):
+            if packet.pts is None or packet.size == 0:
+                continue
+            pts.append(packet.pts)
+            if packet.is_keyframe:
+                keys.append(packet.pts)
+        return pts, keys
+
+    def _index_pts(self, stream, check: int = 48) -> tuple[list[int], list[int]] | None:
+        """Frame and keyframe timestamps from the container's index, or None when it does
+        not list every frame (``stream.frames``) or its first ``check`` timestamps differ
+        from the first demuxed packets' pts (B-frames: the index holds dts). Leaves the
+        container positioned at the start."""
+        entries = stream.index_entries
+        n = len(entries)
+        if n == 0 or (stream.frames and n != stream.frames):
+            return None
+        ts = [e.timestamp for e in entries]
+        keys = [e.timestamp for e in entries if e.is_keyframe]
+        first = []
+        for packet in self._container.demux(stream):
+            if packet.pts is not None and packet.size:
+                first.append(packet.pts)
+                if len(first) >= min(check, n):
+                    break
+        self._container.seek(int(ts[0]), stream=stream, backward=True)
+        if first != ts[: len(first)] or bool(np.any(np.diff(ts) <= 0)):
+            self._container.seek(int(ts[0]), stream=stream, backward=True)
+            return None
+        return ts, keys
 
     def _seek(self, target_pts: int) -> None:
         self._container.seek(int(target_pts), stream=self._stream, backward=True)
@@ -321,6 +361,8 @@ class PyAVReader(VideoReader):
         self._frames = None
         self._current = None
         self._container.close()
+        if self._file is not None:
+            self._file.close()
 
 
 _READERS: dict[str, type[VideoReader]] = {"decord": DecordReader, "pyav": PyAVReader}

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import posixpath
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +16,10 @@ from pathlib import Path
 import fsspec
 from fsspec.core import url_to_fs
 
+from lvmae.config import StorageConfig
 from lvmae.errors import LvmaeError
+from lvmae.storage import is_remote, object_fs
+from lvmae.video.remote import RemoteVideo
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 
@@ -57,7 +58,7 @@ def list_videos(input_path: str, extensions: Sequence[str]) -> list[VideoSource]
         InputError: the path does not exist, or names no video files.
     """
     extensions = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
-    fs, root = url_to_fs(input_path)
+    fs, root = object_fs(input_path)
     prefix = input_path.split("://", 1)[0] + "://" if "://" in input_path else ""
     if _has_magic(root):
         literal = root.split("*")[0].split("?")[0].split("[")[0]
@@ -125,16 +126,17 @@ def _read_list(fs, list_path: str, prefix: str) -> tuple[str, list[str]]:
 
 
 @contextlib.contextmanager
-def local_copy(uri: str) -> Iterator[Path]:
-    """A local path for ``uri``: the file itself when local, else a temporary download
-    (streamed to disk, deleted on exit), so decoders that need a path can read it."""
-    fs, path = url_to_fs(uri)
-    if isinstance(fs, fsspec.implementations.local.LocalFileSystem):
+def video_source(uri: str, settings: StorageConfig | None = None) -> Iterator[Path | RemoteVideo]:
+    """What a decoder reads ``uri`` from: the file itself (a :class:`~pathlib.Path`) when
+    local, else a :class:`~lvmae.video.remote.RemoteVideo` downloading it into a bounded,
+    recognisable temporary file that decoding may read while it arrives (deleted on exit).
+
+    Raises:
+        RemoteReadError: the object cannot be read (the message names ``uri``).
+    """
+    fs, path = url_to_fs(uri) if not is_remote(uri) else (None, uri)
+    if fs is not None and isinstance(fs, fsspec.implementations.local.LocalFileSystem):
         yield Path(path)
         return
-    suffix = posixpath.splitext(path)[1]
-    with tempfile.NamedTemporaryFile(suffix=suffix, prefix="lvmae-") as tmp:
-        with fs.open(path, "rb") as src:
-            shutil.copyfileobj(src, tmp, length=8 << 20)
-        tmp.flush()
-        yield Path(tmp.name)
+    with RemoteVideo(uri, settings) as remote:
+        yield remote

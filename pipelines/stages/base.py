@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from lvmae.config import LabelsSource, RunConfig
 from lvmae.errors import LvmaeError
 from lvmae.labels import from_source, write_labels
-from lvmae.storage import read_videos
+from lvmae.storage import read_videos, use_object_store
 from lvmae.tracking import resolve_tracking_uri
 from lvmae.video.samples import HARD_ORDER_RECIPES, ORDER_RECIPES
 from pipelines.connect import Reservation
@@ -170,6 +170,7 @@ class StageContext:
         ``checkpoint``, ``overwrite``, ``progress``, or ``tracking_uri=None`` to let the job
         decide). ``pending``: the stages this invocation will run (set by the runner), so
         a stage checks only inputs that exist before it starts, not upstream outputs."""
+        use_object_store(config.extract.storage)  # every stage reads object storage alike
         if "tracking_uri" not in given:
             workdir = str(Path(config.run.workdir))
             given["tracking_uri"] = resolve_tracking_uri(config.run.tracking_uri, workdir)

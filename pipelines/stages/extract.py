@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from lvmae.config import RunConfig
 from lvmae.encoders.specs import describe_encoder
-from lvmae.storage import check_output_path, read_videos
+from lvmae.storage import check_object_store, check_output_path, read_videos, use_object_store
 from lvmae.video.inputs import list_videos
 from lvmae.video.samples import make_samples, write_broken_videos
 from lvmae.video.shots import describe_detector
@@ -80,10 +80,13 @@ class ExtractStage(BaseStage):
         there), the encoder and shot detector are available, and the output can be written
         and holds no other configuration's embeddings (unless ``overwrite``)."""
         e = context.config.extract
+        use_object_store(e.storage)
         if context.config.samples is None:
+            check_object_store(context.config.run.input, write=False)
             list_videos(context.config.run.input, e.extensions)
         else:  # the library is generated there first (prepare), after every check
             check_output_path(context.config.run.input, "run.input")
+        check_object_store(context.embeddings, write=True)
         describe_encoder(e.encoder, e.encoder_checkpoint, e.encoder_seed)
         describe_detector(e)  # the shot detector's weights are installed (shot plans)
         flag = "--out" if self.name in context.outs else "run.embeddings"

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from lvmae.config import RunConfig
 from lvmae.mae.model_registry import register_encoder
-from lvmae.storage import check_output_path
+from lvmae.storage import check_object_store, check_output_path
 from lvmae.tracking import log_embeddings_input
 from pipelines.connect import Reservation
 from pipelines.job_inputs import check_checkpoint_inputs, embedding_dim_of, resolve_checkpoint
@@ -53,6 +53,7 @@ class PretrainStage(BaseStage):
         check_output_path(context.out(self.name), context.out_flag(self.name))
         if "extract" in context.pending:
             return
+        check_object_store(context.embeddings, write=False)  # s3:// / gs:// embeddings
         preflight(context.embeddings, context.out(self.name), context.config.pretrain,
                   context.run_name(self.name))  # fmt: skip
 

@@ -468,7 +468,7 @@ def test_kuberay_manifests_are_ray_io_v1():
     checked against KubeRay's CRD schemas in test_kuberay_schemas.py; the others (the shared
     volume's claim and the settings ConfigMap) are core v1 objects, checked for shape here."""
     manifests = load_kuberay()
-    expected = {"raycluster.yaml", "pvc.yaml", "configmap.yaml"} | {
+    expected = {"raycluster.yaml", "raycluster-hetero.yaml", "pvc.yaml", "configmap.yaml"} | {
         f"rayjob-{job}.yaml" for job in ("extract", "pretrain", "probe", "tune", "run")
     }
     assert expected <= set(manifests)
@@ -525,8 +525,9 @@ def test_shared_volume_claim():
 
 
 def test_raycluster_head_and_worker_groups():
-    ((_, cluster),) = kuberay_docs("RayCluster")
-    spec = cluster["spec"]
+    clusters = dict(kuberay_docs("RayCluster"))
+    assert set(clusters) == {"raycluster.yaml", "raycluster-hetero.yaml"}
+    spec = clusters["raycluster.yaml"]["spec"]
     head = spec["headGroupSpec"]
     assert isinstance(head["rayStartParams"], dict)
     assert all(c.get("image") for c in head["template"]["spec"]["containers"])
@@ -537,6 +538,37 @@ def test_raycluster_head_and_worker_groups():
     for group in groups.values():
         assert isinstance(group["rayStartParams"], dict)
         assert all(c.get("image") for c in group["template"]["spec"]["containers"])
+
+
+DECODE_RESOURCE = "lvmae_decode"
+
+
+def test_hetero_preset_decodes_on_cpu_pods_and_embeds_on_gpu_pods():
+    """cluster/kuberay/raycluster-hetero.yaml: only the CPU-only `decode` group declares
+    `lvmae_decode` (one per CPU of its pods, so a decode task's 1 CPU + 1 `lvmae_decode` fills
+    the pod), the GPU group declares none, the head keeps the driver resource; the example
+    job in its header asks decoding for that resource, and parses as a run config."""
+    path = KUBERAY / "raycluster-hetero.yaml"
+    (cluster,) = yaml.safe_load_all(path.read_text())
+    spec = cluster["spec"]
+    groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
+    assert set(groups) == {"gpu", "decode"}
+    assert gpu_limit(groups["gpu"]) > 0 and gpu_limit(groups["decode"]) == 0
+    assert DECODE_RESOURCE not in kuberay_custom_resources(groups["gpu"]["rayStartParams"])
+    assert DECODE_RESOURCE not in kuberay_custom_resources(spec["headGroupSpec"]["rayStartParams"])
+    (container,) = groups["decode"]["template"]["spec"]["containers"]
+    cpus = quantity(container["resources"]["limits"]["cpu"])
+    decode = kuberay_custom_resources(groups["decode"]["rayStartParams"])
+    assert decode == {DECODE_RESOURCE: cpus}
+    # the documented submission: --set extract.decode_resources={lvmae_decode: 1}
+    header = " ".join(line.lstrip("# ") for line in path.read_text().splitlines()
+                      if line.startswith("#"))  # fmt: skip
+    sets = re.findall(r"--set '([^']+)'", header)
+    assert sets, "the header shows how to submit with the decode resource"
+    config = load_run_config(ROOT / "configs" / "paper.yaml", parse_sets(sets))
+    assert config.extract.decode_resources == {DECODE_RESOURCE: 1.0}
+    # the sizing comment's ratio: decode pods per GPU pod cover 41 cores (exact mode)
+    assert groups["decode"]["replicas"] * cpus >= 41 * groups["gpu"]["replicas"]
 
 
 SPECS = cluster_specs()

@@ -10,9 +10,14 @@ costs seconds), in this order:
 2. ``N - 1`` more nodes of one CPU and one of one CPU and a logical GPU join (the only GPU is
    on a worker, as on KubeRay): the same extraction again (``OUT/multi``);
 3. LanguageBind (a tiny local checkpoint, written to ``OUT/ckpt``) on ``GPU_VIDEOS`` at the
-   default ``gpus_per_actor`` (``OUT/default``) and at ``0`` (``OUT/cpu``).
+   default ``gpus_per_actor`` (``OUT/default``) and at ``0`` (``OUT/cpu``);
+4. the heterogeneous preset's placement (cluster/kuberay/raycluster-hetero.yaml): one of the
+   CPU nodes declares the ``lvmae_decode`` resource, and LanguageBind runs with
+   ``decode_resources: {lvmae_decode: 1}`` (``OUT/hetero``): decoding only there, the encoder
+   on the GPU node.
 
-Prints one JSON line: the head's id, the grown cluster's node ids and its GPU node's id,
+Prints one JSON line: the head's id, the grown cluster's node ids, its GPU node's and its
+decode node's ids,
 every run's summary, and for the LanguageBind runs their encoder actors (node, GPUs asked
 for).
 """
@@ -34,6 +39,8 @@ from pipelines.extract import run_extraction
 # One CPU per decode task (the tiny encoder runs inside it), so no node decodes more than
 # one video at a time and the videos spread over the nodes.
 CONFIG = ExtractConfig(batch_size=4, rows_per_file=8, decode_cpus=1.0, decode_memory_mb=256)
+DECODE = "lvmae_decode"
+"""The custom resource of the decode worker group (cluster/kuberay/raycluster-hetero.yaml)."""
 
 
 def encoder_actors() -> dict[str, dict]:
@@ -68,20 +75,25 @@ def on_cluster(args: argparse.Namespace, out: Path) -> dict:
                                               progress=False, track=False).to_dict()  # fmt: skip
             # The LanguageBind checkpoint is written while the nodes start and the tiny runs.
             writer = ThreadPoolExecutor(1).submit(save_tiny_checkpoint, out / "ckpt")
-            for _ in range(args.cpu_nodes - 1):
-                cluster.add_node(num_cpus=1)
+            decode_node = None
+            for i in range(args.cpu_nodes - 1):
+                node = cluster.add_node(num_cpus=1, resources={DECODE: 1} if i == 0 else {})
+                decode_node = decode_node or node
             gpu_node = cluster.add_node(num_cpus=1, num_gpus=1)
             cluster.wait_for_nodes()
             result["node_ids"] = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
             result["gpu_node"] = gpu_node.node_id
+            result["decode_node"] = decode_node.node_id if decode_node else None
             result["multi"] = run_extraction(args.videos, str(out / "multi"), CONFIG,
                                              progress=False, track=False).to_dict()  # fmt: skip
-            for name, gpus in (("default", None), ("cpu", 0.0)):
+            runs = (("default", None, {}), ("cpu", 0.0, {}), ("hetero", None, {DECODE: 1.0}))
+            for name, gpus, decode_resources in runs:
                 config = ExtractConfig(
                     encoder="languagebind-video-ft",
                     encoder_checkpoint=str(writer.result()),
                     gpus_per_actor=gpus,
                     decode_memory_mb=256,
+                    decode_resources=decode_resources,
                 )
                 before = encoder_actors()
                 summary = run_extraction(

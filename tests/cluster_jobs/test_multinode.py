@@ -7,6 +7,9 @@ of one CPU, one of them with a logical GPU, the head without):
   with a GPU (a worker, as on KubeRay), while other nodes have CPUs; at ``gpus_per_actor: 0``
   they ask for none and run on CPU. (Without any GPU it is refused:
   tests/pipelines/test_extract.py.)
+- the heterogeneous preset (cluster/kuberay/raycluster-hetero.yaml): with
+  ``decode_resources: {lvmae_decode: 1}`` every video is decoded on the one node that declares
+  ``lvmae_decode``, and the encoder actors run on the GPU node.
 
 One subprocess (``extract_on_cluster``) and one Ray cluster serve every test here: each
 Python start and Ray start costs seconds. ``conftest.py`` starts it beside the probe-placement
@@ -90,7 +93,7 @@ def test_real_encoder_actors_take_the_gpu_node_by_default_and_cpu_at_zero(runs):
     assert set(result["node_ids"]) - {gpu_node}  # other nodes, with CPUs, were there to take
     expected = {v for v in DURATIONS if fnmatch(v, GPU_VIDEOS)}
     assert len(expected) == 2
-    for name in ("default", "cpu"):
+    for name in ("default", "cpu", "hetero"):
         videos = read_videos(str(out / name)).to_pylist()
         assert {v["video_id"] for v in videos} == expected
         assert all(v["status"] == "ok" for v in videos), videos
@@ -102,3 +105,20 @@ def test_real_encoder_actors_take_the_gpu_node_by_default_and_cpu_at_zero(runs):
     assert {a["node"] for a in default["actors"]} == {gpu_node}
     # at gpus_per_actor 0 they ask for none: the encoder runs on CPU
     assert {a["gpus"] for a in cpu["actors"]} == {0.0}
+
+
+def test_decoding_stays_on_the_decode_group_and_embedding_on_the_gpu_group(runs):
+    """The placement of the heterogeneous preset: decode tasks reserve ``lvmae_decode``,
+    which only the decode node has (the head and the GPU node have CPUs free as well), and
+    the encoder actors reserve the GPU."""
+    out, result = runs
+    decode_node, gpu_node = result["decode_node"], result["gpu_node"]
+    assert decode_node in result["node_ids"] and decode_node != gpu_node
+    videos = read_videos(str(out / "hetero")).to_pylist()
+    assert videos and all(v["status"] == "ok" for v in videos), videos
+    assert {v["node_id"] for v in videos} == {decode_node}
+    # the runs without the resource decoded elsewhere too (the check above can fail)
+    assert {v["node_id"] for v in read_videos(str(out / "multi")).to_pylist()} - {decode_node}
+    actors = result["hetero"]["actors"]
+    assert actors and {a["node"] for a in actors} == {gpu_node}
+    assert {a["gpus"] for a in actors} == {1.0}

@@ -10,7 +10,7 @@ from lvmae.storage import (
     segment_schema,
     write_table_atomic,
 )
-from lvmae.video.inputs import InputError, list_videos, local_copy
+from lvmae.video.inputs import InputError, list_videos, video_source
 from tests.fresh import fresh_python
 
 EXT = (".mp4", ".mkv")
@@ -50,7 +50,7 @@ def test_single_video_file_and_fsspec_uri(tree):
     assert ids(list_videos(str(tree / "top.mp4"), EXT)) == ["top.mp4"]
     got = list_videos(f"file://{tree}/a", EXT)
     assert ids(got) == ["b/y.MKV", "x.mp4"]
-    with local_copy(got[1].uri) as path:
+    with video_source(got[1].uri) as path:
         assert path.read_bytes() == b"data"
 
 
@@ -61,8 +61,10 @@ def test_memory_filesystem_is_copied_locally():
     fs.pipe("/arch/v1.mp4", b"0123")
     got = list_videos("memory://arch", EXT)
     assert ids(got) == ["v1.mp4"]
-    with local_copy(got[0].uri) as path:
-        assert path.read_bytes() == b"0123"
+    with video_source(got[0].uri) as remote:
+        path = remote.wait()
+        assert path.read_bytes() == b"0123" and path.name.startswith("lvmae-fetch-")
+        assert remote.open().read() == b"0123"
     assert not path.exists()  # the temporary copy is gone
 
 
@@ -142,3 +144,16 @@ def test_config_imports_no_video_or_torch_code():
         "or any(m == p or m.startswith(p + '.') for p in ours))))"
     )
     assert fresh_python(code) == "[]"
+
+
+def test_storage_settings_refuse_credentials_without_echoing_them():
+    from lvmae.config import parse_sets
+
+    ok = load_config(ExtractConfig, None, {}, parse_sets(["extract.storage.max_attempts=3"]))
+    assert ok.storage.max_attempts == 3 and ok.storage.stream
+    for key in ("secret_access_key", "aws_access_key_id", "session_token"):
+        with pytest.raises(ConfigError, match="credentials never go in the config") as info:
+            load_config(ExtractConfig, None, {}, {f"extract.storage.{key}": "lvmae-SECRET-42"})
+        assert "lvmae-SECRET-42" not in str(info.value)
+    with pytest.raises(ConfigError, match="needs a scheme"):
+        load_config(ExtractConfig, None, {}, {"extract.storage.endpoint_url": "minio:9000"})

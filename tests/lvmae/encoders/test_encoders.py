@@ -27,6 +27,7 @@ from lvmae.encoders.models import (
     save_tiny_checkpoint,
 )
 from lvmae.encoders.registry import ENCODERS, encoder_spec, resolve
+from tests.fresh import fresh_python
 from tests.lvmae.conftest import assert_unit_embeddings
 
 
@@ -246,3 +247,35 @@ def test_tiny_on_cuda_bf16_matches_cpu_fp32(tiny, frames):
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     cos = np.sum(emb * tiny.encode(frames), axis=1)
     assert np.all(cos > 0.98)
+
+
+def test_a_worker_building_tiny_imports_no_unused_integrations():
+    """What a new extraction worker imports to build and run the ``tiny`` encoder (as
+    ``pipelines.extract`` does): LanguageBind's model code without scikit-learn, SciPy or
+    peft, which transformers and peft would otherwise load (lvmae.encoders.specs
+    .lean_model_imports). SymPy is not in the list: PyTorch's compiler brings it, which
+    transformers' ``PreTrainedModel`` needs (docs/design.md "A lighter start")."""
+    code = (
+        "import sys, numpy as np\n"
+        "from lvmae.encoders.models import build_encoder\n"
+        "enc = build_encoder('tiny', device='cpu')\n"
+        "assert type(enc.model).__module__ == 'languagebind.video.modeling_video'\n"
+        "assert enc.encode(np.zeros((1, 8, 224, 224, 3), np.uint8)).shape == (1, 64)\n"
+        "print(sorted(m for m in ('sklearn', 'scipy', 'peft') if m in sys.modules))\n"
+    )
+    assert fresh_python(code) == "[]"
+
+
+def test_lean_imports_still_build_lora_checkpoints_and_leave_the_packages_importable():
+    """A LoRA checkpoint (``lora_r > 0``) reaches the real peft through the deferred names,
+    and scikit-learn and SciPy import normally after LanguageBind's code is loaded."""
+    code = (
+        "from lvmae.encoders.specs import TINY_ARCH, _languagebind_video\n"
+        "model_cls, _ = _languagebind_video()\n"
+        "config = TINY_ARCH.to_config(); config.vision_config.lora_r = 2\n"
+        "model = model_cls(config)\n"
+        "import peft, scipy.optimize, sklearn.metrics\n"
+        "print(isinstance(model.vision_model.encoder, peft.PeftModel), "
+        "sklearn.metrics.roc_curve.__name__)\n"
+    )
+    assert fresh_python(code) == "True roc_curve"
