@@ -881,19 +881,41 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
     """A YAML file holding a mapping (an empty file is ``{}``).
 
     Raises:
-        ConfigError: the file is missing, not valid YAML, or not a mapping; the message names
-            the file and ``what`` it should hold.
+        ConfigError: the file is missing, unreadable, not valid YAML, or not a mapping; the
+            message names the file and ``what`` it should hold.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{what} file not found: {path}")
     try:
         loaded = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the {what} file ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text (YAML) file: {exc.reason}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: expected a mapping ({what}), got {type(loaded).__name__}")
     return loaded
+
+
+def _section_mapping(value: Any, section: str, source: str) -> dict[str, Any]:
+    """The fields of config section ``section`` as read from ``source``.
+
+    Raises:
+        ConfigError: the section is empty (``extract:`` alone) or not a mapping."""
+    if value is None:
+        raise ConfigError(
+            f"{source}: section {section!r} is empty: give its fields (e.g. "
+            f"'{section}:' then indented 'FIELD: VALUE' lines) or remove the line"
+        )
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{source}: section {section!r} must be a mapping of FIELD: VALUE, got "
+            f"{type(value).__name__} {value!r}"[:300]
+        )
+    return dict(value)
 
 
 def parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
@@ -939,6 +961,9 @@ def load_run_config(path: str | Path | None, sets: Mapping[str, Any] | None = No
             field.
     """
     data = read_yaml_mapping(path, "run config") if path is not None else {}
+    for name, value in list(data.items()):
+        if name in RunConfig.model_fields and not (name == "samples" and value is None):
+            data[name] = _section_mapping(value, name, str(path))
     given = {k: v for k, v in (sets or {}).items() if v is not None}
     for key, value in given.items():
         _set_dotted(data, key, value)
@@ -963,8 +988,9 @@ def load_config(
     ``SECTION.FIELD`` like everywhere else (``{"extract.batch_size": 8}``).
 
     Raises:
-        ConfigError: missing/unreadable file, invalid YAML, a ``--set`` for another section,
-            unknown fields, bad values (each naming the file or ``--set`` it came from).
+        ConfigError: missing/unreadable file, invalid YAML, an empty or non-mapping section,
+            a ``--set`` for another section, unknown fields, bad values (each naming the
+            file or ``--set`` it came from).
     """
     section = model.SECTION  # type: ignore[attr-defined]
     data: dict[str, Any] = {}
@@ -972,7 +998,7 @@ def load_config(
     if path is not None:
         source = str(path)
         loaded = read_yaml_mapping(path, "config")
-        data = dict(loaded.get(section, loaded))
+        data = _section_mapping(loaded.get(section, loaded), section, source)
     data.update({k: v for k, v in (options or {}).items() if v is not None})
     given = {k: v for k, v in (sets or {}).items() if v is not None}
     for key, value in given.items():

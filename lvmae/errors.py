@@ -10,6 +10,7 @@ work), so ``except ValueError`` keeps working.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterable
 
 
@@ -24,3 +25,30 @@ class UnknownNameError(LvmaeError, ValueError):
 
     def __init__(self, what: str, name: str, known: Iterable[str]) -> None:
         super().__init__(f"unknown {what} {name!r}; valid names: {', '.join(known)}")
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+"""A full device, a quota reached, a file-size limit (``ulimit -f``) hit: to the user, all
+"no space to write"."""
+_DISK_FULL_TEXT = (
+    "no space left on device", "disk quota exceeded", "file too large",
+    "database or disk is full", "[errno 28]", "[errno 27]", "[errno 122]",
+)  # fmt: skip
+
+
+def disk_full_cause(exc: BaseException) -> BaseException | None:
+    """The exception in ``exc``'s chain (itself, its ``__cause__`` / ``__context__``) that
+    says the disk is full (``ENOSPC``, ``EDQUOT``, or ``EFBIG`` from a file-size limit), or
+    None. Libraries report it their own way: an ``OSError`` with ``errno`` (Python), an
+    ``OSError`` whose text carries ``[errno 28]`` (pyarrow), SQLite's "database or disk is
+    full" (MLflow's store), a worker's error re-raised as text (Ray); all are recognised."""
+    seen: set[int] = set()
+    node: BaseException | None = exc
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        if isinstance(node, OSError) and node.errno in DISK_FULL_ERRNOS:
+            return node
+        if any(t in str(node).lower() for t in _DISK_FULL_TEXT):
+            return node
+        node = node.__cause__ or node.__context__
+    return None

@@ -16,6 +16,12 @@ never leaves a half-written file where readers look; reruns may repeat rows, and
 key on ``(video_id, segment_index)`` to read each segment exactly once. Any pyarrow
 filesystem URI works as ``<out>`` (local paths, ``s3://``, ``gs://``).
 
+Before any work, a job checks that a local output can be written
+(:func:`check_output_path`); while it writes, it holds the directory
+(:func:`hold_output`: one run at a time, the holder named in ``<out>/.lvmae.holder.json``).
+A full disk stops a write with :class:`DiskFullError`; the files already renamed into place
+stay valid, and the rerun resumes (docs/design.md, "Errors" and "Concurrency").
+
 Object storage (docs/design.md, "Object storage"): :func:`use_object_store` sets the
 process's :class:`~lvmae.config.StorageConfig` (endpoint, retries, timeouts; never
 credentials, which come from the standard chains), :func:`object_fs` opens a URI with it
@@ -26,9 +32,16 @@ line naming the URI, before any work starts.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import socket
+import sys
+import time
 import uuid
+from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +52,15 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lvmae.config import StorageConfig
-from lvmae.errors import LvmaeError
+from lvmae.errors import LvmaeError, disk_full_cause
+
+log = logging.getLogger(__name__)
 
 SEGMENTS_DIR = "segments"
 VIDEOS_DIR = "videos"
 MANIFEST = "manifest.json"
+LOCK_FILE = ".lvmae.lock"
+HOLDER_FILE = ".lvmae.holder.json"
 
 VIDEO_SCHEMA = pa.schema(
     [
@@ -90,6 +107,168 @@ def segment_schema(embedding_dim: int) -> pa.Schema:
 
 class StorageError(LvmaeError, ValueError):
     """An output directory is missing, empty or inconsistent; the message says what to fix."""
+
+
+class DiskFullError(StorageError, OSError):
+    """No space left (``ENOSPC``, a quota, or a file-size limit) while writing an output;
+    what was written before stays valid, and rerunning the same command once space is freed
+    resumes."""
+
+
+class OutputBusyError(StorageError):
+    """Another run holds the output directory (:func:`hold_output`); the message names it."""
+
+
+def raise_if_disk_full(exc: BaseException, what: str) -> None:
+    """Raise a :class:`DiskFullError` (from ``exc``) when ``exc``, raised while writing
+    ``what``, says the disk is full (:func:`lvmae.errors.disk_full_cause`); else return."""
+    cause = disk_full_cause(exc)
+    if cause is None:
+        return
+    reason = getattr(cause, "strerror", None) or "no space left on device"
+    raise DiskFullError(
+        f"no space left writing {what} ({reason}): the outputs written before stay valid; "
+        f"free space and rerun the same command to resume"
+    ) from exc
+
+
+def check_output_path(out: str, flag: str = "--out") -> None:
+    """Fail before any work when the local output ``out`` cannot be written: it is a file,
+    a part of its path is a file, or the directory (or the nearest existing parent, where
+    it would be made) is not writable. Nothing is created. A URI (``s3://``, ...) is left
+    to the object-store checks.
+
+    Raises:
+        StorageError: naming ``flag``, the path and what to fix.
+    """
+    if "://" in out:
+        return
+    path = Path(out).absolute()
+    if path.exists() and not path.is_dir():
+        raise StorageError(f"{flag} {out}: exists and is not a directory; give a directory")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise StorageError(f"{flag} {out}: {probe} is a file, not a directory; give another path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        where = "" if probe == path else f" (it would be made in {probe})"
+        raise StorageError(
+            f"{flag} {out}: permission denied, cannot write{where}; give a writable directory"
+        )
+
+
+def _holder() -> dict:
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300] or "python",
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _read_holder(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def hold_output(out: str, flag: str = "--out") -> Iterator[None]:
+    """Hold the local output directory ``out`` (made if missing) for the block: one run at a
+    time. The lock is an OS file lock (``flock`` on ``<out>/.lvmae.lock``, the ``filelock``
+    library), so the kernel releases it when its process dies, ``kill -9`` included: a lock
+    left by a killed run is taken over at once (logged with the old holder's details). The
+    holder (host, pid, command, start time) is written next to it, to
+    ``<out>/.lvmae.holder.json``. Re-entrant within a process (``lvmae run`` holding its
+    workdir while a stage writes into it). A directory it made is removed again when the
+    block leaves nothing in it (a run refused after the lock, e.g. by the cluster's GPU
+    check, writes nothing). A URI is not held (object stores have no such locks).
+
+    Raises:
+        OutputBusyError: another live run holds ``out``; the message names it.
+        StorageError, DiskFullError: ``out`` cannot be made.
+    """
+    if "://" in out:
+        yield
+        return
+    from filelock import FileLock, Timeout  # an OS lock (fcntl.flock) on Unix
+
+    root = Path(out).absolute()
+    made = None  # the topmost directory this call makes, removed again if left empty
+    if not root.exists():
+        made = root
+        while not made.parent.exists():
+            made = made.parent
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise_if_disk_full(exc, str(root))
+        raise StorageError(
+            f"{flag} {out}: cannot make the directory ({exc.strerror or exc})"
+        ) from exc
+    lock = FileLock(
+        root / LOCK_FILE, timeout=0, is_singleton=True, thread_local=False,
+        fallback_to_soft=False,
+    )  # fmt: skip
+    nested = lock.is_locked
+    holder_path = root / HOLDER_FILE
+    try:
+        lock.acquire()
+    except Timeout:
+        held = _read_holder(holder_path)
+        for _ in range(20):  # the holder writes its details just after taking the lock
+            if held is not None:
+                break
+            time.sleep(0.05)
+            held = _read_holder(holder_path)
+        held = held or {}
+        who = (
+            f"pid {held.get('pid', '?')} on {held.get('host', '?')}, started "
+            f"{held.get('started_at', '?')}: {held.get('command', '?')}"
+            if held else "a run that is starting"
+        )  # fmt: skip
+        raise OutputBusyError(
+            f"{flag} {out} is in use by another run ({who}); wait for it to finish or give "
+            f"another {flag}"
+        ) from None
+    try:
+        if not nested:
+            left = _read_holder(holder_path)
+            if left is not None:
+                log.info("taking over %s, left locked by a run that ended (pid %s on %s, "
+                         "started %s)", out, left.get("pid"), left.get("host"),
+                         left.get("started_at"))  # fmt: skip
+            tmp = holder_path.with_name(f".{HOLDER_FILE}.{os.getpid()}.tmp")
+            try:
+                tmp.write_text(json.dumps(_holder(), indent=2))
+                tmp.replace(holder_path)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                raise_if_disk_full(exc, str(holder_path))
+                raise
+        yield
+    finally:
+        if not nested:
+            holder_path.unlink(missing_ok=True)
+        lock.release()
+        if made is not None and not nested:
+            _remove_if_empty(root, made)
+
+
+def _remove_if_empty(root: Path, top: Path) -> None:
+    """A run that wrote nothing leaves nothing: ``root`` (holding only the lock file) and its
+    parents up to ``top``, all made by :func:`hold_output`, are removed."""
+    with contextlib.suppress(OSError):
+        if {p.name for p in root.iterdir()} <= {LOCK_FILE}:
+            (root / LOCK_FILE).unlink(missing_ok=True)
+            node = root
+            while True:
+                node.rmdir()
+                if node == top:
+                    break
+                node = node.parent
 
 
 def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -312,9 +491,15 @@ def write_table_atomic(table: pa.Table, out: str, subdir: str) -> str:
     fs.create_dir(directory, recursive=True)
     name = f"part-{uuid.uuid4().hex}.parquet"
     tmp = f"{directory}/.{name}.tmp"
-    with fs.open_output_stream(tmp) as sink:
-        pq.write_table(table, sink)
-    fs.move(tmp, f"{directory}/{name}")
+    try:
+        with fs.open_output_stream(tmp) as sink:
+            pq.write_table(table, sink)
+        fs.move(tmp, f"{directory}/{name}")
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            fs.delete_file(tmp)  # never left to fill the disk further
+        raise_if_disk_full(exc, f"{table.num_rows} rows to {directory}/")
+        raise
     return f"{directory}/{name}"
 
 
@@ -424,6 +609,12 @@ def write_manifest(out: str, manifest: dict) -> None:
     fs, root = _fs(out)
     fs.create_dir(root, recursive=True)
     tmp = f"{root.rstrip('/')}/.{MANIFEST}.{uuid.uuid4().hex}.tmp"
-    with fs.open_output_stream(tmp) as f:
-        f.write(json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
-    fs.move(tmp, f"{root.rstrip('/')}/{MANIFEST}")
+    try:
+        with fs.open_output_stream(tmp) as f:
+            f.write(json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
+        fs.move(tmp, f"{root.rstrip('/')}/{MANIFEST}")
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            fs.delete_file(tmp)
+        raise_if_disk_full(exc, f"{out.rstrip('/')}/{MANIFEST}")
+        raise

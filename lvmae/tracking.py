@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import getpass
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -23,6 +24,8 @@ from mlflow.tracking import MlflowClient
 
 from lvmae.errors import LvmaeError
 from lvmae.storage import read_manifest
+
+log = logging.getLogger(__name__)
 
 ARTIFACTS_DIR = "mlartifacts"
 STORE_FILE = "mlflow.db"
@@ -77,6 +80,34 @@ def resolve_tracking_uri(
     return default_tracking_uri(out)
 
 
+def filter_literal(value: str) -> str | None:
+    """``value`` as a string literal of an MLflow search filter: in single quotes, or in
+    double quotes when it holds a single quote; None when it holds both (MLflow's filter
+    grammar has no escape for that: match such a value in Python instead)."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    return None
+
+
+def find_run(client: MlflowClient, experiment_id: str, tags: Mapping[str, str]) -> str | None:
+    """The id of a run of ``experiment_id`` carrying every tag of ``tags`` (any text:
+    quotes, spaces, non-ASCII), or None. Matched by MLflow's search filter where the values
+    can be quoted in it (:func:`filter_literal`), else by the tags themselves."""
+    literals = {k: filter_literal(v) for k, v in tags.items()}
+    query = " and ".join(f"tags.`{k}` = {lit}" for k, lit in literals.items() if lit)
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=query, page_token=token)
+        for run in page:
+            if all(run.data.tags.get(k) == v for k, v in tags.items()):
+                return run.info.run_id
+        token = page.token
+        if not token:
+            return None
+
+
 def open_run(
     tracking_uri: str,
     experiment: str,
@@ -90,14 +121,15 @@ def open_run(
     reused when it exists (a resumed job), else created with ``params`` logged (lists and
     dicts as JSON). A new experiment keeps its artifacts under ``<out>/mlartifacts`` when
     the store is a local SQLite file, never in the current directory. Inside
-    :func:`nested_under`, the run lives in that block's experiment, under its parent run."""
+    :func:`nested_under`, the run lives in that block's experiment, under its parent run.
+    Any run name works (quotes, spaces, non-ASCII: :func:`find_run`)."""
     client = MlflowClient(tracking_uri=tracking_uri)
     parent = _PARENT.get()
-    query = f"tags.`lvmae.run_name` = '{run_name}'"
+    match = {"lvmae.run_name": run_name}
     if parent is not None:
         experiment = parent[0]
         tags = {**(tags or {}), PARENT_TAG: parent[1]}
-        query += f" and tags.`{PARENT_TAG}` = '{parent[1]}'"
+        match[PARENT_TAG] = parent[1]
     found = client.get_experiment_by_name(experiment)
     if found is not None:
         experiment_id = found.experiment_id
@@ -106,9 +138,9 @@ def open_run(
         if tracking_uri.startswith("sqlite:///") and "://" not in out:
             artifacts = (Path(out).absolute() / ARTIFACTS_DIR).as_uri()
         experiment_id = client.create_experiment(experiment, artifact_location=artifacts)
-    runs = client.search_runs([experiment_id], filter_string=query, max_results=1)
-    if runs:
-        return runs[0].info.run_id
+    found_id = find_run(client, experiment_id, match)
+    if found_id is not None:
+        return found_id
     run = client.create_run(
         experiment_id,
         run_name=run_name,
@@ -187,12 +219,15 @@ def end_run(
 def run_status(client: MlflowClient, run_id: str, **how: Any) -> Iterator[None]:
     """``run_id`` RUNNING for the block, then ended however the block exits
     (:func:`end_run`, with ``how`` its keywords ``children`` and ``stopped``; the exception
-    propagates)."""
+    propagates, even when ending the run fails too, e.g. on a full disk: that is logged)."""
     client.update_run(run_id, status="RUNNING")
     try:
         yield
     except BaseException as exc:
-        end_run(client, run_id, exc, **how)
+        try:
+            end_run(client, run_id, exc, **how)
+        except Exception as end_exc:  # e.g. the store's disk is full too: the cause wins
+            log.info("could not mark MLflow run %s failed: %s", run_id, end_exc)
         raise
     end_run(client, run_id, None, **how)
 

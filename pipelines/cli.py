@@ -1,7 +1,12 @@
 """The ``lvmae`` command.
 
-Every command validates its arguments and configuration before any work starts and exits
-non-zero with a message that says what to fix.
+Every command checks its arguments, configuration, input paths and output directories
+before any work starts (before Ray starts or anything is written). An error the user can
+fix is one line on stderr, ``error: <message>`` naming the flag, key or file to fix, exit
+code 1; a usage error is click's (exit code 2). A full disk (``ENOSPC``, also inside MLflow
+or a Ray worker) or an OS refusal (permissions) is one such line too. ``--debug`` (or
+``LVMAE_DEBUG=1``) adds the traceback; an unexpected exception is a bug and keeps its
+traceback (docs/design.md, "Errors").
 """
 
 from __future__ import annotations
@@ -9,8 +14,10 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import click
@@ -34,9 +41,9 @@ from lvmae.config import (
     load_run_config,
     parse_sets,
 )
-from lvmae.errors import LvmaeError
+from lvmae.errors import LvmaeError, disk_full_cause
 from lvmae.labels import from_source, write_labels
-from lvmae.storage import read_videos
+from lvmae.storage import StorageError, check_output_path, hold_output, read_videos
 from lvmae.video.samples import (
     DEFAULT_RECIPES,
     HARD_ORDER_RECIPES,
@@ -105,8 +112,12 @@ def command_config(*, input: str = "", workdir: str, **sections) -> RunConfig:
     "-v", "--verbose", is_flag=True,
     help="Log at INFO level and show Ray workers' logs (also after the subcommand).",
 )  # fmt: skip
+@click.option(
+    "--debug", is_flag=True,
+    help="Print the traceback of an error (also LVMAE_DEBUG=1); errors are one line without.",
+)  # fmt: skip
 @click.version_option(__version__, "--version", prog_name="lvmae")
-def cli(verbose: bool) -> None:
+def cli(verbose: bool, debug: bool) -> None:
     """lvmae: long-video representations with LV-MAE on Ray."""
     set_verbose(verbose)
     logging.basicConfig(
@@ -164,7 +175,8 @@ def extract(input_path, out, config_file, overwrite, no_progress, sets, **option
     workdir = "." if "://" in out else out
     run = command_config(input=input_path, workdir=workdir, embeddings=out, extract=config)
     context = StageContext.create(
-        run, tracking_uri=None, overwrite=overwrite, progress=not no_progress
+        run, tracking_uri=None, overwrite=overwrite, progress=not no_progress,
+        outs={"extract": out},
     )  # the job decides where (and whether, for a remote --out) it tracks
     output = run_alone(ExtractStage(), context)
     click.echo(output.summary)
@@ -212,11 +224,15 @@ def pretrain(embeddings, out, config_file, sets, **options) -> None:
 def embed(*, checkpoint, embeddings, out, batch_size, actors, use_gpu) -> None:
     """Per-video representations ([CLS] and mean of token outputs) for whole videos."""
     from pipelines.embed import run_embed  # heavy (Ray, torch): only for this command
+    from pipelines.job_inputs import check_checkpoint_inputs  # heavy (Ray Data, torch)
 
-    connect_ray()
-    result = run_embed(
-        checkpoint, embeddings, out, batch_size=batch_size, actors=actors, use_gpu=use_gpu
-    )
+    check_checkpoint_inputs(checkpoint, embeddings)
+    check_output_path(out)
+    with hold_output(out):
+        connect_ray()
+        result = run_embed(
+            checkpoint, embeddings, out, batch_size=batch_size, actors=actors, use_gpu=use_gpu
+        )
     click.echo(f"wrote representations of {result.videos} videos to {result.path}")
 
 
@@ -279,11 +295,17 @@ def tune(checkpoint, embeddings, labels, config_file, out, sets, **options) -> N
 @click.option("--embeddings", help="Match ids to the videos of this extraction output.")
 def labels(dataset, source, out, task, bf_split, val_fraction, embeddings) -> None:
     """Convert LVU / COIN / Breakfast annotations into the project's labels format."""
-    known = None
-    if embeddings:
-        known = read_videos(embeddings)["video_id"].to_pylist() or None
     if dataset == "lvu" and not task:
         raise click.BadParameter("LVU needs --task", param_hint="--task")
+    known = None
+    if embeddings:
+        known = read_videos(embeddings)["video_id"].to_pylist()
+        if not known:
+            raise StorageError(
+                f"--embeddings {embeddings}: no videos table there (expected "
+                f"{embeddings.rstrip('/')}/videos/*.parquet, written by `lvmae extract`)"
+            )
+    check_output_path(str(Path(out).parent), "--out")
     table = from_source(
         dataset, source, task=task, split=bf_split, video_ids=known, val_fraction=val_fraction
     )
@@ -328,10 +350,15 @@ def search(query, embeddings, top_k, example, exact, rebuild_index) -> None:
 def monitor(checkpoint, embeddings, captions, out) -> None:
     """Reconstruction-retrieval monitor: R@1/5/10 and median rank of reconstructed masked
     segments among the held-out set; nearest captions as HTML with --captions."""
-    from pipelines.monitor import run_monitor  # heavy (Ray, torch): only for this command
+    from pipelines.job_inputs import check_checkpoint_inputs  # heavy (Ray Data, torch)
+    from pipelines.monitor import read_captions, run_monitor  # heavy (torch)
 
-    connect_ray()
-    metrics = run_monitor(checkpoint, embeddings, out, captions=captions)
+    check_checkpoint_inputs(checkpoint, embeddings)
+    if captions:
+        read_captions(captions)
+    check_output_path(out)
+    with hold_output(out):  # the reconstruction runs in this process: no Ray
+        metrics = run_monitor(checkpoint, embeddings, out, captions=captions)
     click.echo(json.dumps(metrics, indent=2))
 
 
@@ -361,6 +388,7 @@ def make_samples_cmd(out_dir, with_broken, recipes, **kwargs) -> None:
 
     if kwargs["min_seconds"] > kwargs["max_seconds"]:
         raise click.BadParameter("--min-seconds must not exceed --max-seconds")
+    check_output_path(out_dir, "OUT_DIR")
     labels = make_samples(out_dir, **kwargs)
     click.echo(f"wrote sample videos and {labels}")
     if with_broken:
@@ -457,29 +485,64 @@ def serve(embeddings, host, port, exact, rebuild_index, cache_dir, mlflow_ui) ->
     )  # fmt: skip
 
 
+GROUP_FLAGS = ("-v", "--verbose", "--debug")
+
+
 def _verbose_first(argv: list[str]) -> list[str]:
-    """``-v`` / ``--verbose`` are the group's options; accept them after the subcommand too
-    (``lvmae run -v ...``) by moving them to the front (never past a ``--``)."""
+    """``-v`` / ``--verbose`` and ``--debug`` are the group's options; accept them after the
+    subcommand too (``lvmae run -v ...``) by moving them to the front (never past a ``--``)."""
     end = argv.index("--") if "--" in argv else len(argv)
-    flags = [a for a in argv[:end] if a in ("-v", "--verbose")]
-    rest = [a for a in argv[:end] if a not in ("-v", "--verbose")]
-    return flags[:1] + rest + argv[end:]
+    verbose = [a for a in argv[:end] if a in ("-v", "--verbose")][:1]
+    debug = ["--debug"] if "--debug" in argv[:end] else []
+    rest = [a for a in argv[:end] if a not in GROUP_FLAGS]
+    return verbose + debug + rest + argv[end:]
+
+
+def debug_requested(argv: list[str]) -> bool:
+    """``--debug`` among the group's flags, or ``LVMAE_DEBUG`` set to 1 / true / yes."""
+    env = os.environ.get("LVMAE_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
+    return env or "--debug" in argv[: argv.index("--") if "--" in argv else len(argv)]
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` as one line: a Ray task's error reduced to its cause (not the
+    remote traceback), lines joined with "; "."""
+    cause = getattr(exc, "cause", None)  # ray.exceptions.RayTaskError
+    text = str(cause if isinstance(cause, BaseException) else exc)
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip()) or repr(exc)
+
+
+def _fail(message: str, debug: bool) -> None:
+    if debug:
+        traceback.print_exc()
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``lvmae`` command: user errors print one message, exit 1."""
+    """Entry point of the ``lvmae`` command: a user error prints one line (``error: ...``)
+    and exits 1, a usage error is click's (exit 2); ``--debug`` / ``LVMAE_DEBUG=1`` add the
+    traceback. Anything else is a bug and keeps its traceback."""
     argv = _verbose_first(list(sys.argv[1:] if argv is None else argv))
+    debug = debug_requested(argv)
     try:
         cli.main(args=argv, prog_name="lvmae", standalone_mode=False)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except LvmaeError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        _fail(one_line(exc), debug)
+    except Exception as exc:
+        full = disk_full_cause(exc)
+        if full is not None:  # a full disk met inside a library (MLflow's store, a worker)
+            _fail(f"no space left on the device: {one_line(full)}; the outputs written "
+                  f"before stay valid: free space and rerun the same command", debug)  # fmt: skip
+        if isinstance(exc, OSError) and exc.filename is not None:  # refused by the OS
+            _fail(f"{exc.filename}: {exc.strerror or exc}", debug)
+        raise
 
 
 def entry() -> None:

@@ -49,7 +49,11 @@ from lvmae.errors import LvmaeError
 from lvmae.progress import Progress
 from lvmae.storage import (
     VIDEO_SCHEMA,
+    DiskFullError,
+    StorageError,
     check_object_store,
+    check_output_path,
+    hold_output,
     object_fs,
     read_manifest,
     read_videos,
@@ -318,13 +322,19 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def prepare_output(out: str, config: ExtractConfig, encoder: dict, *, overwrite: bool) -> dict:
-    """Check ``out`` against an earlier run's manifest and write this run's manifest.
+def check_previous_output(out: str, config: ExtractConfig, *, overwrite: bool) -> None:
+    """Check ``out`` against an earlier run's manifest (before any work; writes nothing).
 
     Raises:
         ExtractError: ``out`` holds outputs of another configuration (and not ``overwrite``).
+        StorageError: its manifest is unreadable.
     """
-    previous = read_manifest(out)
+    try:
+        previous = read_manifest(out)
+    except (OSError, ValueError) as exc:
+        raise StorageError(
+            f"{out}/manifest.json: unreadable ({exc}); move it away or give another --out"
+        ) from exc
     if previous and previous.get("config_id") != config.config_id() and not overwrite:
         raise ExtractError(
             f"{out!r} already holds embeddings made with another configuration "
@@ -333,6 +343,16 @@ def prepare_output(out: str, config: ExtractConfig, encoder: dict, *, overwrite:
             f"{config.config_id()}. Write to a new --out directory, or pass --overwrite to "
             f"add to it anyway."
         )
+
+
+def prepare_output(out: str, config: ExtractConfig, encoder: dict, *, overwrite: bool) -> dict:
+    """Check ``out`` (:func:`check_previous_output`) and write this run's manifest.
+
+    Raises:
+        ExtractError: ``out`` holds outputs of another configuration (and not ``overwrite``).
+        DiskFullError: no space for the manifest.
+    """
+    check_previous_output(out, config, overwrite=overwrite)
     manifest = {
         "kind": "lvmae.extract",
         "config": config.model_dump(mode="json"),
@@ -384,9 +404,13 @@ def run_extraction(
 
     Raises:
         InputError: the input names no videos / does not exist (nothing written).
+        StorageError: ``out`` cannot be written (nothing written, Ray not started).
+        OutputBusyError: another run holds ``out`` (:func:`lvmae.storage.hold_output`).
         ObjectStoreError: an ``s3://``/``gs://`` input or output cannot be read or written
             (missing bucket, refused credentials, unreachable endpoint, denied write).
         ExtractError, EncoderUnavailableError: the run cannot start (nothing written).
+        DiskFullError: no space left while writing; the files written stay valid and a
+            rerun resumes.
     """
     t0 = time.perf_counter()
     use_object_store(config.storage)
@@ -395,6 +419,19 @@ def run_extraction(
     check_object_store(out, write=True)
     sources = list_videos(input_path, config.extensions)
     encoder = describe_encoder(config.encoder, config.encoder_checkpoint, config.encoder_seed)
+    check_output_path(out)
+    check_previous_output(out, config, overwrite=overwrite)
+    with hold_output(out):  # one run at a time; a killed holder's lock is taken over
+        return _extract_held(
+            sources, encoder, out, config, t0=t0, overwrite=overwrite, progress=progress,
+            tracking_uri=tracking_uri, track=track, reservations=reservations,
+        )  # fmt: skip
+
+
+def _extract_held(
+    sources, encoder, out, config, *, t0, overwrite, progress, tracking_uri, track, reservations
+) -> ExtractionSummary:
+    """:func:`run_extraction` once its checks passed and ``out`` is held."""
     warm = _WarmStore(out, tracking_uri) if track else None
     try:
         connect_ray()
@@ -893,6 +930,7 @@ def _run_pipeline(
     bar = Progress(len(todo), "extract", "videos", enabled=progress)
     book = _Bookkeeping(todo, config, summary, writer, progress=bar, on_flush=on_flush)
     dim, config_id = encoder["embedding_dim"], config.config_id()
+    full = False
     ranges = plan_ranges(todo, config)
     if ranges:
         log.info(
@@ -906,7 +944,11 @@ def _run_pipeline(
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             book.add(batch, segment_table(batch, encoder["name"], config_id, dim))
         book.finish_missing()
+    except DiskFullError:
+        full = True  # nothing more can be written: what is on disk stays as it is
+        raise
     finally:
-        writer.flush()
+        if not full:
+            writer.flush()
         bar.close()
         on_flush(book.counts())

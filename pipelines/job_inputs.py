@@ -16,7 +16,12 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from lvmae.encoders.models import build_encoder
-from lvmae.mae.checkpoints import MODEL_FILE, CheckpointError, load_checkpoint
+from lvmae.mae.checkpoints import (
+    MODEL_FILE,
+    CheckpointError,
+    load_checkpoint,
+    read_checkpoint_config,
+)
 from lvmae.mae.model import LVMAE, LVMAEConfig
 from lvmae.mae.sequences import collate, sequence_table, windows_for_inference
 from lvmae.storage import SEGMENTS_DIR, StorageError, read_manifest, segments_bytes
@@ -37,12 +42,24 @@ def embedding_dim_of(embeddings: str) -> int:
             f"no segment embeddings under {embeddings!r}: expected Parquet files in {seg_dir}/ "
             f"(run `lvmae extract INPUT --out {embeddings}` first)"
         )
-    dataset = pads.dataset(seg_dir, format="parquet")
+    try:
+        dataset = pads.dataset(seg_dir, format="parquet")
+    except (pa.ArrowException, OSError) as exc:
+        raise StorageError(
+            f"{seg_dir}/ holds a file that is not a segments Parquet file written by "
+            f"`lvmae extract` ({str(exc).splitlines()[0][:300]}); remove it"
+        ) from exc
     if not dataset.files:
         raise StorageError(f"{seg_dir}/ holds no Parquet files (an empty or failed extraction?)")
     dims: dict[int, str] = {}
     for fragment in dataset.get_fragments():
-        field = fragment.physical_schema.field("embedding")
+        try:
+            field = fragment.physical_schema.field("embedding")
+        except (pa.ArrowException, KeyError, OSError) as exc:
+            raise StorageError(
+                f"{fragment.path}: not a segments Parquet file written by `lvmae extract` "
+                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); remove it"
+            ) from exc
         dims.setdefault(field.type.list_size, fragment.path)
     if len(dims) > 1:
         listing = ", ".join(f"D={d} (e.g. {p})" for d, p in sorted(dims.items()))
@@ -111,6 +128,26 @@ def resolve_checkpoint(path: str) -> Path:
         f"no LV-MAE checkpoint at {path!r}: give a checkpoint directory (with config.json, "
         f"model.pt, train_state.pt) or a pre-training run directory (<out>/runs/<run_name>)"
     )
+
+
+def check_checkpoint_inputs(checkpoint: str, embeddings: str) -> Path:
+    """What a job on a pre-trained checkpoint checks before any work (before Ray starts):
+    the checkpoint resolves and its config reads, and the embeddings exist with the width
+    it was trained on (no tensor is loaded). Returns the checkpoint directory.
+
+    Raises:
+        CheckpointError: no readable checkpoint at ``checkpoint`` (``--checkpoint``).
+        StorageError: no segment embeddings under ``embeddings``, or another width.
+    """
+    ckpt = resolve_checkpoint(checkpoint)
+    trained = read_checkpoint_config(ckpt)["model_config"].get("input_dim")
+    dim = embedding_dim_of(embeddings)
+    if trained is not None and dim != trained:
+        raise StorageError(
+            f"--embeddings {embeddings}: holds {dim}-d embeddings but the checkpoint "
+            f"{str(ckpt)!r} was trained on {trained}-d ones: use the encoder it was trained on"
+        )
+    return ckpt
 
 
 class EmbedVideos:

@@ -12,6 +12,7 @@ from pathlib import Path
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from lvmae.errors import LvmaeError
 from lvmae.labels import read_labels
 from lvmae.mae.checkpoints import load_checkpoint
 from lvmae.mae.model import LVMAE, LVMAEConfig
@@ -24,20 +25,26 @@ from pipelines.job_inputs import embedding_dim_of, resolve_checkpoint, text_enco
 log = logging.getLogger(__name__)
 
 
+class CaptionsError(LvmaeError, ValueError):
+    """A caption bank is missing or empty."""
+
+
 def read_captions(path: str) -> list[str]:
     """A caption bank: a text file (one caption per line) or a labels file (its label
     names, with ``_`` read as spaces).
 
     Raises:
-        ValueError: the file holds no caption.
+        CaptionsError: the file is missing or holds no caption.
     """
     p = Path(path)
+    if not p.is_file():
+        raise CaptionsError(f"--captions {path}: no such file")
     if p.suffix.lower() in (".csv", ".parquet"):
         captions = [c.replace("_", " ") for c in read_labels(path).classes]
     else:
         captions = [line.strip() for line in p.read_text().splitlines() if line.strip()]
     if not captions:
-        raise ValueError(f"{path}: no captions (one per line, or a labels file)")
+        raise CaptionsError(f"--captions {path}: no captions (one per line, or a labels file)")
     return captions
 
 

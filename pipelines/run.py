@@ -12,7 +12,9 @@ already done and pre-training continues from its latest checkpoint.
 **Tracking.** One MLflow parent run per run name and config, a nested run per stage (a
 skipped stage's run says so), and each stage's own runs nested under its stage run.
 
-**Failures.** The whole config is validated, and every input checked, before any work. A
+**Failures.** The whole config is validated, and every input and output checked, before
+any work: before the sample library is written, the MLflow store made or Ray started. The
+workdir is held by one run at a time (:func:`lvmae.storage.hold_output`). A
 stage that fails marks its MLflow runs failed and raises :class:`StageError` naming the
 stage and the stages kept; the records of finished stages stay, so the next run starts at
 the failed stage.
@@ -31,8 +33,10 @@ from pathlib import Path
 import ray
 
 from lvmae.config import STAGE_NAMES, ConfigError, RunConfig, load_run_config
+from lvmae.errors import LvmaeError
 from lvmae.probes.results import ProbeResult
-from lvmae.tracking import log_embeddings_input
+from lvmae.storage import check_output_path, hold_output, raise_if_disk_full
+from lvmae.tracking import TrackingError, log_embeddings_input
 from pipelines.connect import check_reachable, connect_ray
 from pipelines.stages import STAGES, Stage, StageContext, StageError, StageOutput, StageRecord
 from pipelines.stages.base import sha
@@ -113,7 +117,6 @@ class _Chain:
         for stage in self.stages:
             if self.is_done(stage):
                 continue
-            stage.check(self.context)
             for needed in stage.requires:
                 if needed in chosen:
                     continue
@@ -126,6 +129,7 @@ class _Chain:
                         f"{what} in {self.context.workdir}: add {needed} to run.stages "
                         f"(or --stages)"
                     )
+            stage.check(self.context)  # after its upstream is known to be there
 
     def run_stage(self, stage: Stage, tracker: RunTracker) -> None:
         t0 = time.perf_counter()
@@ -146,21 +150,25 @@ class _Chain:
 
 def run_alone(stage: Stage, context: StageContext) -> StageOutput:
     """One stage as its own command (``lvmae extract``, ``pretrain``, ``probe``, ``tune``):
-    the same :class:`Stage` the main job runs, through the same steps — its inputs checked,
-    then Ray joined (``run.address``, else ``RAY_ADDRESS``, else local), then its ``run`` —
-    with what the command named itself in ``context`` (its ``--out``, ``--checkpoint``, run
+    the same :class:`Stage` the main job runs, through the same steps — its inputs and
+    output checked, its output directory held (:func:`lvmae.storage.hold_output`), then Ray
+    joined (``run.address``, else ``RAY_ADDRESS``, else local), then its ``run`` — with
+    what the command named itself in ``context`` (its ``--out``, ``--checkpoint``, run
     name). No stage record is written: a command is not a chain.
 
     Raises:
-        LvmaeError: bad inputs (before Ray starts) or the stage's own errors.
+        LvmaeError: bad inputs (before Ray starts), ``OutputBusyError`` (another run holds
+            the output), or the stage's own errors.
     """
     stage.check(context)
     address = context.config.run.address or os.environ.get("RAY_ADDRESS")
     if address and not ray.is_initialized():
         check_reachable(address)  # before any work
-    if not getattr(stage, "joins_ray_itself", False):
-        connect_ray(context.config.run.address)
-    return stage.run(context)
+    out = context.embeddings if stage.name == "extract" else context.out(stage.name)
+    with hold_output(out, context.out_flag(stage.name)):  # one run per output at a time
+        if not getattr(stage, "joins_ray_itself", False):
+            connect_ray(context.config.run.address)
+        return stage.run(context)
 
 
 def _chosen(config: RunConfig, stages: Sequence[str] | None, force: Sequence[str]) -> list[str]:
@@ -190,20 +198,49 @@ def run_main(
         The :class:`RunResult`.
 
     Raises:
-        LvmaeError: a bad config, input or cluster address (before any work), or a
-            :class:`StageError` when a stage failed (its MLflow runs are marked failed; the
-            stages finished before it keep their records).
+        LvmaeError: a bad config, input, output or cluster address (before any work), an
+            unusable MLflow store (before Ray starts), ``OutputBusyError`` (another run
+            holds the workdir), or a :class:`StageError` when a stage failed (its MLflow
+            runs are marked failed; the stages finished before it keep their records).
     """
     chain = _Chain(config, _chosen(config, stages, force), force)
     address = config.run.address or os.environ.get("RAY_ADDRESS")
     if address and not ray.is_initialized():
         check_reachable(address)  # before any work
+    check_output_path(chain.context.workdir, "run.workdir")
+    chain.check()  # every input and output, before anything is written
+    with hold_output(chain.context.workdir, "run.workdir"):
+        return _run_held(chain, config, echo)
+
+
+def _tracker(config: RunConfig, chain: _Chain) -> RunTracker:
+    """The run's MLflow parent run, its store made or opened here.
+
+    Raises:
+        TrackingError: the store cannot be opened (``run.tracking_uri`` /
+            ``MLFLOW_TRACKING_URI``); DiskFullError: no space for it.
+    """
+    uri = chain.context.tracking_uri
+    try:
+        return RunTracker(config, uri, chain.context.workdir)
+    except LvmaeError:
+        raise
+    except Exception as exc:
+        raise_if_disk_full(exc, f"the MLflow store {uri}")
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrackingError(
+            f"run.tracking_uri {uri}: cannot open the MLflow store ({first}); fix "
+            f"run.tracking_uri or MLFLOW_TRACKING_URI"
+        ) from exc
+
+
+def _run_held(chain: _Chain, config: RunConfig, echo: Callable[[str], None]) -> RunResult:
+    """:func:`run_main` once everything is checked and the workdir is held."""
     for stage in chain.stages:
-        stage.prepare(chain.context)
-    chain.check()
+        stage.prepare(chain.context)  # the sample library (idempotent), after every check
+    tracker = _tracker(config, chain)
     if any(not chain.is_done(s) for s in chain.stages if s.name != "report"):
         connect_ray(config.run.address)
-    tracker = RunTracker(config, chain.context.tracking_uri, chain.context.workdir)
     chain.context.parent_run_id = tracker.parent
     result = RunResult(parent_run_id=tracker.parent, tracking_uri=chain.context.tracking_uri)
     with tracker.parent_run():

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from lvmae.errors import LvmaeError
+from lvmae.storage import raise_if_disk_full
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.pt"
@@ -148,6 +149,8 @@ def save_checkpoint(
     Raises:
         CheckpointError: a config is not JSON-serialisable, or a state holds objects
             ``torch.load(weights_only=True)`` would refuse (checked before writing).
+        DiskFullError: no space left; nothing of the new checkpoint stays and the previous
+            ones are untouched.
     """
     directory = Path(directory)
     model_state = _strip_wrapper_prefixes(model_state)
@@ -174,8 +177,9 @@ def save_checkpoint(
     tmp.mkdir()
     old = None
     try:
-        torch.save(model_state, tmp / MODEL_FILE)
-        torch.save(train_state, tmp / TRAIN_STATE_FILE)
+        for name, obj in ((MODEL_FILE, model_state), (TRAIN_STATE_FILE, train_state)):
+            with (tmp / name).open("wb") as f:  # a Python file: ENOSPC keeps its errno
+                torch.save(obj, f)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         for name in (MODEL_FILE, TRAIN_STATE_FILE, CONFIG_FILE):
             _fsync_path(tmp / name)
@@ -184,10 +188,11 @@ def save_checkpoint(
             directory.rename(old)
         tmp.rename(directory)
         _fsync_path(directory.parent)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None and not directory.exists():
             old.rename(directory)  # put the previous checkpoint back
+        raise_if_disk_full(exc, f"checkpoint {directory}")  # the previous ones stay
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
@@ -219,6 +224,16 @@ def _read_config(directory: Path) -> dict:
     if not isinstance(config.get("model_config"), dict):
         raise CheckpointError(f"{path}: has no model_config object; the checkpoint is corrupt")
     return config
+
+
+def read_checkpoint_config(directory: str | os.PathLike) -> dict:
+    """The ``config.json`` of a checkpoint (``model_config``, ``train_config``, ``step``,
+    ``epoch``) without loading its tensors: what a command checks before any work.
+
+    Raises:
+        CheckpointError: missing, unreadable, another format version, or no model config.
+    """
+    return _read_config(Path(directory))
 
 
 def _load_pt(path: Path, map_location: Any) -> Any:

@@ -181,6 +181,11 @@ class StageContext:
         ``<workdir>/<stage>``."""
         return self.outs.get(stage) or default or self.path(stage)
 
+    def out_flag(self, stage: str) -> str:
+        """What names ``stage``'s output in an error: the command's ``--out``, else
+        ``run.workdir``."""
+        return "--out" if stage in self.outs else "run.workdir"
+
     def run_name(self, stage: str) -> str:
         """The name of ``stage``'s own run (MLflow, checkpoints): the command's, else
         ``<run.name>-<the stage's fingerprint>`` (one per config)."""

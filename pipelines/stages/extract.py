@@ -9,12 +9,12 @@ from typing import Any, ClassVar
 
 from lvmae.config import RunConfig
 from lvmae.encoders.specs import describe_encoder
-from lvmae.storage import check_object_store, read_videos, use_object_store
+from lvmae.storage import check_object_store, check_output_path, read_videos, use_object_store
 from lvmae.video.inputs import list_videos
 from lvmae.video.samples import make_samples, write_broken_videos
 from lvmae.video.shots import describe_detector
 from pipelines.connect import Reservation
-from pipelines.extract import extract_reservations, run_extraction
+from pipelines.extract import check_previous_output, extract_reservations, run_extraction
 from pipelines.stages.base import BaseStage, StageContext, StageOutput, sha
 
 
@@ -76,13 +76,22 @@ class ExtractStage(BaseStage):
         make_samples_for(context.config)
 
     def check(self, context: StageContext) -> None:
+        """The input lists videos (or, with ``samples:``, the library can be written
+        there), the encoder and shot detector are available, and the output can be written
+        and holds no other configuration's embeddings (unless ``overwrite``)."""
         e = context.config.extract
         use_object_store(e.storage)
-        check_object_store(context.config.run.input, write=False)
+        if context.config.samples is None:
+            check_object_store(context.config.run.input, write=False)
+            list_videos(context.config.run.input, e.extensions)
+        else:  # the library is generated there first (prepare), after every check
+            check_output_path(context.config.run.input, "run.input")
         check_object_store(context.embeddings, write=True)
-        list_videos(context.config.run.input, e.extensions)
         describe_encoder(e.encoder, e.encoder_checkpoint, e.encoder_seed)
         describe_detector(e)  # the shot detector's weights are installed (shot plans)
+        flag = "--out" if self.name in context.outs else "run.embeddings"
+        check_output_path(context.embeddings, flag)
+        check_previous_output(context.embeddings, e, overwrite=context.overwrite)
 
     def run(self, context: StageContext) -> ExtractOutput:
         summary = run_extraction(

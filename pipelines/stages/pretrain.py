@@ -7,9 +7,10 @@ from typing import Any, ClassVar
 
 from lvmae.config import RunConfig
 from lvmae.mae.model_registry import register_encoder
-from lvmae.storage import check_object_store
+from lvmae.storage import check_object_store, check_output_path
 from lvmae.tracking import log_embeddings_input
 from pipelines.connect import Reservation
+from pipelines.job_inputs import check_checkpoint_inputs, embedding_dim_of, resolve_checkpoint
 from pipelines.pretrain import preflight, pretrain_reservations, run_pretrain
 from pipelines.stages.base import BaseStage, StageContext, StageError, StageOutput, numbers, sha
 
@@ -46,9 +47,10 @@ class PretrainStage(BaseStage):
         return pretrain_reservations(config.pretrain)
 
     def check(self, context: StageContext) -> None:
-        """The embeddings' width and, when the run has a checkpoint already, that it loads
-        and fits the model (before Ray starts); not when this invocation extracts them
-        first."""
+        """The output can be written; the embeddings' width and, when the run has a
+        checkpoint already, that it loads and fits the model (before Ray starts); not when
+        this invocation extracts them first."""
+        check_output_path(context.out(self.name), context.out_flag(self.name))
         if "extract" in context.pending:
             return
         check_object_store(context.embeddings, write=False)  # s3:// / gs:// embeddings
@@ -79,6 +81,28 @@ class PretrainStage(BaseStage):
             model_uri=model_uri,
             tracking_uri=result.tracking_uri,
         )
+
+
+def check_evaluation_inputs(context: StageContext, stage: str, out: str) -> None:
+    """What a stage evaluating a checkpoint (probe, tune) checks before any work: its
+    output ``out`` can be written, the checkpoint reads (``--checkpoint``, or the
+    pre-training stage's when it ran earlier) and the embeddings have its width; inputs
+    that this invocation makes first (``context.pending``) are not there yet.
+
+    Raises:
+        StorageError, CheckpointError: naming the flag or path to fix.
+    """
+    check_output_path(out, context.out_flag(stage))
+    if context.checkpoint is None and ("pretrain" in context.pending
+                                       or "pretrain" not in context.records):  # fmt: skip
+        if "extract" not in context.pending:
+            embedding_dim_of(context.embeddings)
+        return
+    checkpoint = pretrained_checkpoint(context)
+    if "extract" in context.pending:
+        resolve_checkpoint(checkpoint)
+    else:
+        check_checkpoint_inputs(checkpoint, context.embeddings)
 
 
 def pretrained_checkpoint(context: StageContext) -> str:

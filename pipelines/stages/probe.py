@@ -13,7 +13,7 @@ from lvmae.probes.results import ProbeResult
 from pipelines.connect import Reservation
 from pipelines.probe import probe_reservations, run_probe
 from pipelines.stages.base import BaseStage, StageContext, StageOutput, sha
-from pipelines.stages.pretrain import pretrained_checkpoint
+from pipelines.stages.pretrain import check_evaluation_inputs, pretrained_checkpoint
 
 
 class ProbeOutput(StageOutput):
@@ -61,6 +61,7 @@ class ProbeStage(BaseStage):
 
     def check(self, context: StageContext) -> None:
         check_labels(context)
+        check_evaluation_inputs(context, self.name, context.out(self.name))
 
     def run(self, context: StageContext) -> ProbeOutput:
         checkpoint = pretrained_checkpoint(context)

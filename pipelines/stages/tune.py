@@ -12,7 +12,7 @@ from lvmae.probes.results import ProbeResult
 from pipelines.connect import Reservation
 from pipelines.probe import run_sweep, tune_reservations
 from pipelines.stages.base import BaseStage, StageContext, StageOutput, file_digest, sha
-from pipelines.stages.pretrain import pretrained_checkpoint
+from pipelines.stages.pretrain import check_evaluation_inputs, pretrained_checkpoint
 from pipelines.stages.probe import check_labels
 from tune.space import load_space
 
@@ -49,6 +49,7 @@ class TuneStage(BaseStage):
 
     def check(self, context: StageContext) -> None:
         check_labels(context)
+        check_evaluation_inputs(context, self.name, context.out(self.name, context.path("probe")))
         t = context.config.tune
         load_space(t.space, recipes={k: context.config.probe.config(k) for k in t.probes})
 

@@ -12,6 +12,7 @@ from lvmae.storage import write_manifest
 from lvmae.tracking import (
     log_embeddings_input,
     mlflow_ui_hint,
+    nested_under,
     open_run,
     run_status,
     source_tags,
@@ -80,3 +81,21 @@ def test_embeddings_are_logged_as_the_run_input(uri, tmp_path):
 def test_ui_hint_names_the_command():
     assert mlflow_ui_hint("sqlite:////w/demo/mlflow.db").startswith("MLflow UI: lvmae ui /w/demo")
     assert mlflow_ui_hint("http://mlflow:5000") == "MLflow UI: http://mlflow:5000"
+
+
+NAMES = ["it's", 'say "hi"', "both ' and \"", "a  b", "naïve 日本"]
+
+
+def test_open_run_finds_a_run_again_whatever_its_name(uri, tmp_path):
+    """Run names are matched in MLflow's search filter, quoted as its grammar allows (or in
+    Python when a name holds both quote characters): the same name finds the same run, a
+    prefix of it does not, and nested under a parent it is another run, found again."""
+    out = str(tmp_path)
+    for name in NAMES:
+        first = open_run(uri, "exp", name, out=out)
+        assert open_run(uri, "exp", name, out=out) == first
+        assert open_run(uri, "exp", name[:-1], out=out) != first
+        with nested_under("exp", first):
+            child = open_run(uri, "exp", name, out=out)
+            assert child != first
+            assert open_run(uri, "exp", name, out=out) == child
