@@ -32,6 +32,7 @@ from typing import Any, NamedTuple, Protocol
 import ray
 import torch
 from mlflow.entities import Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
@@ -45,7 +46,7 @@ from lvmae.probes.results import ProbeResult, result_from_fits, write_results
 from lvmae.probes.seeds import task_gpus
 from lvmae.probes.train import VAL_METRIC, resolve_device
 from lvmae.progress import Progress
-from lvmae.tracking import PARENT_TAG, log_numbers, run_status, tracked_run
+from lvmae.tracking import PARENT_TAG, end_run, log_numbers, run_status, tracked_run
 from tune.space import KNOBS, SAMPLERS, load_space, probe_config, recipe_point
 
 __all__ = ["KNOBS", "PROGRESS", "SAMPLERS", "TUNED_METHOD", "FitSeeds", "load_space", "run_tune"]
@@ -130,9 +131,15 @@ def _end_stopped_trials(client: MlflowClient, tracking: _Tracking) -> None:
     runs = client.search_runs(
         [tracking.experiment_id], filter_string=f"{mine} and attributes.status = 'RUNNING'"
     )
+    stop = SystemExit(0)  # how Tune stops a trial: end_run makes it KILLED with the reason
     for run in runs:
-        client.set_tag(run.info.run_id, "lvmae.error", STOPPED_BY_SCHEDULER)
-        client.set_terminated(run.info.run_id, "KILLED")
+        try:
+            end_run(client, run.info.run_id, stop, stopped=STOPPED_BY_SCHEDULER)
+        except MlflowException:
+            # the trial's own end_run wrote the same tag at the same moment (SQLite refuses
+            # the second insert); once the tag exists, writing it again is an update
+            if client.get_run(run.info.run_id).info.status == "RUNNING":
+                end_run(client, run.info.run_id, stop, stopped=STOPPED_BY_SCHEDULER)
 
 
 class TrialProgress(tune.Callback):
