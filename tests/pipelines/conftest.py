@@ -176,3 +176,19 @@ def recall_summary(ranks: np.ndarray) -> dict[str, float]:
         "R@10": float(np.mean(ranks <= 10)),
         "median_rank": float(np.median(ranks)),
     }
+
+
+def kill_once_videos_are_written(proc, out, *, deadline: float, videos: int = 2) -> None:
+    """SIGKILL ``proc``'s process group once ``out``'s videos table holds ``videos`` rows
+    (so output is on disk and the run is mid-way); fails if the run ends first."""
+    import signal
+    import time
+
+    from lvmae.storage import read_videos
+
+    while time.monotonic() < deadline and proc.poll() is None:
+        if read_videos(str(out)).num_rows >= videos:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)

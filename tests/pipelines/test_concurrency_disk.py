@@ -34,7 +34,7 @@ from lvmae.storage import (
     read_segments,
     read_videos,
 )
-from tests.pipelines.conftest import seed_store
+from tests.pipelines.conftest import kill_once_videos_are_written, seed_store
 from tests.pipelines.disks import file_size_limit, limit_preamble, resize_tmpfs, small_disk
 
 REPO = Path(__file__).resolve().parents[2]
@@ -150,12 +150,7 @@ def test_racing_extractions_one_refused_kill9_then_rerun_loses_nothing(
         (line,) = _error_lines(logs[refused].read_text())
         assert "--out" in line and str(out) in line and "in use" in line
         assert f"pid {holder.pid} " in line, line
-        while time.monotonic() < deadline and holder.poll() is None:
-            if read_videos(str(out)).num_rows >= 2:
-                break
-            time.sleep(0.05)
-        assert holder.poll() is None, "the run ended before it could be killed"
-        os.killpg(holder.pid, signal.SIGKILL)
+        kill_once_videos_are_written(holder, out, deadline=deadline)
     finally:
         for p in procs:
             if p.poll() is None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from lvmae.video.segments import fixed_segments
 from pipelines.cli import main
 from pipelines.extract import ExtractError, run_extraction
 from tests.fresh import fresh_python
-from tests.pipelines.conftest import seed_store
+from tests.pipelines.conftest import kill_once_videos_are_written, seed_store
 
 LVMAE = [sys.executable, "-m", "pipelines.cli"]
 BROKEN = ["zero_byte", "truncated", "text", "audio_only", "unreadable", "partial"]
@@ -351,12 +350,7 @@ def test_killed_run_streams_output_then_rerun_reads_every_segment_exactly_once(
     seg_dir = out / "segments"
     deadline = time.monotonic() + 240
     try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if read_videos(str(out)).num_rows >= 2:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run ended before it could be killed"
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_once_videos_are_written(proc, out, deadline=deadline)
     finally:
         proc.wait(timeout=60)
     at_kill = _raw_keys(seg_dir)
