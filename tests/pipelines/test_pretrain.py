@@ -298,7 +298,7 @@ def test_embed_covers_whole_videos_of_any_length(pretrained, sample_extraction, 
         assert [s for s, _ in windows[1:]] == [e for _, e in windows[:-1]]  # contiguous
         cls, tokens = np.zeros(64), np.zeros(64)
         for start, end in windows:
-            x = torch.from_numpy(np.ascontiguousarray(seq[start:end]))[None]
+            x = torch.from_numpy(np.array(seq[start:end]))[None]  # a writable copy
             with torch.no_grad():
                 c, t = model.encode(x, torch.ones(x.shape[:2], dtype=torch.bool), packed=False)
             cls += (end - start) * c[0].double().numpy()
