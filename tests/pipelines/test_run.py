@@ -479,7 +479,7 @@ def test_no_run_is_left_running_and_the_encoder_is_registered(chain, monkeypatch
     assert (video["num_tokens"], video["num_windows"]) == (len(seq), 1)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", result.tracking_uri)  # resolve models:/ there
     model = mlflow.pytorch.load_model(pretrain["model_uri"], map_location="cpu")
-    x = torch.from_numpy(seq[None])
+    x = torch.from_numpy(np.array(seq[None]))  # a writable copy
     cls = model(x, torch.ones(x.shape[:2], dtype=torch.bool)).numpy()[0]
     np.testing.assert_allclose(cls, np.asarray(video["cls"], np.float32), atol=1e-5)
     # the stages that read the embeddings record them as their input (digest = config_id)
