@@ -25,12 +25,15 @@ SAME = ["status", "error", "duration_s", "fps", "width", "height", "num_frames",
 
 
 @pytest.mark.parametrize("stride", [2.0, 5.0, 1.5])
-@pytest.mark.parametrize("duration", [9.5, 10.0, 10.5, 37.0, 600.0, 3600.0])
-def test_ranges_cover_every_segment_exactly_once(duration, stride):
-    range_s = 10.0
-    ranges = segment_ranges(duration, range_s=range_s, stride_s=stride)
-    assert len(ranges) == (1 if duration <= range_s else int(np.ceil(duration / range_s)))
-    n = len(fixed_segments(duration, segment_s=stride, stride_s=stride))
+@pytest.mark.parametrize(
+    "video_s, n_ranges",  # a video's length in seconds (not a timing) and its range count
+    [(9.5, 1), (10.0, 1), (10.5, 2), (37.0, 4), (600.0, 60), (3600.0, 360)],
+)
+def test_ranges_cover_every_segment_exactly_once(video_s, n_ranges, stride):
+    range_s = 10.0  # at, just below and just above it, then long videos
+    ranges = segment_ranges(video_s, range_s=range_s, stride_s=stride)
+    assert len(ranges) == n_ranges
+    n = len(fixed_segments(video_s, segment_s=stride, stride_s=stride))
     owner = Counter()
     for start, stop in ranges:
         owner.update(range(start, n if stop is None else min(stop, n)))
