@@ -166,9 +166,9 @@ class ExtractConfig(BaseModel):
         600.0,
         gt=0,
         description="a video longer than this many seconds (by its container's header) is "
-        "decoded as several tasks, each over a range of about this many seconds of its fixed "
-        "segments, so one long video keeps several cores busy; null: one task per video. "
-        "Shot segments are not split (their plan needs the whole video)",
+        "decoded as several tasks, each over a range of about this many seconds of its "
+        "segments, so one long video keeps several cores busy (shot segments: cut after one "
+        "task detects the shots); null: one task per video",
     )
     # encoder
     encoder: EncoderName = "tiny"

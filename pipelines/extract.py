@@ -3,6 +3,8 @@
 The Ray side stays thin; the per-video and per-batch logic lives in :mod:`lvmae`::
 
     list videos (driver)
+      → plan     (only for a video longer than range_s with shot segments: a CPU task
+                  detects its shots once and yields its segment plan's ranges, one row each)
       → decode   (CPU tasks, one video each: lvmae.video.clips.read_clips_bounded; at most
                   max_clips_in_flight clips in memory, one report per video). The tiny
                   encoder on CPU runs right here, loaded once per worker process.
@@ -63,11 +65,11 @@ from lvmae.storage import (
     write_table_atomic,
     written_segments,
 )
-from lvmae.video.clips import Clip, VideoReport, read_clips_bounded
+from lvmae.video.clips import Clip, SegmentPlan, VideoReport, read_clips_bounded
 from lvmae.video.decoding import container_duration
 from lvmae.video.inputs import VideoSource, list_videos, video_source
 from lvmae.video.remote import fetch_dir, remove_stale
-from lvmae.video.segments import segment_ranges
+from lvmae.video.segments import segment_ranges, split_plan
 from lvmae.video.shots import describe_detector, detector_versions
 from pipelines.connect import Reservation, connect_ray, library_log_level
 
@@ -164,17 +166,24 @@ def decode_videos(batch: dict[str, np.ndarray], config_json: str):
 
     rows = zip(
         batch["video_id"], batch["uri"], batch["done"], batch["first"], batch["stop"],
-        batch["part"], batch["parts"], strict=True,
+        batch["part"], batch["parts"], batch["plan"], strict=True,
     )  # fmt: skip
-    for video_id, uri, done, first, stop, part, parts in rows:
+    for video_id, uri, done, first, stop, part, parts, planned in rows:
         chunk: list[Clip] = []
         index_range = (int(first), None if stop < 0 else int(stop))
         share = {"part": int(part), "parts": int(parts)}
+        shipped = json.loads(planned) if planned else {}  # from plan_shots
+        if "report" in shipped:  # its planning failed: that is its report
+            report = VideoReport.from_dict(shipped["report"])
+            yield out(_report_batch(video_id, report, config, node_id, share))
+            continue
         try:
             with video_source(str(uri), config.storage) as source:
                 local = getattr(source, "local_path", None)
                 skip = frozenset(done.tolist())
                 which = {"skip": skip, "index_range": index_range, "gpus": gpus}
+                if "plan" in shipped:
+                    which["plan"] = SegmentPlan.from_dict(shipped["plan"])
                 for item in read_clips_bounded(source, config, **which):
                     if isinstance(item, Clip):
                         chunk.append(item)
@@ -185,9 +194,8 @@ def decode_videos(batch: dict[str, np.ndarray], config_json: str):
                     if chunk:
                         yield out(_clip_batch(video_id, chunk))
                         chunk = []
-                    if item.error and local is not None:  # name the object, not the copy
-                        error = item.error.replace(str(local), str(uri))
-                        item.error = error if str(uri) in error else f"{uri}: {error}"
+                    _name_object(item, local, uri)
+                    item.decode_s += shipped.get("plan_s", 0.0)  # the planning's time
                     yield out(_report_batch(video_id, item, config, node_id, share))
         except Exception as exc:  # the object cannot be read (after the client's retries)
             if chunk:
@@ -195,6 +203,67 @@ def decode_videos(batch: dict[str, np.ndarray], config_json: str):
             reason = str(exc) if str(uri) in str(exc) else f"cannot read {uri}: {exc}"
             report = VideoReport("failed", reason)
             yield out(_report_batch(video_id, report, config, node_id, share))
+
+
+def _name_object(report: VideoReport, local: Path | None, uri: str) -> None:
+    """Name the object, not its local copy, in ``report.error``."""
+    if report.error and local is not None:
+        error = report.error.replace(str(local), str(uri))
+        report.error = error if str(uri) in error else f"{uri}: {error}"
+
+
+def plan_shots(batch: dict[str, np.ndarray], config_json: str) -> Iterator[dict]:
+    """Ray Data stage before :func:`decode_videos` in a run with a long shot-segmented
+    video (``split``; :func:`plan_ranges`): plan each such video once (open it and detect
+    its shots, :func:`lvmae.video.clips.read_clips` with ``plan_only``, under the same time
+    limit), cut the plan into ranges of about ``range_s`` seconds
+    (:func:`lvmae.video.segments.split_plan`) and yield one row per range, ``part`` of
+    ``parts``, each carrying the plan as JSON in ``plan`` (segment times and the shot
+    results, tens of KiB per hour of video; the first range also the planning's seconds,
+    ``plan_s``, added to its decode seconds). A video whose planning fails yields one row
+    whose ``plan`` holds that failure's report, which :func:`decode_videos` passes on as
+    the video's report. Other rows pass through unchanged."""
+    import ray
+
+    config = ExtractConfig.model_validate_json(config_json)
+    use_object_store(config.storage)
+    gpus = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+    for i in range(len(batch["video_id"])):
+        row = {k: v[i : i + 1] for k, v in batch.items()}
+        if not row["split"][0]:
+            yield row
+            continue
+        uri = str(row["uri"][0])
+        plan, report = None, VideoReport("failed", f"{uri}: planning gave no report")
+        try:
+            with video_source(uri, config.storage) as source:
+                for item in read_clips_bounded(source, config, plan_only=True, gpus=gpus):
+                    if isinstance(item, SegmentPlan):
+                        plan = item
+                    else:
+                        report = item
+                _name_object(report, getattr(source, "local_path", None), uri)
+        except Exception as exc:  # the object cannot be read (after the client's retries)
+            reason = str(exc) if uri in str(exc) else f"cannot read {uri}: {exc}"
+            report = VideoReport("failed", reason)
+        if plan is None:
+            failed = json.dumps({"report": asdict(report)}, default=str)
+            yield {**row, "split": np.zeros(1, bool), "plan": np.array([failed], dtype=object)}
+            continue
+        ranges = split_plan(plan.segments, range_s=config.range_s or float("inf"))
+        n, shipped = len(ranges), json.dumps(plan.to_dict())
+        seconds = [report.decode_s] + [0.0] * (n - 1)  # the planning's, counted once
+        yield {
+            **{k: np.repeat(v, n, axis=0) for k, v in row.items()},
+            "split": np.zeros(n, bool),
+            "first": np.array([a for a, _ in ranges]),
+            "stop": np.array([-1 if b is None else b for _, b in ranges]),
+            "part": np.arange(n),
+            "parts": np.full(n, n),
+            "plan": np.array(
+                [f'{{"plan_s": {t!r}, "plan": {shipped}}}' for t in seconds], dtype=object
+            ),
+        }
 
 
 class EncodeClips:
@@ -718,23 +787,29 @@ def _header_duration(uri: str) -> float | None:
 
 def plan_ranges(
     todo: list[VideoSource], config: ExtractConfig, *, threads: int = 8
-) -> dict[str, list[tuple[int, int | None]]]:
-    """The segment ranges of every video longer than ``config.range_s`` seconds (by its
-    container's header, read by ``threads`` threads on the driver):
-    :func:`~lvmae.video.segments.segment_ranges`. Empty when ``range_s`` is None or the
-    segments are shots (their plan needs the whole video). Videos kept whole, and those
-    whose header gives no duration, are left out (one task each)."""
-    if config.range_s is None or config.segmenter != "fixed":
+) -> dict[str, list[tuple[int, int | None]] | None]:
+    """The videos longer than ``config.range_s`` seconds (by their container's header, read
+    by ``threads`` threads on the driver), decoded by several tasks over ranges of their
+    segments. Fixed segments: the ranges themselves,
+    :func:`~lvmae.video.segments.segment_ranges`. Shot segments: None, since their ranges
+    are cut after the shots are detected (:func:`plan_shots`, once per video). Empty when
+    ``range_s`` is None. Videos kept whole, and those whose header gives no duration, are
+    left out (one task each)."""
+    if config.range_s is None:
         return {}
     stride = config.stride_s or config.segment_s
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lvmae-probe") as pool:
         durations = list(pool.map(_header_duration, [s.uri for s in todo]))
-    out = {}
+    out: dict[str, list[tuple[int, int | None]] | None] = {}
     for source, duration in zip(todo, durations, strict=True):
-        if duration is not None:
-            own = segment_ranges(duration, range_s=config.range_s, stride_s=stride)
-            if len(own) > 1:
-                out[source.video_id] = own
+        if duration is None or duration <= config.range_s:
+            continue
+        if config.segmenter == "shots":
+            out[source.video_id] = None
+            continue
+        own = segment_ranges(duration, range_s=config.range_s, stride_s=stride)
+        if len(own) > 1:
+            out[source.video_id] = own
     return out
 
 
@@ -743,12 +818,15 @@ def build_dataset(
     config: ExtractConfig,
     done: dict[str, list[int]] | None = None,
     reservations: dict[str, Reservation] | None = None,
-    ranges: dict[str, list[tuple[int, int | None]]] | None = None,
+    ranges: dict[str, list[tuple[int, int | None]] | None] | None = None,
 ):
     """The extraction as a lazy Ray Dataset: decode (CPU tasks, one per video or, for a
     video in ``ranges`` (:func:`plan_ranges`), one per range of its segments) and, unless
     the encoder runs inside them, encode (actor pool with ``encoder_gpus()`` GPUs and
-    ``encoder_cpu_share()`` CPUs each). Rows: ``video_id``, ``segment_index`` (-1 for a
+    ``encoder_cpu_share()`` CPUs each). A long video with shot segments (None in
+    ``ranges``) is planned first by a task of its own (:func:`plan_shots`, reserving what a
+    decode task does), whose rows, one per range, are split into blocks of one row, so each
+    range is again a decode task of its own. Rows: ``video_id``, ``segment_index`` (-1 for a
     video's report row), ``start_s``, ``end_s``, ``frame_indices``, ``frame_times_s``,
     ``embedding``, ``report`` (JSON or empty). ``done`` maps a video to the indices of its
     segments already on disk (not decoded again). ``reservations``: what each decode task
@@ -763,25 +841,28 @@ def build_dataset(
         {
             "video_id": s.video_id, "uri": s.uri, "done": np.asarray(done.get(s.video_id, [])),
             "first": first, "stop": -1 if stop is None else stop, "part": part, "parts": len(own),
+            "split": s.video_id in ranges and ranges[s.video_id] is None, "plan": "",
         }
         for s in todo
-        for own in [ranges.get(s.video_id, [(0, None)])]
+        for own in [ranges.get(s.video_id) or [(0, None)]]
         for part, (first, stop) in enumerate(own)
     ]  # fmt: skip
     reserve = reservations or extract_reservations(config)
     decode = reserve["decode"]
-    # one block, so one decode task, per item: the ranges of a long video run side by side
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(
-        decode_videos,
-        batch_size=1,
-        fn_kwargs={"config_json": config_json},
-        num_cpus=decode.cpus,
+    on_cpu = {
+        "batch_size": 1,
+        "fn_kwargs": {"config_json": config_json},
+        "num_cpus": decode.cpus,
         # Declared memory also keeps Ray Data from fusing decoding into the encoder actors:
         # decoding must scale out over CPU tasks, not run serially inside the actor pool.
-        memory=(decode.memory_mb or 0) * 2**20 or None,
+        "memory": (decode.memory_mb or 0) * 2**20 or None,
         **({"resources": dict(decode.resources)} if decode.resources else {}),
-    )
+    }
+    # one block, so one decode task, per item: the ranges of a long video run side by side
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    if any(item["split"] for item in items):
+        ds = ds.map_batches(plan_shots, **on_cpu).repartition(target_num_rows_per_block=1)
+    ds = ds.map_batches(decode_videos, **on_cpu)
     encode = reserve.get("encode")
     if encode is None:
         return ds
@@ -831,7 +912,6 @@ class _Bookkeeping:
         self.config_id = config.config_id()
         self.summary, self.writer, self.bar, self.on_flush = summary, writer, progress, on_flush
         self.received: dict[str, int] = defaultdict(int)
-        self.parts: dict[str, int] = {}  # videos decoded as several ranges: how many
         self.part_reports: dict[str, dict[int, dict]] = defaultdict(dict)
         self.reports: dict[str, dict] = {}
         self.finished: set[str] = set()
@@ -848,7 +928,7 @@ class _Bookkeeping:
             else:
                 part = json.loads(rep)
                 self.part_reports[vid][part.get("part", 0)] = part
-                if len(self.part_reports[vid]) == self.parts.get(vid, 1):
+                if len(self.part_reports[vid]) == part.get("parts", 1):
                     self.reports[vid] = merge_reports(list(self.part_reports[vid].values()))
             report = self.reports.get(vid)
             if report and vid not in self.finished and self.received[vid] >= report["num_clips"]:
@@ -900,9 +980,10 @@ class _Bookkeeping:
 
 
 @contextmanager
-def _data_context(config: ExtractConfig, encoder: dict, n_videos: int) -> Iterator[None]:
+def _data_context(config: ExtractConfig, encoder: dict, n_tasks: int) -> Iterator[None]:
     """Ray Data settings for the extraction's dataset, restored afterwards: no progress bars
-    (ours count videos), a crashed decode task loses one video rather than the run, and,
+    (ours count videos), a crashed decode task loses one video rather than the run (up to
+    ``n_tasks`` of them; negative: no limit), and,
     where decode tasks embed, output blocks of about one encoder batch, so segments reach
     the driver (and disk) while a long video is still being decoded."""
     from ray.data import DataContext
@@ -910,7 +991,7 @@ def _data_context(config: ExtractConfig, encoder: dict, n_videos: int) -> Iterat
     ctx = DataContext.get_current()
     saved = ctx.enable_progress_bars, ctx.max_errored_blocks, ctx.target_max_block_size
     ctx.enable_progress_bars = False
-    ctx.max_errored_blocks = n_videos
+    ctx.max_errored_blocks = n_tasks
     if config.encodes_in_decode_tasks():
         # Ray Data emits a task's output block once it holds MORE than this many bytes. A
         # row holds at least its float32 embedding, so every yielded batch of
@@ -934,12 +1015,15 @@ def _run_pipeline(
     ranges = plan_ranges(todo, config)
     if ranges:
         log.info(
-            "%d of %d videos are longer than %g s: decoded as %d ranges of their segments",
-            len(ranges), len(todo), config.range_s, sum(len(r) for r in ranges.values()),
+            "%d of %d videos are longer than %g s: decoded as ranges of their segments%s",
+            len(ranges), len(todo), config.range_s,
+            " (cut after their shots are detected)" if config.segmenter == "shots" else
+            f" ({sum(len(r or ()) for r in ranges.values())} ranges)",
         )  # fmt: skip
-    book.parts = {v: len(r) for v, r in ranges.items()}
+    # a shot-segmented video's range count is known only once its shots are: no limit then
+    tasks = -1 if None in ranges.values() else len(todo) + sum(map(len, ranges.values()))
     try:
-        with _data_context(config, encoder, len(todo) + sum(len(r) for r in ranges.values())):
+        with _data_context(config, encoder, tasks):
             ds = build_dataset(todo, config, done, reservations, ranges)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             book.add(batch, segment_table(batch, encoder["name"], config_id, dim))

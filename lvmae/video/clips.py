@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,12 @@ class VideoReport:
     decoder_reason: str | None = None
     extra: dict = field(default_factory=dict)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VideoReport:
+        """The report that :func:`dataclasses.asdict` turned into ``data`` (JSON-ready)."""
+        info = data.get("info")
+        return cls(**{**data, "info": VideoInfo(**info) if info else None})
+
 
 @dataclass
 class SegmentPlan:
@@ -108,6 +114,16 @@ class SegmentPlan:
             )
             if self.analysis_error:
                 report.extra["shot_analysis_error"] = self.analysis_error
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as JSON-ready data (segments as ``{index, start_s, end_s}``)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SegmentPlan:
+        """The plan :meth:`to_dict` gave (seconds round-trip exactly through JSON)."""
+        segments = [Segment(**s) for s in data["segments"]]
+        return cls(**{**data, "segments": segments})
 
 
 def _local_path(path: str | Path | RemoteVideo) -> str | Path:
@@ -225,7 +241,10 @@ def read_clips(
     skip: frozenset[int] = frozenset(),
     index_range: tuple[int, int | None] = (0, None),
     gpus: Sequence[object] = (),
-) -> Iterator[Clip | VideoReport]:
+    *,
+    plan: SegmentPlan | None = None,
+    plan_only: bool = False,
+) -> Iterator[Clip | SegmentPlan | VideoReport]:
     """Decode a video into clips, in segment order, then one :class:`VideoReport`.
 
     Opens with ``config.decoder`` (PyAV as the fallback for decord; PyAV with frame
@@ -240,6 +259,11 @@ def read_clips(
     ``auto`` are resolved first against ``gpus``, the GPU ids this worker holds
     (:func:`lvmae.video.nvdec.choose_decoder`; the reason for a CPU decoder goes to
     ``report.decoder_reason``).
+
+    ``plan``: the video's plan, made earlier by a ``plan_only`` read of the same file with
+    the same config (a long shot-segmented video split across tasks plans once), used
+    instead of planning again. ``plan_only``: open and plan, yield the
+    :class:`SegmentPlan`, then the report (``num_clips`` 0); no clip is decoded.
     """
     start, stop = index_range
     t0 = time.perf_counter()
@@ -252,11 +276,13 @@ def read_clips(
             config = config.model_copy(update={"decoder": choice.decoder})
         with _open_reader(path, config) as reader:
             report.info = reader.info
-            plan = plan_video(reader, path, config)
+            plan = plan_video(reader, path, config) if plan is None else plan
             plan.annotate(report)  # cuts_s, shot_detector (shot plans)
             segments = plan.segments
             report.num_segments = len(segments)
-            mine = segments[start:stop]  # indices are list positions (0..S-1)
+            mine = [] if plan_only else segments[start:stop]  # indices: positions 0..S-1
+            if plan_only:
+                yield plan
             todo = [seg for seg in mine if seg.index not in skip]
             for clip in _sampled_clips(reader, todo, config) if todo else ():
                 yield clip
@@ -286,8 +312,8 @@ _DONE = object()
 def read_clips_bounded(
     path: str | Path | RemoteVideo, config: ExtractConfig, **which: Any
 ) -> Iterator[Clip | VideoReport]:
-    """:func:`read_clips` (``which``: its ``skip``, ``index_range`` and ``gpus``) under a
-    time limit, with bounded memory.
+    """:func:`read_clips` (``which``: its ``skip``, ``index_range``, ``gpus``, ``plan`` and
+    ``plan_only``) under a time limit, with bounded memory.
 
     Decoding runs in a daemon thread that hands clips over through a queue of
     ``config.max_clips_in_flight`` places, so at most that many clips (plus the one being

@@ -120,6 +120,37 @@ def segment_ranges(
     return [*itertools.pairwise(starts), (starts[-1], None)]
 
 
+def split_plan(segments: list[Segment], *, range_s: float) -> list[tuple[int, int | None]]:
+    """Split a planned video (its segments, any lengths: a shot plan) into ranges of segment
+    indices that separate tasks decode, each about ``range_s`` seconds of video.
+
+    The plan's span ``[0, D)`` (``D``: the last segment's end) is cut into ``n = ceil(D /
+    range_s)`` equal spans of time, and range ``i`` holds the segments that start in span
+    ``i``; a span where no segment starts (a segment longer than ``D / n``) gives no range,
+    so there may be fewer than ``n``. A plan of at most ``range_s`` seconds is one range.
+    The last range is open (``stop`` None), as in :func:`segment_ranges`.
+
+    Args:
+        segments: the plan, indices ``0..S-1`` in time order (``S >= 1``).
+        range_s: the target range length in seconds (> 0).
+
+    Returns:
+        ``[(start, stop), ...]``: segment indices ``start <= k < stop`` (``stop`` None: to
+        the end), in order, disjoint, non-empty, covering ``[0, inf)``.
+
+    Raises:
+        ValueError: an empty plan or a non-positive ``range_s``.
+    """
+    if not segments or not range_s > 0:
+        raise ValueError(f"need segments and range_s > 0; got {len(segments)} segments, {range_s}")
+    span = max(s.end_s for s in segments)
+    n = max(1, math.ceil(span / range_s - _EPS))
+    starts_s = np.array([s.start_s for s in segments])
+    cuts = np.searchsorted(starts_s, np.arange(1, n) * (span / n) - _EPS, side="left")
+    starts = sorted({0, *(int(c) for c in cuts if c < len(segments))})
+    return [*itertools.pairwise(starts), (starts[-1], None)]
+
+
 def sample_frame_indices(
     frame_times_s: np.ndarray, starts_s: np.ndarray, ends_s: np.ndarray, num_frames: int
 ) -> np.ndarray:
