@@ -4,11 +4,14 @@ by ``MLFLOW_TRACKING_URI`` on a cluster."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import getpass
 import json
 import logging
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -16,14 +19,16 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
-from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-from mlflow.tracking import MlflowClient
+import platformdirs
+from filelock import FileLock
 
 from lvmae.errors import LvmaeError
 from lvmae.storage import read_manifest
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +59,77 @@ def default_tracking_uri(out: str) -> str:
     )
 
 
+CACHE_ENV = "LVMAE_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """This machine's cache of what lvmae makes once and reuses: ``LVMAE_CACHE_DIR``, else
+    the user cache directory (``~/.cache/lvmae`` on Linux, by ``platformdirs``)."""
+    return Path(os.environ.get(CACHE_ENV) or platformdirs.user_cache_dir("lvmae")).expanduser()
+
+
+@functools.cache
+def _empty_store() -> Path | None:
+    """An empty SQLite tracking store with this MLflow version's schema, made once per
+    machine under :func:`cache_dir` (a new store runs every MLflow schema migration: about
+    2 CPU-s, ``benchmarks/RESULTS.md`` "Fixed start cost"). It holds no experiment: MLflow
+    creates its ``Default`` experiment, with the new store's own artifact root and time,
+    when a store without one is opened. None when the cache cannot be written (each new
+    store is then migrated as MLflow does it)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    folder = cache_dir() / "mlflow"
+    path = folder / f"empty-store-{mlflow.__version__}.db"
+    if path.is_file():
+        return path
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock", timeout=300):  # another process may be making it
+            if not path.is_file():
+                part = folder / f".part-{os.getpid()}-{path.name}"
+                part.unlink(missing_ok=True)
+                MlflowClient(tracking_uri=f"sqlite:///{part}").search_experiments(max_results=1)
+                with contextlib.closing(sqlite3.connect(part)) as db, db:
+                    db.execute("DELETE FROM experiments")  # MLflow makes Default on open
+                part.replace(path)
+    except (OSError, sqlite3.Error, TimeoutError) as exc:
+        log.debug("no MLflow store template in %s: %s", folder, exc)
+        return None
+    return path
+
+
+def prepare_local_store(tracking_uri: str) -> None:
+    """Give a local SQLite store that does not exist yet (``sqlite:///<path>``, its folder
+    existing) its schema by copying :func:`_empty_store`: what MLflow's migrations would
+    make, in milliseconds. Anything else (another backend, an existing file, a missing
+    folder, a cache that cannot be written) is left to MLflow. Two processes preparing the
+    same store never overwrite each other (the copy is linked in only where no file is)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    if db.exists() or not db.parent.is_dir():
+        return
+    template = _empty_store()
+    if template is None:
+        return
+    part = db.with_name(f".{db.name}.{os.getpid()}.part")
+    try:
+        shutil.copyfile(template, part)
+        os.link(part, db)  # fails where a store appeared meanwhile: that one is kept
+    except OSError as exc:
+        log.debug("store %s left to MLflow: %s", db, exc)
+    finally:
+        part.unlink(missing_ok=True)
+
+
 def metric_key(name: str) -> str:
     """An MLflow-legal metric name (``R@1`` → ``R_at_1``; MLflow allows only alphanumerics,
     ``_ - . / :`` and spaces)."""
     return name.replace("@", "_at_")
 
 
-def resolve_tracking_uri(
-    given: str | None, out: str, *, near: str | Path | None = None
-) -> str:
+def resolve_tracking_uri(given: str | None, out: str, *, near: str | Path | None = None) -> str:
     """The MLflow store a job logs to, decided here and nowhere else: ``given`` (a config's
     ``tracking_uri``, or the one the main job resolved for all its stages), else
     ``MLFLOW_TRACKING_URI``, else — for a job that uses a pre-training checkpoint (``near``)
@@ -122,7 +189,12 @@ def open_run(
     dicts as JSON). A new experiment keeps its artifacts under ``<out>/mlartifacts`` when
     the store is a local SQLite file, never in the current directory. Inside
     :func:`nested_under`, the run lives in that block's experiment, under its parent run.
-    Any run name works (quotes, spaces, non-ASCII: :func:`find_run`)."""
+    Any run name works (quotes, spaces, non-ASCII: :func:`find_run`). A new local SQLite
+    store starts from :func:`prepare_local_store`."""
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    prepare_local_store(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri)
     parent = _PARENT.get()
     match = {"lvmae.run_name": run_name}
@@ -160,6 +232,8 @@ def system_metrics(run_id: str, tracking_uri: str, interval_s: float = 10.0) -> 
     """Log this machine's CPU, memory, disk, network and (where present) GPU use to
     ``run_id`` every ``interval_s`` seconds (MLflow's ``system/...`` metrics) while the
     block runs."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
     monitor = SystemMetricsMonitor(
         run_id, sampling_interval=interval_s, resume_logging=True, tracking_uri=tracking_uri
     )
@@ -175,6 +249,8 @@ def log_numbers(
 ) -> None:
     """Log the real-number entries of ``values`` (bools and non-numbers left out) as metrics
     at ``step``, in one call per 1,000 (MLflow's batch limit)."""
+    from mlflow.entities import Metric
+
     ts = int(time.time() * 1000)
     metrics = [
         Metric(metric_key(prefix + k), float(v), ts, step)
@@ -241,6 +317,8 @@ def tracked_run(
     exits (:func:`run_status`: FINISHED, or FAILED with the error as the ``lvmae.error`` tag;
     the exception propagates). Yields the run id."""
     run_id = open_run(tracking_uri, *names, **run)
+    from mlflow.tracking import MlflowClient
+
     with run_status(MlflowClient(tracking_uri=tracking_uri), run_id):
         if with_system_metrics:
             with system_metrics(run_id, tracking_uri):
@@ -254,6 +332,9 @@ def log_embeddings_input(tracking_uri: str, run_id: str, embeddings: str) -> Non
     dataset lineage): the URI as the source and the extraction's ``config_id`` (from its
     manifest) as the digest, context ``training``."""
     manifest = read_manifest(embeddings) or {}
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.tracking import MlflowClient
+
     dataset = Dataset(
         name="segment-embeddings",
         digest=str(manifest.get("config_id", "unknown")),

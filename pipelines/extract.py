@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -128,6 +128,44 @@ def _worker_encoder(name: str, checkpoint: str | None, seed: int) -> FrozenEncod
     from lvmae.encoders.models import build_encoder  # torch: workers only, never the driver
 
     return build_encoder(name, checkpoint=checkpoint, seed=seed)
+
+
+def _warm_worker(config_json: str) -> str | None:
+    """A decode worker's start, done ahead (:func:`warm_decode_workers`): the decode stage
+    imported and the frozen encoder built into this process's cache. Never raises: a
+    failure is returned (the real task meets it again and records it per video)."""
+    try:
+        config = ExtractConfig.model_validate_json(config_json)
+        _worker_encoder(config.encoder, config.encoder_checkpoint, config.encoder_seed)
+        import av  # noqa: F401
+        import decord  # noqa: F401  (the readers' own imports)
+    except Exception as exc:  # reported by the decode tasks, per video
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def warm_decode_workers(config: ExtractConfig, reservation: Reservation, tasks: int) -> list[Any]:
+    """Start, as soon as Ray is up, the worker processes the first decode tasks will run in,
+    and build the encoder there, while the driver still opens its MLflow run, reads what is
+    on disk and plans the dataset (:func:`_extract_held`). Ray reuses a job's idle workers,
+    so the first tasks find the encoder built: a new worker spends about 4 CPU-s importing
+    torch and LanguageBind's model code (``benchmarks/RESULTS.md``, "Fixed start cost").
+
+    One warm-up per decode slot (the cluster's CPUs, or ``decode_resources``, over what a
+    task reserves), at most ``tasks``; none unless the encoder runs inside the decode tasks
+    (:meth:`ExtractConfig.encodes_in_decode_tasks`). Returns the warm-ups' object refs (a
+    failure inside one is returned, not raised)."""
+    import ray
+
+    if not config.encodes_in_decode_tasks() or tasks <= 0:
+        return []
+    have = ray.cluster_resources()
+    need = {"CPU": reservation.cpus or 0.0, **dict(reservation.resources or {})}
+    slots = min((int(have.get(k, 0.0) // v) for k, v in need.items() if v > 0), default=tasks)
+    extra = {"resources": dict(reservation.resources)} if reservation.resources else {}
+    warm = ray.remote(_warm_worker).options(num_cpus=reservation.cpus, **extra)
+    config_json = config.model_dump_json()
+    return [warm.remote(config_json) for _ in range(min(slots, tasks))]
 
 
 def _embed(batch: dict[str, np.ndarray], encoder: FrozenEncoder) -> dict[str, np.ndarray]:
@@ -504,6 +542,9 @@ def _extract_held(
     warm = _WarmStore(out, tracking_uri) if track else None
     try:
         connect_ray()
+        decode = (reservations or extract_reservations(config))["decode"]
+        # at most one per video: a long video split in ranges warms its first worker only
+        warm_decode_workers(config, decode, len(sources))
         if warm is not None:
             warm.join()
         check_gpus(config)
@@ -552,7 +593,8 @@ def _extract_held(
 class _WarmStore:
     """MLflow loaded, and the run's SQLite store made ready, in a thread while Ray starts
     (both take seconds, Ray's start mostly waiting). An existing store is opened (a rerun).
-    A new one is created in a temporary directory (its schema migrations take 2-3 s) and
+    A new one is created in a temporary directory (a copy of the migrated empty store,
+    :func:`lvmae.tracking.prepare_local_store`, else MLflow's migrations: about 2 CPU-s) and
     moved to ``<out>/mlflow.db`` only when :meth:`place` is called, once the output checks
     passed: a refused run still writes nothing. Errors are left for the real use."""
 
@@ -566,7 +608,11 @@ class _WarmStore:
         try:
             from mlflow.tracking import MlflowClient  # mlflow: driver only
 
-            from lvmae.tracking import STORE_FILE, resolve_tracking_uri  # loads mlflow
+            from lvmae.tracking import (  # loads mlflow
+                STORE_FILE,
+                prepare_local_store,
+                resolve_tracking_uri,
+            )
 
             # importing mlflow set its loggers to INFO (Ray may still be starting, so
             # connect_ray has not quietened them): the schema migrations stay off the console
@@ -579,6 +625,7 @@ class _WarmStore:
             if given is None and not Path(self.out, STORE_FILE).exists():
                 template = Path(tempfile.mkdtemp(prefix="lvmae-store-")) / STORE_FILE
                 uri = f"sqlite:///{template}"
+            prepare_local_store(uri)  # a copy of this machine's migrated empty store
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
             self.template = template
         except Exception as exc:  # reported where the store is really used

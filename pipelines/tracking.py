@@ -7,8 +7,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from mlflow.tracking import MlflowClient
-
 from lvmae.config import RunConfig
 from lvmae.tracking import end_run, nested_under, open_run, run_status, system_metrics
 
@@ -23,6 +21,8 @@ class RunTracker:
     """
 
     def __init__(self, config: RunConfig, tracking_uri: str, workdir: str) -> None:
+        from mlflow.tracking import MlflowClient  # mlflow: once a chain runs, not at import
+
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.experiment = config.run.experiment

@@ -6,7 +6,8 @@ variable of the caller's environment (``MLFLOW_TRACKING_URI``, ``RAY_ADDRESS``, 
 anything that would send runs to the user's MLflow server or join the user's Ray cluster)
 and gives the session a Ray temporary directory of its own (``RAY_TMPDIR``, short for Ray's
 unix socket paths), where Ray looks for a running local cluster and starts its own, and a
-fresh Ray token of its own (never ``~/.ray/auth_token``). ``lvmae`` subprocesses of the
+fresh Ray token of its own (never ``~/.ray/auth_token``), and an lvmae cache directory of
+its own (``LVMAE_CACHE_DIR``: the migrated empty MLflow store). ``lvmae`` subprocesses of the
 tests inherit all of this; a test that needs one of these variables sets it itself.
 """
 
@@ -26,7 +27,8 @@ ISOLATED_PREFIXES = ("MLFLOW_", "RAY_")
 def isolate_environment() -> str:
     """Clear the caller's ``MLFLOW_*`` / ``RAY_*`` variables and set the suite's own: a
     private Ray temp dir (returned; removed by :func:`pytest_unconfigure`), token
-    authentication with a fresh token, Ray's usage stats and log deduplication off."""
+    authentication with a fresh token, Ray's usage stats and log deduplication off, and
+    the lvmae cache inside that temp dir."""
     for name in [k for k in os.environ if k.startswith(ISOLATED_PREFIXES)]:
         del os.environ[name]
     # under /tmp whatever TMPDIR says: Ray's socket paths (about 107 characters at most) live
@@ -38,6 +40,7 @@ def isolate_environment() -> str:
         RAY_AUTH_TOKEN=secrets.token_hex(32),
         RAY_USAGE_STATS_ENABLED="0",
         RAY_DEDUP_LOGS="0",
+        LVMAE_CACHE_DIR=str(Path(ray_tmp) / "cache"),  # the session's own (lvmae.tracking)
     )
     return ray_tmp
 

@@ -16,14 +16,16 @@ import csv
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from lvmae.labels import LabelSet
 from lvmae.probes.metrics import classification_report, confusion_matrix, plot_confusion_matrix
-from lvmae.probes.train import ProbeFit
+
+if TYPE_CHECKING:  # torch: not for a driver that only reads results
+    from lvmae.probes.train import ProbeFit
 
 __all__ = ["ProbeResult", "TaskKind", "result_from_fit", "result_from_fits", "write_results"]
 

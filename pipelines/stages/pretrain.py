@@ -6,12 +6,9 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from lvmae.config import RunConfig
-from lvmae.mae.model_registry import register_encoder
 from lvmae.storage import check_object_store, check_output_path
 from lvmae.tracking import log_embeddings_input
 from pipelines.connect import Reservation
-from pipelines.job_inputs import check_checkpoint_inputs, embedding_dim_of, resolve_checkpoint
-from pipelines.pretrain import preflight, pretrain_reservations, run_pretrain
 from pipelines.stages.base import BaseStage, StageContext, StageError, StageOutput, numbers, sha
 
 
@@ -44,6 +41,8 @@ class PretrainStage(BaseStage):
         return {k: v for k, v in fields.items() if k not in skip}
 
     def resources(self, config: RunConfig) -> dict[str, Reservation]:
+        from pipelines.pretrain import pretrain_reservations  # torch and Ray Train: here only
+
         return pretrain_reservations(config.pretrain)
 
     def check(self, context: StageContext) -> None:
@@ -54,12 +53,16 @@ class PretrainStage(BaseStage):
         if "extract" in context.pending:
             return
         check_object_store(context.embeddings, write=False)  # s3:// / gs:// embeddings
+        from pipelines.pretrain import preflight  # heavy: torch, Ray Train
+
         preflight(context.embeddings, context.out(self.name), context.config.pretrain,
                   context.run_name(self.name))  # fmt: skip
 
     def run(self, context: StageContext) -> PretrainOutput:
         """Pre-train, then log the embeddings as the run's input dataset and register the
         encoder as an MLflow model (what ``lvmae pretrain`` and ``lvmae run`` both do)."""
+        from pipelines.pretrain import run_pretrain  # heavy: torch, Ray Train
+
         result = run_pretrain(
             context.embeddings, context.out(self.name), context.config.pretrain,
             run_name=context.run_name(self.name), tracking_uri=context.tracking_uri,
@@ -70,6 +73,8 @@ class PretrainStage(BaseStage):
         model_uri = None
         if result.mlflow_run_id is not None:
             log_embeddings_input(result.tracking_uri, result.mlflow_run_id, context.embeddings)
+            from lvmae.mae.model_registry import register_encoder  # mlflow.pytorch: torch
+
             model_uri = register_encoder(
                 result.checkpoint, tracking_uri=result.tracking_uri, run_id=result.mlflow_run_id
             ).model_uri
@@ -92,6 +97,9 @@ def check_evaluation_inputs(context: StageContext, stage: str, out: str) -> None
     Raises:
         StorageError, CheckpointError: naming the flag or path to fix.
     """
+    # torch (checkpoints, the frozen encoder): imported by the stages that evaluate only
+    from pipelines.job_inputs import check_checkpoint_inputs, embedding_dim_of, resolve_checkpoint
+
     check_output_path(out, context.out_flag(stage))
     if context.checkpoint is None and ("pretrain" in context.pending
                                        or "pretrain" not in context.records):  # fmt: skip

@@ -11,7 +11,6 @@ from lvmae.config import ConfigError, LabelsSource, RunConfig
 from lvmae.labels import read_labels
 from lvmae.probes.results import ProbeResult
 from pipelines.connect import Reservation
-from pipelines.probe import probe_reservations, run_probe
 from pipelines.stages.base import BaseStage, StageContext, StageOutput, sha
 from pipelines.stages.pretrain import check_evaluation_inputs, pretrained_checkpoint
 
@@ -57,6 +56,8 @@ class ProbeStage(BaseStage):
     def resources(self, config: RunConfig) -> dict[str, Reservation]:
         """What each probe-training task reserves (the driver itself only orchestrates;
         a GPU share left None is resolved against the cluster when the stage runs)."""
+        from pipelines.probe import probe_reservations  # Ray Tune: only where probes run
+
         return probe_reservations(config.probe)
 
     def check(self, context: StageContext) -> None:
@@ -64,6 +65,8 @@ class ProbeStage(BaseStage):
         check_evaluation_inputs(context, self.name, context.out(self.name))
 
     def run(self, context: StageContext) -> ProbeOutput:
+        from pipelines.probe import run_probe  # heavy: torch, Ray Tune
+
         checkpoint = pretrained_checkpoint(context)
         out = context.out(self.name)
         results = run_probe(

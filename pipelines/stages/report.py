@@ -7,8 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from mlflow.tracking import MlflowClient
-
 from lvmae.tracking import mlflow_ui_hint
 from pipelines.report import write_report
 from pipelines.stages.base import BaseStage, StageContext, StageOutput, sha
@@ -34,6 +32,8 @@ def loss_history(tracking_uri: str, run_id: str | None) -> dict[str, list[tuple[
     """``train/loss`` and ``val/loss`` of the pre-training MLflow run, as (step, value)."""
     if not run_id:
         return {}
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient(tracking_uri=tracking_uri)
     history = {}
     for key in ("train/loss", "val/loss"):
@@ -93,6 +93,8 @@ class ReportStage(BaseStage):
             probe_dir=probe_dir,
             notes=[mlflow_ui_hint(context.tracking_uri)],
         )
+        from mlflow.tracking import MlflowClient
+
         client = MlflowClient(tracking_uri=context.tracking_uri)
         if context.stage_run_id is not None:
             client.log_artifacts(context.stage_run_id, str(out))

@@ -10,11 +10,9 @@ from typing import Any, ClassVar
 from lvmae.config import RunConfig
 from lvmae.probes.results import ProbeResult
 from pipelines.connect import Reservation
-from pipelines.probe import run_sweep, tune_reservations
 from pipelines.stages.base import BaseStage, StageContext, StageOutput, file_digest, sha
 from pipelines.stages.pretrain import check_evaluation_inputs, pretrained_checkpoint
 from pipelines.stages.probe import check_labels
-from tune.space import load_space
 
 
 class TuneOutput(StageOutput):
@@ -45,15 +43,21 @@ class TuneStage(BaseStage):
         }
 
     def resources(self, config: RunConfig) -> dict[str, Reservation]:
+        from pipelines.probe import tune_reservations  # Ray Tune: only where it runs
+
         return tune_reservations(config.tune)
 
     def check(self, context: StageContext) -> None:
         check_labels(context)
         check_evaluation_inputs(context, self.name, context.out(self.name, context.path("probe")))
+        from tune.space import load_space  # heavy: Ray Tune
+
         t = context.config.tune
         load_space(t.space, recipes={k: context.config.probe.config(k) for k in t.probes})
 
     def run(self, context: StageContext) -> TuneOutput:
+        from pipelines.probe import run_sweep  # heavy: torch, Ray Tune
+
         checkpoint = pretrained_checkpoint(context)
         out = context.out(self.name, context.path("probe"))  # shares the probe's feature cache
         results = run_sweep(

@@ -4,6 +4,7 @@ embeddings read are recorded as inputs. Real MLflow (SQLite in a temp dir)."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -99,3 +100,96 @@ def test_open_run_finds_a_run_again_whatever_its_name(uri, tmp_path):
             child = open_run(uri, "exp", name, out=out)
             assert child != first
             assert open_run(uri, "exp", name, out=out) == child
+
+
+def _schema_and_experiments(db):
+    import sqlite3
+
+    def clauses(sql):  # MLflow's own migrations order a table's constraints by hash seed
+        body = (sql or "").strip().removesuffix(")")
+        return sorted(part.strip() for part in re.split(r",\s*\n", body))
+
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
+        schema = sorted((kind, name, clauses(sql)) for kind, name, sql in rows)
+        version = con.execute("SELECT version_num FROM alembic_version").fetchall()
+        experiments = con.execute(
+            "SELECT experiment_id, name, artifact_location, lifecycle_stage FROM experiments"
+            " ORDER BY experiment_id"
+        ).fetchall()
+    return schema, version, experiments
+
+
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    """An lvmae cache of this test's own, so the template is made here."""
+    from lvmae import tracking
+
+    monkeypatch.setenv("LVMAE_CACHE_DIR", str(tmp_path / "cache"))
+    tracking._empty_store.cache_clear()
+    yield tmp_path / "cache"
+    tracking._empty_store.cache_clear()
+
+
+def test_a_store_copied_from_the_template_equals_a_migrated_one(own_cache, tmp_path, monkeypatch):
+    from lvmae.tracking import prepare_local_store
+
+    for name in ("first", "migrated", "copied"):
+        (tmp_path / name).mkdir()
+    # the template is made from a run in another directory: nothing of it may leak
+    monkeypatch.chdir(tmp_path / "first")
+    first = tmp_path / "first" / "mlflow.db"
+    prepare_local_store(f"sqlite:///{first}")
+    assert list((own_cache / "mlflow").glob("empty-store-*.db")) and first.is_file()
+
+    monkeypatch.chdir(tmp_path / "migrated")
+    migrated = tmp_path / "migrated" / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{migrated}").search_experiments()  # MLflow's own way
+    monkeypatch.chdir(tmp_path / "copied")
+    copied = tmp_path / "copied" / "mlflow.db"
+    prepare_local_store(f"sqlite:///{copied}")
+    MlflowClient(tracking_uri=f"sqlite:///{copied}").search_experiments()
+
+    a, b = _schema_and_experiments(migrated), _schema_and_experiments(copied)
+    assert a[0] == b[0] and a[1] == b[1]  # the same tables, indexes and schema version
+    # MLflow made the Default experiment on open, for this directory: equal but the folder
+    assert (
+        [(i, n, s) for i, n, _, s in a[2]]
+        == [(i, n, s) for i, n, _, s in b[2]]
+        == [(0, "Default", "active")]
+    )
+    assert a[2][0][2].replace("migrated", "copied") == b[2][0][2]
+
+    # and it works like one: the same experiment and run ids come next
+    ids = []
+    for store, out in ((migrated, tmp_path / "migrated"), (copied, tmp_path / "copied")):
+        run_id = open_run(f"sqlite:///{store}", "exp", "r", out=str(out))
+        ids.append(
+            MlflowClient(tracking_uri=f"sqlite:///{store}").get_run(run_id).info.experiment_id
+        )
+    assert ids[0] == ids[1] == "1"
+
+
+def test_an_existing_store_is_never_replaced_and_a_bad_cache_is_no_error(
+    own_cache, tmp_path, monkeypatch
+):
+    from lvmae import tracking
+
+    db = tmp_path / "mlflow.db"
+    run_id = open_run(f"sqlite:///{db}", "exp", "kept", out=str(tmp_path))
+    before = db.read_bytes()
+    tracking.prepare_local_store(f"sqlite:///{db}")
+    assert db.read_bytes() == before
+    assert MlflowClient(tracking_uri=f"sqlite:///{db}").get_run(run_id).info.run_name == "kept"
+
+    # a cache that cannot be written: the store is migrated by MLflow as before
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    monkeypatch.setenv("LVMAE_CACHE_DIR", str(blocker))
+    tracking._empty_store.cache_clear()
+    other = tmp_path / "other" / "mlflow.db"
+    other.parent.mkdir()
+    tracking.prepare_local_store(f"sqlite:///{other}")
+    assert not other.exists()  # left to MLflow
+    run_id = open_run(f"sqlite:///{other}", "exp", "r", out=str(other.parent))
+    assert MlflowClient(tracking_uri=f"sqlite:///{other}").get_run(run_id).info.status == "RUNNING"
