@@ -238,7 +238,7 @@ def run_extract(
     t0, c0 = time.perf_counter(), time.process_time()
     proc = subprocess.Popen(
         [*cmd, "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
+        text=True, cwd=pythonpath,  # Ray's workers import from the driver's directory too
     )  # fmt: skip
     sampler = TreeSampler(proc.pid, memory=sample_memory)
     sampler.start()

@@ -25,6 +25,7 @@ point and rerun reads back every segment exactly once.
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import logging
 import os
@@ -168,6 +169,13 @@ def warm_decode_workers(config: ExtractConfig, reservation: Reservation, tasks: 
     return [warm.remote(config_json) for _ in range(min(slots, tasks))]
 
 
+def first_batch_size(config: ExtractConfig) -> int:
+    """Clips in a decode task's first batch: a quarter of ``batch_size`` (at least one), so
+    a task's first segments are embedded and sent to the driver, and to disk, after a few
+    clips rather than a full batch; later batches hold ``batch_size`` clips."""
+    return max(1, config.batch_size // 4)
+
+
 def _embed(batch: dict[str, np.ndarray], encoder: FrozenEncoder) -> dict[str, np.ndarray]:
     """Replace ``frames`` by ``embedding`` (``[n, D]`` float32; zeros on report rows)."""
     frames = batch.pop("frames")
@@ -202,6 +210,7 @@ def decode_videos(batch: dict[str, np.ndarray], config_json: str):
     def out(rows: dict) -> dict:
         return _embed(rows, loading.result()) if loading is not None else rows
 
+    size = first_batch_size(config)  # clips per yield: a small first batch, then batch_size
     rows = zip(
         batch["video_id"], batch["uri"], batch["done"], batch["first"], batch["stop"],
         batch["part"], batch["parts"], batch["plan"], strict=True,
@@ -225,9 +234,9 @@ def decode_videos(batch: dict[str, np.ndarray], config_json: str):
                 for item in read_clips_bounded(source, config, **which):
                     if isinstance(item, Clip):
                         chunk.append(item)
-                        if len(chunk) >= config.batch_size:
+                        if len(chunk) >= size:
                             yield out(_clip_batch(video_id, chunk))
-                            chunk = []
+                            chunk, size = [], config.batch_size
                         continue
                     if chunk:
                         yield out(_clip_batch(video_id, chunk))
@@ -540,6 +549,8 @@ def _extract_held(
 ) -> ExtractionSummary:
     """:func:`run_extraction` once its checks passed and ``out`` is held."""
     warm = _WarmStore(out, tracking_uri) if track else None
+    # Ray Data's modules (about 0.6 CPU-s) load while Ray's processes start (mostly waiting)
+    threading.Thread(target=importlib.import_module, args=("ray.data",), daemon=True).start()
     try:
         connect_ray()
         decode = (reservations or extract_reservations(config))["decode"]
@@ -1041,10 +1052,11 @@ def _data_context(config: ExtractConfig, encoder: dict, n_tasks: int) -> Iterato
     ctx.max_errored_blocks = n_tasks
     if config.encodes_in_decode_tasks():
         # Ray Data emits a task's output block once it holds MORE than this many bytes. A
-        # row holds at least its float32 embedding, so every yielded batch of
-        # ``batch_size`` clips passes half of that and leaves the task at once (as one or
-        # two blocks), instead of waiting for the next batch.
-        ctx.target_max_block_size = max(1, config.batch_size * 4 * encoder["embedding_dim"] // 2)
+        # row holds at least its float32 embedding, so every yielded batch (the first of
+        # first_batch_size clips, then batch_size) passes half of that and leaves the task
+        # at once (as one or a few blocks), instead of waiting for the next batch.
+        rows = first_batch_size(config)
+        ctx.target_max_block_size = max(1, rows * 4 * encoder["embedding_dim"] // 2)
     try:
         yield
     finally:

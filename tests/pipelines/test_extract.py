@@ -490,3 +490,26 @@ def test_run_is_tracked_in_mlflow_with_config_summary_and_manifest(extracted):
     # the run ended, and says where its code came from
     assert run.info.status == "FINISHED"
     assert run.data.tags["mlflow.source.git.commit"] and run.data.tags["mlflow.user"]
+
+
+def test_warm_up_builds_the_encoder_where_decode_tasks_will_run(ray_local, tmp_path):
+    """The workers started while the driver sets up: as many as will decode at once, the
+    tiny encoder built in each, a failure returned (the decode tasks record it), never
+    raised; nothing to warm where the encoder has its own actors."""
+    from pipelines.extract import extract_reservations, warm_decode_workers
+
+    config = ExtractConfig()
+    decode = extract_reservations(config)["decode"]
+    refs = warm_decode_workers(config, decode, 1)
+    assert len(refs) == 1 and ray_local.get(refs) == [None]
+    slots = int(ray_local.cluster_resources()["CPU"] // decode.cpus)
+    assert len(ray_local.get(warm_decode_workers(config, decode, 50))) == slots
+    assert warm_decode_workers(config, decode, 0) == []
+
+    own_actors = ExtractConfig(encoder="languagebind-video-ft", gpus_per_actor=0)
+    assert warm_decode_workers(own_actors, decode, 5) == []
+
+    missing = tmp_path / "no-such-checkpoint"
+    broken = ExtractConfig(encoder_checkpoint=str(missing))
+    (error,) = ray_local.get(warm_decode_workers(broken, decode, 1))
+    assert error is not None and "no-such-checkpoint" in error
