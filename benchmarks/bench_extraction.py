@@ -205,7 +205,10 @@ class TreeSampler(threading.Thread):
                 return
             for p in procs:
                 try:
-                    self.group[p.pid] = self._group(p)  # a worker's name changes
+                    if p.cmdline():  # empty while a process exits: keep what it was
+                        self.group[p.pid] = self._group(p)  # a worker's name changes
+                    if p.pid not in self.group:
+                        continue
                     if self.group[p.pid] == "ray" or p.pid not in self.pname:
                         self.pname[p.pid] = self._short_name(p)
                     t = p.cpu_times()

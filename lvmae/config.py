@@ -149,10 +149,13 @@ class ExtractConfig(BaseModel):
     image_size: int = Field(224, ge=16, le=1024, description="pixels, square crop")
     # decoding
     decoder: Literal["decord", "pyav", "nvdec", "auto"] = Field(
-        "decord",
-        description="decord or pyav: CPU decoders; nvdec: the GPU's video decoder, inside "
-        "the encoder actor; auto: NVDEC where the decoding worker holds a GPU and the codec "
-        "is supported, else decord (the reason is recorded per video: decoder_reason)",
+        "pyav",
+        description="pyav or decord: CPU decoders (PyAV by default: per CPU-second it reads "
+        "1.2x what decord does on 5-min files and 1.9x on 1-hour ones, whose cost per second "
+        "grows with the file in decord; benchmarks/RESULTS.md); nvdec: the GPU's video "
+        "decoder, inside the encoder actor; auto: NVDEC where the decoding worker holds a GPU "
+        "and the codec is supported, else PyAV (the reason is recorded per video: "
+        "decoder_reason)",
     )
     decode_mode: Literal["exact", "fast"] = Field(
         "exact",
@@ -964,7 +967,7 @@ def load_run_config(path: str | Path | None, sets: Mapping[str, Any] | None = No
     for name, value in list(data.items()):
         if name in RunConfig.model_fields and not (name == "samples" and value is None):
             data[name] = _section_mapping(value, name, str(path))
-    given = {k: v for k, v in (sets or {}).items() if v is not None}
+    given = dict(sets or {})  # `--set extract.range_s=null` sets None: it is not ignored
     for key, value in given.items():
         _set_dotted(data, key, value)
     try:
@@ -984,8 +987,9 @@ def load_config(
     """Build one section ``model`` (:class:`ExtractConfig`, :class:`PretrainConfig`,
     :class:`ProbeSection`, :class:`TuneSection`) from a YAML file (optional: the fields at
     top level or under the section's name, so a whole run config works too), then a
-    command's own ``options`` (``None`` values ignored), then ``sets`` keyed
-    ``SECTION.FIELD`` like everywhere else (``{"extract.batch_size": 8}``).
+    command's own ``options`` (``None`` values ignored: an option not given), then ``sets``
+    keyed ``SECTION.FIELD`` like everywhere else (``{"extract.batch_size": 8}``; a ``None``
+    value, ``--set extract.range_s=null``, sets the field to None).
 
     Raises:
         ConfigError: missing/unreadable file, invalid YAML, an empty or non-mapping section,
@@ -1000,7 +1004,7 @@ def load_config(
         loaded = read_yaml_mapping(path, "config")
         data = _section_mapping(loaded.get(section, loaded), section, source)
     data.update({k: v for k, v in (options or {}).items() if v is not None})
-    given = {k: v for k, v in (sets or {}).items() if v is not None}
+    given = dict(sets or {})  # a None value is set, not ignored
     for key, value in given.items():
         head, _, rest = key.partition(".")
         if head != section:

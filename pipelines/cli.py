@@ -145,7 +145,7 @@ def cli(verbose: bool, debug: bool) -> None:
 @click.option(
     "--decoder",
     type=click.Choice(["decord", "pyav", "nvdec", "auto"]),
-    help="Video decoder (auto: NVDEC where the decoding worker holds a GPU, else decord).",
+    help="Video decoder (auto: NVDEC where the decoding worker holds a GPU, else PyAV).",
 )
 @click.option(
     "--decode-mode",

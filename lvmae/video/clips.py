@@ -184,7 +184,7 @@ def plan_segments(reader: VideoReader, path: str | Path, config: ExtractConfig) 
 def _open_reader(path: str | Path | RemoteVideo, config: ExtractConfig) -> VideoReader:
     """``config.decoder`` for ``decode_mode: exact``; PyAV with frame skipping for ``fast``.
     A remote video is read while it downloads by PyAV (``storage.stream``, ``decoder: pyav``
-    or ``fast``); otherwise decord opens its local copy once complete."""
+    or ``fast``); otherwise ``decoder`` (decord) opens its local copy once complete."""
     if isinstance(path, RemoteVideo):
         if config.storage.stream or config.decode_mode == "fast" or config.decoder == "pyav":
             return PyAVReader(

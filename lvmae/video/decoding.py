@@ -1,10 +1,12 @@
-"""Video decoding behind one small reader interface: decord (default) and PyAV.
+"""Video decoding behind one small reader interface: PyAV (default) and decord.
 
 Readers expose every frame's presentation time (read from the container's index, no
 decoding) and decode only the frames asked for, resized at decode time so that the short
 side equals the requested size. Nothing here holds more than the frames of one request, so
-memory does not grow with the video's length. decord is the default; PyAV is selectable and
-is the fallback when decord cannot open a file (docs/design.md, "Environment facts").
+memory does not grow with the video's length. PyAV is the default (it reads 1.2-1.9x what
+decord does per CPU-second, more the longer the file: ``benchmarks/RESULTS.md``, "One long
+video alone"); decord is selectable, and PyAV is its fallback when it cannot open a file
+(docs/design.md, "Environment facts").
 """
 
 from __future__ import annotations
@@ -397,7 +399,7 @@ def container_duration(source: Any) -> float | None:
 def open_video(
     path: str | Path,
     *,
-    decoder: str = "decord",
+    decoder: str = "pyav",
     short_side: int = 224,
     threads: int = 1,
     fallback: bool = True,
@@ -406,7 +408,7 @@ def open_video(
 
     Args:
         path: local file path.
-        decoder: ``"decord"`` (default) or ``"pyav"``.
+        decoder: ``"pyav"`` (default) or ``"decord"``.
         short_side: frames come back resized so their short side is this many pixels.
         threads: decoder threads (1 matches one Ray CPU per decode task).
         fallback: when decord cannot open the file, try PyAV before giving up.

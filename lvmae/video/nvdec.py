@@ -30,7 +30,7 @@ from typing import BinaryIO
 
 from lvmae.video.decoding import DecodeError
 
-CPU_FALLBACK = "decord"
+CPU_FALLBACK = "pyav"
 """The decoder ``auto`` uses when NVDEC cannot decode a video (``decode_mode: fast``
 still reads with PyAV skipping frames, as for every decoder)."""
 

@@ -117,9 +117,9 @@ def test_missing_segments_are_a_clear_error_and_videos_default_empty(tmp_path):
 
 def test_config_file_sections_overrides_and_errors(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("extract:\n  segment_s: 2.5\n  decoder: pyav\n")
+    path.write_text("extract:\n  segment_s: 2.5\n  decoder: decord\n")
     config = load_config(ExtractConfig, path, {"decoder": None, "batch_size": 4})
-    assert (config.segment_s, config.decoder, config.batch_size) == (2.5, "pyav", 4)
+    assert (config.segment_s, config.decoder, config.batch_size) == (2.5, "decord", 4)
     assert config.config_id() != ExtractConfig().config_id()
     assert ExtractConfig(batch_size=99).config_id() == ExtractConfig().config_id()  # speed only
     with pytest.raises(ConfigError, match="not found"):
@@ -129,6 +129,22 @@ def test_config_file_sections_overrides_and_errors(tmp_path):
         load_config(ExtractConfig, path)
     with pytest.raises(ConfigError, match="shot_min_s"):
         load_config(ExtractConfig, None, {"shot_min_s": 20.0, "shot_max_s": 10.0})
+
+
+def test_a_set_to_null_sets_the_field_to_none():
+    """``--set extract.range_s=null`` (one task per video) is applied, not ignored."""
+    from lvmae.config import load_run_config, parse_sets
+
+    assert ExtractConfig().range_s is not None
+    sets = parse_sets(["extract.range_s=null"])
+    assert load_config(ExtractConfig, None, {}, sets).range_s is None
+    run = load_run_config(
+        None, {"run.workdir": "w", "run.input": "v", "run.stages": ["extract"], **sets}
+    )
+    assert run.extract.range_s is None
+    # a None that the field refuses is a clear error, naming the --set
+    with pytest.raises(ConfigError, match="extract.batch_size"):
+        load_config(ExtractConfig, None, {}, parse_sets(["extract.batch_size=null"]))
 
 
 def test_config_imports_no_video_or_torch_code():

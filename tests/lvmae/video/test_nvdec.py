@@ -53,12 +53,12 @@ def test_cpu_decoders_are_used_as_configured():
         assert choose_decoder(name, (), never).reason is None
 
 
-def test_auto_falls_back_to_decord_with_the_reason():
+def test_auto_falls_back_to_pyav_with_the_reason():
     choice = choose_decoder("auto", (), never)
-    assert (choice.decoder, choice.reason) == ("decord", "no GPU in this worker")
+    assert (choice.decoder, choice.reason) == ("pyav", "no GPU in this worker")
     # everything in place: the NVDEC reader is not built yet, and the choice says so
     ready = choose_decoder("auto", ("0",), lambda: "h264", **READY)
-    assert ready.decoder == "decord" and "not build" in ready.reason
+    assert ready.decoder == "pyav" and "not build" in ready.reason
 
 
 def test_nvdec_where_it_cannot_decode_is_a_decode_error():
@@ -76,11 +76,13 @@ def test_auto_reads_a_real_video_on_this_cpu_machine_and_says_why(scene_video):
     items = list(read_clips(scene_video, ExtractConfig(decoder="auto")))
     report = items[-1]
     assert isinstance(report, VideoReport) and report.status == "ok", report
-    assert report.info.decoder == "decord"
+    assert report.info.decoder == "pyav"
     assert report.decoder_reason == "no GPU in this worker"
     assert sum(isinstance(i, Clip) for i in items) == report.num_segments == 3
     plain = list(read_clips(scene_video, ExtractConfig()))[-1]
-    assert plain.decoder_reason is None and plain.info.decoder == "decord"
+    assert plain.decoder_reason is None and plain.info.decoder == "pyav"  # the default
+    chosen = list(read_clips(scene_video, ExtractConfig(decoder="decord")))[-1]
+    assert chosen.decoder_reason is None and chosen.info.decoder == "decord"
 
 
 def test_nvdec_requested_where_impossible_is_a_recorded_failure(scene_video):

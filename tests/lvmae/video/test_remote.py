@@ -53,10 +53,10 @@ def test_an_object_decodes_to_the_same_clips_as_the_local_file(  # noqa: PLR0917
 
 
 def test_remote_videos_stream_through_pyav_by_default(s3_archive, s3_env, tmp_path):
-    """``decoder: decord`` (the default) with ``storage.stream`` (default): the object is
-    decoded by PyAV as it downloads; the report says so."""
-    config = ExtractConfig(storage=StorageConfig(fetch_dir=str(tmp_path)))
-    assert config.decoder == "decord" and config.storage.stream
+    """``decoder: decord`` with ``storage.stream`` (default): the object is decoded by PyAV
+    as it downloads; the report says so."""
+    config = ExtractConfig(decoder="decord", storage=StorageConfig(fetch_dir=str(tmp_path)))
+    assert config.storage.stream
     with video_source("s3://videos/scenes.mp4", config.storage) as remote:
         clips, report = _clips(remote, config)
     assert report.status == "ok" and report.info.decoder == "pyav" and len(clips) == 3
