@@ -151,8 +151,9 @@ class ExtractConfig(BaseModel):
     decoder: Literal["decord", "pyav", "nvdec", "auto"] = Field(
         "pyav",
         description="pyav or decord: CPU decoders (PyAV by default: per CPU-second it reads "
-        "1.2x what decord does on 5-min files and 1.9x on 1-hour ones, whose cost per second "
-        "grows with the file in decord; benchmarks/RESULTS.md); nvdec: the GPU's video "
+        "1.02-1.22x (median 1.09) what decord does on 5-min files and 1.85x on a 1-hour one, "
+        "as decord's cost per second grows with the file; benchmarks/RESULTS.md); nvdec: the "
+        "GPU's video "
         "decoder, inside the encoder actor; auto: NVDEC where the decoding worker holds a GPU "
         "and the codec is supported, else PyAV (the reason is recorded per video: "
         "decoder_reason)",

@@ -3,7 +3,7 @@
 Readers expose every frame's presentation time (read from the container's index, no
 decoding) and decode only the frames asked for, resized at decode time so that the short
 side equals the requested size. Nothing here holds more than the frames of one request, so
-memory does not grow with the video's length. PyAV is the default (it reads 1.2-1.9x what
+memory does not grow with the video's length. PyAV is the default (it reads 1.02-1.85x what
 decord does per CPU-second, more the longer the file: ``benchmarks/RESULTS.md``, "One long
 video alone"); decord is selectable, and PyAV is its fallback when it cannot open a file
 (docs/design.md, "Environment facts").

@@ -143,7 +143,7 @@ def test_a_set_to_null_sets_the_field_to_none():
     )
     assert run.extract.range_s is None
     # a None that the field refuses is a clear error, naming the --set
-    with pytest.raises(ConfigError, match="extract.batch_size"):
+    with pytest.raises(ConfigError, match=r"extract\.batch_size"):
         load_config(ExtractConfig, None, {}, parse_sets(["extract.batch_size=null"]))
 
 
