@@ -425,7 +425,8 @@ def run(config_file, workdir, stages, force, address, print_config, sets) -> Non
     skipped, so a rerun resumes where the last one stopped."""
     from pipelines.run import run_main  # heavy (Ray, torch, MLflow): only for this command
 
-    sets = {"run.workdir": workdir, "run.address": address} | parse_sets(sets)
+    given = {"run.workdir": workdir, "run.address": address}  # the options given, then --set
+    sets = {k: v for k, v in given.items() if v is not None} | parse_sets(sets)
     config = load_run_config(config_file, sets)
     if print_config:
         click.echo(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), nl=False)

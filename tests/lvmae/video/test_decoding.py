@@ -69,10 +69,14 @@ def test_unknown_decoder_is_a_value_error(scene_video):
 
 @pytest.mark.parametrize("kind", ["zero_byte", "truncated", "text", "audio_only", "unreadable"])
 def test_unopenable_files_raise_decode_error_naming_both_decoders(kind, broken_videos):
-    with pytest.raises(DecodeError) as err:
-        open_video(broken_videos[kind])
+    with pytest.raises(DecodeError) as err:  # decord, then PyAV as its fallback
+        open_video(broken_videos[kind], decoder="decord")
     if kind != "unreadable":
         assert "decord" in str(err.value) and "pyav" in str(err.value)
+    with pytest.raises(DecodeError) as err:  # the default, PyAV
+        open_video(broken_videos[kind])
+    if kind != "unreadable":
+        assert "pyav" in str(err.value)
 
 
 def clips_and_report(path, **overrides):
