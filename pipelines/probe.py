@@ -40,7 +40,7 @@ from lvmae.probes.features import ProbeTask, load_tasks, video_ids
 from lvmae.probes.results import ProbeResult, result_from_fits, write_results
 from lvmae.progress import Progress
 from lvmae.tracking import log_numbers, resolve_tracking_uri, tracked_run
-from pipelines.connect import Reservation
+from pipelines.connect import Reservation, library_log_level
 from pipelines.job_inputs import encoded_videos, resolve_checkpoint
 from pipelines.probe_tasks import SCRATCH, SeedFit, fit_seeds, gpus_per_task, load_features_remote
 from tune.space import load_space
@@ -299,6 +299,9 @@ def run_sweep(
         ConfigError (bad search space), ProbeError, LabelsError, StorageError,
         CheckpointError: bad input, before any trial starts.
     """
+    # Optuna sets its logger to INFO when first imported, which the lazy stage imports make
+    # later than the CLI quietened it: its "A new study created" line stays off the console
+    logging.getLogger("optuna").setLevel(library_log_level())
     probe = probe or ProbeSection()
     recipes = {kind: probe.config(kind) for kind in section.probes}
     load_space(section.space, recipes=recipes)  # a bad space fails before any work
