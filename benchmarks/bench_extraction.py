@@ -428,11 +428,15 @@ def worker_start(pythonpath: str | None) -> dict:
 
 def start_cost(work: Path, trees: dict[str, str | None], repeats: int) -> None:
     """The fixed start cost of ``lvmae extract`` on a small archive (default settings: exact
-    mode, decord, the ``tiny`` encoder in the decode tasks), for each checkout in
-    ``trees`` (label → PYTHONPATH; None: this one), the checkouts taking turns."""
+    mode, the default decoder, the ``tiny`` encoder in the decode tasks), for each checkout in
+    ``trees`` (label → PYTHONPATH; None: this one), the checkouts taking turns. The ideal
+    uses this checkout's default decoder's single-process rate (decord before 2026-12-07,
+    PyAV since)."""
+    from lvmae.config import ExtractConfig
+
     files = archive(work, 2, 1)
     cores = os.cpu_count() or 1
-    base = single_process(files[0], "decord", "exact")
+    base = single_process(files[0], ExtractConfig().decoder, "exact")  # the default decoder
     rate = base["duration_s"] / base["cpu_s"]  # s of video per CPU-s, one process
     seg_s = 5.0
     rows, ray_names, starts = [], {}, {}
