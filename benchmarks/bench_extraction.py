@@ -279,9 +279,12 @@ def run_extract(
 
 
 def embeddings(out: Path) -> np.ndarray:
+    """A run's embeddings ``[segments, D]`` in (video, segment) order, whatever order its
+    files were written in, so two runs compare row by row."""
     from lvmae.storage import read_segments
 
-    table = read_segments(str(out), columns=["embedding"])
+    table = read_segments(str(out), columns=["video_id", "segment_index", "embedding"])
+    table = table.sort_by([("video_id", "ascending"), ("segment_index", "ascending")])
     return np.stack(table["embedding"].to_numpy(zero_copy_only=False))
 
 

@@ -29,15 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_extraction import H, W, archive, run_extract, single_process  # noqa: E402
-
-
-def embeddings(out: Path) -> np.ndarray:
-    """The run's embeddings in segment order (``[segments, D]``)."""
-    from lvmae.storage import read_segments
-
-    table = read_segments(str(out), columns=["segment_index", "embedding"]).sort_by("segment_index")
-    return np.stack(table["embedding"].to_numpy(zero_copy_only=False))
+from bench_extraction import H, W, archive, embeddings, run_extract, single_process  # noqa: E402
 
 
 def main() -> None:
