@@ -153,10 +153,17 @@ class ExtractConfig(BaseModel):
         description="pyav or decord: CPU decoders (PyAV by default: per CPU-second it reads "
         "1.02-1.22x (median 1.09) what decord does on 5-min files and 1.85x on a 1-hour one, "
         "as decord's cost per second grows with the file; benchmarks/RESULTS.md); nvdec: the "
-        "GPU's video "
-        "decoder, inside the encoder actor; auto: NVDEC where the decoding worker holds a GPU "
-        "and the codec is supported, else PyAV (the reason is recorded per video: "
+        "GPU's video decoder (PyNvVideoCodec), inside the encoder actors, which then take "
+        "videos rather than clips (exact mode only); auto: NVDEC where the encoder actors hold "
+        "a GPU that decodes the video's codec, else PyAV (the reason is recorded per video: "
         "decoder_reason)",
+    )
+    nvdec_sessions: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="videos each encoder actor decodes at once with NVDEC (one decoder "
+        "session each; a GPU has several NVDEC engines: 7 on an H100)",
     )
     decode_mode: Literal["exact", "fast"] = Field(
         "exact",
@@ -237,6 +244,12 @@ class ExtractConfig(BaseModel):
                 f"{self.encoder!r} runs on CPU here (gpus_per_actor 0): set gpus_per_actor: "
                 f"1 on a cluster with GPUs, or decoder: auto (NVDEC where a GPU is held, "
                 f"else the CPU decoders)"
+            )
+        if self.decoder == "nvdec" and self.decode_mode == "fast":
+            raise ValueError(
+                "decoder nvdec decodes the planned frames (decode_mode: exact); decode_mode "
+                "fast is PyAV skipping frames on the CPU: set decode_mode: exact, or "
+                "decoder: auto"
             )
         bad = {k: v for k, v in self.decode_resources.items() if v <= 0 or k in ("CPU", "GPU")}
         if bad:

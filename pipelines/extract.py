@@ -10,6 +10,9 @@ The Ray side stays thin; the per-video and per-batch logic lives in :mod:`lvmae`
                   encoder on CPU runs right here, loaded once per worker process.
       → encode   (otherwise: an actor pool; languagebind-* take one GPU each by default,
                   and a quarter CPU; see ExtractConfig.encoder_gpus)
+      or, with NVDEC (decoder nvdec, or auto where the encoder actors' GPU has it: see
+      nvdec_route), no decode tasks: the encoder actors take the videos themselves, decode
+      them on the GPU (nvdec_sessions at once each) and embed them, frames never leaving it
       → driver   (OutputWriter: segment rows and, once all of a video's segments are on
                   disk, its videos-table row, written as the first video finishes and then
                   every flush_s seconds or rows_per_file rows; progress; MLflow step metrics)
@@ -69,6 +72,7 @@ from lvmae.storage import (
 from lvmae.video.clips import Clip, SegmentPlan, VideoReport, read_clips_bounded
 from lvmae.video.decoding import container_duration
 from lvmae.video.inputs import VideoSource, list_videos, video_source
+from lvmae.video.nvdec import emulated
 from lvmae.video.remote import fetch_dir, remove_stale
 from lvmae.video.segments import segment_ranges, split_plan
 from lvmae.video.shots import describe_detector, detector_versions
@@ -95,9 +99,18 @@ def _clip_batch(video_id: str, clips: list[Clip]) -> dict[str, np.ndarray]:
         "end_s": np.array([c.segment.end_s for c in clips], dtype=np.float64),
         "frame_indices": np.stack([c.frame_indices for c in clips]).astype(np.int64),
         "frame_times_s": np.stack([c.frame_times_s for c in clips]).astype(np.float64),
-        "frames": np.stack([c.frames for c in clips]),
+        "frames": _stack([c.frames for c in clips]),
         "report": np.array([""] * len(clips), dtype=object),
     }
+
+
+def _stack(frames: list) -> Any:
+    """``[n, T, S, S, 3]`` uint8: numpy, or a torch tensor where NVDEC left them on the GPU."""
+    if isinstance(frames[0], np.ndarray):
+        return np.stack(frames)
+    import torch  # only where a clip holds a tensor: torch is loaded already
+
+    return torch.stack(frames)
 
 
 def _report_batch(
@@ -181,7 +194,9 @@ def _embed(batch: dict[str, np.ndarray], encoder: FrozenEncoder) -> dict[str, np
     frames = batch.pop("frames")
     is_clip = batch["segment_index"] >= 0
     emb = np.zeros((len(is_clip), encoder.embedding_dim), dtype=np.float32)
-    if is_clip.any():
+    if is_clip.all():
+        emb[:] = encoder.encode(frames)  # numpy, or torch on the encoder's GPU (NVDEC)
+    elif is_clip.any():
         emb[is_clip] = encoder.encode(frames[is_clip])
     batch["embedding"] = emb
     return batch
@@ -189,16 +204,16 @@ def _embed(batch: dict[str, np.ndarray], encoder: FrozenEncoder) -> dict[str, np
 
 def decode_videos(batch: dict[str, np.ndarray], config_json: str):
     """Ray Data stage: for each input video row (``video_id``, ``uri``, ``done``: indices
-    of its segments already on disk, skipped) yield batches of clips (``frames``:
-    ``[n, T, S, S, 3]`` uint8) and, last, its report row. Where the encoder runs in the
-    decode tasks (:meth:`ExtractConfig.encodes_in_decode_tasks`), the batches carry
-    ``embedding`` (``[n, D]``) instead of frames."""
+    of its segments already on disk, skipped; ``first``/``stop``/``part``/``parts``: its
+    range; ``plan``: a shipped shot plan; ``why_cpu``: the run's reason for a CPU decoder
+    under ``decoder: auto``) yield batches of clips (``frames``: ``[n, T, S, S, 3]`` uint8)
+    and, last, its report row. Where the encoder runs in the decode tasks
+    (:meth:`ExtractConfig.encodes_in_decode_tasks`), the batches carry ``embedding``
+    (``[n, D]``) instead of frames."""
     import ray
 
     config = ExtractConfig.model_validate_json(config_json)
     use_object_store(config.storage)  # this worker's endpoint and retries (not credentials)
-    node_id = ray.get_runtime_context().get_node_id()
-    gpus = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])  # decoder: auto/nvdec
     loading = None
     if config.encodes_in_decode_tasks():
         # Built in a thread while the first clips decode (a new worker spends seconds
@@ -210,12 +225,21 @@ def decode_videos(batch: dict[str, np.ndarray], config_json: str):
     def out(rows: dict) -> dict:
         return _embed(rows, loading.result()) if loading is not None else rows
 
+    context = ray.get_runtime_context()
+    gpus = context.get_accelerator_ids().get("GPU", [])
+    yield from _video_batches(batch, config, out, node_id=context.get_node_id(), gpus=gpus)
+
+
+def _video_batches(batch, config: ExtractConfig, out, *, node_id, gpus) -> Iterator[dict]:
+    """The batches of :func:`decode_videos` for the video rows of ``batch``, each passed
+    through ``out`` (embedding them, or not), decoded in this process with the GPUs ``gpus``
+    (Ray's ids; NVDEC only where it holds one)."""
     size = first_batch_size(config)  # clips per yield: a small first batch, then batch_size
     rows = zip(
         batch["video_id"], batch["uri"], batch["done"], batch["first"], batch["stop"],
-        batch["part"], batch["parts"], batch["plan"], strict=True,
+        batch["part"], batch["parts"], batch["plan"], batch["why_cpu"], strict=True,
     )  # fmt: skip
-    for video_id, uri, done, first, stop, part, parts, planned in rows:
+    for video_id, uri, done, first, stop, part, parts, planned, why_cpu in rows:
         chunk: list[Clip] = []
         index_range = (int(first), None if stop < 0 else int(stop))
         share = {"part": int(part), "parts": int(parts)}
@@ -228,7 +252,8 @@ def decode_videos(batch: dict[str, np.ndarray], config_json: str):
             with video_source(str(uri), config.storage) as source:
                 local = getattr(source, "local_path", None)
                 skip = frozenset(done.tolist())
-                which = {"skip": skip, "index_range": index_range, "gpus": gpus}
+                which = {"skip": skip, "index_range": index_range, "gpus": gpus,
+                         "cpu_reason": why_cpu or None}  # fmt: skip
                 if "plan" in shipped:
                     which["plan"] = SegmentPlan.from_dict(shipped["plan"])
                 for item in read_clips_bounded(source, config, **which):
@@ -327,6 +352,91 @@ class EncodeClips:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return _embed(batch, self.encoder)
+
+
+class DecodeEncodeVideos:
+    """Ray Data actor for the NVDEC route (:func:`nvdec_route`): the frozen encoder on this
+    actor's GPU, loaded once; each call takes video rows (as :func:`decode_videos` does) and
+    yields their segments embedded (``embedding`` ``[n, D]`` float32, no ``frames``) and,
+    last, each video's report row. Decoding runs on the same GPU (NVDEC:
+    :class:`~lvmae.video.nvdec.NvdecReader`; a video NVDEC cannot decode, such as AV1 on
+    Hopper, is read with PyAV here, its reason recorded), in a thread per video
+    (:func:`~lvmae.video.clips.read_clips_bounded`), so decoding overlaps encoding; Ray Data
+    runs ``nvdec_sessions`` calls at once per actor."""
+
+    def __init__(self, config_json: str, emulate: bool = False) -> None:
+        import ray
+
+        from lvmae.encoders.models import build_encoder  # torch: workers only, never the driver
+        from lvmae.video.nvdec import EMULATE_ENV
+
+        if emulate:  # the driver's LVMAE_NVDEC_EMULATE (tests): this worker emulates too
+            os.environ[EMULATE_ENV] = "1"
+        self.config = ExtractConfig.model_validate_json(config_json)
+        use_object_store(self.config.storage)
+        c = self.config
+        self.encoder = build_encoder(
+            c.encoder, checkpoint=c.encoder_checkpoint, seed=c.encoder_seed
+        )
+        context = ray.get_runtime_context()
+        self.node_id = context.get_node_id()
+        self.gpus = context.get_accelerator_ids().get("GPU", [])
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        def out(rows: dict) -> dict:
+            return _embed(rows, self.encoder)
+
+        yield from _video_batches(batch, self.config, out, node_id=self.node_id, gpus=self.gpus)
+
+
+def _nvdec_probe(emulate: bool) -> str | None:
+    """Run on a GPU worker: why NVDEC cannot decode there (no codec looked at yet), or None.
+    ``emulate``: the driver's :data:`~lvmae.video.nvdec.EMULATE_ENV`."""
+    import ray
+
+    from lvmae.video.nvdec import EMULATE_ENV, nvdec_blocker
+
+    if emulate:
+        os.environ[EMULATE_ENV] = "1"
+
+    gpus = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+    return nvdec_blocker(gpus, None)
+
+
+def nvdec_route(
+    config: ExtractConfig, encode: Reservation | None, *, timeout_s: float = 600.0
+) -> str | None:
+    """Whether this run decodes on the encoder actors' GPUs (NVDEC), decided once before any
+    video: None when it does, else why not (one line, recorded per video as
+    ``decoder_reason`` under ``decoder: auto``). No probe when the config settles it (a CPU
+    decoder asked for, an encoder on CPU, ``decode_mode: fast``); else one task reserving
+    what an encoder actor does checks its worker (:func:`lvmae.video.nvdec.nvdec_blocker`:
+    PyNvVideoCodec, ``libnvcuvid``). Each video's codec is checked where it is decoded.
+
+    Raises:
+        ExtractError: ``decoder: nvdec`` where NVDEC cannot decode (nothing written yet).
+    """
+    if config.decoder not in ("nvdec", "auto"):
+        return None
+    if encode is None or not encode.gpus:
+        reason = "the encoder runs on CPU (gpus_per_actor 0); NVDEC decodes in GPU encoder actors"
+    elif config.decode_mode == "fast":
+        reason = "decode_mode fast reads with PyAV skipping frames; NVDEC decodes exact frames"
+    else:
+        import ray
+
+        probe = ray.remote(_nvdec_probe).options(num_gpus=encode.gpus, num_cpus=encode.cpus)
+        try:
+            reason = ray.get(probe.remote(emulated()), timeout=timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            reason = f"no GPU worker took the NVDEC check within {timeout_s:g} s"
+    if reason is not None and config.decoder == "nvdec":
+        raise ExtractError(
+            f"decoder nvdec cannot decode on this cluster's GPU workers: {reason}. Install "
+            f"PyNvVideoCodec in the GPU image and expose the driver's video library "
+            f"(NVIDIA_DRIVER_CAPABILITIES=compute,utility,video), or use decoder: auto"
+        )
+    return reason
 
 
 def segment_table(batch: dict[str, np.ndarray], encoder: str, config_id: str, dim: int):
@@ -559,6 +669,8 @@ def _extract_held(
         if warm is not None:
             warm.join()
         check_gpus(config)
+        reserve = reservations or extract_reservations(config)
+        why_cpu = nvdec_route(config, reserve.get("encode"))  # nvdec impossible: stops here
         manifest = prepare_output(out, config, encoder, overwrite=overwrite)
         if warm is not None:
             warm.place()
@@ -588,6 +700,7 @@ def _extract_held(
             _run_pipeline(
                 todo, out, config, encoder, summary,
                 done=written, progress=progress, on_flush=on_flush, reservations=reservations,
+                why_cpu=why_cpu,
             )  # fmt: skip
         summary.wall_s = time.perf_counter() - t0
         manifest.update(
@@ -877,6 +990,9 @@ def build_dataset(
     done: dict[str, list[int]] | None = None,
     reservations: dict[str, Reservation] | None = None,
     ranges: dict[str, list[tuple[int, int | None]] | None] | None = None,
+    *,
+    nvdec: bool = False,
+    why_cpu: str | None = None,
 ):
     """The extraction as a lazy Ray Dataset: decode (CPU tasks, one per video or, for a
     video in ``ranges`` (:func:`plan_ranges`), one per range of its segments) and, unless
@@ -888,7 +1004,10 @@ def build_dataset(
     video's report row), ``start_s``, ``end_s``, ``frame_indices``, ``frame_times_s``,
     ``embedding``, ``report`` (JSON or empty). ``done`` maps a video to the indices of its
     segments already on disk (not decoded again). ``reservations``: what each decode task
-    and encoder actor reserves (default :func:`extract_reservations`)."""
+    and encoder actor reserves (default :func:`extract_reservations`). ``nvdec``: no decode
+    tasks; the encoder actors decode the videos on their GPU (:class:`DecodeEncodeVideos`,
+    ``nvdec_sessions`` videos at once each). ``why_cpu``: the run's reason for a CPU decoder
+    under ``decoder: auto`` (:func:`nvdec_route`), recorded per video."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -900,6 +1019,7 @@ def build_dataset(
             "video_id": s.video_id, "uri": s.uri, "done": np.asarray(done.get(s.video_id, [])),
             "first": first, "stop": -1 if stop is None else stop, "part": part, "parts": len(own),
             "split": s.video_id in ranges and ranges[s.video_id] is None, "plan": "",
+            "why_cpu": why_cpu or "",
         }
         for s in todo
         for own in [ranges.get(s.video_id) or [(0, None)]]
@@ -920,8 +1040,24 @@ def build_dataset(
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     if any(item["split"] for item in items):
         ds = ds.map_batches(plan_shots, **on_cpu).repartition(target_num_rows_per_block=1)
-    ds = ds.map_batches(decode_videos, **on_cpu)
     encode = reserve.get("encode")
+    if nvdec:
+        if encode is None or not encode.gpus:
+            raise ExtractError("the NVDEC route needs encoder actors with a GPU")
+        pool = ActorPoolStrategy(
+            size=encode.count or 1,
+            max_concurrent_calls_per_actor=config.nvdec_sessions,
+            enable_true_multi_threading=True,
+        )
+        return ds.map_batches(
+            DecodeEncodeVideos,
+            fn_constructor_kwargs={"config_json": config_json, "emulate": emulated()},
+            batch_size=1,  # one video (or range) per call: nvdec_sessions calls at once
+            compute=pool,
+            num_gpus=encode.gpus,
+            num_cpus=encode.cpus,
+        )
+    ds = ds.map_batches(decode_videos, **on_cpu)
     if encode is None:
         return ds
     return ds.map_batches(
@@ -1038,19 +1174,22 @@ class _Bookkeeping:
 
 
 @contextmanager
-def _data_context(config: ExtractConfig, encoder: dict, n_tasks: int) -> Iterator[None]:
+def _data_context(
+    config: ExtractConfig, encoder: dict, n_tasks: int, *, nvdec: bool = False
+) -> Iterator[None]:
     """Ray Data settings for the extraction's dataset, restored afterwards: no progress bars
     (ours count videos), a crashed decode task loses one video rather than the run (up to
     ``n_tasks`` of them; negative: no limit), and,
-    where decode tasks embed, output blocks of about one encoder batch, so segments reach
-    the driver (and disk) while a long video is still being decoded."""
+    where decode tasks (or, with ``nvdec``, the encoder actors) embed, output blocks of
+    about one encoder batch, so segments reach the driver (and disk) while a long video is
+    still being decoded."""
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
     saved = ctx.enable_progress_bars, ctx.max_errored_blocks, ctx.target_max_block_size
     ctx.enable_progress_bars = False
     ctx.max_errored_blocks = n_tasks
-    if config.encodes_in_decode_tasks():
+    if config.encodes_in_decode_tasks() or nvdec:
         # Ray Data emits a task's output block once it holds MORE than this many bytes. A
         # row holds at least its float32 embedding, so every yielded batch (the first of
         # first_batch_size clips, then batch_size) passes half of that and leaves the task
@@ -1064,7 +1203,7 @@ def _data_context(config: ExtractConfig, encoder: dict, n_tasks: int) -> Iterato
 
 
 def _run_pipeline(
-    todo, out, config, encoder, summary, *, done, progress, on_flush, reservations
+    todo, out, config, encoder, summary, *, done, progress, on_flush, reservations, why_cpu
 ) -> None:
     writer = OutputWriter(out, flush_s=config.flush_s, rows_per_file=config.rows_per_file)
     bar = Progress(len(todo), "extract", "videos", enabled=progress)
@@ -1081,9 +1220,13 @@ def _run_pipeline(
         )  # fmt: skip
     # a shot-segmented video's range count is known only once its shots are: no limit then
     tasks = -1 if None in ranges.values() else len(todo) + sum(map(len, ranges.values()))
+    reserve = reservations or extract_reservations(config)
+    nvdec = config.decoder in ("nvdec", "auto") and why_cpu is None
+    if nvdec:
+        log.info("decoding on the encoder actors' GPUs (NVDEC)")
     try:
-        with _data_context(config, encoder, tasks):
-            ds = build_dataset(todo, config, done, reservations, ranges)
+        with _data_context(config, encoder, tasks, nvdec=nvdec):
+            ds = build_dataset(todo, config, done, reserve, ranges, nvdec=nvdec, why_cpu=why_cpu)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             book.add(batch, segment_table(batch, encoder["name"], config_id, dim))
         book.finish_missing()

@@ -31,7 +31,7 @@ from lvmae.video.decoding import (
     center_crop,
     open_video,
 )
-from lvmae.video.nvdec import choose_decoder, video_codec
+from lvmae.video.nvdec import CPU_FALLBACK, DecoderChoice, NvdecReader, choose_decoder, video_codec
 from lvmae.video.remote import RemoteVideo
 from lvmae.video.segments import Segment, fixed_segments, sample_frame_indices, shot_segments
 from lvmae.video.shots import detect_config_shots
@@ -45,7 +45,8 @@ class Clip:
         segment: the :class:`~lvmae.video.segments.Segment` (index, start/end seconds).
         frame_indices: ``[T]`` int64 frame indices in the source video.
         frame_times_s: ``[T]`` float64 their presentation times, seconds.
-        frames: ``[T, S, S, 3]`` uint8 RGB, ``S = image_size``.
+        frames: ``[T, S, S, 3]`` uint8 RGB, ``S = image_size``: a numpy array, or a torch
+            tensor on the GPU where NVDEC decoded it (:class:`~lvmae.video.nvdec.NvdecReader`).
     """
 
     segment: Segment
@@ -184,9 +185,11 @@ def plan_segments(reader: VideoReader, path: str | Path, config: ExtractConfig) 
 def _open_reader(path: str | Path | RemoteVideo, config: ExtractConfig) -> VideoReader:
     """``config.decoder`` for ``decode_mode: exact``; PyAV with frame skipping for ``fast``.
     A remote video is read while it downloads by PyAV (``storage.stream``, ``decoder: pyav``
-    or ``fast``); otherwise ``decoder`` (decord) opens its local copy once complete."""
+    or ``fast``); otherwise ``decoder`` (decord, or NVDEC on the process's GPU:
+    :class:`~lvmae.video.nvdec.NvdecReader`) opens its local copy once complete."""
     if isinstance(path, RemoteVideo):
-        if config.storage.stream or config.decode_mode == "fast" or config.decoder == "pyav":
+        streams = config.storage.stream and config.decoder != "nvdec"
+        if streams or config.decode_mode == "fast" or config.decoder == "pyav":
             return PyAVReader(
                 path.open(), short_side=config.image_size, threads=config.decode_threads,
                 fast=config.decode_mode == "fast",
@@ -196,6 +199,8 @@ def _open_reader(path: str | Path | RemoteVideo, config: ExtractConfig) -> Video
         return PyAVReader(
             path, short_side=config.image_size, threads=config.decode_threads, fast=True
         )
+    if config.decoder == "nvdec":
+        return NvdecReader(path, short_side=config.image_size)
     return open_video(
         path, decoder=config.decoder, short_side=config.image_size, threads=config.decode_threads
     )
@@ -213,9 +218,15 @@ def _sampled_clips(
     times = reader.frame_times_s
     indices = sample_frame_indices(times, starts, ends, config.frames_per_segment)
     if config.decode_mode == "exact":
+        on_device = getattr(reader, "device_frames", None)  # NVDEC: frames stay on the GPU
         for segment, idx in zip(segments, indices, strict=True):
-            frames = center_crop(reader.get_frames(idx), config.image_size)
-            yield Clip(segment, idx, times[idx], np.ascontiguousarray(frames))
+            if on_device is not None:
+                frames = center_crop(on_device(idx), config.image_size).contiguous()
+            else:
+                frames = np.ascontiguousarray(
+                    center_crop(reader.get_frames(idx), config.image_size)
+                )
+            yield Clip(segment, idx, times[idx], frames)
         return
     planned = times[indices].ravel()  # [S*T] seconds
     order = np.argsort(planned, kind="stable")  # overlapping segments interleave
@@ -244,6 +255,7 @@ def read_clips(
     *,
     plan: SegmentPlan | None = None,
     plan_only: bool = False,
+    cpu_reason: str | None = None,
 ) -> Iterator[Clip | SegmentPlan | VideoReport]:
     """Decode a video into clips, in segment order, then one :class:`VideoReport`.
 
@@ -264,13 +276,19 @@ def read_clips(
     the same config (a long shot-segmented video split across tasks plans once), used
     instead of planning again. ``plan_only``: open and plan, yield the
     :class:`SegmentPlan`, then the report (``num_clips`` 0); no clip is decoded.
+    ``cpu_reason``: ``decoder: auto`` was resolved for the whole run to the CPU fallback,
+    for this reason (:func:`pipelines.extract.nvdec_route`), and is not checked again.
+    With NVDEC, clips hold their frames on the GPU.
     """
     start, stop = index_range
     t0 = time.perf_counter()
     report = VideoReport(status="failed")
     try:
         source = path.open if isinstance(path, RemoteVideo) else lambda: path
-        choice = choose_decoder(config.decoder, gpus, lambda: video_codec(source()))
+        if cpu_reason is not None and config.decoder in ("nvdec", "auto"):
+            choice = DecoderChoice(CPU_FALLBACK, cpu_reason)  # decided for the whole run
+        else:
+            choice = choose_decoder(config.decoder, gpus, lambda: video_codec(source()))
         report.decoder_reason = choice.reason
         if choice.decoder != config.decoder:
             config = config.model_copy(update={"decoder": choice.decoder})

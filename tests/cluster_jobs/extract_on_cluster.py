@@ -14,7 +14,8 @@ costs seconds), in this order:
 4. the heterogeneous preset's placement (cluster/kuberay/raycluster-hetero.yaml): one of the
    CPU nodes declares the ``lvmae_decode`` resource, and LanguageBind runs with
    ``decode_resources: {lvmae_decode: 1}`` (``OUT/hetero``): decoding only there, the encoder
-   on the GPU node.
+   on the GPU node;
+5. the NVDEC route (:func:`nvdec_runs`).
 
 Prints one JSON line: the head's id, the grown cluster's node ids, its GPU node's and its
 decode node's ids,
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,7 +36,8 @@ from ray.cluster_utils import Cluster
 
 from lvmae.config import ExtractConfig
 from lvmae.encoders.models import save_tiny_checkpoint
-from pipelines.extract import run_extraction
+from lvmae.video.nvdec import EMULATE_ENV
+from pipelines.extract import ExtractError, run_extraction
 
 # One CPU per decode task (the tiny encoder runs inside it), so no node decodes more than
 # one video at a time and the videos spread over the nodes.
@@ -101,10 +104,43 @@ def on_cluster(args: argparse.Namespace, out: Path) -> dict:
                 )
                 actors = [a for i, a in encoder_actors().items() if i not in before]
                 result[name] = {"summary": summary.to_dict(), "actors": actors}
+            result.update(nvdec_runs(args, out))
         finally:
             ray.shutdown()
     finally:
         cluster.shutdown()
+    return result
+
+
+def nvdec_runs(args: argparse.Namespace, out: Path) -> dict:
+    """Step 5: the NVDEC route on the GPU node's logical GPU, with the ``tiny`` encoder in
+    actors that hold it and ranges of 5 s (the 7-s videos split in two): NVDEC emulated
+    (``LVMAE_NVDEC_EMULATE``: PyAV on the host, the rest as on a GPU) on ``VIDEOS``
+    (``OUT/nvdec``); then without emulation, where this machine has no PyNvVideoCodec:
+    ``auto`` on ``GPU_VIDEOS`` (``OUT/nvdec_missing``) and ``nvdec``, whose refusal is
+    returned."""
+    common = {"batch_size": 4, "gpus_per_actor": 1.0, "decode_memory_mb": 256, "range_s": 5.0}
+    result = {}
+    os.environ[EMULATE_ENV] = "1"
+    try:
+        result["nvdec"] = run_extraction(
+            args.videos, str(out / "nvdec"), ExtractConfig(decoder="auto", **common),
+            progress=False, track=False,
+        ).to_dict()  # fmt: skip
+    finally:
+        del os.environ[EMULATE_ENV]
+    result["nvdec_missing"] = run_extraction(
+        args.gpu_videos, str(out / "nvdec_missing"), ExtractConfig(decoder="auto", **common),
+        progress=False, track=False,
+    ).to_dict()  # fmt: skip
+    try:
+        config = ExtractConfig(decoder="nvdec", **common)
+        run_extraction(
+            args.gpu_videos, str(out / "nvdec_refused"), config, progress=False, track=False
+        )
+        result["nvdec_refused"] = None
+    except ExtractError as exc:
+        result["nvdec_refused"] = str(exc)
     return result
 
 

@@ -9,7 +9,11 @@ of one CPU, one of them with a logical GPU, the head without):
   tests/pipelines/test_extract.py.)
 - the heterogeneous preset (cluster/kuberay/raycluster-hetero.yaml): with
   ``decode_resources: {lvmae_decode: 1}`` every video is decoded on the one node that declares
-  ``lvmae_decode``, and the encoder actors run on the GPU node.
+  ``lvmae_decode``, and the encoder actors run on the GPU node;
+- the NVDEC route (``decoder: auto`` where the encoder actors hold a GPU): the actors decode
+  the videos themselves, on the GPU node, split in ranges, and write what the decode tasks
+  write (NVDEC emulated on the host: ``LVMAE_NVDEC_EMULATE``); without PyNvVideoCodec,
+  ``auto`` decodes on the CPU and records why, and ``nvdec`` stops before any work.
 
 One subprocess (``extract_on_cluster``) and one Ray cluster serve every test here: each
 Python start and Ray start costs seconds. ``conftest.py`` starts it beside the probe-placement
@@ -122,3 +126,30 @@ def test_decoding_stays_on_the_decode_group_and_embedding_on_the_gpu_group(runs)
     actors = result["hetero"]["actors"]
     assert actors and {a["node"] for a in actors} == {gpu_node}
     assert {a["gpus"] for a in actors} == {1.0}
+
+
+def test_nvdec_route_decodes_in_the_gpu_actors_and_writes_what_the_cpu_route_does(runs):
+    out, result = runs
+    assert result["nvdec"]["videos_ok"] == len(DURATIONS), result["nvdec"]
+    videos = read_videos(str(out / "nvdec")).to_pylist()
+    assert {v["decoder"] for v in videos} == {"nvdec"}
+    assert {v["decoder_reason"] for v in videos} == {None}
+    assert {v["node_id"] for v in videos} == {result["gpu_node"]}  # in the encoder actors
+    nvdec = read_segments(str(out / "nvdec")).sort_by([(k, "ascending") for k in KEY])
+    cpu = read_segments(str(out / "multi")).sort_by([(k, "ascending") for k in KEY])
+    assert nvdec.select(EXACT).to_pylist() == cpu.select(EXACT).to_pylist()  # once each
+    a = np.stack(nvdec["embedding"].to_numpy(zero_copy_only=False))
+    b = np.stack(cpu["embedding"].to_numpy(zero_copy_only=False))
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() >= 0.999, cosine.min()  # resized on the device, not by libswscale
+
+
+def test_nvdec_route_without_pynvvideocodec_falls_back_or_stops(runs):
+    out, result = runs
+    assert result["nvdec_missing"]["videos_ok"] == 2
+    videos = read_videos(str(out / "nvdec_missing")).to_pylist()
+    assert {v["decoder"] for v in videos} == {"pyav"}
+    assert {v["decoder_reason"] for v in videos} == {"PyNvVideoCodec is not installed"}
+    refused = result["nvdec_refused"]
+    assert refused and "decoder nvdec cannot decode" in refused and "PyNvVideoCodec" in refused
+    assert not (out / "nvdec_refused").exists()

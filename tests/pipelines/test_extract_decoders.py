@@ -22,7 +22,9 @@ def test_auto_decoder_falls_back_on_a_cpu_machine_and_records_why(tmp_path, scen
     assert summary.videos_ok == 1
     (row,) = read_videos(str(tmp_path / "out")).to_pylist()
     assert row["status"] == "ok" and row["decoder"] == "pyav"
-    assert row["decoder_reason"] == "no GPU in this worker"
+    assert row["decoder_reason"] == (
+        "the encoder runs on CPU (gpus_per_actor 0); NVDEC decodes in GPU encoder actors"
+    )
     assert read_segments(str(tmp_path / "out")).num_rows == row["segments_planned"] == 3
 
 

@@ -288,6 +288,7 @@ def test_a_range_task_decodes_by_the_plan_it_is_given(shot_inputs, ray_local):
         "done": np.array([[3]]), "first": np.array([2]), "stop": np.array([5]),
         "part": np.array([1]), "parts": np.array([4]), "split": np.array([False]),
         "plan": np.array([json.dumps({"plan_s": 0.0, "plan": plan.to_dict()})], dtype=object),
+        "why_cpu": np.array([""], dtype=object),
     }  # fmt: skip
     clips, report = list(decode_videos(batch, config.model_dump_json()))
     assert clips["segment_index"].tolist() == [2, 4]  # its range, less the one on disk
