@@ -72,7 +72,7 @@ from lvmae.storage import (
 from lvmae.video.clips import Clip, SegmentPlan, VideoReport, read_clips_bounded
 from lvmae.video.decoding import container_duration
 from lvmae.video.inputs import VideoSource, list_videos, video_source
-from lvmae.video.nvdec import emulated
+from lvmae.video.nvdec import EMULATE_ENV, emulated, nvdec_blocker
 from lvmae.video.remote import fetch_dir, remove_stale
 from lvmae.video.segments import segment_ranges, split_plan
 from lvmae.video.shots import describe_detector, detector_versions
@@ -368,7 +368,6 @@ class DecodeEncodeVideos:
         import ray
 
         from lvmae.encoders.models import build_encoder  # torch: workers only, never the driver
-        from lvmae.video.nvdec import EMULATE_ENV
 
         if emulate:  # the driver's LVMAE_NVDEC_EMULATE (tests): this worker emulates too
             os.environ[EMULATE_ENV] = "1"
@@ -394,11 +393,8 @@ def _nvdec_probe(emulate: bool) -> str | None:
     ``emulate``: the driver's :data:`~lvmae.video.nvdec.EMULATE_ENV`."""
     import ray
 
-    from lvmae.video.nvdec import EMULATE_ENV, nvdec_blocker
-
     if emulate:
         os.environ[EMULATE_ENV] = "1"
-
     gpus = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
     return nvdec_blocker(gpus, None)
 

@@ -898,6 +898,11 @@ def test_dockerfile():
                 assert "torchvision" not in command and "torchaudio" not in command
 
     assert ("WORKDIR", "/app") in instructions
+    # NVDEC (extract.decoder nvdec / auto): the package, and the driver's video library
+    assert any("pip install" in r and re.search(r"\bPyNvVideoCodec\b", r) for r in runs)
+    envs = [a for k, a in instructions if k == "ENV"]
+    caps = [e.split("=", 1)[1] for e in envs if e.startswith("NVIDIA_DRIVER_CAPABILITIES=")]
+    assert caps and "video" in caps[-1].split(","), "libnvcuvid needs the `video` capability"
     sources = {s for args in dockerfile_copies() for s in args}
     # Images hold code, not buckets: the run configs come from the ConfigMap.
     assert "configs" not in sources, "configs/ must not be baked into the image"
