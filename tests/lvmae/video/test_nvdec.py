@@ -212,3 +212,12 @@ def test_nvdec_in_fast_mode_is_a_config_error():
     with pytest.raises(ValidationError, match="decode_mode: exact"):
         ExtractConfig(decoder="nvdec", gpus_per_actor=1, decode_mode="fast")
     ExtractConfig(decoder="auto", decode_mode="fast")  # auto decodes on the CPU then
+
+
+def test_emulated_nvdec_records_broken_videos_as_the_cpu_reader_does(broken_videos, emulate):
+    config = ExtractConfig(decoder="auto", gpus_per_actor=1)
+    for kind, path in broken_videos.items():
+        nvdec = list(read_clips(path, config, gpus=("0",)))[-1]
+        cpu = list(read_clips(path, config.model_copy(update={"decoder": "pyav"})))[-1]
+        assert isinstance(nvdec, VideoReport) and nvdec.error, kind
+        assert (nvdec.status, nvdec.num_clips) == (cpu.status, cpu.num_clips), kind
