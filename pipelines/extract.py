@@ -134,6 +134,7 @@ def _report_batch(
 
 
 _LOADER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder-load")
+_PLANNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lvmae-ranges")
 
 
 @functools.lru_cache(maxsize=2)
@@ -655,13 +656,18 @@ def _extract_held(
 ) -> ExtractionSummary:
     """:func:`run_extraction` once its checks passed and ``out`` is held."""
     warm = _WarmStore(out, tracking_uri) if track else None
-    # Ray Data's modules (about 0.6 CPU-s) load while Ray's processes start (mostly waiting)
+    # Ray Data's modules (about 0.6 CPU-s) load while Ray's processes start (mostly waiting),
+    # and so are the videos' headers read, for their ranges (ranged GETs for object storage)
     threading.Thread(target=importlib.import_module, args=("ray.data",), daemon=True).start()
+    planning = _PLANNER.submit(plan_ranges, sources, config)
     try:
         connect_ray()
         decode = (reservations or extract_reservations(config))["decode"]
-        # at most one per video: a long video split in ranges warms its first worker only
-        warm_decode_workers(config, decode, len(sources))
+        ranges = planning.result()
+        # at most one per task: a video, or each range of a long one (a long shot-segmented
+        # video counts once: its ranges are cut later)
+        tasks = len(sources) + sum(len(r) - 1 for r in ranges.values() if r)
+        warm_decode_workers(config, decode, tasks)
         if warm is not None:
             warm.join()
         check_gpus(config)
@@ -696,7 +702,8 @@ def _extract_held(
             _run_pipeline(
                 todo, out, config, encoder, summary,
                 done=written, progress=progress, on_flush=on_flush, reservations=reservations,
-                why_cpu=why_cpu,
+                why_cpu=why_cpu, ranges={s.video_id: ranges[s.video_id] for s in todo
+                                         if s.video_id in ranges},
             )  # fmt: skip
         summary.wall_s = time.perf_counter() - t0
         manifest.update(
@@ -1199,14 +1206,14 @@ def _data_context(
 
 
 def _run_pipeline(
-    todo, out, config, encoder, summary, *, done, progress, on_flush, reservations, why_cpu
-) -> None:
+    todo, out, config, encoder, summary, *, done, progress, on_flush, reservations, why_cpu,
+    ranges,
+) -> None:  # fmt: skip
     writer = OutputWriter(out, flush_s=config.flush_s, rows_per_file=config.rows_per_file)
     bar = Progress(len(todo), "extract", "videos", enabled=progress)
     book = _Bookkeeping(todo, config, summary, writer, progress=bar, on_flush=on_flush)
     dim, config_id = encoder["embedding_dim"], config.config_id()
     full = False
-    ranges = plan_ranges(todo, config)
     if ranges:
         log.info(
             "%d of %d videos are longer than %g s: decoded as ranges of their segments%s",
