@@ -651,48 +651,47 @@ def run_extraction(
         )  # fmt: skip
 
 
+def _not_done(sources: list[VideoSource], out: str, config_id: str) -> list[VideoSource]:
+    """The sources whose videos-table row in ``out`` is not ``ok`` under ``config_id``."""
+    done = read_videos(out)
+    rows = zip(
+        done["video_id"].to_pylist(), done["status"].to_pylist(), done["config_id"].to_pylist(),
+        strict=True,
+    )  # fmt: skip
+    done_ids = {v for v, status, c in rows if status == "ok" and c == config_id}
+    return [s for s in sources if s.video_id not in done_ids]
+
+
 def _extract_held(
     sources, encoder, out, config, *, t0, overwrite, progress, tracking_uri, track, reservations
 ) -> ExtractionSummary:
     """:func:`run_extraction` once its checks passed and ``out`` is held."""
+    config_id = config.config_id()
+    todo = _not_done(sources, out, config_id)
     warm = _WarmStore(out, tracking_uri) if track else None
     # Ray Data's modules (about 0.6 CPU-s) load while Ray's processes start (mostly waiting),
     # and so are the videos' headers read, for their ranges (ranged GETs for object storage)
     threading.Thread(target=importlib.import_module, args=("ray.data",), daemon=True).start()
-    planning = _PLANNER.submit(plan_ranges, sources, config)
+    planning = _PLANNER.submit(plan_ranges, todo, config)
     try:
         connect_ray()
-        decode = (reservations or extract_reservations(config))["decode"]
+        reserve = reservations or extract_reservations(config)
         ranges = planning.result()
         # at most one per task: a video, or each range of a long one (a long shot-segmented
         # video counts once: its ranges are cut later)
-        tasks = len(sources) + sum(len(r) - 1 for r in ranges.values() if r)
-        warm_decode_workers(config, decode, tasks)
+        tasks = len(todo) + sum(len(r) - 1 for r in ranges.values() if r)
+        warm_decode_workers(config, reserve["decode"], tasks)
         if warm is not None:
             warm.join()
         check_gpus(config)
-        reserve = reservations or extract_reservations(config)
-        why_cpu = nvdec_route(config, reserve.get("encode"))  # nvdec impossible: stops here
+        # nvdec impossible: stops here; nothing to do: no GPU worker asked
+        why_cpu = nvdec_route(config, reserve.get("encode")) if todo else None
         manifest = prepare_output(out, config, encoder, overwrite=overwrite)
         if warm is not None:
             warm.place()
     finally:
         if warm is not None:
             warm.discard()
-    config_id = config.config_id()
-
-    done = read_videos(out)
-    done_ids = {
-        v
-        for v, s, c in zip(
-            done["video_id"].to_pylist(),
-            done["status"].to_pylist(),
-            done["config_id"].to_pylist(),
-            strict=True,
-        )
-        if s == "ok" and c == config_id
-    }
-    todo = [s for s in sources if s.video_id not in done_ids]
     summary = ExtractionSummary(videos_total=len(sources), videos_skipped=len(sources) - len(todo))
     written = written_segments(out, config_id) if todo else {}
     summary.segments_resumed = sum(len(written.get(s.video_id, ())) for s in todo)
@@ -702,8 +701,7 @@ def _extract_held(
             _run_pipeline(
                 todo, out, config, encoder, summary,
                 done=written, progress=progress, on_flush=on_flush, reservations=reservations,
-                why_cpu=why_cpu, ranges={s.video_id: ranges[s.video_id] for s in todo
-                                         if s.video_id in ranges},
+                why_cpu=why_cpu, ranges=ranges,
             )  # fmt: skip
         summary.wall_s = time.perf_counter() - t0
         manifest.update(
