@@ -145,7 +145,8 @@ def cli(verbose: bool, debug: bool) -> None:
 @click.option(
     "--decoder",
     type=click.Choice(["decord", "pyav", "nvdec", "auto"]),
-    help="Video decoder (auto: NVDEC where the decoding worker holds a GPU, else PyAV).",
+    help="Video decoder [pyav] (nvdec: the encoder actors decode on their GPU; auto: NVDEC "
+    "where their GPU can, else PyAV, with the reason in the videos table).",
 )
 @click.option(
     "--decode-mode",
