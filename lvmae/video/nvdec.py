@@ -160,13 +160,14 @@ def choose_decoder(
 def video_codec(source: str | os.PathLike[str] | BinaryIO) -> str | None:
     """The FFmpeg name of the first video stream's codec (``h264``, ``av1``, ...) of a file
     path or a readable binary file object; None when there is no video stream or the
-    container cannot be opened."""
+    container cannot be opened. The codec's canonical name, not the decoder's that PyAV
+    picked (``libdav1d`` for AV1)."""
     import av  # the container is opened only when every other NVDEC condition holds
 
     try:
         with av.open(source if hasattr(source, "read") else os.fspath(source)) as container:
             streams = container.streams.video
-            return streams[0].codec_context.name if streams else None
+            return streams[0].codec_context.codec.canonical_name if streams else None
     except (av.error.FFmpegError, OSError):
         return None
 

@@ -91,6 +91,24 @@ def test_video_codec_reads_the_stream(scene_video, tmp_path):
     assert video_codec(str(tmp_path / "x.mp4")) is None
 
 
+def test_an_av1_file_is_named_av1_and_falls_back_on_hopper(scene_video, tmp_path):
+    """The codec's name, not the decoder PyAV picks for it (libdav1d): the AV1 rule fires."""
+    import ffmpeg
+
+    from lvmae.video.ffmpeg import ffmpeg_exe
+
+    path = tmp_path / "av1.mp4"
+    out = ffmpeg.input(str(scene_video), t=2).output(
+        str(path), vcodec="libsvtav1", preset=12, crf=50, an=None
+    )
+    out.run(cmd=ffmpeg_exe(), quiet=True, overwrite_output=True)
+    assert video_codec(path) == "av1"
+    choice = choose_decoder("auto", ("0",), lambda: video_codec(path), **READY)
+    assert (choice.decoder, choice.reason) == ("pyav", "AV1 is not decoded by NVDEC on Hopper")
+    ampere = {**READY, "capability": lambda gpu: (8, 0)}
+    assert choose_decoder("auto", ("0",), lambda: video_codec(path), **ampere).decoder == "nvdec"
+
+
 def test_auto_reads_a_real_video_on_this_cpu_machine_and_says_why(scene_video):
     items = list(read_clips(scene_video, ExtractConfig(decoder="auto")))
     report = items[-1]
