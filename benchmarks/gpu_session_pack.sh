@@ -9,7 +9,7 @@
 # config), languagebind (the encoder's model code), ffmpeg-python and an ffmpeg binary
 # (imageio-ffmpeg: lvmae.video.samples makes the test videos). As wheels they come to
 # ~96 MB, over the 64 MiB a call carries, so they are installed here for cp312/manylinux
-# into one folder and packed as wheels/site-cp312.tar.xz (~45 MB; gpu_session.sh unpacks
+# into one folder and packed as wheels/site-cp312.tar.xz (~53 MiB; gpu_session.sh unpacks
 # it), without PyNvVideoCodec's FFmpeg sources and sample notebooks. imageio-ffmpeg is 0.6.0
 # (an 80-MB ffmpeg 7.0.2 with libx264 and libaom-av1; 0.8's binary is 172 MB). Versions are
 # those of this checkout's .venv where it has the package (they are known to work together).
