@@ -198,6 +198,11 @@ class PyAVReader(VideoReader):
                 self._file.close()
             raise DecodeError(f"PyAV cannot open the file: {exc}") from exc
         self.fast = fast
+        # one libswscale context for every frame, single-threaded: PyAV >= 17 gives each
+        # frame's own reformatter ``threads=0`` (a thread per CPU, made and joined per frame),
+        # which doubled the conversion's CPU and oversubscribed a one-CPU decode task
+        # (``benchmarks/RESULTS.md``, "PyAV's frame conversion")
+        self._reformatter = av.video.reformatter.VideoReformatter()
         try:
             self._init_stream(short_side, threads)
         except Exception as exc:
@@ -361,8 +366,8 @@ class PyAVReader(VideoReader):
             yield (j, *pick(prev))
 
     def _rgb(self, frame) -> np.ndarray:
-        return frame.reformat(
-            width=self.out_size[0], height=self.out_size[1], format="rgb24"
+        return self._reformatter.reformat(
+            frame, width=self.out_size[0], height=self.out_size[1], format="rgb24", threads=1
         ).to_ndarray()
 
     def close(self) -> None:

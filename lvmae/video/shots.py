@@ -135,6 +135,9 @@ def stream_frames(
     import av  # heavy optional dependency: decoding only
 
     width, height = size
+    # one single-threaded libswscale context for every frame (a frame's own reformatter
+    # would start a thread per CPU for each frame: lvmae.video.decoding.PyAVReader)
+    reformatter = av.video.reformatter.VideoReformatter()
     try:
         container = av.open(str(path))
     except Exception as exc:  # PyAV raises FFmpegError / OSError subclasses
@@ -155,7 +158,10 @@ def stream_frames(
                     continue
                 pts0 = frame.pts if pts0 is None else pts0
                 times.append((frame.pts - pts0) * base if base else float(frame.time or 0.0))
-                frames.append(frame.to_ndarray(width=width, height=height, format="rgb24"))
+                small = reformatter.reformat(
+                    frame, width=width, height=height, format="rgb24", threads=1
+                )
+                frames.append(small.to_ndarray())
                 if len(frames) >= batch:
                     yield np.asarray(times), np.stack(frames)
                     times, frames = [], []

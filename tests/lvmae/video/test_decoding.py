@@ -1,3 +1,7 @@
+import itertools
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -271,3 +275,28 @@ def test_fast_mode_on_a_partly_decodable_file_keeps_its_good_clips(broken_videos
     assert len(clips) == report.num_clips == len(exact) == 1 < report.num_segments
     assert clips[0].segment == exact[0].segment
     assert clips[0].frame_indices.tolist() == exact[0].frame_indices.tolist()
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="PyAV's automatic threads are one here")
+def test_pyav_converts_frames_in_its_own_thread_with_one_context(scene_video):
+    """PyAV >= 17 converts a frame with a thread per CPU, made and joined for each frame,
+    unless asked otherwise: the reader keeps one single-threaded libswscale context, and its
+    frames are the ones ``frame.reformat`` gives."""
+    import av
+
+    indices = np.arange(0, 120, 2)  # 60 of the 120 frames
+    with open_video(scene_video, decoder="pyav", short_side=64) as reader:
+        reader.get_frames(indices[:2])  # the decoder's own threads, made once
+        last_pid = Path("/proc/sys/kernel/ns_last_pid")
+        before = int(last_pid.read_text())
+        frames = reader.get_frames(indices)
+        new_ids = int(last_pid.read_text()) - before  # processes and threads made meanwhile
+        width, height = reader.out_size
+    assert new_ids < len(indices) // 2, f"{new_ids} threads for {len(indices)} frames"
+    with av.open(str(scene_video)) as container:
+        decoded = list(itertools.islice(container.decode(video=0), indices[-1] + 1))
+    expected = [
+        decoded[i].reformat(width=width, height=height, format="rgb24").to_ndarray()
+        for i in indices
+    ]
+    np.testing.assert_array_equal(frames, np.stack(expected))
