@@ -123,7 +123,7 @@ def brute_force_monitor(model: LVMAE, seqs: list[np.ndarray]) -> dict[str, float
     x = torch.zeros(len(seqs), length, seqs[0].shape[1])
     real = torch.zeros(len(seqs), length, dtype=torch.bool)
     for i, s in enumerate(seqs):
-        x[i, : len(s)] = torch.from_numpy(s)
+        x[i, : len(s)] = torch.as_tensor(np.array(s))  # a copy: the array is read-only
         real[i, : len(s)] = True
     mask = make_mask("semantic", x, real, 0.5, torch.Generator().manual_seed(0))
     with torch.no_grad():
