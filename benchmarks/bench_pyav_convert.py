@@ -26,10 +26,11 @@ import time
 from pathlib import Path
 
 import av
-from av.video.reformatter import VideoReformatter
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]
+
+from lvmae.video.decoding import rgb_converter  # noqa: E402
 
 LAST_PID = Path("/proc/sys/kernel/ns_last_pid")
 
@@ -37,7 +38,7 @@ LAST_PID = Path("/proc/sys/kernel/ns_last_pid")
 def one_pass(clip: Path, how: str, size: tuple[int, int], every: int) -> tuple[float, int]:
     """CPU-s and new thread ids for one pass: decode every frame; convert every ``every``-th
     (``how``: ``none``, ``per-frame`` or ``shared``)."""
-    reformatter = VideoReformatter()
+    convert = rgb_converter()  # the project's: PyAVReader's and the shot analysis's
     width, height = size
     with av.open(str(clip)) as container:
         stream = container.streams.video[0]
@@ -49,9 +50,7 @@ def one_pass(clip: Path, how: str, size: tuple[int, int], every: int) -> tuple[f
             if how == "per-frame":
                 frame.reformat(width=width, height=height, format="rgb24").to_ndarray()
             elif how == "shared":
-                reformatter.reformat(
-                    frame, width=width, height=height, format="rgb24", threads=1
-                ).to_ndarray()
+                convert(frame, width, height)
         return time.process_time() - cpu0, int(LAST_PID.read_text()) - pid0
 
 

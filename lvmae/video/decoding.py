@@ -12,7 +12,7 @@ video alone"); decord is selectable, and PyAV is its fallback when it cannot ope
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -44,6 +44,25 @@ class VideoInfo:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def rgb_converter() -> Callable[[Any, int, int], np.ndarray]:
+    """A PyAV frame → ``[height, width, 3]`` uint8 RGB converter, ``convert(frame, width,
+    height)`` (pixels), for one decoding loop: one libswscale context for every frame,
+    single-threaded. PyAV >= 17 gives each frame's own reformatter ``threads=0``, a thread per
+    CPU made and joined for every frame: twice the conversion's CPU here, and a one-CPU decode
+    task oversubscribed (``benchmarks/RESULTS.md``, "PyAV's frame conversion"; the same
+    pixels)."""
+    import av
+
+    reformatter = av.video.reformatter.VideoReformatter()
+
+    def convert(frame: Any, width: int, height: int) -> np.ndarray:
+        return reformatter.reformat(
+            frame, width=width, height=height, format="rgb24", threads=1
+        ).to_ndarray()
+
+    return convert
 
 
 def resized_shape(width: int, height: int, short_side: int) -> tuple[int, int]:
@@ -198,11 +217,7 @@ class PyAVReader(VideoReader):
                 self._file.close()
             raise DecodeError(f"PyAV cannot open the file: {exc}") from exc
         self.fast = fast
-        # one libswscale context for every frame, single-threaded: PyAV >= 17 gives each
-        # frame's own reformatter ``threads=0`` (a thread per CPU, made and joined per frame),
-        # which doubled the conversion's CPU and oversubscribed a one-CPU decode task
-        # (``benchmarks/RESULTS.md``, "PyAV's frame conversion")
-        self._reformatter = av.video.reformatter.VideoReformatter()
+        self._convert = rgb_converter()
         try:
             self._init_stream(short_side, threads)
         except Exception as exc:
@@ -366,9 +381,7 @@ class PyAVReader(VideoReader):
             yield (j, *pick(prev))
 
     def _rgb(self, frame) -> np.ndarray:
-        return self._reformatter.reformat(
-            frame, width=self.out_size[0], height=self.out_size[1], format="rgb24", threads=1
-        ).to_ndarray()
+        return self._convert(frame, *self.out_size)
 
     def close(self) -> None:
         self._frames = None

@@ -46,7 +46,7 @@ import numpy as np
 
 from lvmae.config import SHOT_DETECTORS, ExtractConfig
 from lvmae.errors import LvmaeError
-from lvmae.video.decoding import DecodeError
+from lvmae.video.decoding import DecodeError, rgb_converter
 
 ANALYSIS_SIZE = (48, 27)
 """``(width, height)`` of the frames every detector sees: TransNetV2's input size."""
@@ -135,9 +135,7 @@ def stream_frames(
     import av  # heavy optional dependency: decoding only
 
     width, height = size
-    # one single-threaded libswscale context for every frame (a frame's own reformatter
-    # would start a thread per CPU for each frame: lvmae.video.decoding.PyAVReader)
-    reformatter = av.video.reformatter.VideoReformatter()
+    to_rgb = rgb_converter()
     try:
         container = av.open(str(path))
     except Exception as exc:  # PyAV raises FFmpegError / OSError subclasses
@@ -158,10 +156,7 @@ def stream_frames(
                     continue
                 pts0 = frame.pts if pts0 is None else pts0
                 times.append((frame.pts - pts0) * base if base else float(frame.time or 0.0))
-                small = reformatter.reformat(
-                    frame, width=width, height=height, format="rgb24", threads=1
-                )
-                frames.append(small.to_ndarray())
+                frames.append(to_rgb(frame, width, height))
                 if len(frames) >= batch:
                     yield np.asarray(times), np.stack(frames)
                     times, frames = [], []
