@@ -218,6 +218,7 @@ def _sampled_clips(
     times = reader.frame_times_s
     indices = sample_frame_indices(times, starts, ends, config.frames_per_segment)
     if config.decode_mode == "exact":
+        reader.will_read(indices.ravel())  # PyAV: leaves the frames nothing needs undecoded
         on_device = getattr(reader, "device_frames", None)  # NVDEC: frames stay on the GPU
         for segment, idx in zip(segments, indices, strict=True):
             if on_device is not None:

@@ -114,6 +114,11 @@ class VideoReader(abc.ABC):
             DecodeError: a frame cannot be decoded (a damaged or truncated file).
         """
 
+    def will_read(self, indices: np.ndarray) -> None:  # noqa: B027 - optional hook
+        """Name every frame (``[N]`` indices) that :meth:`get_frames` will be asked for from
+        now on, so that a reader may leave the others undecoded where that changes no
+        returned pixel. A hint: frames not named are still returned exactly."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the decoder's resources."""
 
@@ -186,6 +191,12 @@ class DecordReader(VideoReader):
         self._vr = None
 
 
+SKIPS_UNREFERENCED = frozenset({"h264", "hevc"})
+"""Codecs whose FFmpeg decoder reads ``skip_frame`` for each packet it is sent and drops a
+packet at ``NONREF`` only when no other frame refers to it (libdav1d, for one, reads it once
+when it opens)."""
+
+
 class PyAVReader(VideoReader):
     """PyAV reader: timestamps from demuxed packets; frames decoded forward from the nearest
     keyframe and converted (and resized) by libswscale.
@@ -194,6 +205,12 @@ class PyAVReader(VideoReader):
     filter, where the codec allows (H.264, HEVC): frames it still outputs are slightly
     softer, and only :meth:`nearest_frames` makes sense (the frame at an exact index may
     never be decoded).
+
+    Exact frames, less decoding: after :meth:`will_read` names the frames that will be asked
+    for, a non-reference frame outside them is not decoded (H.264, HEVC:
+    ``skip_frame=NONREF`` set per packet, so no other frame's pixels change: nothing refers to
+    it). On 720p H.264 with B-frames that leaves about half the frames undecoded
+    (``benchmarks/RESULTS.md``, "Exact decoding without the frames nothing needs").
 
     ``path`` may also be a binary file object (seekable; e.g.
     :meth:`lvmae.video.remote.RemoteVideo.open`, an object still downloading). Then the
@@ -254,6 +271,8 @@ class PyAVReader(VideoReader):
         )
         self._frames = None  # decoding iterator, positioned after self._current
         self._current = None  # last decoded av.VideoFrame
+        self._wanted: frozenset[int] | None = None  # pts asked for; None: decode every frame
+        self.frames_decoded = 0  # frames the decoder output (get_frames), skipped ones not
 
     def _demux_pts(self, stream) -> tuple[list[int], list[int]]:
         """Every packet's pts, and the keyframes', by demuxing the whole stream."""
@@ -289,15 +308,42 @@ class PyAVReader(VideoReader):
             return None
         return ts, keys
 
+    def will_read(self, indices: np.ndarray) -> None:
+        """Name every frame that :meth:`get_frames` will be asked for from now on (``[N]``
+        frame indices, any order). Non-reference frames outside them are then not decoded
+        where the codec honours that per packet (H.264, HEVC); a frame asked for that was
+        not named is still returned exactly (decoding from its keyframe again, skipping
+        nothing from then on)."""
+        if self.fast or self._stream.codec_context.name not in SKIPS_UNREFERENCED:
+            return
+        self._wanted = frozenset(self._pts[np.asarray(indices, dtype=np.int64)].tolist())
+        self._frames = None  # packets already sent were decided without this
+
+    def _decoded(self) -> Iterator[Any]:
+        """Frames in presentation order from the container's position; with a wanted set,
+        each packet outside it is sent with ``skip_frame=NONREF`` (the decoder drops it only
+        if no frame refers to it)."""
+        cc, wanted = self._stream.codec_context, self._wanted
+        if not self.fast and cc.is_open:
+            cc.skip_frame = "DEFAULT"
+        for packet in self._container.demux(self._stream):
+            if wanted is not None and cc.is_open:  # opened with every frame decodable
+                cc.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
+            for frame in packet.decode():
+                self.frames_decoded += 1
+                yield frame
+
     def _seek(self, target_pts: int) -> None:
         self._container.seek(int(target_pts), stream=self._stream, backward=True)
-        self._frames = self._container.decode(self._stream)
+        self._frames = self._decoded()
         self._current = None
 
     def _frame_at(self, target_pts: int):
         cur = self._current
         if cur is not None and cur.pts == target_pts:
             return cur
+        if self._wanted is not None and target_pts not in self._wanted:
+            self._wanted, self._frames = None, None  # not named: decode every frame again
         key = self._key_pts[max(np.searchsorted(self._key_pts, target_pts, side="right") - 1, 0)]
         if self._frames is None or cur is None or target_pts < cur.pts or key > cur.pts:
             self._seek(target_pts)
@@ -306,6 +352,11 @@ class PyAVReader(VideoReader):
                 continue
             self._current = frame
             if frame.pts >= target_pts:
+                if frame.pts != target_pts and self._wanted is not None:
+                    # the frame asked for did not come out of the skipping decoder: every
+                    # frame from its keyframe on, as without will_read
+                    self._wanted, self._frames = None, None
+                    return self._frame_at(target_pts)
                 return frame
         raise DecodeError("the stream ended before the frame")
 

@@ -300,3 +300,93 @@ def test_pyav_converts_frames_in_its_own_thread_with_one_context(scene_video):
         for i in indices
     ]
     np.testing.assert_array_equal(frames, np.stack(expected))
+
+
+# ---------------------------------------------- exact mode: no frame that nothing needs
+
+
+@pytest.fixture(scope="module")
+def hevc_bframe_video(bframe_video, media_dir):
+    """``bframe_video`` re-encoded as HEVC (libx265, B-frames, its default reference
+    structure)."""
+    import subprocess
+
+    from lvmae.video.ffmpeg import ffmpeg_exe
+
+    out = media_dir / "bframes_hevc.mp4"
+    if not out.exists():
+        subprocess.run(
+            [ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", str(bframe_video),
+             "-c:v", "libx265", "-preset", "fast", "-x265-params", "log-level=error:bframes=4",
+             "-tag:v", "hvc1", str(out)],
+            check=True,
+        )  # fmt: skip
+    return out
+
+
+def _exact_indices(reader, config):
+    from lvmae.video.segments import fixed_segments, sample_frame_indices
+
+    segments = fixed_segments(reader.info.duration_s, segment_s=config.segment_s)
+    starts = np.array([s.start_s for s in segments])
+    ends = np.array([s.end_s for s in segments])
+    return sample_frame_indices(reader.frame_times_s, starts, ends, config.frames_per_segment)
+
+
+@pytest.mark.parametrize("codec", ["h264", "hevc"])
+def test_exact_decoding_leaves_unreferenced_frames_undecoded_with_the_same_pixels(
+    codec, bframe_video, hevc_bframe_video
+):
+    """Told which frames will be asked for, the PyAV reader does not decode the
+    non-reference frames among the others, and every frame it returns is the one a decoder
+    that decodes every frame returns."""
+    from lvmae.video.decoding import PyAVReader
+
+    path = bframe_video if codec == "h264" else hevc_bframe_video
+    config = ExtractConfig(segment_s=2.0)
+    with PyAVReader(path, short_side=64) as plain, PyAVReader(path, short_side=64) as told:
+        assert told.info.num_frames == 500
+        indices = _exact_indices(told, config)  # [10 segments, 8 frames]
+        told.will_read(indices.ravel())
+        for idx in indices:
+            np.testing.assert_array_equal(told.get_frames(idx), plain.get_frames(idx))
+        # the plain reader decoded nearly every frame (it jumps to a keyframe past the
+        # frames between two segments' samples); the told one skipped most B-frames (the
+        # sampled B-frames themselves were decoded)
+        assert plain.frames_decoded > 450
+        assert told.frames_decoded < 0.75 * plain.frames_decoded, (
+            told.frames_decoded, plain.frames_decoded)  # fmt: skip
+
+
+def test_a_frame_not_named_in_will_read_is_still_exact(bframe_video):
+    from lvmae.video.decoding import PyAVReader
+
+    types = np.array(_pict_types(bframe_video))
+    with (
+        PyAVReader(bframe_video, short_side=64) as plain,
+        PyAVReader(bframe_video, short_side=64) as told,
+    ):
+        told.will_read(np.arange(0, 500, 25))  # every 25th frame, all I or P here
+        told.get_frames(np.array([0, 25, 50]))
+        b_frames = np.flatnonzero(types == "3")
+        others = b_frames[(b_frames > 60) & (b_frames < 140)][:5]  # not named, B, forward
+        assert others.size == 5
+        np.testing.assert_array_equal(told.get_frames(others), plain.get_frames(others))
+        # and the named ones after them are still right
+        np.testing.assert_array_equal(
+            told.get_frames(np.array([150, 175])), plain.get_frames(np.array([150, 175]))
+        )
+
+
+def test_exact_clips_are_those_of_a_reader_that_decodes_every_frame(bframe_video):
+    """``read_clips`` (exact, PyAV) names its frames to the reader; its clips are the
+    centre-cropped frames of a reader told nothing."""
+    from lvmae.video.decoding import PyAVReader
+
+    config = ExtractConfig(segment_s=2.0)
+    got = list(read_clips(bframe_video, config))
+    assert got[-1].status == "ok" and len(got) == 11
+    with PyAVReader(bframe_video, short_side=config.image_size) as plain:
+        for clip in got[:-1]:
+            expected = center_crop(plain.get_frames(clip.frame_indices), config.image_size)
+            np.testing.assert_array_equal(clip.frames, expected)
