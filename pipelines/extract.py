@@ -183,11 +183,19 @@ def warm_decode_workers(config: ExtractConfig, reservation: Reservation, tasks: 
     return [warm.remote(config_json) for _ in range(min(slots, tasks))]
 
 
-def first_batch_size(config: ExtractConfig) -> int:
-    """Clips in a decode task's first batch: a quarter of ``batch_size`` (at least one), so
-    a task's first segments are embedded and sent to the driver, and to disk, after a few
-    clips rather than a full batch; later batches hold ``batch_size`` clips."""
-    return max(1, config.batch_size // 4)
+def output_block_bytes(config: ExtractConfig, embedding_dim: int, id_bytes: int = 0) -> int:
+    """Ray Data's ``target_max_block_size`` where the decode tasks (or NVDEC actors) yield
+    embeddings: 0.8 of a ``batch_size``-row batch's size in bytes, estimated per row as the
+    embedding (``4 * embedding_dim``), the frame indices and times (``16 *
+    frames_per_segment``), the video id (``id_bytes``, the longest) and 64 for the rest
+    (within 1 % of Ray Data's size of a real row). Ray Data hands a task's output on once it
+    holds more than this and slices a block of 1.5 times this or more, so each yielded batch
+    leaves the task at once, as one block. Smaller blocks stall the task: it may have 2
+    blocks that the driver has not taken yet (Ray Data's streaming-generator buffer), and
+    with blocks of 2 rows each worker of a 2-core run waited 7 s of its 30 for the driver
+    (``benchmarks/RESULTS.md``, "One block per batch")."""
+    row = 4 * embedding_dim + 16 * config.frames_per_segment + id_bytes + 64
+    return max(1, int(0.8 * config.batch_size * row))
 
 
 def _embed(batch: dict[str, np.ndarray], encoder: FrozenEncoder) -> dict[str, np.ndarray]:
@@ -235,7 +243,7 @@ def _video_batches(batch, config: ExtractConfig, out, *, node_id, gpus) -> Itera
     """The batches of :func:`decode_videos` for the video rows of ``batch``, each passed
     through ``out`` (embedding them, or not), decoded in this process with the GPUs ``gpus``
     (Ray's ids; NVDEC only where it holds one)."""
-    size = first_batch_size(config)  # clips per yield: a small first batch, then batch_size
+    size = config.batch_size  # clips per yield: one output block each (output_block_bytes)
     rows = zip(
         batch["video_id"], batch["uri"], batch["done"], batch["first"], batch["stop"],
         batch["part"], batch["parts"], batch["plan"], batch["why_cpu"], strict=True,
@@ -262,7 +270,7 @@ def _video_batches(batch, config: ExtractConfig, out, *, node_id, gpus) -> Itera
                         chunk.append(item)
                         if len(chunk) >= size:
                             yield out(_clip_batch(video_id, chunk))
-                            chunk, size = [], config.batch_size
+                            chunk = []
                         continue
                     if chunk:
                         yield out(_clip_batch(video_id, chunk))
@@ -1176,14 +1184,14 @@ class _Bookkeeping:
 
 @contextmanager
 def _data_context(
-    config: ExtractConfig, encoder: dict, n_tasks: int, *, nvdec: bool = False
+    config: ExtractConfig, encoder: dict, n_tasks: int, *, nvdec: bool = False, id_bytes: int = 0
 ) -> Iterator[None]:
     """Ray Data settings for the extraction's dataset, restored afterwards: no progress bars
     (ours count videos), a crashed decode task loses one video rather than the run (up to
     ``n_tasks`` of them; negative: no limit), and,
-    where decode tasks (or, with ``nvdec``, the encoder actors) embed, output blocks of
-    about one encoder batch, so segments reach the driver (and disk) while a long video is
-    still being decoded."""
+    where decode tasks (or, with ``nvdec``, the encoder actors) embed, one output block per
+    encoder batch (:func:`output_block_bytes`), so segments reach the driver (and disk)
+    while a long video is still being decoded, and a task seldom waits for the driver."""
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
@@ -1191,12 +1199,8 @@ def _data_context(
     ctx.enable_progress_bars = False
     ctx.max_errored_blocks = n_tasks
     if config.encodes_in_decode_tasks() or nvdec:
-        # Ray Data emits a task's output block once it holds MORE than this many bytes. A
-        # row holds at least its float32 embedding, so every yielded batch (the first of
-        # first_batch_size clips, then batch_size) passes half of that and leaves the task
-        # at once (as one or a few blocks), instead of waiting for the next batch.
-        rows = first_batch_size(config)
-        ctx.target_max_block_size = max(1, rows * 4 * encoder["embedding_dim"] // 2)
+        dim = encoder["embedding_dim"]
+        ctx.target_max_block_size = output_block_bytes(config, dim, id_bytes)
     try:
         yield
     finally:
@@ -1226,7 +1230,8 @@ def _run_pipeline(
     if nvdec:
         log.info("decoding on the encoder actors' GPUs (NVDEC)")
     try:
-        with _data_context(config, encoder, tasks, nvdec=nvdec):
+        id_bytes = max((len(s.video_id.encode()) for s in todo), default=0)
+        with _data_context(config, encoder, tasks, nvdec=nvdec, id_bytes=id_bytes):
             ds = build_dataset(todo, config, done, reserve, ranges, nvdec=nvdec, why_cpu=why_cpu)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             book.add(batch, segment_table(batch, encoder["name"], config_id, dim))

@@ -451,6 +451,23 @@ def test_tiny_encodes_inside_the_decode_tasks_and_other_encoders_get_an_actor_po
     assert sum(r["segment_index"] >= 0 for r in rows) == 3
 
 
+def test_each_embedded_batch_leaves_a_decode_task_as_one_block(scene_video, ray_local):
+    """Where the decode tasks embed, each batch of ``batch_size`` segments reaches the driver
+    as one block: a task may hold only two blocks the driver has not taken, so batches cut
+    into small blocks made it wait for the driver."""
+    from lvmae.encoders.specs import describe_encoder
+    from lvmae.video.inputs import list_videos
+    from pipelines.extract import _data_context, build_dataset
+
+    config = ExtractConfig(segment_s=1.0, batch_size=4)  # scene_video: 12 s, 12 segments
+    todo = list_videos(str(scene_video), (".mp4",))
+    encoder = describe_encoder(config.encoder, None, config.encoder_seed)
+    with _data_context(config, encoder, 1, id_bytes=len(todo[0].video_id)):
+        ds = build_dataset(todo, config)
+    rows = [len(b["segment_index"]) for b in ds.iter_batches(batch_size=None)]
+    assert rows == [4, 4, 4, 1], rows  # three batches, then the video's report row
+
+
 @pytest.mark.slow
 def test_real_encoder_without_any_gpu_is_refused_before_any_work(
     tmp_path, scene_video, tiny_checkpoint, ray_local, monkeypatch
