@@ -211,6 +211,7 @@ class PyAVReader(VideoReader):
     ``skip_frame=NONREF`` set per packet, so no other frame's pixels change: nothing refers to
     it). On 720p H.264 with B-frames that leaves about half the frames undecoded
     (``benchmarks/RESULTS.md``, "Exact decoding without the frames nothing needs").
+    ``frames_decoded`` counts the frames the decoder has output so far (skipped ones not).
 
     ``path`` may also be a binary file object (seekable; e.g.
     :meth:`lvmae.video.remote.RemoteVideo.open`, an object still downloading). Then the
