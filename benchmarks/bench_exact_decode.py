@@ -105,13 +105,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     if not args.clip.exists():
-        from bench_extraction import FPS, SOURCES, H, W
+        from bench_extraction import make_clip
 
-        from lvmae.video.samples import Scene, make_video
-
-        args.clip.parent.mkdir(parents=True, exist_ok=True)
-        scenes = [Scene(s, 20.0) for s in SOURCES]
-        make_video(args.clip, scenes, width=W, height=H, fps=FPS, keyint_s=5.0, bframes=3)
+        make_clip(args.clip)
     torch.set_num_threads(1)
     config = ExtractConfig(decoder="pyav", decode_mode="exact")
     encoder = build_encoder("tiny", device="cpu")

@@ -62,15 +62,19 @@ W, H, FPS = 1280, 720, 25
 SOURCES = ("testsrc2", "smptebars", "gradients")  # cheap to render at 720p
 
 
+def make_clip(path: Path) -> Path:
+    """The benchmarks' clip at ``path``, made once: 60 s of 1280x720 H.264 at 25 fps (three
+    20-s scenes of ``SOURCES``), a 5-s GOP, 3 B-frames in a pyramid."""
+    if not path.exists():
+        scenes = [Scene(s, 20.0) for s in SOURCES]
+        make_video(path, scenes, width=W, height=H, fps=FPS, keyint_s=5.0, bframes=3)
+    return path
+
+
 def archive(work: Path, files: int, minutes_per_file: float) -> list[Path]:
-    """``files`` 720p videos of ``minutes_per_file`` each: a 60-s clip (three scenes) made
-    once, then repeated by stream copy (the decoder's work per frame is what matters)."""
-    clip = work / "clip720.mp4"
-    if not clip.exists():
-        make_video(
-            clip, [Scene(s, 20.0) for s in SOURCES], width=W, height=H, fps=FPS,
-            keyint_s=5.0, bframes=3,
-        )  # fmt: skip
+    """``files`` 720p videos of ``minutes_per_file`` each: the 60-s clip (:func:`make_clip`)
+    repeated by stream copy (the decoder's work per frame is what matters)."""
+    clip = make_clip(work / "clip720.mp4")
     out = []
     for i in range(files):
         path = work / f"archive_{files}x{minutes_per_file:g}min" / f"v{i}.mp4"

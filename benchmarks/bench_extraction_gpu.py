@@ -131,17 +131,9 @@ def library(args: argparse.Namespace, count: int | None = None) -> list[Path]:
     decoder's work per frame is what matters, and the page cache serves every copy alike."""
     clip = args.clip
     if clip is None:
-        from bench_extraction import FPS, SOURCES, H, W  # needs ffmpeg
+        from bench_extraction import make_clip  # needs ffmpeg
 
-        from lvmae.video.samples import Scene, make_video  # needs ffmpeg
-
-        clip = args.workdir / "clip720.mp4"
-        if not clip.exists():
-            clip.parent.mkdir(parents=True, exist_ok=True)
-            make_video(
-                clip, [Scene(s, 20.0) for s in SOURCES], width=W, height=H, fps=FPS,
-                keyint_s=5.0, bframes=3,
-            )  # fmt: skip
+        clip = make_clip(args.workdir / "clip720.mp4")
     folder = args.workdir / "library"
     folder.mkdir(parents=True, exist_ok=True)
     paths = []

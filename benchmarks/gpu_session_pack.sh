@@ -52,16 +52,9 @@ import sys
 from pathlib import Path
 
 sys.path[:0] = ["benchmarks", "."]
-from bench_extraction import FPS, SOURCES, H, W  # the benchmark's clip, as library() makes it
+from bench_extraction import make_clip  # the benchmark's clip, as library() makes it
 
-from lvmae.video.samples import Scene, make_video
-
-clip = Path("wheels/clip720.mp4")
-if not clip.exists():
-    make_video(
-        clip, [Scene(s, 20.0) for s in SOURCES], width=W, height=H, fps=FPS,
-        keyint_s=5.0, bframes=3,
-    )  # fmt: skip
+make_clip(Path("wheels/clip720.mp4"))
 EOF
 du -b "$WHEELS"/* | awk '{ printf "%6.1f MiB  %s\n", $1 / 1048576, $2 }'
 total=$(du -cb "$WHEELS" | tail -1 | cut -f1)

@@ -193,7 +193,8 @@ def output_block_bytes(config: ExtractConfig, embedding_dim: int, id_bytes: int 
     leaves the task at once, as one block. Smaller blocks stall the task: it may have 2
     blocks that the driver has not taken yet (Ray Data's streaming-generator buffer), and
     with blocks of 2 rows each worker of a 2-core run waited 7 s of its 30 for the driver
-    (``benchmarks/RESULTS.md``, "One block per batch")."""
+    (``benchmarks/RESULTS.md``, "Exact decoding without the frames nothing needs; one block
+    per batch")."""
     row = 4 * embedding_dim + 16 * config.frames_per_segment + id_bytes + 64
     return max(1, int(0.8 * config.batch_size * row))
 
@@ -243,7 +244,6 @@ def _video_batches(batch, config: ExtractConfig, out, *, node_id, gpus) -> Itera
     """The batches of :func:`decode_videos` for the video rows of ``batch``, each passed
     through ``out`` (embedding them, or not), decoded in this process with the GPUs ``gpus``
     (Ray's ids; NVDEC only where it holds one)."""
-    size = config.batch_size  # clips per yield: one output block each (output_block_bytes)
     rows = zip(
         batch["video_id"], batch["uri"], batch["done"], batch["first"], batch["stop"],
         batch["part"], batch["parts"], batch["plan"], batch["why_cpu"], strict=True,
@@ -268,7 +268,7 @@ def _video_batches(batch, config: ExtractConfig, out, *, node_id, gpus) -> Itera
                 for item in read_clips_bounded(source, config, **which):
                     if isinstance(item, Clip):
                         chunk.append(item)
-                        if len(chunk) >= size:
+                        if len(chunk) >= config.batch_size:  # one block (output_block_bytes)
                             yield out(_clip_batch(video_id, chunk))
                             chunk = []
                         continue
