@@ -123,6 +123,17 @@ def prepare_local_store(tracking_uri: str) -> None:
         part.unlink(missing_ok=True)
 
 
+def tracking_client(tracking_uri: str) -> MlflowClient:
+    """An ``MlflowClient`` on ``tracking_uri``, a new local SQLite store made first from the
+    migrated template (:func:`prepare_local_store`): a client opens its store at once, and on
+    a new file MLflow would run every schema migration itself (about 2 CPU-s, and two INFO
+    lines on the console)."""
+    from mlflow.tracking import MlflowClient
+
+    prepare_local_store(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
 def metric_key(name: str) -> str:
     """An MLflow-legal metric name (``R@1`` → ``R_at_1``; MLflow allows only alphanumerics,
     ``_ - . / :`` and spaces)."""
@@ -192,10 +203,8 @@ def open_run(
     Any run name works (quotes, spaces, non-ASCII: :func:`find_run`). A new local SQLite
     store starts from :func:`prepare_local_store`."""
     from mlflow.entities import Param
-    from mlflow.tracking import MlflowClient
 
-    prepare_local_store(tracking_uri)
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = tracking_client(tracking_uri)
     parent = _PARENT.get()
     match = {"lvmae.run_name": run_name}
     if parent is not None:

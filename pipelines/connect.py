@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -186,6 +187,17 @@ def connect_ray(address: str | None = None) -> None:
             f"could not join the Ray cluster at {address or 'a local instance'}: {exc}"
         ) from exc
     log.info("Ray: %s", ray.cluster_resources())
+
+
+def disconnect_ray() -> None:
+    """Leave Ray now (stopping the local instance this process started), not in Ray's own
+    exit handler, which first sleeps 0.5 s so that workers' last log lines reach the console.
+    They reach it only under ``-v`` (:func:`set_verbose`), so then Ray's handler is left to
+    do it. A no-op when this process never started or joined Ray."""
+    ray = sys.modules.get("ray")
+    if ray is None or _VERBOSE["on"] or not ray.is_initialized():
+        return
+    ray.shutdown()
 
 
 @dataclass(frozen=True)

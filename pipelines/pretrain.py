@@ -71,7 +71,7 @@ from lvmae.mae.sequences import (
 )
 from lvmae.mae.step import PackedStep
 from lvmae.progress import Progress
-from lvmae.tracking import metric_key, resolve_tracking_uri, tracked_run
+from lvmae.tracking import metric_key, resolve_tracking_uri, tracked_run, tracking_client
 from pipelines.connect import Reservation, connect_ray
 from pipelines.job_inputs import embedding_dim_of, video_sequences
 
@@ -759,7 +759,7 @@ def run_pretrain(
     run_name = run_name or config.run_name or "lvmae"
     tracking_uri = resolve_tracking_uri(tracking_uri or config.tracking_uri, out)
     dim, mcfg, previous = preflight(embeddings, out, config, run_name)
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = tracking_client(tracking_uri)  # a new store from the template
     done = previous is not None and previous["epoch"] >= config.epochs
     if not done:
         connect_ray()

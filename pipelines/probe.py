@@ -33,13 +33,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import ray
-from mlflow.tracking import MlflowClient
 
 from lvmae.config import ProbeConfig, ProbeSection, TuneSection
 from lvmae.probes.features import ProbeTask, load_tasks, video_ids
 from lvmae.probes.results import ProbeResult, result_from_fits, write_results
 from lvmae.progress import Progress
-from lvmae.tracking import log_numbers, resolve_tracking_uri, tracked_run
+from lvmae.tracking import log_numbers, resolve_tracking_uri, tracked_run, tracking_client
 from pipelines.connect import Reservation, library_log_level
 from pipelines.job_inputs import encoded_videos, resolve_checkpoint
 from pipelines.probe_tasks import SCRATCH, SeedFit, fit_seeds, gpus_per_task, load_features_remote
@@ -238,7 +237,7 @@ def _track(
     """One MLflow run per row (experiment ``lvmae-probe``): the recipe it was trained with
     as ``probe.*`` params, its numbers as metrics, its confusion matrix and the results
     tables as artifacts."""
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = tracking_client(tracking_uri)  # a new store from the template
     for result, config in rows:
         row = result.as_row()
         name = f"{result.task}:{result.method}:{result.probe}"

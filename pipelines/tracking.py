@@ -8,7 +8,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from lvmae.config import RunConfig
-from lvmae.tracking import end_run, nested_under, open_run, run_status, system_metrics
+from lvmae.tracking import (
+    end_run,
+    nested_under,
+    open_run,
+    run_status,
+    system_metrics,
+    tracking_client,
+)
 
 
 class RunTracker:
@@ -21,10 +28,8 @@ class RunTracker:
     """
 
     def __init__(self, config: RunConfig, tracking_uri: str, workdir: str) -> None:
-        from mlflow.tracking import MlflowClient  # mlflow: once a chain runs, not at import
-
         self.uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.client = tracking_client(tracking_uri)
         self.experiment = config.run.experiment
         self.workdir = workdir
         params = {"config.digest": config.digest(), "run.workdir": workdir}

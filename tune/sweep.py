@@ -46,7 +46,14 @@ from lvmae.probes.results import ProbeResult, result_from_fits, write_results
 from lvmae.probes.seeds import task_gpus
 from lvmae.probes.train import VAL_METRIC, resolve_device
 from lvmae.progress import Progress
-from lvmae.tracking import PARENT_TAG, end_run, log_numbers, run_status, tracked_run
+from lvmae.tracking import (
+    PARENT_TAG,
+    end_run,
+    log_numbers,
+    run_status,
+    tracked_run,
+    tracking_client,
+)
 from tune.space import KNOBS, SAMPLERS, load_space, probe_config, recipe_point
 
 __all__ = ["KNOBS", "PROGRESS", "SAMPLERS", "TUNED_METHOD", "FitSeeds", "load_space", "run_tune"]
@@ -274,7 +281,7 @@ def _sweep_task(
     ``section.seeds`` seeds in Ray tasks and score it on the test split once per seed;
     write ``trials.csv`` and ``best.json`` under ``<out>/tune/<task>`` and log both (and
     the best row's numbers as ``best/*`` metrics) to the sweep's MLflow run."""
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = tracking_client(tracking_uri)  # a new store from the template
     metric, mode = VAL_METRIC[labels.task]
     with tracked_run(
         tracking_uri, "lvmae-tune", f"sweep:{task}:{Path(out).absolute()}", out=out,

@@ -488,3 +488,36 @@ def test_no_run_is_left_running_and_the_encoder_is_registered(chain, monkeypatch
     inputs = stage_runs["pretrain"].inputs.dataset_inputs
     assert [i.dataset.digest for i in inputs] == [config.extract.config_id()]
     assert "extract" not in {s for s, r in stage_runs.items() if r.inputs.dataset_inputs}
+
+
+def test_the_parent_runs_new_store_is_made_from_the_template_not_migrated(tmp_path, monkeypatch):
+    """A new workdir's store is a copy of the machine's migrated empty store
+    (:func:`lvmae.tracking.prepare_local_store`): MLflow does not run its schema migrations
+    for it (seconds of CPU before Ray starts, and two INFO lines on the console)."""
+    from lvmae import tracking
+    from pipelines.tracking import RunTracker
+
+    monkeypatch.setenv("LVMAE_CACHE_DIR", str(tmp_path / "cache"))
+    tracking._empty_store.cache_clear()
+    try:
+        assert tracking._empty_store() is not None  # made here, once: migrations logged then
+        migrations: list[str] = []
+        handler = logging.Handler()
+        handler.emit = lambda record: migrations.append(record.getMessage())  # type: ignore[method-assign]
+        db_logger = logging.getLogger("mlflow.store.db.utils")
+        level = db_logger.level
+        db_logger.addHandler(handler)
+        db_logger.setLevel(logging.INFO)
+        try:
+            workdir = tmp_path / "demo"
+            workdir.mkdir()
+            uri = f"sqlite:///{workdir / 'mlflow.db'}"
+            tracker = RunTracker(demo_config(workdir), uri, str(workdir))
+        finally:
+            db_logger.removeHandler(handler)
+            db_logger.setLevel(level)
+        assert migrations == []
+        assert tracker.client.get_run(tracker.parent).info.status == "RUNNING"
+        tracker.client.set_terminated(tracker.parent)
+    finally:
+        tracking._empty_store.cache_clear()
