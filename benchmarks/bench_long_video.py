@@ -13,6 +13,13 @@ compared segment by segment.
     .venv/bin/python benchmarks/bench_long_video.py [--workdir work/bench] [--minutes 60]
         [--range-s 600] [--decoder decord --decoder pyav]
 
+With ``--memory MINUTES`` (repeatable, e.g. ``--memory 3 --memory 180``) it measures instead
+the peak memory of ``lvmae extract`` on one video of each length, default settings (PyAV,
+exact, ranges of ``extract.range_s``): the largest sum of PSS over the whole process tree
+(driver, Ray, workers), sampled every 0.5 s, and the driver's own peak RSS. A 3-hour video
+must not need more than a 3-minute one beyond the second decode worker that its ranges keep
+busy (docs/design.md, "Memory").
+
 Prints a Markdown table for benchmarks/RESULTS.md.
 """
 
@@ -31,6 +38,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_extraction import H, W, archive, embeddings, run_extract, single_process  # noqa: E402
 
+from lvmae.config import ExtractConfig  # noqa: E402
+from lvmae.video.segments import segment_ranges  # noqa: E402
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -41,7 +51,14 @@ def main() -> None:
         "--decoder", action="append", choices=["decord", "pyav"],
         help="CPU decoder(s) to run (default: decord and pyav)",
     )  # fmt: skip
+    ap.add_argument(
+        "--memory", type=int, action="append", metavar="MINUTES",
+        help="peak memory on one video of MINUTES (repeatable) instead of the rates",
+    )  # fmt: skip
     args = ap.parse_args()
+    if args.memory:
+        memory(Path(args.workdir), args.memory)
+        return
     decoders = args.decoder or ["decord", "pyav"]
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -82,6 +99,29 @@ def main() -> None:
         cos = float(np.min(np.sum(first * other, axis=1))) if same else float("nan")
         print(f"\n{' '.join(runs[0])} vs {' '.join(key)}: {len(first)} vs {len(other)} segments, "
               f"min cosine {cos:.5f}")  # fmt: skip
+
+
+def memory(work: Path, lengths: list[int]) -> None:
+    """Peak memory of ``lvmae extract`` on one video of each length in ``lengths`` (minutes),
+    default settings, in a fresh process with its own local Ray."""
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"\n## Peak memory of `lvmae extract` on one {W}x{H} video, default settings\n")
+    print("| video | segments | decode tasks | peak PSS, all processes | driver peak RSS | wall |")
+    print("|---|---|---|---|---|---|")
+    for minutes in lengths:
+        (video,) = archive(work, 1, minutes)
+        r = run_extract(video.parent, work / f"out_memory_{minutes}", sample_memory=True)
+        config = ExtractConfig()
+        long = config.range_s is not None and minutes * 60 > config.range_s
+        stride = config.stride_s or config.segment_s
+        tasks = (
+            len(segment_ranges(minutes * 60, range_s=config.range_s, stride_s=stride))
+            if long
+            else 1
+        )
+        print(f"| {minutes} min | {r['summary']['segments_written']} | {tasks} "
+              f"| {r['peak_pss_mib']:,.0f} MiB | {r['driver_rss_mib']:,.0f} MiB "
+              f"| {r['wall_s']:.0f} s |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -173,6 +173,14 @@ class ExtractConfig(BaseModel):
     decode_threads: int = Field(1, ge=0, le=64, description="threads per decoder (0: auto)")
     video_time_limit_s: float = Field(3600.0, gt=0, description="per video, seconds")
     max_clips_in_flight: int = Field(4, ge=1, le=1024, description="per video")
+    malloc_arenas: int | None = Field(
+        2,
+        ge=1,
+        le=1024,
+        description="glibc malloc arenas of each extraction worker process (MALLOC_ARENA_MAX "
+        "in the decode tasks' and encoder actors' runtime env): glibc's default, 8 per core of "
+        "the host, let a decode worker grow with every video it decoded; null: glibc's default",
+    )
     range_s: float | None = Field(
         600.0,
         gt=0,

@@ -178,9 +178,28 @@ def warm_decode_workers(config: ExtractConfig, reservation: Reservation, tasks: 
     need = {"CPU": reservation.cpus or 0.0, **dict(reservation.resources or {})}
     slots = min((int(have.get(k, 0.0) // v) for k, v in need.items() if v > 0), default=tasks)
     extra = {"resources": dict(reservation.resources)} if reservation.resources else {}
-    warm = ray.remote(_warm_worker).options(num_cpus=reservation.cpus, **extra)
+    warm = ray.remote(_warm_worker).options(
+        num_cpus=reservation.cpus, **extra, **worker_options(config)
+    )  # the decode tasks' options: Ray gives those tasks these workers
     config_json = config.model_dump_json()
     return [warm.remote(config_json) for _ in range(min(slots, tasks))]
+
+
+MALLOC_ARENA_ENV = "MALLOC_ARENA_MAX"
+
+
+def worker_options(config: ExtractConfig) -> dict[str, Any]:
+    """Ray options every extraction worker gets (decode and shot-planning tasks, their
+    warm-ups, encoder actors): ``runtime_env`` with ``MALLOC_ARENA_MAX`` =
+    ``config.malloc_arenas`` (Ray merges it into the job's own runtime env). glibc gives
+    each thread that allocates an arena of its own, up to 8 per core of the host, and an arena
+    keeps its peak: a worker that starts a decoding thread (and the decoder its threads) for
+    every video or range grew by about 45 MiB per 10-min range of 720p, without bound in
+    sight; with 2 arenas it stays flat (docs/design.md, "Memory per decode worker"). Empty when
+    ``malloc_arenas`` is None."""
+    if config.malloc_arenas is None:
+        return {}
+    return {"runtime_env": {"env_vars": {MALLOC_ARENA_ENV: str(config.malloc_arenas)}}}
 
 
 def output_block_bytes(config: ExtractConfig, embedding_dim: int, id_bytes: int = 0) -> int:
@@ -1044,6 +1063,7 @@ def build_dataset(
         # decoding must scale out over CPU tasks, not run serially inside the actor pool.
         "memory": (decode.memory_mb or 0) * 2**20 or None,
         **({"resources": dict(decode.resources)} if decode.resources else {}),
+        **worker_options(config),
     }
     # one block, so one decode task, per item: the ranges of a long video run side by side
     ds = ray.data.from_items(items, override_num_blocks=len(items))
@@ -1065,6 +1085,7 @@ def build_dataset(
             compute=pool,
             num_gpus=encode.gpus,
             num_cpus=encode.cpus,
+            **worker_options(config),
         )
     ds = ds.map_batches(decode_videos, **on_cpu)
     if encode is None:
@@ -1076,6 +1097,7 @@ def build_dataset(
         compute=ActorPoolStrategy(size=encode.count or 1),
         num_gpus=encode.gpus or 0.0,
         num_cpus=encode.cpus,
+        **worker_options(config),
     )
 
 

@@ -530,3 +530,21 @@ def test_warm_up_builds_the_encoder_where_decode_tasks_will_run(ray_local, tmp_p
     broken = ExtractConfig(encoder_checkpoint=str(missing))
     (error,) = ray_local.get(warm_decode_workers(broken, decode, 1))
     assert error is not None and "no-such-checkpoint" in error
+
+
+def _arena_setting() -> str | None:
+    return os.environ.get("MALLOC_ARENA_MAX")
+
+
+def test_extraction_workers_run_with_bounded_malloc_arenas(ray_local):
+    """Decode tasks, their warm-ups and encoder actors get ``MALLOC_ARENA_MAX`` in their
+    runtime env (``extract.malloc_arenas``), so glibc cannot give every new decoding thread
+    an arena of its own; ``null`` leaves the job's environment as it is."""
+    from pipelines.extract import worker_options
+
+    probe = ray_local.remote(_arena_setting)
+    assert ray_local.get(probe.options(**worker_options(ExtractConfig())).remote()) == "2"
+    four = worker_options(ExtractConfig(malloc_arenas=4))
+    assert ray_local.get(probe.options(**four).remote()) == "4"
+    assert worker_options(ExtractConfig(malloc_arenas=None)) == {}
+    assert ray_local.get(probe.remote()) is None  # the job's own workers: glibc's default
