@@ -159,6 +159,23 @@ def _warm_worker(config_json: str) -> str | None:
     return None
 
 
+MALLOC_ARENA_ENV = "MALLOC_ARENA_MAX"
+
+
+def worker_options(config: ExtractConfig) -> dict[str, Any]:
+    """Ray options every extraction worker gets (decode and shot-planning tasks, their
+    warm-ups, encoder actors): ``runtime_env`` with ``MALLOC_ARENA_MAX`` =
+    ``config.malloc_arenas`` (Ray merges it into the job's own runtime env). glibc gives
+    each thread that allocates an arena of its own, up to 8 per core of the host, and an arena
+    keeps its peak: a worker that starts a decoding thread (and the decoder its threads) for
+    every video or range grew by about 45 MiB per 10-min range of 720p, without bound in
+    sight; with 2 arenas it stays flat (docs/design.md, "Memory per decode worker"). Empty when
+    ``malloc_arenas`` is None."""
+    if config.malloc_arenas is None:
+        return {}
+    return {"runtime_env": {"env_vars": {MALLOC_ARENA_ENV: str(config.malloc_arenas)}}}
+
+
 def warm_decode_workers(config: ExtractConfig, reservation: Reservation, tasks: int) -> list[Any]:
     """Start, as soon as Ray is up, the worker processes the first decode tasks will run in,
     and build the encoder there, while the driver still opens its MLflow run, reads what is
@@ -183,23 +200,6 @@ def warm_decode_workers(config: ExtractConfig, reservation: Reservation, tasks: 
     )  # the decode tasks' options: Ray gives those tasks these workers
     config_json = config.model_dump_json()
     return [warm.remote(config_json) for _ in range(min(slots, tasks))]
-
-
-MALLOC_ARENA_ENV = "MALLOC_ARENA_MAX"
-
-
-def worker_options(config: ExtractConfig) -> dict[str, Any]:
-    """Ray options every extraction worker gets (decode and shot-planning tasks, their
-    warm-ups, encoder actors): ``runtime_env`` with ``MALLOC_ARENA_MAX`` =
-    ``config.malloc_arenas`` (Ray merges it into the job's own runtime env). glibc gives
-    each thread that allocates an arena of its own, up to 8 per core of the host, and an arena
-    keeps its peak: a worker that starts a decoding thread (and the decoder its threads) for
-    every video or range grew by about 45 MiB per 10-min range of 720p, without bound in
-    sight; with 2 arenas it stays flat (docs/design.md, "Memory per decode worker"). Empty when
-    ``malloc_arenas`` is None."""
-    if config.malloc_arenas is None:
-        return {}
-    return {"runtime_env": {"env_vars": {MALLOC_ARENA_ENV: str(config.malloc_arenas)}}}
 
 
 def output_block_bytes(config: ExtractConfig, embedding_dim: int, id_bytes: int = 0) -> int:

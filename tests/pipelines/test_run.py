@@ -117,8 +117,8 @@ class Chain:
 
 
 class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
+    def __init__(self, level: int = logging.WARNING) -> None:
+        super().__init__(level)
         self.records: dict[int, logging.LogRecord] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -501,9 +501,7 @@ def test_the_parent_runs_new_store_is_made_from_the_template_not_migrated(tmp_pa
     tracking._empty_store.cache_clear()
     try:
         assert tracking._empty_store() is not None  # made here, once: migrations logged then
-        migrations: list[str] = []
-        handler = logging.Handler()
-        handler.emit = lambda record: migrations.append(record.getMessage())  # type: ignore[method-assign]
+        handler = _Collect(logging.INFO)
         db_logger = logging.getLogger("mlflow.store.db.utils")
         level = db_logger.level
         db_logger.addHandler(handler)
@@ -516,7 +514,7 @@ def test_the_parent_runs_new_store_is_made_from_the_template_not_migrated(tmp_pa
         finally:
             db_logger.removeHandler(handler)
             db_logger.setLevel(level)
-        assert migrations == []
+        assert [r.getMessage() for r in handler.records.values()] == []
         assert tracker.client.get_run(tracker.parent).info.status == "RUNNING"
         tracker.client.set_terminated(tracker.parent)
     finally:
