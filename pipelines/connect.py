@@ -163,7 +163,6 @@ def connect_ray(address: str | None = None) -> None:
         ClusterError: the address is unreachable, malformed, or Ray refuses to connect.
     """
     import ray  # heavy: only the commands that use a cluster load Ray
-    from ray.data import DataContext
 
     if ray.is_initialized():
         return
@@ -180,6 +179,10 @@ def connect_ray(address: str | None = None) -> None:
             log_to_driver=_VERBOSE["on"],
             **(local_start_options() if address is None else {}),
         )
+        # imported once Ray is up: the extraction driver imports Ray Data in a thread while
+        # Ray's processes start, and importing it here first would wait for that thread
+        from ray.data import DataContext
+
         DataContext.get_current().print_on_execution_start = _VERBOSE["on"]
         quiet_libraries(_VERBOSE["on"])
     except ConnectionError as exc:

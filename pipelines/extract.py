@@ -184,7 +184,9 @@ def warm_decode_workers(config: ExtractConfig, reservation: Reservation, tasks: 
     torch and LanguageBind's model code (``benchmarks/RESULTS.md``, "Fixed start cost").
 
     One warm-up per decode slot (the cluster's CPUs, or ``decode_resources``, over what a
-    task reserves), at most ``tasks``; none unless the encoder runs inside the decode tasks
+    task reserves); none when ``tasks`` are fewer than the slots (the first task would find
+    a free slot before the warm-ups end, and Ray would start a new worker for it that builds
+    the encoder again), and none unless the encoder runs inside the decode tasks
     (:meth:`ExtractConfig.encodes_in_decode_tasks`). Returns the warm-ups' object refs (a
     failure inside one is returned, not raised)."""
     import ray
@@ -194,12 +196,16 @@ def warm_decode_workers(config: ExtractConfig, reservation: Reservation, tasks: 
     have = ray.cluster_resources()
     need = {"CPU": reservation.cpus or 0.0, **dict(reservation.resources or {})}
     slots = min((int(have.get(k, 0.0) // v) for k, v in need.items() if v > 0), default=tasks)
+    if tasks < slots:
+        # a free slot would take the first task before its warm-up ends, in a new worker
+        # that builds the encoder again: the warm-up would be a second build, never used
+        return []
     extra = {"resources": dict(reservation.resources)} if reservation.resources else {}
     warm = ray.remote(_warm_worker).options(
         num_cpus=reservation.cpus, **extra, **worker_options(config)
     )  # the decode tasks' options: Ray gives those tasks these workers
     config_json = config.model_dump_json()
-    return [warm.remote(config_json) for _ in range(min(slots, tasks))]
+    return [warm.remote(config_json) for _ in range(slots)]
 
 
 def output_block_bytes(config: ExtractConfig, embedding_dim: int, id_bytes: int = 0) -> int:

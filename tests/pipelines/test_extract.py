@@ -512,15 +512,18 @@ def test_run_is_tracked_in_mlflow_with_config_summary_and_manifest(extracted):
 def test_warm_up_builds_the_encoder_where_decode_tasks_will_run(ray_local, tmp_path):
     """The workers started while the driver sets up: as many as will decode at once, the
     tiny encoder built in each, a failure returned (the decode tasks record it), never
-    raised; nothing to warm where the encoder has its own actors."""
+    raised; none when fewer tasks than slots (a task would take a free slot in a new worker
+    before the warm-ups end), nor where the encoder has its own actors."""
     from pipelines.extract import extract_reservations, warm_decode_workers
 
     config = ExtractConfig()
     decode = extract_reservations(config)["decode"]
-    refs = warm_decode_workers(config, decode, 1)
-    assert len(refs) == 1 and ray_local.get(refs) == [None]
     slots = int(ray_local.cluster_resources()["CPU"] // decode.cpus)
+    assert slots >= 2
+    refs = warm_decode_workers(config, decode, slots)
+    assert len(refs) == slots and ray_local.get(refs) == [None] * slots
     assert len(ray_local.get(warm_decode_workers(config, decode, 50))) == slots
+    assert warm_decode_workers(config, decode, slots - 1) == []
     assert warm_decode_workers(config, decode, 0) == []
 
     own_actors = ExtractConfig(encoder="languagebind-video-ft", gpus_per_actor=0)
@@ -528,8 +531,8 @@ def test_warm_up_builds_the_encoder_where_decode_tasks_will_run(ray_local, tmp_p
 
     missing = tmp_path / "no-such-checkpoint"
     broken = ExtractConfig(encoder_checkpoint=str(missing))
-    (error,) = ray_local.get(warm_decode_workers(broken, decode, 1))
-    assert error is not None and "no-such-checkpoint" in error
+    errors = ray_local.get(warm_decode_workers(broken, decode, slots))
+    assert len(errors) == slots and all("no-such-checkpoint" in e for e in errors)
 
 
 def _arena_setting() -> str | None:
