@@ -183,10 +183,11 @@ def warm_decode_workers(config: ExtractConfig, reservation: Reservation, tasks: 
     so the first tasks find the encoder built: a new worker spends about 4 CPU-s importing
     torch and LanguageBind's model code (``benchmarks/RESULTS.md``, "Fixed start cost").
 
-    One warm-up per decode slot (the cluster's CPUs, or ``decode_resources``, over what a
-    task reserves); none when ``tasks`` are fewer than the slots (the first task would find
-    a free slot before the warm-ups end, and Ray would start a new worker for it that builds
-    the encoder again), and none unless the encoder runs inside the decode tasks
+    One warm-up per decode slot (the cluster's CPUs, memory and ``decode_resources``, over
+    what a task reserves: the fewest of these), reserving what a decode task does; none when
+    ``tasks`` are fewer than the slots (the first task would find a free slot before the
+    warm-ups end, and Ray would start a new worker for it that builds the encoder again), and
+    none unless the encoder runs inside the decode tasks
     (:meth:`ExtractConfig.encodes_in_decode_tasks`). Returns the warm-ups' object refs (a
     failure inside one is returned, not raised)."""
     import ray
@@ -194,7 +195,8 @@ def warm_decode_workers(config: ExtractConfig, reservation: Reservation, tasks: 
     if not config.encodes_in_decode_tasks() or tasks <= 0:
         return []
     have = ray.cluster_resources()
-    need = {"CPU": reservation.cpus or 0.0, **dict(reservation.resources or {})}
+    memory = (reservation.memory_mb or 0) * 2**20
+    need = {"CPU": reservation.cpus or 0.0, "memory": memory, **dict(reservation.resources or {})}
     slots = min((int(have.get(k, 0.0) // v) for k, v in need.items() if v > 0), default=tasks)
     if tasks < slots:
         # a free slot would take the first task before its warm-up ends, in a new worker
@@ -202,7 +204,7 @@ def warm_decode_workers(config: ExtractConfig, reservation: Reservation, tasks: 
         return []
     extra = {"resources": dict(reservation.resources)} if reservation.resources else {}
     warm = ray.remote(_warm_worker).options(
-        num_cpus=reservation.cpus, **extra, **worker_options(config)
+        num_cpus=reservation.cpus, memory=memory or None, **extra, **worker_options(config)
     )  # the decode tasks' options: Ray gives those tasks these workers
     config_json = config.model_dump_json()
     return [warm.remote(config_json) for _ in range(slots)]

@@ -3,6 +3,7 @@ pyarrow; resume; bad input through the real `lvmae` command."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -525,6 +526,10 @@ def test_warm_up_builds_the_encoder_where_decode_tasks_will_run(ray_local, tmp_p
     assert len(ray_local.get(warm_decode_workers(config, decode, 50))) == slots
     assert warm_decode_workers(config, decode, slots - 1) == []
     assert warm_decode_workers(config, decode, 0) == []
+    # memory a task reserves counts too: room for one task, so one warm-up for one task
+    memory_mb = int(ray_local.cluster_resources()["memory"] / 2**20 * 0.6)
+    one = dataclasses.replace(decode, memory_mb=memory_mb)
+    assert ray_local.get(warm_decode_workers(config, one, 1)) == [None]
 
     own_actors = ExtractConfig(encoder="languagebind-video-ft", gpus_per_actor=0)
     assert warm_decode_workers(own_actors, decode, 5) == []
