@@ -181,6 +181,14 @@ class ExtractConfig(BaseModel):
         "in the decode tasks' and encoder actors' runtime env): glibc's default, 8 per core of "
         "the host, let a decode worker grow with every video it decoded; null: glibc's default",
     )
+    task_retries: int = Field(
+        3,
+        ge=0,
+        le=100,
+        description="times a decode task (or an NVDEC actor's call) runs again after its worker "
+        "process died (a native crash in a decoder, the out-of-memory killer); then its video "
+        "is recorded as failed and the run goes on (Ray Data's own default retries forever)",
+    )
     range_s: float | None = Field(
         600.0,
         gt=0,

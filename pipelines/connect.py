@@ -97,12 +97,41 @@ def library_log_level() -> int:
     return logging.INFO if _VERBOSE["on"] else logging.WARNING
 
 
+IGNORED_TASK_ERRORS = "ray.data._internal.execution.streaming_executor_state"
+"""Ray Data's logger of a task error it ignores (``DataContext.max_errored_blocks``), each
+with the task's whole traceback."""
+
+
+class OneLineErrors(logging.Filter):
+    """A logged exception as one line: the message, then the exception's type and first
+    line, without the traceback. On :data:`IGNORED_TASK_ERRORS` unless ``-v``: a job that
+    lets some tasks fail records each failure itself (the extraction's videos table names
+    the video and why), so a crashed decoder's 25-line Ray traceback is noise there."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {first})"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
+_ONE_LINE = OneLineErrors()
+
+
 def quiet_libraries(verbose: bool) -> None:
-    """Without ``verbose``, the :data:`QUIET_LOGGERS` log warnings and errors only, and
-    Ray Data's notice about filters written as Python functions is not repeated."""
+    """Without ``verbose``, the :data:`QUIET_LOGGERS` log warnings and errors only, a task
+    error Ray Data ignores is one line (:class:`OneLineErrors`), and Ray Data's notice about
+    filters written as Python functions is not repeated."""
     level = logging.INFO if verbose else logging.WARNING
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(level)
+    ignored = logging.getLogger(IGNORED_TASK_ERRORS)
+    if verbose:
+        ignored.removeFilter(_ONE_LINE)
+    else:
+        ignored.addFilter(_ONE_LINE)
     # "Progress bars disabled": ours replace Ray Data's (lvmae.progress), on purpose
     logging.getLogger("ray.data._internal.progress").setLevel(level if verbose else logging.ERROR)
     if not verbose:

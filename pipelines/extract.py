@@ -36,6 +36,7 @@ import shutil
 import tempfile
 import threading
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -1073,10 +1074,13 @@ def build_dataset(
         **({"resources": dict(decode.resources)} if decode.resources else {}),
         **worker_options(config),
     }
+    tasks = {"max_retries": config.task_retries}
+    actors = {"max_task_retries": config.task_retries}  # an actor restarts; its call stops
     # one block, so one decode task, per item: the ranges of a long video run side by side
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     if any(item["split"] for item in items):
-        ds = ds.map_batches(plan_shots, **on_cpu).repartition(target_num_rows_per_block=1)
+        ds = _map_batches(ds, plan_shots, tasks, **on_cpu)
+        ds = ds.repartition(target_num_rows_per_block=1)
     encode = reserve.get("encode")
     if nvdec:
         if encode is None or not encode.gpus:
@@ -1086,8 +1090,10 @@ def build_dataset(
             max_concurrent_calls_per_actor=config.nvdec_sessions,
             enable_true_multi_threading=True,
         )
-        return ds.map_batches(
+        return _map_batches(
+            ds,
             DecodeEncodeVideos,
+            actors,
             fn_constructor_kwargs={"config_json": config_json, "emulate": emulated()},
             batch_size=1,  # one video (or range) per call: nvdec_sessions calls at once
             compute=pool,
@@ -1095,11 +1101,13 @@ def build_dataset(
             num_cpus=encode.cpus,
             **worker_options(config),
         )
-    ds = ds.map_batches(decode_videos, **on_cpu)
+    ds = _map_batches(ds, decode_videos, tasks, **on_cpu)
     if encode is None:
         return ds
-    return ds.map_batches(
+    return _map_batches(
+        ds,
         EncodeClips,
+        actors,
         fn_constructor_kwargs={"config_json": config_json},
         batch_size=config.batch_size,
         compute=ActorPoolStrategy(size=encode.count or 1),
@@ -1107,6 +1115,20 @@ def build_dataset(
         num_cpus=encode.cpus,
         **worker_options(config),
     )
+
+
+def _map_batches(ds, fn, retries: dict[str, int], **options):
+    """``ds.map_batches(fn, **options)`` with Ray's retry options ``retries``
+    (``max_retries`` for tasks, ``max_task_retries`` for actors; ``extract.task_retries``).
+    Ray Data's default retries a task, or an actor's call, whose worker died, forever: one file
+    that crashes its decoder would keep the run from ending. Bounded, the video is recorded
+    as failed and the run goes on (:meth:`_Bookkeeping.finish_missing`). Ray Data 2.60 takes
+    these options only through its ``ray_remote_args``, deprecated for 2.64 with no named
+    replacement yet: that warning is silenced here (a test checks that a crashing worker's
+    video is recorded as failed)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return ds.map_batches(fn, **options, **retries)
 
 
 def merge_reports(parts: list[dict]) -> dict:
@@ -1142,7 +1164,7 @@ class _Bookkeeping:
 
     def __init__(self, todo, config, summary, writer, *, progress: Progress, on_flush) -> None:
         self.by_id = {s.video_id: s for s in todo}
-        self.config_id = config.config_id()
+        self.config_id, self.retries = config.config_id(), config.task_retries
         self.summary, self.writer, self.bar, self.on_flush = summary, writer, progress, on_flush
         self.received: dict[str, int] = defaultdict(int)
         self.part_reports: dict[str, dict[int, dict]] = defaultdict(dict)
@@ -1195,7 +1217,15 @@ class _Bookkeeping:
             report = self.reports.get(vid) or (merge_reports(list(parts.values())) if parts else {
                 "status": "failed", "num_clips": got
             })  # fmt: skip
-            error = report.get("error") or "no result: the decode task died (crash or OOM?)"
+            lost = (
+                f"no result: its decode task ended without a report after {1 + self.retries} "
+                f"tries (its worker died: a native crash in a decoder, or out of memory)"
+            )
+            errors = [report["error"]] if report.get("error") else []
+            if parts:  # a ranged video: name each range that never reported
+                n = max(p.get("parts", 1) for p in parts.values())
+                errors += [f"part {i + 1}/{n}: {lost}" for i in range(n) if i not in parts]
+            error = "; ".join(errors) or lost
             self.finish(vid, {**report, "status": "partial" if got else "failed", "error": error})
 
     def counts(self) -> dict[str, float]:

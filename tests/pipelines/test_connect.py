@@ -37,3 +37,37 @@ def test_a_local_instance_has_token_auth_and_says_nothing_about_it():
     assert res.returncode == 0, res.stderr[-4000:]
     assert res.stdout.startswith("CPU "), res.stdout
     assert [line for line in res.stderr.splitlines() if PROBLEM_LINE.search(line)] == []
+
+
+def test_a_task_error_ray_data_ignores_is_one_line_unless_verbose(caplog):
+    """Ray Data logs each task error it lets pass (``max_errored_blocks``) with the task's
+    traceback; the job records the failure itself, so the console gets one line naming the
+    error, and ``-v`` the whole traceback."""
+    import logging
+
+    from pipelines.connect import IGNORED_TASK_ERRORS, quiet_libraries
+
+    logger = logging.getLogger(IGNORED_TASK_ERRORS)
+
+    def log_one() -> logging.LogRecord:
+        caplog.clear()
+        try:
+            raise RuntimeError("The worker died unexpectedly.\nCheck the logs.")
+        except RuntimeError:
+            logger.exception("Ignoring this exception with remaining max_errored_blocks=%d.", 1)
+        (record,) = caplog.records
+        return record
+
+    with caplog.at_level(logging.ERROR, logger=IGNORED_TASK_ERRORS):
+        try:
+            quiet_libraries(verbose=False)
+            record = log_one()
+            assert record.exc_info is None
+            assert record.getMessage() == (
+                "Ignoring this exception with remaining max_errored_blocks=1. "
+                "(RuntimeError: The worker died unexpectedly.)"
+            )
+            quiet_libraries(verbose=True)
+            assert log_one().exc_info is not None
+        finally:
+            quiet_libraries(verbose=False)

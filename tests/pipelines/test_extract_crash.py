@@ -1,0 +1,101 @@
+"""A decode worker that dies on one file (a native crash in the decoder, the out-of-memory
+killer): the video is recorded as failed after ``extract.task_retries`` more tries, and the
+run goes on and ends. Ray Data alone retries such a task forever."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+
+import psutil
+import pytest
+
+from lvmae.config import ExtractConfig
+from lvmae.progress import Progress
+from lvmae.storage import read_segments, read_videos
+from lvmae.video.inputs import VideoSource
+from pipelines.extract import ExtractionSummary, OutputWriter, _Bookkeeping, run_extraction
+
+
+class _KillWhoOpens(threading.Thread):
+    """SIGKILL every Ray worker process that has ``path`` open, as a decoder that crashes on
+    that file would die; counts the kills."""
+
+    def __init__(self, path) -> None:
+        super().__init__(daemon=True)
+        self.path, self.kills, self.stop = str(path), 0, threading.Event()
+
+    def run(self) -> None:
+        me = os.getpid()  # the driver reads the file's header itself
+        while not self.stop.wait(0.005):
+            for proc in psutil.process_iter(["pid", "cmdline"]):
+                cmd = proc.info["cmdline"] or []
+                if proc.info["pid"] == me or not cmd or not cmd[0].startswith("ray::"):
+                    continue
+                try:
+                    if any(f.path == self.path for f in proc.open_files()):
+                        proc.kill()
+                        self.kills += 1
+                except psutil.Error:
+                    pass  # gone meanwhile
+
+
+@pytest.fixture(scope="module")
+def crash_archive(tmp_path_factory, scene_video):
+    """A good video and one (60 s, so it stays open a while) whose decoding kills."""
+    from lvmae.video.samples import Scene, make_video
+
+    root = tmp_path_factory.mktemp("crash")
+    shutil.copy(scene_video, root / "good.mp4")
+    make_video(root / "crash.mp4", [Scene("testsrc2", 60.0)], width=64, height=48, fps=10)
+    return root
+
+
+def test_a_video_whose_decoder_dies_is_recorded_failed_and_the_run_ends(
+    crash_archive, tmp_path, ray_local
+):
+    out = tmp_path / "out"
+    killer = _KillWhoOpens(crash_archive / "crash.mp4")
+    killer.start()
+    try:
+        summary = run_extraction(
+            str(crash_archive), str(out), ExtractConfig(task_retries=1), progress=False,
+            track=False,
+        )  # fmt: skip
+    finally:
+        killer.stop.set()
+        killer.join()
+    assert killer.kills == 2  # the first try and one retry, nothing more
+    rows = {r["video_id"]: r for r in read_videos(str(out)).to_pylist()}
+    assert rows["good.mp4"]["status"] == "ok"
+    assert rows["crash.mp4"]["status"] == "failed"
+    assert "after 2 tries" in rows["crash.mp4"]["error"]
+    assert summary.videos_ok == 1 and summary.videos_failed == 1
+    written = read_segments(str(out), columns=["video_id"])["video_id"].to_pylist()
+    assert set(written) == {"good.mp4"}
+    assert len(written) == rows["good.mp4"]["segments_written"] > 0
+
+
+def test_a_ranged_video_names_each_range_that_never_reported(tmp_path):
+    """Ranges 1 and 3 of 3 reported (one of them an error); range 2's task died."""
+    config = ExtractConfig(task_retries=2)
+    source = VideoSource("long.mp4", "/videos/long.mp4")
+    writer = OutputWriter(str(tmp_path), flush_s=60.0, rows_per_file=100)
+    summary = ExtractionSummary(videos_total=1)
+    book = _Bookkeeping(
+        [source], config, summary, writer, progress=Progress(1, "extract", "videos", enabled=False),
+        on_flush=None,
+    )  # fmt: skip
+    book.received["long.mp4"] = 10
+    book.part_reports["long.mp4"] = {
+        0: {"status": "ok", "num_clips": 6, "part": 0, "parts": 3, "error": None},
+        2: {"status": "partial", "num_clips": 4, "part": 2, "parts": 3, "error": "bad packet"},
+    }
+    book.finish_missing()
+    writer.flush()
+    (row,) = read_videos(str(tmp_path)).to_pylist()
+    assert row["status"] == "partial" and row["segments_written"] == 10
+    assert row["error"].startswith("part 3/3: bad packet; part 2/3: no result")
+    assert "after 3 tries" in row["error"]
+    assert summary.failures["long.mp4"] == row["error"]
