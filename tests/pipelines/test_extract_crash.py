@@ -20,15 +20,19 @@ from pipelines.extract import ExtractionSummary, OutputWriter, _Bookkeeping, run
 
 class _KillWhoOpens(threading.Thread):
     """SIGKILL every Ray worker process that has ``path`` open, as a decoder that crashes on
-    that file would die; counts the kills."""
+    that file would die, at most ``limit`` times, and only once ``ready()`` is true; counts
+    the kills."""
 
-    def __init__(self, path) -> None:
+    def __init__(self, path, *, limit: int | None = None, ready=lambda: True) -> None:
         super().__init__(daemon=True)
-        self.path, self.kills, self.stop = str(path), 0, threading.Event()
+        self.path, self.limit, self.ready = str(path), limit, ready
+        self.kills, self.stop = 0, threading.Event()
 
     def run(self) -> None:
         me = os.getpid()  # the driver reads the file's header itself
-        while not self.stop.wait(0.005):
+        while not self.stop.wait(0.005) and (self.limit is None or self.kills < self.limit):
+            if not self.ready():
+                continue
             for proc in psutil.process_iter(["pid", "cmdline"]):
                 cmd = proc.info["cmdline"] or []
                 if proc.info["pid"] == me or not cmd or not cmd[0].startswith("ray::"):
@@ -50,6 +54,16 @@ def crash_archive(tmp_path_factory, scene_video):
     shutil.copy(scene_video, root / "good.mp4")
     make_video(root / "crash.mp4", [Scene("testsrc2", 60.0)], width=64, height=48, fps=10)
     return root
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory):
+    """8 min of 320x180 (96 segments, under ``range_s``): about 2 s to decode and embed
+    here, a window for a kill after its first segments are on disk."""
+    from lvmae.video.samples import Scene, make_video
+
+    path = tmp_path_factory.mktemp("long") / "long.mp4"
+    return make_video(path, [Scene("testsrc2", 480.0)], width=320, height=180, fps=25)
 
 
 def test_a_video_whose_decoder_dies_is_recorded_failed_and_the_run_ends(
@@ -75,6 +89,31 @@ def test_a_video_whose_decoder_dies_is_recorded_failed_and_the_run_ends(
     written = read_segments(str(out), columns=["video_id"])["video_id"].to_pylist()
     assert set(written) == {"good.mp4"}
     assert len(written) == rows["good.mp4"]["segments_written"] > 0
+
+
+def test_a_task_retried_after_a_kill_mid_video_writes_each_segment_once(
+    long_video, tmp_path, ray_local
+):
+    """Killed once while it decodes, after some of its segments are on disk (small batches,
+    written at once), the task runs again from the start; the driver still writes every
+    segment exactly once."""
+    out = tmp_path / "out"
+    written = lambda: any((out / "segments").glob("*.parquet"))  # noqa: E731
+    killer = _KillWhoOpens(long_video, limit=1, ready=written)
+    killer.start()
+    try:
+        run_extraction(
+            str(long_video), str(out), ExtractConfig(batch_size=2, flush_s=0.01),
+            progress=False, track=False,
+        )  # fmt: skip
+    finally:
+        killer.stop.set()
+        killer.join()
+    assert killer.kills == 1
+    (row,) = read_videos(str(out)).to_pylist()
+    assert row["status"] == "ok" and row["error"] is None
+    index = read_segments(str(out), columns=["segment_index"])["segment_index"].to_pylist()
+    assert sorted(index) == list(range(row["segments_planned"]))
 
 
 def test_a_ranged_video_names_each_range_that_never_reported(tmp_path):
