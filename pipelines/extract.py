@@ -28,6 +28,7 @@ point and rerun reads back every segment exactly once.
 from __future__ import annotations
 
 import functools
+import gc
 import importlib
 import json
 import logging
@@ -1165,6 +1166,7 @@ class _Bookkeeping:
     def __init__(self, todo, config, summary, writer, *, progress: Progress, on_flush) -> None:
         self.by_id = {s.video_id: s for s in todo}
         self.config_id, self.retries = config.config_id(), config.task_retries
+        self.lost_hint = ""  # appended to the error of a video whose task never reported
         self.summary, self.writer, self.bar, self.on_flush = summary, writer, progress, on_flush
         self.received: dict[str, int] = defaultdict(int)
         self.part_reports: dict[str, dict[int, dict]] = defaultdict(dict)
@@ -1220,6 +1222,7 @@ class _Bookkeeping:
             lost = (
                 f"no result: its decode task ended without a report after {1 + self.retries} "
                 f"tries (its worker died: a native crash in a decoder, or out of memory)"
+                f"{self.lost_hint}"
             )
             errors = [report["error"]] if report.get("error") else []
             if parts:  # a ranged video: name each range that never reported
@@ -1287,6 +1290,12 @@ def _run_pipeline(
     tasks = -1 if None in ranges.values() else len(todo) + sum(map(len, ranges.values()))
     reserve = reservations or extract_reservations(config)
     nvdec = config.decoder in ("nvdec", "auto") and why_cpu is None
+    if nvdec and config.nvdec_sessions > 1:
+        book.lost_hint = (
+            f"; on the NVDEC route an encoder actor that dies ends every video it was "
+            f"decoding (up to nvdec_sessions = {config.nvdec_sessions}): rerun with "
+            f"--set extract.nvdec_sessions=1 to tell a file that crashes from the others"
+        )
     if nvdec:
         log.info("decoding on the encoder actors' GPUs (NVDEC)")
     try:
@@ -1304,3 +1313,8 @@ def _run_pipeline(
             writer.flush()
         bar.close()
         on_flush(book.counts())
+        # an actor Ray restarted after its worker died (a crash on the NVDEC route) stays
+        # referenced from a cycle until the next garbage collection, holding its GPU: a
+        # later stage of the same driver (pre-training in `lvmae run`) would wait for it
+        ds = None
+        gc.collect()
