@@ -1225,7 +1225,12 @@ class _Bookkeeping:
                 f"{self.lost_hint}"
             )
             errors = [report["error"]] if report.get("error") else []
-            if parts:  # a ranged video: name each range that never reported
+            if vid in self.reports:  # every task reported: segments went missing after it
+                errors.append(
+                    f"{got} of {report['num_clips']} decoded segments arrived: the rest were "
+                    f"lost after decoding (an encoder actor that died?)"
+                )
+            elif parts:  # a ranged video: name each range that never reported
                 n = max(p.get("parts", 1) for p in parts.values())
                 errors += [f"part {i + 1}/{n}: {lost}" for i in range(n) if i not in parts]
             error = "; ".join(errors) or lost

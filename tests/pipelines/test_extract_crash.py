@@ -138,3 +138,22 @@ def test_a_ranged_video_names_each_range_that_never_reported(tmp_path):
     assert row["error"].startswith("part 3/3: bad packet; part 2/3: no result")
     assert "after 3 tries" in row["error"]
     assert summary.failures["long.mp4"] == row["error"]
+
+
+def test_a_video_whose_segments_were_lost_after_decoding_says_so(tmp_path):
+    """Its task reported 6 clips but 4 arrived (an encoder actor died with a batch)."""
+    source = VideoSource("v.mp4", "/videos/v.mp4")
+    writer = OutputWriter(str(tmp_path), flush_s=60.0, rows_per_file=100)
+    summary = ExtractionSummary(videos_total=1)
+    book = _Bookkeeping(
+        [source], ExtractConfig(), summary, writer,
+        progress=Progress(1, "extract", "videos", enabled=False), on_flush=None,
+    )  # fmt: skip
+    book.received["v.mp4"] = 4
+    report = {"status": "ok", "num_clips": 6, "part": 0, "parts": 1, "error": None}
+    book.part_reports["v.mp4"][0] = book.reports["v.mp4"] = report
+    book.finish_missing()
+    writer.flush()
+    (row,) = read_videos(str(tmp_path)).to_pylist()
+    assert row["status"] == "partial" and row["segments_written"] == 4
+    assert row["error"].startswith("4 of 6 decoded segments arrived")
