@@ -111,7 +111,7 @@ class OneLineErrors(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if exc is not None:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            first = (str(exc).strip().splitlines() or [""])[0]
             record.msg = f"{record.getMessage()} ({type(exc).__name__}: {first})"
             record.args, record.exc_info, record.exc_text = None, None, None
         return True

@@ -178,6 +178,19 @@ def worker_options(config: ExtractConfig) -> dict[str, Any]:
     return {"runtime_env": {"env_vars": {MALLOC_ARENA_ENV: str(config.malloc_arenas)}}}
 
 
+def decode_task_options(config: ExtractConfig, reservation: Reservation) -> dict[str, Any]:
+    """Ray options of a decode (or shot-planning) task and of its warm-up, from what a decode
+    task reserves: ``num_cpus``, ``memory`` in bytes (None when not declared: declared, it
+    also keeps Ray Data from fusing decoding into the encoder actors, so decoding scales out
+    over CPU tasks), ``resources`` when given, and :func:`worker_options`."""
+    return {
+        "num_cpus": reservation.cpus,
+        "memory": (reservation.memory_mb or 0) * 2**20 or None,
+        **({"resources": dict(reservation.resources)} if reservation.resources else {}),
+        **worker_options(config),
+    }
+
+
 def warm_decode_workers(config: ExtractConfig, reservation: Reservation, tasks: int) -> list[Any]:
     """Start, as soon as Ray is up, the worker processes the first decode tasks will run in,
     and build the encoder there, while the driver still opens its MLflow run, reads what is
@@ -196,18 +209,18 @@ def warm_decode_workers(config: ExtractConfig, reservation: Reservation, tasks: 
 
     if not config.encodes_in_decode_tasks() or tasks <= 0:
         return []
+    options = decode_task_options(config, reservation)  # Ray gives the tasks these workers
     have = ray.cluster_resources()
-    memory = (reservation.memory_mb or 0) * 2**20
-    need = {"CPU": reservation.cpus or 0.0, "memory": memory, **dict(reservation.resources or {})}
+    need = {
+        "CPU": reservation.cpus or 0.0, "memory": options["memory"] or 0,
+        **options.get("resources", {}),
+    }  # fmt: skip
     slots = min((int(have.get(k, 0.0) // v) for k, v in need.items() if v > 0), default=tasks)
     if tasks < slots:
         # a free slot would take the first task before its warm-up ends, in a new worker
         # that builds the encoder again: the warm-up would be a second build, never used
         return []
-    extra = {"resources": dict(reservation.resources)} if reservation.resources else {}
-    warm = ray.remote(_warm_worker).options(
-        num_cpus=reservation.cpus, memory=memory or None, **extra, **worker_options(config)
-    )  # the decode tasks' options: Ray gives those tasks these workers
+    warm = ray.remote(_warm_worker).options(**options)
     config_json = config.model_dump_json()
     return [warm.remote(config_json) for _ in range(slots)]
 
@@ -1068,12 +1081,7 @@ def build_dataset(
     on_cpu = {
         "batch_size": 1,
         "fn_kwargs": {"config_json": config_json},
-        "num_cpus": decode.cpus,
-        # Declared memory also keeps Ray Data from fusing decoding into the encoder actors:
-        # decoding must scale out over CPU tasks, not run serially inside the actor pool.
-        "memory": (decode.memory_mb or 0) * 2**20 or None,
-        **({"resources": dict(decode.resources)} if decode.resources else {}),
-        **worker_options(config),
+        **decode_task_options(config, decode),
     }
     tasks = {"max_retries": config.task_retries}
     actors = {"max_task_retries": config.task_retries}  # an actor restarts; its call stops
