@@ -225,11 +225,36 @@ def disconnect_ray() -> None:
     """Leave Ray now (stopping the local instance this process started), not in Ray's own
     exit handler, which first sleeps 0.5 s so that workers' last log lines reach the console.
     They reach it only under ``-v`` (:func:`set_verbose`), so then Ray's handler is left to
-    do it. A no-op when this process never started or joined Ray."""
+    do it. Either way, a local instance's autoscaler monitor is stopped first
+    (:func:`stop_local_monitor`). A no-op when this process never started or joined Ray."""
     ray = sys.modules.get("ray")
-    if ray is None or _VERBOSE["on"] or not ray.is_initialized():
+    if ray is None or not ray.is_initialized():
         return
-    ray.shutdown()
+    stop_local_monitor()
+    if not _VERBOSE["on"]:
+        ray.shutdown()
+
+
+def stop_local_monitor() -> bool:
+    """Stop (SIGKILL) the autoscaler monitor of the local instance this process started;
+    returns whether there was one. A local instance never scales, so its monitor has nothing
+    to finish; but ``ray.shutdown()`` stops the GCS before it, and the monitor's SIGTERM
+    handler then waits on the GCS to report its own end, until Ray kills it after its 1-s
+    grace: every local run ended 1 s later (``benchmarks/RESULTS.md``, "A local run's last
+    second"). Ray 2.60's ``ray.init`` has no switch to start without a monitor (``ray start
+    --no-monitor`` has), so its process is found in the node Ray started; nothing happens
+    when this process joined a cluster (the monitor is the cluster's)."""
+    from ray._private import ray_constants
+    from ray._private import worker as ray_worker
+
+    node = getattr(ray_worker, "_global_node", None)
+    if node is None or not node.head:
+        return False
+    monitors = node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, [])
+    for info in monitors:
+        info.process.kill()
+        info.process.wait(timeout=5)
+    return bool(monitors)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,36 @@ def test_a_local_instance_has_token_auth_and_says_nothing_about_it():
     assert [line for line in res.stderr.splitlines() if PROBLEM_LINE.search(line)] == []
 
 
+LEAVE = """
+import psutil, ray
+from ray._private import worker
+from pipelines.connect import connect_ray, disconnect_ray, stop_local_monitor
+connect_ray()
+node = worker._global_node
+monitor = node.all_processes["monitor"][0].process
+others = [i.process for t, infos in node.all_processes.items() if t != "monitor" for i in infos]
+assert stop_local_monitor()
+print("monitor", monitor.returncode)  # SIGKILL: -9
+print("tasks", ray.get(ray.remote(lambda: "run").remote()))  # the instance still works
+disconnect_ray()
+print("left", [p.pid for p in others if p.poll() is None], ray.is_initialized())
+"""
+
+
+@pytest.mark.slow
+def test_leaving_a_local_instance_stops_its_monitor_first_and_everything_after():
+    """``lvmae`` leaving the local instance it started: the autoscaler monitor is killed
+    while the rest of Ray still runs (a task still completes), with no word on the console
+    (its SIGTERM handler, which ``ray.shutdown()`` would invoke after the GCS had stopped,
+    never runs), and then every process of the instance is stopped."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    res = subprocess.run([sys.executable, "-c", LEAVE], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=300, check=False)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert res.stdout.splitlines() == ["monitor -9", "tasks run", "left [] False"], res.stdout
+    assert [line for line in res.stderr.splitlines() if PROBLEM_LINE.search(line)] == []
+
+
 def test_a_task_error_ray_data_ignores_is_one_line_unless_verbose(caplog):
     """Ray Data logs each task error it lets pass (``max_errored_blocks``) with the task's
     traceback; the job records the failure itself, so the console gets one line naming the
