@@ -118,6 +118,9 @@ def ray_local():
         # machine
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
+    from pipelines.connect import stop_local_monitor
+
+    stop_local_monitor()  # else ray.shutdown() waits out the monitor's 1-s grace
     ray.shutdown()
 
 
