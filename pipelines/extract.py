@@ -894,7 +894,8 @@ class OutputWriter:
     and writes them (segments first, then the videos that are complete) as Parquet files,
     each atomically.
 
-    A write happens as soon as the first rows arrive, then whenever ``flush_s`` seconds
+    A write happens as soon as the first rows arrive and as soon as the first video is
+    finished (so both tables show on disk early in a run), then whenever ``flush_s`` seconds
     have passed since the last one or ``rows_per_file`` segment rows are waiting, so files
     are sized by rows and by time. A video's row is written only once all its segment rows
     are on disk. A kill at any moment loses at most the rows received since the last write:
@@ -907,7 +908,8 @@ class OutputWriter:
         self.segments: list[pa.Table] = []
         self.videos: list[dict] = []
         self.pending_rows = 0
-        self.last_write = -float("inf")  # the first finished video is written at once
+        self.last_write = -float("inf")  # the first rows are written at once
+        self.videos_written = 0  # the first finished video's row is written at once too
         self.files_written = 0
 
     def add_segments(self, table: pa.Table) -> None:
@@ -921,8 +923,11 @@ class OutputWriter:
         self.videos.append(row)
 
     def maybe_flush(self) -> bool:
-        """Write now if rows are waiting and ``flush_s`` has passed; True if it wrote."""
-        if (self.videos or self.segments) and self.clock() - self.last_write >= self.flush_s:
+        """Write now if rows are waiting and ``flush_s`` has passed, or the first finished
+        video is waiting; True if it wrote."""
+        first_video = bool(self.videos) and not self.videos_written
+        due = self.clock() - self.last_write >= self.flush_s
+        if (self.videos or self.segments) and (due or first_video):
             self.flush()
             return True
         return False
@@ -933,6 +938,7 @@ class OutputWriter:
         if self.videos:
             write_table_atomic(pa.Table.from_pylist(self.videos, VIDEO_SCHEMA), self.out, "videos")
             self.files_written += 1
+            self.videos_written += len(self.videos)
             self.videos = []
         self.last_write = self.clock()
 

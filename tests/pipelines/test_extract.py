@@ -557,3 +557,36 @@ def test_extraction_workers_run_with_bounded_malloc_arenas(ray_local):
     assert worker_options(ExtractConfig(malloc_arenas=None)) == {}
     # the job's own workers: the environment Ray started with (glibc's default unless set)
     assert ray_local.get(probe.remote()) == os.environ.get("MALLOC_ARENA_MAX")
+
+
+def test_the_writer_writes_the_first_rows_and_the_first_finished_video_at_once(tmp_path):
+    """Files are written by rows and by time, but the first segment rows and the first
+    finished video's row reach disk as they arrive: a run shows both tables early. After
+    that, a video's row waits for ``flush_s`` (or for ``rows_per_file`` segment rows)."""
+    from lvmae.video.inputs import VideoSource
+    from pipelines.extract import OutputWriter, _video_row
+
+    def video_row_for(video_id: str) -> dict:
+        report = {"status": "ok", "num_clips": 4, "num_segments": 4}
+        return _video_row(VideoSource(video_id, f"/videos/{video_id}"), report, "c0")
+
+    now = [0.0]
+    writer = OutputWriter(str(tmp_path), flush_s=30.0, rows_per_file=100, clock=lambda: now[0])
+
+    def files(table: str) -> int:
+        return len(list((tmp_path / table).glob("*.parquet")))
+
+    segments = pa.table({"video_id": ["a.mp4"] * 4, "segment_index": list(range(4))})
+    writer.add_segments(segments)
+    assert writer.maybe_flush() and (files("segments"), files("videos")) == (1, 0)
+    now[0] = 5.0
+    writer.add_segments(segments)
+    assert not writer.maybe_flush()  # within flush_s, no video finished
+    writer.add_video(video_row_for("a.mp4"))
+    assert writer.maybe_flush() and (files("segments"), files("videos")) == (2, 1)
+    now[0] = 10.0
+    writer.add_video(video_row_for("b.mp4"))
+    assert not writer.maybe_flush()  # the second video waits for flush_s
+    now[0] = 35.0
+    assert writer.maybe_flush() and files("videos") == 2
+    assert sorted(read_videos(str(tmp_path))["video_id"].to_pylist()) == ["a.mp4", "b.mp4"]
