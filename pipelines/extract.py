@@ -1186,6 +1186,10 @@ class _Bookkeeping:
         self.part_reports: dict[str, dict[int, dict]] = defaultdict(dict)
         self.reports: dict[str, dict] = {}
         self.finished: set[str] = set()
+        # the indices received, per unfinished video, where it may be decoded again
+        # (:meth:`lost`); segments received before that, per video decoded again
+        self.indices: dict[str, set[int]] | None = None
+        self.earlier: dict[str, int] = defaultdict(int)
         self.t0 = time.perf_counter()
 
     def add(self, batch: dict[str, np.ndarray], table: pa.Table) -> None:
@@ -1196,6 +1200,8 @@ class _Bookkeeping:
             if idx >= 0:
                 self.received[vid] += 1
                 self.summary.segments_written += 1
+                if self.indices is not None:
+                    self.indices.setdefault(vid, set()).add(int(idx))
             else:
                 part = json.loads(rep)
                 self.part_reports[vid][part.get("part", 0)] = part
@@ -1207,15 +1213,33 @@ class _Bookkeeping:
         if self.writer.maybe_flush():
             self.on_flush(self.counts())
 
+    def lost(self) -> list[str]:
+        """The unfinished videos none of whose decoding reported (their worker died)."""
+        return [v for v in self.by_id if v not in self.finished and v not in self.reports]
+
+    def decode_again(self, video_ids: list[str], done: dict[str, list[int]]) -> dict:
+        """Forget what ``video_ids``' decoding reported, to decode them again; returns
+        ``done`` with the segments they sent so far (these stay counted, and are not decoded
+        again). Needs ``indices`` (kept from the start of the run)."""
+        again = dict(done)
+        for vid in video_ids:
+            got = (self.indices or {}).pop(vid, set())
+            again[vid] = sorted(set(done.get(vid, ())) | got)
+            self.earlier[vid] += self.received.pop(vid, 0)
+            self.part_reports.pop(vid, None)
+        return again
+
     def finish(self, video_id: str, report: dict) -> None:
         self.finished.add(video_id)
+        if self.indices is not None:
+            self.indices.pop(video_id, None)
         status, s = report["status"], self.summary
         setattr(s, f"videos_{status}", getattr(s, f"videos_{status}") + 1)
         if status != "ok":
             s.failures[video_id] = report.get("error") or "unknown error"
         s.video_seconds += float((report.get("info") or {}).get("duration_s") or 0.0)
         row = _video_row(self.by_id[video_id], report, self.config_id)
-        row["segments_written"] = self.received[video_id]
+        row["segments_written"] = self.received[video_id] + self.earlier[video_id]
         self.writer.add_video(row)
         counts = self.counts()
         self.bar.update(
@@ -1228,7 +1252,7 @@ class _Bookkeeping:
         for vid in self.by_id:
             if vid in self.finished:
                 continue
-            got = self.received[vid]
+            got = self.received[vid] + self.earlier[vid]
             parts = self.part_reports.get(vid)
             report = self.reports.get(vid) or (merge_reports(list(parts.values())) if parts else {
                 "status": "failed", "num_clips": got
@@ -1241,7 +1265,8 @@ class _Bookkeeping:
             errors = [report["error"]] if report.get("error") else []
             if vid in self.reports:  # every task reported: segments went missing after it
                 errors.append(
-                    f"{got} of {report['num_clips']} decoded segments arrived: the rest were "
+                    f"{self.received[vid]} of {report['num_clips']} decoded segments arrived: "
+                    f"the rest were "
                     f"lost after decoding (an encoder actor that died?)"
                 )
             elif parts:  # a ranged video: name each range that never reported
@@ -1289,6 +1314,37 @@ def _data_context(
         ctx.enable_progress_bars, ctx.max_errored_blocks, ctx.target_max_block_size = saved
 
 
+def _decode_lost_alone(todo, config, encoder, book, *, done, reserve, ranges, id_bytes) -> None:
+    """The NVDEC route's second pass: decode again, one video per encoder actor at a time
+    (``nvdec_sessions = 1``), the videos none of whose calls reported because their actor
+    died. An actor's death (a native crash in the GPU decoder) ends every call it had in
+    flight, and Ray retries them together in the restarted actor, so a file that crashes
+    the decoder took up to ``nvdec_sessions - 1`` good videos with it, on every try. Alone,
+    only that file fails. The segments the first pass received are kept and not decoded
+    again. The first pass's dataset must be released by then: its restarted actor holds its
+    GPU until the next garbage collection."""
+    gc.collect()
+    lost = set(book.lost())
+    log.warning(
+        "%d video(s) ended with an encoder actor that died (NVDEC): decoding them again one "
+        "at a time, to tell a file that crashes the decoder from the others", len(lost),
+    )  # fmt: skip
+    again = [s for s in todo if s.video_id in lost]
+    done = book.decode_again(sorted(lost), done or {})
+    ranges = {v: r for v, r in ranges.items() if v in lost}
+    alone = config.model_copy(update={"nvdec_sessions": 1})
+    book.lost_hint = (
+        "; it was decoded again alone (nvdec_sessions = 1) after an encoder actor died "
+        "with it, and died again: the file itself crashes the decoder"
+    )
+    tasks = -1 if None in ranges.values() else len(again) + sum(map(len, ranges.values()))
+    dim, config_id = encoder["embedding_dim"], config.config_id()
+    with _data_context(alone, encoder, tasks, nvdec=True, id_bytes=id_bytes):
+        ds = build_dataset(again, alone, done, reserve, ranges, nvdec=True)
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        book.add(batch, segment_table(batch, encoder["name"], config_id, dim))
+
+
 def _run_pipeline(
     todo, out, config, encoder, summary, *, done, progress, on_flush, reservations, why_cpu,
     ranges,
@@ -1309,12 +1365,10 @@ def _run_pipeline(
     tasks = -1 if None in ranges.values() else len(todo) + sum(map(len, ranges.values()))
     reserve = reservations or extract_reservations(config)
     nvdec = config.decoder in ("nvdec", "auto") and why_cpu is None
-    if nvdec and config.nvdec_sessions > 1:
-        book.lost_hint = (
-            f"; on the NVDEC route an encoder actor that dies ends every video it was "
-            f"decoding (up to nvdec_sessions = {config.nvdec_sessions}): rerun with "
-            f"--set extract.nvdec_sessions=1 to tell a file that crashes from the others"
-        )
+    # on the NVDEC route an encoder actor that dies ends every video it was decoding (up to
+    # nvdec_sessions): those are decoded again, one at a time (:func:`_decode_lost_alone`)
+    isolate = nvdec and config.nvdec_sessions > 1
+    book.indices = {} if isolate else None
     if nvdec:
         log.info("decoding on the encoder actors' GPUs (NVDEC)")
     try:
@@ -1323,6 +1377,12 @@ def _run_pipeline(
             ds = build_dataset(todo, config, done, reserve, ranges, nvdec=nvdec, why_cpu=why_cpu)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             book.add(batch, segment_table(batch, encoder["name"], config_id, dim))
+        ds = None
+        if isolate and book.lost():
+            _decode_lost_alone(
+                todo, config, encoder, book, done=done, reserve=reserve, ranges=ranges,
+                id_bytes=id_bytes,
+            )  # fmt: skip
         book.finish_missing()
     except DiskFullError:
         full = True  # nothing more can be written: what is on disk stays as it is

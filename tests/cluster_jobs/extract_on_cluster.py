@@ -15,7 +15,9 @@ costs seconds), in this order:
    CPU nodes declares the ``lvmae_decode`` resource, and LanguageBind runs with
    ``decode_resources: {lvmae_decode: 1}`` (``OUT/hetero``): decoding only there, the encoder
    on the GPU node;
-5. the NVDEC route (:func:`nvdec_runs`).
+5. the NVDEC route (:func:`nvdec_runs`);
+6. the NVDEC route with a file that crashes the decoder beside a good one
+   (:func:`nvdec_crash_run`).
 
 Prints one JSON line: the head's id, the grown cluster's node ids, its GPU node's and its
 decode node's ids,
@@ -105,6 +107,7 @@ def on_cluster(args: argparse.Namespace, out: Path) -> dict:
                 actors = [a for i, a in encoder_actors().items() if i not in before]
                 result[name] = {"summary": summary.to_dict(), "actors": actors}
             result.update(nvdec_runs(args, out))
+            result["nvdec_crash"] = nvdec_crash_run(out)
         finally:
             ray.shutdown()
     finally:
@@ -142,6 +145,43 @@ def nvdec_runs(args: argparse.Namespace, out: Path) -> dict:
     except ExtractError as exc:
         result["nvdec_refused"] = str(exc)
     return result
+
+
+def nvdec_crash_run(out: Path) -> dict:
+    """Step 6: the NVDEC route (emulated, as in step 5) on two 60-s videos, two at a time in
+    one encoder actor (``nvdec_sessions: 2``), whose worker is SIGKILLed whenever it has
+    ``crash.mp4`` open (:class:`tests.crash.KillWhoOpens`), as a native crash in the GPU
+    decoder would end it (``OUT/nvdec_crash``). Returns the summary, the kills and the
+    driver's warnings."""
+    import logging
+
+    from lvmae.video.samples import Scene, make_video
+    from tests.crash import KillWhoOpens
+
+    videos = out / "nvdec_crash_in"
+    videos.mkdir()
+    for name in ("good.mp4", "crash.mp4"):
+        make_video(videos / name, [Scene("testsrc2", 60.0)], width=64, height=48, fps=10)
+    config = ExtractConfig(
+        decoder="nvdec", nvdec_sessions=2, task_retries=1, range_s=None, batch_size=4,
+        gpus_per_actor=1.0, decode_memory_mb=256,
+    )  # fmt: skip
+    warnings: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger("pipelines.extract").addHandler(handler)
+    killer = KillWhoOpens(videos / "crash.mp4")
+    killer.start()
+    os.environ[EMULATE_ENV] = "1"
+    try:
+        summary = run_extraction(
+            str(videos), str(out / "nvdec_crash"), config, progress=False, track=False
+        )
+    finally:
+        del os.environ[EMULATE_ENV]
+        killer.stop.set()
+        logging.getLogger("pipelines.extract").removeHandler(handler)
+    return {"summary": summary.to_dict(), "kills": killer.kills, "warnings": warnings}
 
 
 def main() -> None:

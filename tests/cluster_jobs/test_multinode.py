@@ -153,3 +153,28 @@ def test_nvdec_route_without_pynvvideocodec_falls_back_or_stops(runs):
     refused = result["nvdec_refused"]
     assert refused and "decoder nvdec cannot decode" in refused and "PyNvVideoCodec" in refused
     assert not (out / "nvdec_refused").exists()
+
+
+def test_nvdec_a_file_that_crashes_the_decoder_fails_alone(runs):
+    """Two 60-s videos decoded at once by one encoder actor, whose worker dies whenever it
+    has ``crash.mp4`` open: both calls end with it, on every try. The driver then decodes the
+    two again one at a time: the good video is whole (each segment once), and only the
+    crashing file fails, saying it crashed alone too."""
+    import pyarrow.parquet as pq
+
+    out, result = runs
+    crash = result["nvdec_crash"]
+    assert crash["kills"] >= 3, crash  # two tries together, at least one more alone
+    assert any(w.startswith("2 video(s) ended with an encoder actor that died") for w in
+               crash["warnings"]), crash["warnings"]  # fmt: skip
+    videos = {v["video_id"]: v for v in read_videos(str(out / "nvdec_crash")).to_pylist()}
+    good, bad = videos["good.mp4"], videos["crash.mp4"]
+    assert good["status"] == "ok" and good["decoder"] == "nvdec", good
+    planned = len(fixed_segments(60.0))
+    assert good["segments_planned"] == good["segments_written"] == planned
+    rows = pq.read_table(str(out / "nvdec_crash" / "segments"))  # every file, no dedup
+    assert sorted(rows["segment_index"].to_pylist()) == list(range(planned))
+    assert set(rows["video_id"].to_pylist()) == {"good.mp4"}
+    assert bad["status"] == "failed", bad
+    assert "decoded again alone (nvdec_sessions = 1)" in bad["error"], bad["error"]
+    assert crash["summary"]["videos_ok"] == 1

@@ -4,11 +4,8 @@ run goes on and ends. Ray Data alone retries such a task forever."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import threading
 
-import psutil
 import pytest
 
 from lvmae.config import ExtractConfig
@@ -16,33 +13,7 @@ from lvmae.progress import Progress
 from lvmae.storage import read_segments, read_videos
 from lvmae.video.inputs import VideoSource
 from pipelines.extract import ExtractionSummary, OutputWriter, _Bookkeeping, run_extraction
-
-
-class _KillWhoOpens(threading.Thread):
-    """SIGKILL every Ray worker process that has ``path`` open, as a decoder that crashes on
-    that file would die, at most ``limit`` times, and only once ``ready()`` is true; counts
-    the kills."""
-
-    def __init__(self, path, *, limit: int | None = None, ready=lambda: True) -> None:
-        super().__init__(daemon=True)
-        self.path, self.limit, self.ready = str(path), limit, ready
-        self.kills, self.stop = 0, threading.Event()
-
-    def run(self) -> None:
-        me = os.getpid()  # the driver reads the file's header itself
-        while not self.stop.wait(0.005) and (self.limit is None or self.kills < self.limit):
-            if not self.ready():
-                continue
-            for proc in psutil.process_iter(["pid", "cmdline"]):
-                cmd = proc.info["cmdline"] or []
-                if proc.info["pid"] == me or not cmd or not cmd[0].startswith("ray::"):
-                    continue
-                try:
-                    if any(f.path == self.path for f in proc.open_files()):
-                        proc.kill()
-                        self.kills += 1
-                except psutil.Error:
-                    pass  # gone meanwhile
+from tests.crash import KillWhoOpens
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +41,7 @@ def test_a_video_whose_decoder_dies_is_recorded_failed_and_the_run_ends(
     crash_archive, tmp_path, ray_local
 ):
     out = tmp_path / "out"
-    killer = _KillWhoOpens(crash_archive / "crash.mp4")
+    killer = KillWhoOpens(crash_archive / "crash.mp4")
     killer.start()
     try:
         summary = run_extraction(
@@ -99,7 +70,7 @@ def test_a_task_retried_after_a_kill_mid_video_writes_each_segment_once(
     segment exactly once."""
     out = tmp_path / "out"
     written = lambda: any((out / "segments").glob("*.parquet"))  # noqa: E731
-    killer = _KillWhoOpens(long_video, limit=1, ready=written)
+    killer = KillWhoOpens(long_video, limit=1, ready=written)
     killer.start()
     try:
         run_extraction(
@@ -157,3 +128,26 @@ def test_a_video_whose_segments_were_lost_after_decoding_says_so(tmp_path):
     (row,) = read_videos(str(tmp_path)).to_pylist()
     assert row["status"] == "partial" and row["segments_written"] == 4
     assert row["error"].startswith("4 of 6 decoded segments arrived")
+
+
+def test_a_video_decoded_again_keeps_the_segments_it_had_sent(tmp_path):
+    """The NVDEC route's second pass (``_decode_lost_alone``): a video whose actor died after
+    sending segments 0 and 1 is decoded again with those two marked done (beside the 5 on
+    disk from an earlier run), and its row counts them with the ones the second pass sends."""
+    source = VideoSource("v.mp4", "/videos/v.mp4")
+    writer = OutputWriter(str(tmp_path), flush_s=60.0, rows_per_file=100)
+    book = _Bookkeeping(
+        [source], ExtractConfig(), ExtractionSummary(videos_total=1), writer,
+        progress=Progress(1, "extract", "videos", enabled=False), on_flush=None,
+    )  # fmt: skip
+    book.indices = {"v.mp4": {0, 1}}
+    book.received["v.mp4"] = 2
+    assert book.lost() == ["v.mp4"]
+    assert book.decode_again(["v.mp4"], {"v.mp4": [5]}) == {"v.mp4": [0, 1, 5]}
+    assert book.received["v.mp4"] == 0 and book.indices == {}
+    book.received["v.mp4"] = 3  # the second pass: segments 2, 3 and 4
+    book.finish("v.mp4", {"status": "ok", "num_clips": 3, "num_segments": 6, "error": None})
+    writer.flush()
+    (row,) = read_videos(str(tmp_path)).to_pylist()
+    assert row["status"] == "ok" and row["segments_written"] == 5
+    assert book.lost() == []
