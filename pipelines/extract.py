@@ -1103,6 +1103,9 @@ def build_dataset(
         pool = ActorPoolStrategy(
             size=encode.count or 1,
             max_concurrent_calls_per_actor=config.nvdec_sessions,
+            # no call queued behind them: an actor that dies ends every call it was sent,
+            # and one sent while a file that crashes the decoder ran would end with it
+            max_tasks_in_flight_per_actor=config.nvdec_sessions,
             enable_true_multi_threading=True,
         )
         return _map_batches(

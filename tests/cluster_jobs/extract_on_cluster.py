@@ -149,10 +149,10 @@ def nvdec_runs(args: argparse.Namespace, out: Path) -> dict:
 
 def nvdec_crash_run(out: Path) -> dict:
     """Step 6: the NVDEC route (emulated, as in step 5) on two 60-s videos, two at a time in
-    one encoder actor (``nvdec_sessions: 2``), whose worker is SIGKILLed whenever it has
-    ``crash.mp4`` open (:class:`tests.crash.KillWhoOpens`), as a native crash in the GPU
-    decoder would end it (``OUT/nvdec_crash``). Returns the summary, the kills and the
-    driver's warnings."""
+    one encoder actor (``nvdec_sessions: 2``, ``task_retries: 0``), whose worker is SIGKILLed
+    whenever it has ``crash.mp4`` open (:class:`tests.crash.KillWhoOpens`), as a native
+    crash in the GPU decoder would end it (``OUT/nvdec_crash``). Returns the summary, the
+    kills and the driver's warnings."""
     import logging
 
     from lvmae.video.samples import Scene, make_video
@@ -163,7 +163,7 @@ def nvdec_crash_run(out: Path) -> dict:
     for name in ("good.mp4", "crash.mp4"):
         make_video(videos / name, [Scene("testsrc2", 60.0)], width=64, height=48, fps=10)
     config = ExtractConfig(
-        decoder="nvdec", nvdec_sessions=2, task_retries=1, range_s=None, batch_size=4,
+        decoder="nvdec", nvdec_sessions=2, task_retries=0, range_s=None, batch_size=4,
         gpus_per_actor=1.0, decode_memory_mb=256,
     )  # fmt: skip
     warnings: list[str] = []

@@ -157,14 +157,15 @@ def test_nvdec_route_without_pynvvideocodec_falls_back_or_stops(runs):
 
 def test_nvdec_a_file_that_crashes_the_decoder_fails_alone(runs):
     """Two 60-s videos decoded at once by one encoder actor, whose worker dies whenever it
-    has ``crash.mp4`` open: both calls end with it, on every try. The driver then decodes the
+    has ``crash.mp4`` open: both calls end with it (no retries here: Ray's retries meet in the
+    restarted actor and end the same way, each an actor start). The driver then decodes the
     two again one at a time: the good video is whole (each segment once), and only the
     crashing file fails, saying it crashed alone too."""
     import pyarrow.parquet as pq
 
     out, result = runs
     crash = result["nvdec_crash"]
-    assert crash["kills"] >= 3, crash  # two tries together, at least one more alone
+    assert crash["kills"] >= 2, crash  # one try together (task_retries: 0), one alone
     assert any(w.startswith("2 video(s) ended with an encoder actor that died") for w in
                crash["warnings"]), crash["warnings"]  # fmt: skip
     videos = {v["video_id"]: v for v in read_videos(str(out / "nvdec_crash")).to_pylist()}
