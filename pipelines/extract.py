@@ -1269,8 +1269,7 @@ class _Bookkeeping:
             if vid in self.reports:  # every task reported: segments went missing after it
                 errors.append(
                     f"{self.received[vid]} of {report['num_clips']} decoded segments arrived: "
-                    f"the rest were "
-                    f"lost after decoding (an encoder actor that died?)"
+                    f"the rest were lost after decoding (an encoder actor that died?)"
                 )
             elif parts:  # a ranged video: name each range that never reported
                 n = max(p.get("parts", 1) for p in parts.values())
@@ -1340,10 +1339,23 @@ def _decode_lost_alone(todo, config, encoder, book, *, done, reserve, ranges, id
         "; it was decoded again alone (nvdec_sessions = 1) after an encoder actor died "
         "with it, and died again: the file itself crashes the decoder"
     )
-    tasks = -1 if None in ranges.values() else len(again) + sum(map(len, ranges.values()))
+    _extract_pass(
+        again, alone, encoder, book, done=done, reserve=reserve, ranges=ranges, nvdec=True,
+        why_cpu=None, id_bytes=id_bytes,
+    )  # fmt: skip
+
+
+def _extract_pass(
+    todo, config, encoder, book, *, done, reserve, ranges, nvdec, why_cpu, id_bytes
+) -> None:  # fmt: skip
+    """One Ray Data pass of the extraction (:func:`build_dataset`) over ``todo``, each batch
+    handed to ``book`` as it arrives. The dataset lives only here: once this returns, a
+    garbage collection frees the actors it ran."""
+    # a shot-segmented video's range count is known only once its shots are: no limit then
+    tasks = -1 if None in ranges.values() else len(todo) + sum(map(len, ranges.values()))
     dim, config_id = encoder["embedding_dim"], config.config_id()
-    with _data_context(alone, encoder, tasks, nvdec=True, id_bytes=id_bytes):
-        ds = build_dataset(again, alone, done, reserve, ranges, nvdec=True)
+    with _data_context(config, encoder, tasks, nvdec=nvdec, id_bytes=id_bytes):
+        ds = build_dataset(todo, config, done, reserve, ranges, nvdec=nvdec, why_cpu=why_cpu)
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         book.add(batch, segment_table(batch, encoder["name"], config_id, dim))
 
@@ -1355,7 +1367,6 @@ def _run_pipeline(
     writer = OutputWriter(out, flush_s=config.flush_s, rows_per_file=config.rows_per_file)
     bar = Progress(len(todo), "extract", "videos", enabled=progress)
     book = _Bookkeeping(todo, config, summary, writer, progress=bar, on_flush=on_flush)
-    dim, config_id = encoder["embedding_dim"], config.config_id()
     full = False
     if ranges:
         log.info(
@@ -1364,8 +1375,6 @@ def _run_pipeline(
             " (cut after their shots are detected)" if config.segmenter == "shots" else
             f" ({sum(len(r or ()) for r in ranges.values())} ranges)",
         )  # fmt: skip
-    # a shot-segmented video's range count is known only once its shots are: no limit then
-    tasks = -1 if None in ranges.values() else len(todo) + sum(map(len, ranges.values()))
     reserve = reservations or extract_reservations(config)
     nvdec = config.decoder in ("nvdec", "auto") and why_cpu is None
     # on the NVDEC route an encoder actor that dies ends every video it was decoding (up to
@@ -1376,11 +1385,10 @@ def _run_pipeline(
         log.info("decoding on the encoder actors' GPUs (NVDEC)")
     try:
         id_bytes = max((len(s.video_id.encode()) for s in todo), default=0)
-        with _data_context(config, encoder, tasks, nvdec=nvdec, id_bytes=id_bytes):
-            ds = build_dataset(todo, config, done, reserve, ranges, nvdec=nvdec, why_cpu=why_cpu)
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            book.add(batch, segment_table(batch, encoder["name"], config_id, dim))
-        ds = None
+        _extract_pass(
+            todo, config, encoder, book, done=done, reserve=reserve, ranges=ranges,
+            nvdec=nvdec, why_cpu=why_cpu, id_bytes=id_bytes,
+        )  # fmt: skip
         if isolate and book.lost():
             _decode_lost_alone(
                 todo, config, encoder, book, done=done, reserve=reserve, ranges=ranges,
@@ -1399,6 +1407,5 @@ def _run_pipeline(
         # referenced from a cycle until the next garbage collection, holding its GPU: a
         # later stage of the same driver (pre-training in `lvmae run`) would wait for it.
         # Tasks hold nothing once done: the tiny encoder's runs skip the 0.26-s collection
-        ds = None
         if nvdec or not config.encodes_in_decode_tasks():
             gc.collect()
