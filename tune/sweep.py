@@ -243,10 +243,14 @@ def _tune_output(verbose: int) -> Iterator[None]:
 
 def _trial_vals(grid: Any, metric: str, mode: str) -> list[tuple[dict[str, Any], float]]:
     """Per trial, in creation order: its config and its best validation metric over the
-    epochs it ran (trials that reported nothing are left out)."""
+    epochs it ran. Trials that reported nothing, and trials that ended in an error (a probe
+    that diverged after a good epoch), are left out: a configuration is chosen only from
+    trials that ran to their end or that the scheduler stopped."""
     pick = max if mode == "max" else min
     out = []
     for result in grid:
+        if result.error is not None:
+            continue
         df = result.metrics_dataframe
         if df is None or metric not in df or df[metric].dropna().empty:
             continue

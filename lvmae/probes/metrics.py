@@ -24,6 +24,7 @@ __all__ = [
     "confusion_matrix",
     "per_class_accuracy",
     "plot_confusion_matrix",
+    "predicted_classes",
     "regression_report",
     "top_k_accuracy",
 ]
@@ -241,6 +242,37 @@ def plot_confusion_matrix(
     return out
 
 
+def predicted_classes(scores: Any, y: Any) -> np.ndarray:
+    """The class each sample is predicted as, under :func:`top_k_accuracy`'s tie rule: the
+    true class only when it scores strictly higher than every other class; otherwise the
+    highest-scoring other class (a tie for the top score is a wrong prediction, whatever
+    ``argmax`` would pick). What the confusion matrix and the per-class accuracies count, so
+    that they agree with top-1.
+
+    Args:
+        scores: float ``[N, C]`` per-class scores.
+        y: int ``[N]`` true class ids in ``[0, C)``.
+
+    Returns:
+        int64 ``[N]`` class ids in ``[0, C)``.
+
+    Raises:
+        ValueError: shapes that do not match, or class ids outside ``[0, C)``.
+    """
+    s = _numpy(scores).astype(np.float64, copy=False)
+    if s.ndim != 2:
+        raise ValueError(f"scores must be [N, C]; got shape {s.shape}")
+    labels = _class_ids(y, "y", s.shape[1])
+    if labels.shape[0] != s.shape[0]:
+        raise ValueError(f"scores has {s.shape[0]} rows but y has {labels.shape[0]} labels")
+    rows = np.arange(s.shape[0])
+    true_score = s[rows, labels]
+    correct = (s >= true_score[:, None]).sum(axis=1) == 1
+    others = s.copy()
+    others[rows, labels] = -np.inf
+    return np.where(correct, labels, others.argmax(axis=1)).astype(np.int64)
+
+
 def classification_report(logits: Any, y: Any, class_names: Sequence[str]) -> dict[str, Any]:
     """Top-1 / top-5 accuracy and per-class accuracy of a classifier's scores.
 
@@ -267,13 +299,9 @@ def classification_report(logits: Any, y: Any, class_names: Sequence[str]) -> di
     report: dict[str, Any] = {"top1": top_k_accuracy(s, y, 1)}
     if C >= 5:
         report["top5"] = top_k_accuracy(s, y, 5)
-    # Per-class accuracy with the same tie rule as top-1: a sample whose true class ties
-    # with another for the top score is wrong, whatever argmax would pick.
+    # Per-class accuracy with the same tie rule as top-1
     labels = _class_ids(y, "y", C)
-    true_score = s[np.arange(s.shape[0]), labels]
-    correct = (s >= true_score[:, None]).sum(axis=1) == 1
-    pred = np.where(correct, labels, (labels + 1) % C)  # any wrong class stands for "wrong"
-    per_class = per_class_accuracy(pred, labels, C)
+    per_class = per_class_accuracy(predicted_classes(s, labels), labels, C)
     present = per_class[~np.isnan(per_class)]
     report["mean_class_accuracy"] = float(present.mean()) if present.size else math.nan
     report["per_class"] = {name: float(a) for name, a in zip(names, per_class, strict=True)}

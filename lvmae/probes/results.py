@@ -86,7 +86,9 @@ class ProbeResult(BaseModel):
     top1: float | None = None
     top1_std: float | None = None
     top5: float | None = None
+    top5_std: float | None = None
     mean_class_accuracy: float | None = None
+    mean_class_accuracy_std: float | None = None
     mse: float | None = None
     mse_std: float | None = None
     mae: float | None = None
@@ -204,8 +206,10 @@ def result_from_fits(
     y = labels.targets("test")
     reports = [classification_report(f.test_scores, y, labels.classes) for f in fits]
     top1, top1_std = _mean_std([r["top1"] for r in reports])
-    top5 = _mean_std([r["top5"] for r in reports])[0] if "top5" in reports[0] else None
-    mca = [r["mean_class_accuracy"] for r in reports]
+    top5, top5_std = (None, None)
+    if "top5" in reports[0]:
+        top5, top5_std = _mean_std([r["top5"] for r in reports])
+    mca, mca_std = _mean_std([r["mean_class_accuracy"] for r in reports])
     cm = sum(confusion_matrix(f.test_predictions, y, labels.num_classes) for f in fits)
     png = Path(out) / f"confusion_{task}_{method}_{probe}.png"
     title = f"{task}: {method} ({probe})" + (f", {len(fits)} seeds summed" if len(fits) > 1 else "")
@@ -215,7 +219,9 @@ def result_from_fits(
         top1=top1,
         top1_std=top1_std,
         top5=top5,
-        mean_class_accuracy=float(np.mean(mca)),
+        top5_std=top5_std,
+        mean_class_accuracy=mca,
+        mean_class_accuracy_std=mca_std,
         confusion_matrix=png.name,
     )
 

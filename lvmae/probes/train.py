@@ -29,7 +29,7 @@ from lvmae.labels import TASKS
 from lvmae.mae.sequences import collate
 from lvmae.probes.heads import build_probe
 from lvmae.probes.kinds import kind_spec
-from lvmae.probes.metrics import regression_report, top_k_accuracy
+from lvmae.probes.metrics import predicted_classes, regression_report, top_k_accuracy
 
 __all__ = ["VAL_METRIC", "ProbeData", "ProbeFit", "resolve_device", "train_probe"]
 
@@ -139,8 +139,9 @@ class ProbeFit:
             classification; ``mse``, ``mae``, ``n`` for regression.
         history: per epoch, ``epoch``, ``lr``, ``train_loss`` and the validation metrics
             (``val_loss``, ``val_top1``, ``val_top5`` / ``val_mse``, ``val_mae``).
-        test_predictions: ``[N_test]`` predicted class ids (int64) or values (float64, target
-            units) at the best epoch.
+        test_predictions: ``[N_test]`` predicted class ids (int64; a tie for the top score
+            is a wrong class, :func:`lvmae.probes.metrics.predicted_classes`) or values
+            (float64, target units) at the best epoch.
         test_scores: ``[N_test, C]`` float32 test logits at the best epoch (classification;
             None for regression).
         metric: the name of ``val_metric``.
@@ -440,7 +441,7 @@ def _test_fit(
     test_metrics = targets.score(test_out, targets.ys["test"], "")
     test_metrics["n"] = test.n
     if targets.task == "classification":
-        predictions = test_out.argmax(axis=1).astype(np.int64)
+        predictions = predicted_classes(test_out, targets.ys["test"])  # ties are wrong
         scores: np.ndarray | None = test_out
     else:
         predictions = targets.values(test_out)

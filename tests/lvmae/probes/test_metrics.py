@@ -13,6 +13,7 @@ from lvmae.probes.metrics import (
     confusion_matrix,
     per_class_accuracy,
     plot_confusion_matrix,
+    predicted_classes,
     regression_report,
     top_k_accuracy,
 )
@@ -60,6 +61,23 @@ def test_ties_count_against_the_prediction_as_a_brute_force_count_says():
     assert top_k_accuracy(tied, [0], 1) == 0.0 and top_k_accuracy(tied, [0], 2) == 1.0
     report = classification_report(const[:4], [0, 1, 2, 3], ["a", "b", "c", "d"])
     assert report["top1"] == 0.0 and report["mean_class_accuracy"] == 0.0
+
+
+def test_predicted_classes_follow_the_tie_rule_of_top_1():
+    rng = np.random.default_rng(4)
+    scores = rng.integers(0, 3, size=(300, 4)).astype(np.float64)  # many ties
+    y = rng.integers(0, 4, size=300)
+    pred = predicted_classes(scores, y)
+    assert np.mean(pred == y) == pytest.approx(top_k_accuracy(scores, y, 1))
+    rows = np.arange(300)
+    assert np.all(scores[rows, pred] == scores.max(axis=1))  # always a top-scoring class
+    cm = confusion_matrix(pred, y, 4)
+    assert np.trace(cm) / cm.sum() == pytest.approx(top_k_accuracy(scores, y, 1))
+    # a tie with the true class at the top: another of the tied classes, never the true one
+    assert predicted_classes(np.array([[1.0, 2.0, 2.0]]), [2]).tolist() == [1]
+    assert predicted_classes(np.array([[1.0, 2.0, 2.0]]), [1]).tolist() == [2]
+    assert predicted_classes(np.array([[3.0, 2.0, 2.0]]), [1]).tolist() == [0]
+    assert predicted_classes(np.full((2, 3), 0.5), [0, 2]).tolist() == [1, 0]
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

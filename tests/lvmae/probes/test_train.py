@@ -193,6 +193,18 @@ def test_bad_inputs_raise():
         ProbeData(y=train.y, pooled=train.pooled[:-1])
 
 
+def test_a_collapsed_probe_predicts_no_test_video_right():
+    """Zero features and one class-balanced batch: the probe's logits stay equal for every
+    class (no gradient reaches it), so every test video is a tie. Its stored predictions,
+    which the confusion matrix counts, agree with top-1: none is right."""
+    y = np.arange(16) % N_CLASSES
+    zeros = ProbeData(y=y, pooled=np.zeros((16, W), np.float32))
+    result = train_probe(zeros, zeros, zeros, config=ProbeConfig("linear", epochs=2))
+    assert result.test_metrics["top1"] == 0.0
+    assert np.all(result.test_scores == result.test_scores[0, 0])  # every class tied
+    assert not np.any(result.test_predictions == y)
+
+
 def test_training_is_reproducible_and_leaves_the_global_rng_alone():
     train, val, test = order_task(32, 0), order_task(16, 1), order_task(16, 2)
     config = ProbeConfig("pooler", lr=1e-2, epochs=3, batch_size=8, heads=4, dropout=0.2, seed=7)
