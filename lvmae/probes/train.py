@@ -349,11 +349,26 @@ def _train_epoch(
     device: torch.device,
     epoch: int,
 ) -> float:
-    """One pass over ``split`` in ``order``; returns the mean training loss per video."""
+    """One pass over ``split`` in ``order``; returns the mean training loss per video.
+
+    A probe with a BatchNorm (the linear probe's ``batch_norm``) cannot train on a batch of
+    one video, so a last batch of one joins the batch before it (no video is left out).
+
+    Raises:
+        ValueError: a probe with a BatchNorm and a training split of one video.
+        FloatingPointError: a non-finite training loss.
+    """
     probe.train()
+    starts = list(range(0, split.n, batch_size))
+    if split.n % batch_size == 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                         for m in probe.modules()):  # fmt: skip
+        if split.n == 1:
+            raise ValueError("a probe with batch_norm needs at least 2 training videos")
+        starts.pop()  # the last video joins the batch before it
+    ends = [*starts[1:], split.n]
     total, seen = 0.0, 0
-    for start in range(0, split.n, batch_size):
-        idx = order[start : start + batch_size]
+    for start, end in zip(starts, ends, strict=True):
+        idx = order[start:end]
         out = _call(probe, split.batch(idx, device))
         loss = targets.loss(out, targets.train_y[idx].to(device))
         if not torch.isfinite(loss):

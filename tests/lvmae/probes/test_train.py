@@ -205,6 +205,18 @@ def test_a_collapsed_probe_predicts_no_test_video_right():
     assert not np.any(result.test_predictions == y)
 
 
+def test_batch_norm_trains_on_a_last_batch_of_one_video():
+    """17 training videos in batches of 16: the 17th joins the batch before it (a BatchNorm
+    cannot train on one video); one training video with a BatchNorm is a clear error."""
+    train, val = mean_task(17, 0), mean_task(8, 1)
+    config = ProbeConfig("linear", batch_norm=True, epochs=3, batch_size=16)
+    result = train_probe(train, val, val, config=config)
+    assert [h["epoch"] for h in result.history] == [0, 1, 2]
+    assert np.isfinite(result.history[-1]["train_loss"])
+    with pytest.raises(ValueError, match="at least 2 training videos"):
+        train_probe(mean_task(1, 2), val, val, config=config)
+
+
 def test_training_is_reproducible_and_leaves_the_global_rng_alone():
     train, val, test = order_task(32, 0), order_task(16, 1), order_task(16, 2)
     config = ProbeConfig("pooler", lr=1e-2, epochs=3, batch_size=8, heads=4, dropout=0.2, seed=7)
