@@ -81,8 +81,8 @@ def breakfast_labels(
     Splits are by participant (:data:`BREAKFAST_SPLITS`): ``s1`` tests on P03–P15, ``s2`` on
     P16–P28, ``s3`` on P29–P41, ``s4`` on P42–P54; the others train. ``split=None`` writes no
     split column (:func:`~lvmae.labels.format.read_labels` then draws one — which mixes
-    participants). ``val_fraction > 0`` moves that fraction of train videos to val, seeded,
-    stratified.
+    participants). ``val_fraction > 0`` moves that fraction of the train participants, with
+    all their videos, to val (seeded; :func:`~lvmae.labels.splits.carve_val` with groups).
 
     Args:
         paths_or_root: a directory (searched recursively for ``extensions``; ids are paths
@@ -135,4 +135,12 @@ def breakfast_labels(
     )
     if split is None:
         return table
-    return carve_val(table, val_fraction, seed, "Breakfast")
+    # val by participant, as the test split: each camera's file of a recording (and each
+    # recording of a person) stays on one side. The table's ids keep the source's file stems.
+    people = [
+        list(_BREAKFAST_PERSON.finditer(posixpath.splitext(posixpath.basename(v))[0]))[-1].group(1)
+        for v in table["video_id"].to_pylist()
+    ]
+    return carve_val(
+        table, val_fraction, seed, "Breakfast", groups=[f"P{int(p):02d}" for p in people]
+    )

@@ -119,14 +119,31 @@ def regression_strata(values: Sequence[float]) -> list[str]:
     return [str(int(r) * bins // n) for r in ranks]
 
 
-def carve_val(table: pa.Table, val_fraction: float, seed: int, source: str) -> pa.Table:
+def carve_val(
+    table: pa.Table,
+    val_fraction: float,
+    seed: int,
+    source: str,
+    *,
+    groups: Sequence[str] | None = None,
+) -> pa.Table:
     """Move a seeded, stratified ``val_fraction`` of the train rows to ``val``.
+
+    With ``groups`` (one name per row, e.g. a participant), whole groups move instead:
+    ``round(val_fraction · train groups)`` of them (at least one, and at least one group
+    stays in train: a single group stays whole in train, as a class of one row does), drawn
+    by a permutation seeded by ``seed`` over the sorted group names. Rows of one group (the
+    camera views of one recording, one person's recordings) never end up on both sides,
+    which would let best-epoch and sweep selection see near-copies of training videos.
 
     Args:
         table: an adapter's table with ``label`` and ``split`` columns.
-        val_fraction: the fraction of train rows to move; ``<= 0`` returns ``table`` as is.
-        seed: seeds :func:`stratified_split` over the train rows' labels.
+        val_fraction: the fraction of train rows (or groups) to move; ``<= 0`` returns
+            ``table`` as is.
+        seed: seeds :func:`stratified_split` over the train rows' labels (or the groups'
+            permutation).
         source: names the annotations in error messages.
+        groups: optional, one group name per row of ``table``.
 
     Returns:
         ``table`` with its ``split`` column changed (same rows, same order).
@@ -140,11 +157,26 @@ def carve_val(table: pa.Table, val_fraction: float, seed: int, source: str) -> p
     train = [i for i, s in enumerate(splits) if s == "train"]
     if not train:
         raise LabelsError(f"{source}: no train videos to carve a val split from")
-    labels = table["label"].to_pylist()
-    drawn = stratified_split(
-        [labels[i] for i in train], val_fraction=val_fraction, test_fraction=0.0, seed=seed
-    )
+    if groups is not None:
+        drawn = _carve_groups([str(groups[i]) for i in train], val_fraction, seed)
+    else:
+        labels = table["label"].to_pylist()
+        drawn = stratified_split(
+            [labels[i] for i in train], val_fraction=val_fraction, test_fraction=0.0, seed=seed
+        )
     for i, s in zip(train, drawn, strict=True):
         splits[i] = s
     index = table.column_names.index("split")
     return table.set_column(index, "split", pa.array(splits, pa.string()))
+
+
+def _carve_groups(groups: list[str], val_fraction: float, seed: int) -> list[str]:
+    """``train`` / ``val`` per row, whole groups at a time (:func:`carve_val`)."""
+    _check_fractions(val_fraction, 0.0)
+    if seed < 0:
+        raise LabelsError(f"seed must be a non-negative integer, got {seed}")
+    names = sorted(set(groups))
+    n_val = min(max(1, round(val_fraction * len(names))), len(names) - 1)  # 0 for one group
+    order = np.random.default_rng(seed).permutation(len(names))
+    val = {names[k] for k in order[:n_val]}
+    return ["val" if g in val else "train" for g in groups]

@@ -214,6 +214,22 @@ def test_breakfast_from_root(tmp_path):
     assert set(table["label"].to_pylist()) <= set(BREAKFAST_ACTIVITIES)
 
 
+def test_breakfast_val_holds_whole_participants():
+    """Every camera's file of a recording, and every recording of a person, on one side."""
+    paths = [
+        f"P{p:02d}/{cam}/P{p:02d}_{act}.avi"
+        for p in range(3, 40)
+        for cam in ("cam01", "cam02", "webcam01")
+        for act in ("coffee", "tea", "juice")
+    ]
+    table = breakfast_labels(paths, split="s1", val_fraction=0.15, seed=1)
+    side: dict[str, set[str]] = {}
+    for v, s in zip(table["video_id"].to_pylist(), table["split"].to_pylist(), strict=True):
+        side.setdefault(v.split("/")[0], set()).add(s)
+    assert all(len(s) == 1 for s in side.values())
+    assert sum(s == {"val"} for s in side.values()) == round(0.15 * (39 - 15))
+
+
 def test_breakfast_from_paths_and_known_ids():
     paths = ["P03/cam01/P03_tea.avi", "P17/cam01/P17_coffee.avi", "P30/cam01/P30_juice.avi"]
     assert (

@@ -47,3 +47,24 @@ def test_carve_val():
     no_train = table.set_column(2, "split", pa.array(["test"] * 8))
     with pytest.raises(LabelsError, match="t: no train videos to carve a val split from"):
         carve_val(no_train, 0.2, 0, "t")
+
+
+def test_carve_val_by_group_keeps_each_group_on_one_side():
+    people = [f"P{k % 10:02d}" for k in range(50)] + ["P10", "P11"] * 5  # 10 train people
+    table = pa.table(
+        {
+            "video_id": [f"v{k}.mp4" for k in range(60)],
+            "label": ["a", "b", "c"] * 20,
+            "split": ["train"] * 50 + ["test"] * 10,
+        }
+    )
+    carved = carve_val(table, 0.25, 3, "t", groups=people)
+    split = carved["split"].to_pylist()
+    sides = {p: {s for p2, s in zip(people, split, strict=True) if p2 == p} for p in people}
+    assert all(len(s) == 1 for s in sides.values()), sides  # no person on two sides
+    assert split[50:] == ["test"] * 10  # test rows untouched
+    val_people = {p for p, s in sides.items() if s == {"val"}}
+    assert len(val_people) == round(0.25 * 10)  # of the 10 people with train rows
+    assert carved.equals(carve_val(table, 0.25, 3, "t", groups=people))
+    one = carve_val(table.slice(0, 6), 0.2, 0, "t", groups=["P01"] * 6)  # nothing to move
+    assert one["split"].to_pylist() == ["train"] * 6
