@@ -27,6 +27,7 @@ per classification row, all logged to MLflow (experiment ``lvmae-probe``).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 from collections.abc import Sequence
@@ -236,11 +237,15 @@ def _track(
 ) -> None:
     """One MLflow run per row (experiment ``lvmae-probe``): the recipe it was trained with
     as ``probe.*`` params, its numbers as metrics, its confusion matrix and the results
-    tables as artifacts."""
+    tables as artifacts. The run is named by the row, a digest of its recipe and the
+    absolute ``out`` (as the sweep's): a rerun of the same job reuses its runs, while a job
+    with another recipe or output on the same store gets runs of its own."""
     client = tracking_client(tracking_uri)  # a new store from the template
     for result, config in rows:
         row = result.as_row()
-        name = f"{result.task}:{result.method}:{result.probe}"
+        recipe = hashlib.sha1(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
+        name = (f"{result.task}:{result.method}:{result.probe}:{recipe.hexdigest()[:8]}:"
+                f"{Path(out).absolute()}")  # fmt: skip
         with tracked_run(
             tracking_uri, "lvmae-probe", name, out=out, tags={"lvmae.stage": "probe"},
             params={**{f"probe.{k}": v for k, v in config.to_dict().items()},

@@ -36,6 +36,7 @@ from lvmae.probes.results import ProbeResult
 
 __all__ = [
     "ReportFiles",
+    "anchor_confusion_matrices",
     "best_by_task",
     "results_table",
     "write_report",
@@ -350,6 +351,20 @@ def _resolve(cm: str, task: str, probe_dir: Path | None) -> Path | None:
     else:
         candidates = [probe_dir / path, probe_dir / task / path]
     return next((c for c in candidates if c.is_file()), None)
+
+
+def anchor_confusion_matrices(
+    results: Sequence[ProbeResult], root: str | Path
+) -> list[ProbeResult]:
+    """``results`` with each relative ``confusion_matrix`` that exists under ``root`` (or
+    ``root/<task>/``) made absolute, so that results from several outputs (``lvmae probe``'s
+    and ``lvmae tune``'s, whose matrices share file names) can go into one report; other
+    rows are returned as they are."""
+    out = []
+    for r in results:
+        found = _resolve(r.confusion_matrix, r.task, Path(root)) if r.confusion_matrix else None
+        out.append(r.model_copy(update={"confusion_matrix": str(found.absolute())}) if found else r)
+    return out
 
 
 def _slug(text: str) -> str:

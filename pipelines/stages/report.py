@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from lvmae.tracking import mlflow_ui_hint
-from pipelines.report import write_report
+from pipelines.report import anchor_confusion_matrices, write_report
 from pipelines.stages.base import BaseStage, StageContext, StageOutput, sha
 from pipelines.stages.extract import ExtractOutput
 from pipelines.stages.pretrain import PretrainOutput
@@ -73,13 +73,15 @@ class ReportStage(BaseStage):
         return {"report": 1}
 
     def run(self, context: StageContext) -> ReportOutput:
-        results, probe_dir = [], None
+        # each output's confusion matrices by absolute path: the probe's and the sweep's
+        # share file names (confusion_<task>_<method>_<probe>.png) under different folders
+        results = []
         if "probe" in context.records:
             probe = context.output("probe", ProbeOutput)
-            results += probe.results
-            probe_dir = Path(probe.dir)
+            results += anchor_confusion_matrices(probe.results, probe.dir)
         if "tune" in context.records:
-            results += context.output("tune", TuneOutput).results
+            tuned = context.output("tune", TuneOutput)
+            results += anchor_confusion_matrices(tuned.results, tuned.dir)
         run_id = None
         if "pretrain" in context.records:
             run_id = context.output("pretrain", PretrainOutput).mlflow_run_id
@@ -90,7 +92,6 @@ class ReportStage(BaseStage):
             summary=summary_of(context),
             loss_history=loss_history(context.tracking_uri, run_id),
             results=results,
-            probe_dir=probe_dir,
             notes=[mlflow_ui_hint(context.tracking_uri)],
         )
         from mlflow.tracking import MlflowClient

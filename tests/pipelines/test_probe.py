@@ -14,13 +14,13 @@ import ray
 import torch
 from click.testing import CliRunner
 
-from lvmae.config import ProbeSection, TuneSection
+from lvmae.config import ProbeConfig, ProbeSection, TuneSection
 from lvmae.mae.checkpoints import save_checkpoint
 from lvmae.mae.model import LVMAE, model_config
 from lvmae.probes.results import ProbeResult
 from lvmae.storage import StorageError, segment_schema, write_table_atomic
 from pipelines.cli import cli
-from pipelines.probe import feature_cache_dir, run_probe, run_sweep
+from pipelines.probe import _track, feature_cache_dir, run_probe, run_sweep
 from tests.pipelines.conftest import copy_outputs, quick_small_runs, seed_store
 
 DIM = 64
@@ -148,6 +148,33 @@ def test_rows_are_logged_to_mlflow(linear_run):
     assert {"results.csv", "results.md", rows[0].confusion_matrix} <= names
     scratch = next(r for r in runs if r.data.params["method"] == "transformer")
     assert scratch.data.params["probe.kind"] == "attentive"  # the recipe it trained with
+
+
+def test_probe_jobs_with_other_recipes_or_outputs_get_runs_of_their_own(tmp_path):
+    """Two probe jobs on one store (as beside a checkpoint): each row's run holds its own
+    job's recipe and numbers; the same job run again reuses its run."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def job(out: str, lr: float, top1: float) -> None:
+        row = ProbeResult(
+            method="lvmae", probe="linear", task="genre", kind="classification",
+            train=10, val=3, test=3, best_epoch=0, val_top1=0.5, top1=top1,
+        )  # fmt: skip
+        (tmp_path / out).mkdir(exist_ok=True)
+        table = tmp_path / out / "results.csv"
+        table.write_text("method\nlvmae\n")
+        _track([(row, ProbeConfig("linear", lr=lr))], [table], out=str(tmp_path / out),
+               tracking_uri=uri)  # fmt: skip
+
+    job("a", 1e-4, 0.4)
+    job("b", 1e-2, 0.9)  # another recipe and output
+    job("a", 1e-4, 0.4)  # the first job again
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("lvmae-probe").experiment_id])
+    got = sorted((r.data.params["probe.lr"], r.data.metrics["top1"], r.info.status) for r in runs)
+    assert got == [("0.0001", 0.4, "FINISHED"), ("0.01", 0.9, "FINISHED")]
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from lvmae.probes.metrics import plot_confusion_matrix
 from lvmae.probes.results import ProbeResult
-from pipelines.report import best_by_task, results_table, write_report
+from pipelines.report import anchor_confusion_matrices, best_by_task, results_table, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLASSES = ("drama", "comedy", "action")
@@ -190,6 +190,31 @@ def test_tuned_rows_find_matrices_under_the_task_directory(tmp_path):
     assert (tmp_path / "r" / "figures" / "confusion_genre.png").is_file()
     md = files.markdown.read_text(encoding="utf-8")
     assert "no mean-pool baseline to compare with" in _task_line(md, "genre")
+
+
+def test_probe_and_tuned_rows_show_their_own_matrices_in_one_report(tmp_path):
+    """The report stage's case: the probe's rows and the sweep's, each anchored to its own
+    output; the best (the tuned row) shows its matrix, not the probe's."""
+    probe_dir, tune_dir = tmp_path / "probe", tmp_path / "probe" / "tune"
+    probe_cm = "confusion_genre_lvmae_linear.png"
+    tuned_cm = "confusion_genre_lvmae-tuned_linear.png"
+    plot_confusion_matrix(np.eye(3, dtype=np.int64), CLASSES, probe_dir / probe_cm)
+    plot_confusion_matrix(3 - np.eye(3, dtype=np.int64), CLASSES, tune_dir / "genre" / tuned_cm)
+    rows = anchor_confusion_matrices([_cls_row("lvmae", "linear", 0.7, probe_cm)], probe_dir)
+    rows += anchor_confusion_matrices(
+        [_cls_row("lvmae-tuned", "linear", 0.9, tuned_cm), _cls_row("lvmae", "pooler", 0.5)],
+        tune_dir,
+    )
+    assert [r.confusion_matrix for r in rows] == [
+        str((probe_dir / probe_cm).absolute()),
+        str((tune_dir / "genre" / tuned_cm).absolute()),
+        None,
+    ]
+    files = write_report(tmp_path / "r", title="t", summary={}, loss_history={}, results=rows)
+    md = files.markdown.read_text(encoding="utf-8")
+    assert "genre: lvmae-tuned (linear)" in md and "genre: lvmae (linear)" not in md
+    shown = imread(tmp_path / "r" / "figures" / "confusion_genre.png")
+    assert np.array_equal(shown, imread(tune_dir / "genre" / tuned_cm))
 
 
 def test_baseline_win_is_reported_with_the_lvmae_gap(tmp_path):

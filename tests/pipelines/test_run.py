@@ -242,6 +242,11 @@ def test_the_chain_runs_every_stage_and_writes_the_report(chain):
     figures = {Path(f).name for f in result.records["report"].outputs["figures"]}
     assert {"loss_curves.png", "probe_comparison.png"} <= figures
     assert any(name.startswith("confusion") for name in figures)
+    # the matrix shown per task is one of the best LV-MAE rows', the sweep's included
+    for task in {r.task for r in result.results}:
+        mine = [r for r in result.results if r.task == task and r.method.startswith("lvmae")]
+        top = max(r.top1 for r in mine)
+        assert any(f"{task}: {r.method} ({r.probe})" in md for r in mine if r.top1 == top), md
     assert any("[pretrain] done" in line for line in chain.lines)
 
 
