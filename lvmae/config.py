@@ -388,7 +388,9 @@ class PretrainConfig(BaseModel):
         "auto", description="torch.compile the transformer blocks (auto: on CUDA)"
     )
     cuda_graphs: Literal["auto", "on", "off"] = Field(
-        "auto", description="capture the step once per capacity bucket and replay (auto: CUDA)"
+        "auto",
+        description="capture the step once per capacity bucket and replay (auto: on CUDA, "
+        "unless attention is split)",
     )
     attention: Literal["auto", "varlen", "padded", "split"] = Field(
         "auto", description="attention kernel over packed rows (auto: varlen on CUDA, split on CPU)"
@@ -403,7 +405,7 @@ class PretrainConfig(BaseModel):
     betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas")
     min_lr: float = Field(0.0, ge=0, description="lr at the end of the cosine")
     clip_grad: float | None = Field(None, gt=0, description="max gradient norm (None: off)")
-    seed: int = Field(0, description="seed of weights, masks and windows")
+    seed: int = Field(0, ge=0, description="seed of weights, masks and windows")
     # run
     num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP ranks)")
     use_gpu: bool = Field(False, description="one GPU per worker")
@@ -433,10 +435,14 @@ class PretrainConfig(BaseModel):
             raise ValueError(
                 f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})"
             )
-        if self.window == "random" and self.min_window_tokens() > self.max_tokens:
+        # lvmae.mae.sequences.sample_window's rounding: whole seconds in
+        # [ceil(min_window_s), floor(max_tokens * segment_s)]
+        longest_s = math.floor(self.max_tokens * self.segment_s + 1e-9)
+        if self.window == "random" and math.ceil(self.min_window_s - 1e-9) > longest_s:
             raise ValueError(
-                f"min_window_s ({self.min_window_s} s = {self.min_window_tokens()} tokens of "
-                f"{self.segment_s} s) must fit in max_tokens ({self.max_tokens})"
+                f"min_window_s ({self.min_window_s} s, drawn in whole seconds) must fit in "
+                f"max_tokens ({self.max_tokens}) segments of {self.segment_s} s ({longest_s} "
+                "whole seconds)"
             )
         if not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must each be in [0, 1), got {self.betas}")
@@ -456,7 +462,18 @@ class PretrainConfig(BaseModel):
                 )
         if self.cuda_graphs == "on" and not self.use_gpu:
             raise ValueError("cuda_graphs: on needs use_gpu: true (CUDA graphs run on GPUs only)")
-        if self.min_lr > self.effective_lr():
+        if self.cuda_graphs == "on" and self.attention == "split":
+            raise ValueError(
+                "attention: split reads every batch's window lengths on the host, which a "
+                "captured CUDA graph cannot: set attention to varlen, padded or auto, or "
+                "cuda_graphs to off or auto (auto runs split without graphs)"
+            )
+        # the run's peak lr is at most effective_lr() without token budgets (batch_plan only
+        # lowers the batch to fit the data); under token budgets it is known from the data
+        # only, and batch_plan checks min_lr against it
+        if (self.lr is not None or self.batch_tokens is None) and (
+            self.min_lr > self.effective_lr()
+        ):
             raise ValueError(
                 f"min_lr ({self.min_lr}) must not exceed the peak lr ({self.effective_lr()})"
             )
@@ -472,9 +489,12 @@ class PretrainConfig(BaseModel):
         return self.blr * batch / 256
 
     def min_window_tokens(self) -> int:
-        """Shortest ``"random"`` window in tokens: ``ceil(min_window_s / segment_s)``, at
-        least ``min_tokens`` (10 s of 5 s segments: 2 tokens)."""
-        return max(self.min_tokens, math.ceil(self.min_window_s / self.segment_s - 1e-9))
+        """Shortest ``"random"`` window in tokens, as
+        :func:`lvmae.mae.sequences.sample_window` draws it: the shortest whole-second
+        duration, ``ceil(min_window_s)``, in whole segments (rounded down), at least 1 (10 s
+        of 5 s segments: 2 tokens; 10 s of 10 s segments: 1 token, which has no masked token
+        to score). A video shorter than that gives a window of its whole length."""
+        return max(1, int(math.ceil(self.min_window_s - 1e-9) // self.segment_s))
 
     def worker_batch_size(self) -> int:
         """Windows per worker per step: ``batch_size``."""
@@ -489,7 +509,9 @@ class PretrainConfig(BaseModel):
     def step_settings(self, device_type: str) -> dict[str, Any]:
         """How the training step runs on ``device_type`` (``"cuda"`` or ``"cpu"``): the
         ``auto`` switches resolved. CUDA: bf16 autocast, compiled blocks, CUDA graphs, varlen
-        attention; CPU: fp32, eager, exact shapes, per-window attention (the exact path)."""
+        attention; CPU: fp32, eager, exact shapes, per-window attention (the exact path).
+        ``attention: split`` needs the host lengths of every batch, so it runs without CUDA
+        graphs (``cuda_graphs: on`` with it is refused by the config check)."""
         cuda = device_type == "cuda"
 
         def switch(value: str) -> bool:
@@ -501,7 +523,7 @@ class PretrainConfig(BaseModel):
         return {
             "precision": precision,
             "compile": switch(self.compile),
-            "graphs": cuda and switch(self.cuda_graphs),
+            "graphs": cuda and switch(self.cuda_graphs) and self.attention != "split",
             "backend": self.attention,
         }
 

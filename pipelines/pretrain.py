@@ -377,10 +377,10 @@ def train_loop_per_worker(loop_config: dict[str, TrainLoopConfig]) -> None:
         else:
             videos = epoch_batches(
                 train_store, epoch=epoch, rank=rank, world=world, batch_size=per_worker_batch,
-                seed=config.seed, skip=skip * config.accumulate,
+                seed=config.seed, skip=skip * loop.plan.accumulate,
             )  # fmt: skip
             steps = step_batches(train_store, rank=rank, world=world, videos=videos,
-                                 accumulate=config.accumulate)  # fmt: skip
+                                 accumulate=loop.plan.accumulate)  # fmt: skip
         result = train_one_epoch(
             trainer.runner, trainer.optimizer, trainer.scheduler, steps, config,
             epoch=epoch, step=trainer.step, first_step=first, steps_in_epoch=n_steps,
@@ -418,9 +418,10 @@ def _validation(
     rank: int,
     device,
 ) -> dict[str, float]:
-    """``val/loss`` averaged over all validation videos (fixed windows and masks every
-    epoch; rank r reads videos r, r + world, ... of the store in order) when due, and on
-    rank 0 the reconstruction-retrieval monitor (LV-MAE §4.4) when due."""
+    """``val/loss``, the mean over the masked tokens of all validation videos (fixed windows
+    and masks every epoch; rank r reads videos r, r + world, ... of the store in order) when
+    due (NaN when nothing was masked), and on rank 0 the reconstruction-retrieval monitor
+    (LV-MAE §4.4) when due."""
     monitor_due = config.monitor_every_epochs and (epoch + 1) % config.monitor_every_epochs == 0
     if store is None or not ((epoch + 1) % config.val_every_epochs == 0 or monitor_due):
         return {}
@@ -456,6 +457,8 @@ class BatchPlan:
 
     Attributes:
         per_worker_batch: windows per micro-batch per worker (None under token budgets).
+        accumulate: micro-batches per optimizer step per worker (``config.accumulate``,
+            lowered to what a worker's share of the videos fills without token budgets).
         global_batch: windows per optimizer step over all workers (under token budgets the
             mean over the run: training videos x epochs / steps).
         lr: the peak learning rate.
@@ -465,6 +468,7 @@ class BatchPlan:
     """
 
     per_worker_batch: int | None
+    accumulate: int
     global_batch: float
     lr: float
     epoch_starts: list[int]
@@ -487,8 +491,10 @@ def batch_plan(
     (:func:`lvmae.mae.sequences.epoch_indices`) and drops its last incomplete step of
     ``accumulate`` micro-batches, so ``steps per epoch = ceil(n_train / workers) //
     (per-worker batch x accumulate)``. A data set too small for ``batch_size`` gets a smaller
-    batch. lr = ``blr x global batch / 256`` with global batch = per-worker batch x workers x
-    accumulate (MAE's rule).
+    batch, and one too small for ``accumulate`` of those fewer micro-batches per step (as
+    many as fill a worker's share), so every epoch has at least one step and every step it
+    counts is taken; the log line says what was lowered. lr = ``blr x global batch / 256``
+    with global batch = per-worker batch x workers x accumulate (MAE's rule).
 
     Token budgets (``batch_tokens``): every epoch's plan
     (:func:`lvmae.mae.sequences.token_epoch_plan`) is computed here to count its steps; the
@@ -498,15 +504,22 @@ def batch_plan(
 
     Raises:
         ValueError: ``batch_tokens`` without ``lengths``.
+        PretrainError: ``min_lr`` above the peak lr.
     """
-    workers = config.num_workers
+    workers, accumulate, lowered = config.num_workers, config.accumulate, ""
     if config.batch_tokens is None:
-        per_rank = -(-n_train // workers)
+        per_rank = -(-n_train // workers)  # videos per worker an epoch (epoch_indices)
         per_worker_batch = max(1, min(config.batch_size, per_rank))
-        global_batch = per_worker_batch * workers * config.accumulate
-        steps = max(1, per_rank // (per_worker_batch * config.accumulate))
+        accumulate = max(1, min(accumulate, per_rank // per_worker_batch))
+        changes = [f"{name} {asked} -> {got}" for name, asked, got in (
+            ("batch_size", config.batch_size, per_worker_batch),
+            ("accumulate", config.accumulate, accumulate)) if asked != got]  # fmt: skip
+        if changes:
+            lowered = f"; {per_rank} videos per worker an epoch: {', '.join(changes)}"
+        global_batch = per_worker_batch * workers * accumulate
+        steps = per_rank // (per_worker_batch * accumulate)  # >= 1: both fit per_rank
         starts = [steps * e for e in range(config.epochs + 1)]
-        rule = (f"blr x {per_worker_batch} windows x {workers} workers x {config.accumulate} "
+        rule = (f"blr x {per_worker_batch} windows x {workers} workers x {accumulate} "
                 "micro-batches / 256")  # fmt: skip
     else:
         if lengths is None:
@@ -527,14 +540,19 @@ def batch_plan(
     lr = config.effective_lr(global_batch)
     if config.lr is not None:
         rule = "lr set in the config"
+    if config.min_lr > lr:  # the cosine would rise to min_lr instead of decaying
+        raise PretrainError(
+            f"min_lr ({config.min_lr:.3g}) exceeds this run's peak lr ({lr:.3g} = {rule}): "
+            "lower min_lr, or raise blr or lr"
+        )
     log.info(  # the run's plan: information (also in MLflow: train.lr_rule, train.lr)
         "pre-training %d videos on %d workers: %s per micro-batch, %d micro-batch(es) per "
-        "step, %.1f windows per step, %d steps per epoch, peak lr %.3g (%s)",
+        "step, %.1f windows per step, %d steps per epoch, peak lr %.3g (%s)%s",
         n_train, workers,
         f"{per_worker_batch} windows" if per_worker_batch else f"{config.batch_tokens} tokens",
-        config.accumulate, global_batch, starts[1] - starts[0], lr, rule,
+        accumulate, global_batch, starts[1] - starts[0], lr, rule, lowered,
     )  # fmt: skip
-    return BatchPlan(per_worker_batch, global_batch, lr, [int(v) for v in starts], rule)
+    return BatchPlan(per_worker_batch, accumulate, global_batch, lr, [int(v) for v in starts], rule)
 
 
 @dataclass
@@ -753,7 +771,8 @@ def run_pretrain(
             and before the MLflow run).
         CheckpointError: the run's latest checkpoint is corrupt or was made with another
             model configuration (before any worker and before the MLflow run).
-        PretrainError: too few videos to train on (the MLflow run ends FAILED).
+        PretrainError: too few videos to train on, or ``min_lr`` above the run's peak lr
+            (:func:`batch_plan`); before any worker, the MLflow run ends FAILED.
         ClusterError: the Ray cluster named by ``RAY_ADDRESS`` cannot be reached.
     """
     run_name = run_name or config.run_name or "lvmae"
@@ -785,6 +804,7 @@ def run_pretrain(
             "data.train_videos": data["n_train"],
             "data.val_videos": data["n_val"],
             "train.per_worker_batch": plan.per_worker_batch,
+            "train.accumulate": plan.accumulate,
             "train.global_batch": plan.global_batch,
             "train.steps_per_epoch": plan.steps_per_epoch,
             "train.total_steps": plan.epoch_starts[-1],

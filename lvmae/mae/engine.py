@@ -5,8 +5,9 @@ data shards, DDP, checkpoints and MLflow around these functions.
 A batch is what the data pipeline yields per micro-batch: ``{"embedding": B flat float32
 arrays [L_i * D], "length": [B] int}`` — each video's whole ordered sequence, optionally with
 its planned windows (``start``, ``end`` [B]) and the step's loss normaliser (``denom``) under
-token budgets (:func:`lvmae.mae.sequences.token_epoch_plan`). Training packs each micro-batch's
-windows (:func:`lvmae.mae.packing.pack_windows`) and runs the fixed-shape step
+token budgets (:func:`lvmae.mae.sequences.token_epoch_plan`); a step skipped on resume needs no
+``embedding``. Training packs each micro-batch's windows
+(:func:`lvmae.mae.packing.pack_windows`) and runs the fixed-shape step
 (:class:`lvmae.mae.step.PackedStep`: mask, model and masked-token loss on the device, compiled
 and replayed as a CUDA graph on GPUs); validation runs the ``[B, L]`` model path
 (:func:`batch_loss`). Every random draw comes from the ``rng`` passed in, so a (seed, rank,
@@ -29,33 +30,39 @@ import torch
 from torch import Tensor, nn
 
 from lvmae.config import PretrainConfig
-from lvmae.mae.losses import reconstruction_loss
+from lvmae.mae.losses import reconstruction_loss, token_errors
 from lvmae.mae.masking import decoder_subset, make_mask
-from lvmae.mae.packing import Capacity, pack_windows
+from lvmae.mae.packing import Capacity, draw_noise, pack_windows
 from lvmae.mae.sequences import collate, sample_window
 from lvmae.mae.step import PackedStep
 
 Batch = Mapping[str, np.ndarray]
 
 
+def window_bounds(
+    batch: Batch, config: PretrainConfig, rng: np.random.Generator
+) -> list[tuple[int, int]]:
+    """One contiguous window ``(start, end)`` (token indices) per video of ``batch``, from
+    its ``length`` alone: the planned ``start``/``end`` when the batch carries them, else a
+    random one (``config.window`` mode, at most ``config.max_tokens`` tokens, from ``rng``)."""
+    if "start" in batch:
+        return [(int(s), int(e)) for s, e in zip(batch["start"], batch["end"], strict=True)]
+    return [
+        sample_window(int(length), config.max_tokens, rng, mode=config.window,
+                      min_window_s=config.min_window_s, segment_s=config.segment_s)
+        for length in batch["length"]
+    ]  # fmt: skip
+
+
 def batch_windows(
     batch: Batch, dim: int, config: PretrainConfig, rng: np.random.Generator
 ) -> list[np.ndarray]:
-    """One contiguous window ``[n_i, D]`` per video of ``batch``: the planned ``start``/``end``
-    when the batch carries them, else a random one (``config.window`` mode, at most
-    ``config.max_tokens`` tokens, from ``rng``)."""
+    """One contiguous window ``[n_i, D]`` per video of ``batch`` (:func:`window_bounds`)."""
+    bounds = window_bounds(batch, config, rng)
     seqs = []
-    planned = "start" in batch
-    for i, (flat, length) in enumerate(zip(batch["embedding"], batch["length"], strict=True)):
-        seq = np.asarray(flat, dtype=np.float32).reshape(int(length), dim)
-        if planned:
-            start, end = int(batch["start"][i]), int(batch["end"][i])
-        else:
-            start, end = sample_window(
-                len(seq), config.max_tokens, rng, mode=config.window,
-                min_window_s=config.min_window_s, segment_s=config.segment_s,
-            )  # fmt: skip
-        seqs.append(seq[start:end])
+    for flat, length, (start, end) in zip(batch["embedding"], batch["length"], bounds,
+                                          strict=True):  # fmt: skip
+        seqs.append(np.asarray(flat, dtype=np.float32).reshape(int(length), dim)[start:end])
     return seqs
 
 
@@ -85,7 +92,29 @@ def batch_loss(
 
     Returns:
         The scalar loss (float32) and the count of real tokens in the batch.
+
+    Raises:
+        ValueError: no token scored (every window of 1 token: nothing is masked).
     """
+    pred, x, real, weight = _predict(model, batch, config, rng, dim=dim, device=device,
+                                     train=train)  # fmt: skip
+    loss = reconstruction_loss(pred.float(), x, weight, kind=config.loss)
+    return loss, int(real.sum())
+
+
+def _predict(
+    model: nn.Module,
+    batch: Batch,
+    config: PretrainConfig,
+    rng: np.random.Generator,
+    *,
+    dim: int,
+    device: torch.device,
+    train: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Windows, mask and forward pass of :func:`batch_loss`: the predictions ``[B, L, D]``,
+    the windows ``x`` ``[B, L, D]``, ``real`` and the scored tokens ``weight`` (bool
+    ``[B, L]``)."""
     x_np, real_np = window_batch(batch, dim, config, rng)
     x = torch.from_numpy(x_np).to(device, non_blocking=True)
     real = torch.from_numpy(real_np).to(device, non_blocking=True)
@@ -96,8 +125,7 @@ def batch_loss(
         weight = decoder_subset(mask.cpu(), config.decoder_fraction, gen).to(device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         pred = model(x, real, mask)
-    loss = reconstruction_loss(pred.float(), x, weight, kind=config.loss)
-    return loss, int(real.sum())
+    return pred, x, real, weight
 
 
 @dataclass
@@ -120,7 +148,7 @@ def train_one_epoch(
     runner: PackedStep,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    steps: Iterable[Batch | list[Batch] | None],
+    steps: Iterable[Batch | list[Batch]],
     config: PretrainConfig,
     *,
     epoch: int,
@@ -136,6 +164,16 @@ def train_one_epoch(
     micro-batch or a list of micro-batches whose gradients add up before the step), skipping
     the steps already done when resuming mid-epoch (``step`` counts the steps of all epochs
     so far; the epoch starts at step ``first_step``).
+
+    A skipped step computes nothing, but its windows and mask noise are drawn from ``rng`` as
+    the uninterrupted run drew them (:func:`window_bounds`,
+    :func:`lvmae.mae.packing.draw_noise`), so a resumed run trains its remaining steps on the
+    same windows and masks: a skipped step's micro-batches need only their ``length`` (and
+    planned ``start``/``end``), not their ``embedding``
+    (:func:`lvmae.mae.sequences.epoch_batches` and
+    :func:`lvmae.mae.sequences.step_batches` yield them so). The torch RNG is not replayed:
+    only dropout and drop_path draw from it, both 0 by default; with them on, a resumed run
+    draws other dropout masks than an uninterrupted one would.
 
     Per optimizer step: every micro-batch is packed (into the smallest of ``capacities``, or
     at its exact shape) and run by ``runner``, whose gradient buffer is then averaged over the
@@ -163,9 +201,13 @@ def train_one_epoch(
     for i, item in enumerate(steps):
         if i >= steps_in_epoch:
             break
-        if i < skip:
+        micro = [item] if isinstance(item, Mapping) else list(item)
+        if i < skip:  # done before the resume: the same draws, nothing computed
+            for b in micro:
+                bounds = window_bounds(b, config, rng)
+                draw_noise([end - start for start, end in bounds], rng, ratio=config.mask_ratio,
+                           capacities=capacities)  # fmt: skip
             continue
-        micro = [] if item is None else [item] if isinstance(item, Mapping) else list(item)
         packed = [
             pack_windows(batch_windows(b, dim, config, rng), rng, ratio=config.mask_ratio,
                          decoder_fraction=config.decoder_fraction, capacities=capacities)
@@ -227,19 +269,22 @@ def evaluate(
     keep: int = 0,
 ) -> tuple[float, int, list[np.ndarray]]:
     """Validation: the masked-token loss over ``batches`` (windows and masks from ``rng``;
-    pass a fixed seed to see the same ones every epoch).
+    pass a fixed seed to see the same ones every epoch), as a sum over every masked token and
+    their count, so a batch with no masked token (windows of 1 token) adds nothing.
 
     Returns:
-        The sum over videos of each batch's loss × its videos, the number of videos (the
-        caller averages, possibly across workers), and up to ``keep`` of the sequences
-        ``[L, D]`` (L >= 2 tokens) for the reconstruction monitor.
+        The summed reconstruction error (:func:`lvmae.mae.losses.token_errors`, float) over
+        the masked tokens of all batches, their count (the caller averages, possibly across
+        workers; 0 when nothing was masked), and up to ``keep`` of the sequences ``[L, D]``
+        (L >= 2 tokens) for the reconstruction monitor.
     """
     model.eval()
     total, count, kept = 0.0, 0, []
     for batch in batches:
-        loss, _ = batch_loss(model, batch, config, rng, dim=dim, device=device, train=False)
-        total += loss.item() * len(batch["length"])
-        count += len(batch["length"])
+        pred, x, _, weight = _predict(model, batch, config, rng, dim=dim, device=device,
+                                      train=False)  # fmt: skip
+        total += float(token_errors(pred, x, weight, config.loss).sum(dtype=torch.float64))
+        count += int(weight.sum())
         for flat, length in zip(batch["embedding"], batch["length"], strict=True):
             if len(kept) < keep and length >= 2:
                 kept.append(np.asarray(flat, np.float32).reshape(int(length), -1))

@@ -37,6 +37,7 @@ __all__ = [
     "Capacity",
     "PackedWindows",
     "bucket_capacities",
+    "draw_noise",
     "needed_capacity",
     "pack_windows",
     "packed_loss",
@@ -190,17 +191,36 @@ def pack_windows(
     if any(np.ndim(w) != 2 or len(w) == 0 for w in windows) or len(dims) != 1:
         raise ValueError("windows must be non-empty [L, D] arrays of one D")
     lengths = np.asarray([len(w) for w in windows], dtype=np.int64)
-    cap = pick_capacity(needed_capacity(lengths, ratio), capacities)
+    cap, noise, subset_noise = draw_noise(lengths, rng, ratio=ratio, capacities=capacities)
     x = np.zeros((cap.tokens, dims.pop()), dtype=np.float32)
     np.concatenate(windows, axis=0, out=x[: lengths.sum()])
     slots = np.zeros(cap.seqs, dtype=np.int64)
     slots[: len(lengths)] = lengths
-    noise = rng.random(cap.tokens, dtype=np.float32)
-    subset_noise = rng.random(cap.tokens, dtype=np.float32)
     scored = int(scored_count(lengths, ratio, decoder_fraction).sum())
     return PackedWindows(
         x, slots, noise, subset_noise, cap, int(lengths.sum()), scored, tuple(map(int, lengths))
     )
+
+
+def draw_noise(
+    lengths: Sequence[int] | np.ndarray,
+    rng: np.random.Generator,
+    *,
+    ratio: float,
+    capacities: Sequence[Capacity] | None = None,
+) -> tuple[Capacity, np.ndarray, np.ndarray]:
+    """The capacity :func:`pack_windows` packs windows of ``lengths`` tokens into and the mask
+    noise it draws for them from ``rng``: ``(capacity, noise, subset_noise)``, both float32
+    ``[capacity.tokens]`` uniform in [0, 1). Called alone, it replays a batch's draws without
+    its data (a step done before a resume, :func:`lvmae.mae.engine.train_one_epoch`).
+
+    Raises:
+        ValueError: no capacity fits.
+    """
+    cap = pick_capacity(needed_capacity(lengths, ratio), capacities)
+    noise = rng.random(cap.tokens, dtype=np.float32)
+    subset_noise = rng.random(cap.tokens, dtype=np.float32)
+    return cap, noise, subset_noise
 
 
 def packed_mask(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -31,6 +32,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 WINDOW_MODES = ("cap", "random")
+OPEN_FILES = 16  # Parquet files a SequenceStore keeps open (a batch of 16 videos' files)
 VISIBLE_PER_WINDOW_SLOT = 32
 """A token-budget micro-batch of ``batch_tokens`` visible tokens holds at most
 ``ceil(batch_tokens / 32)`` windows (see :func:`plan_token_batches`), which keeps the encoder's
@@ -351,7 +353,8 @@ class SequenceStore:
     Opening reads every file's footer and the small ``video_id`` and ``length`` columns;
     a :meth:`batch` reads the ``embedding`` column of only the row groups that hold the
     rows asked for, one row group at a time (write the store with small row groups to
-    bound the memory of a read). Row ``i`` of the store is the ``i``-th video in
+    bound the memory of a read); at most :data:`OPEN_FILES` files stay open, the least
+    recently read closed first. Row ``i`` of the store is the ``i``-th video in
     ascending ``video_id`` order, so the numbering does not depend on how the files
     were written (file names, row order, a rewrite on resume).
 
@@ -369,21 +372,20 @@ class SequenceStore:
     def __init__(self, path: str, filesystem=None) -> None:
         dataset = pads.dataset(path, format="parquet", filesystem=filesystem)
         self.path, self._fs, self._files = path, dataset.filesystem, sorted(dataset.files)
-        self._open: dict[int, pq.ParquetFile] = {}
+        self._open: OrderedDict[int, pq.ParquetFile] = OrderedDict()  # least recent first
         ids, lengths, groups, starts, row = [], [], [], [], 0
-        for f in range(len(self._files)):
-            pf = self._file(f)
-            missing = {"video_id", "length", "embedding"} - set(pf.schema_arrow.names)
-            if missing:
-                raise ValueError(f"{self._files[f]} lacks column(s) {sorted(missing)}")
-            table = pf.read(columns=["video_id", "length"])
+        for f, name in enumerate(self._files):
+            with pq.ParquetFile(name, filesystem=self._fs) as pf:  # footers: closed once read
+                missing = {"video_id", "length", "embedding"} - set(pf.schema_arrow.names)
+                if missing:
+                    raise ValueError(f"{name} lacks column(s) {sorted(missing)}")
+                table = pf.read(columns=["video_id", "length"])
+                for g in range(pf.metadata.num_row_groups):
+                    groups.append((f, g))
+                    starts.append(row)
+                    row += pf.metadata.row_group(g).num_rows
             ids.extend(table["video_id"].to_pylist())
             lengths.append(table["length"].to_numpy().astype(np.int64))
-            for g in range(pf.metadata.num_row_groups):
-                groups.append((f, g))
-                starts.append(row)
-                row += pf.metadata.row_group(g).num_rows
-            self._open.pop(f)  # footers read; reopen on demand, not one handle per file
         id_array = np.asarray(ids, dtype=object)
         self._rows = np.argsort(id_array, kind="stable").astype(np.int64)
         self.video_ids = id_array[self._rows]
@@ -396,12 +398,24 @@ class SequenceStore:
         return len(self._rows)
 
     def _file(self, f: int) -> pq.ParquetFile:
-        if f not in self._open:
-            self._open[f] = pq.ParquetFile(self._files[f], filesystem=self._fs)
-        return self._open[f]
+        """File ``f``, open: a small LRU of handles that closes the one it evicts
+        (``functools.lru_cache`` cannot close what it drops)."""
+        pf = self._open.pop(f, None)
+        if pf is None:
+            pf = pq.ParquetFile(self._files[f], filesystem=self._fs)
+            while len(self._open) >= OPEN_FILES:
+                self._open.popitem(last=False)[1].close()
+        self._open[f] = pf  # now the most recent
+        return pf
 
-    def batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+    def batch(
+        self, indices: Sequence[int] | np.ndarray, *, embedding: bool = True
+    ) -> dict[str, np.ndarray]:
         """The rows at ``indices`` (store positions, repeats allowed), in that order.
+
+        Args:
+            embedding: False: only ``video_id`` and ``length``, from memory (nothing read):
+                what a training step skipped on resume needs to replay its random draws.
 
         Returns:
             ``{"video_id": object [B] str, "length": int64 [B] tokens, "embedding":
@@ -414,6 +428,8 @@ class SequenceStore:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
             raise IndexError(f"indices must be in [0, {len(self)}), got {idx.min()}..{idx.max()}")
+        if not embedding:
+            return {"video_id": self.video_ids[idx], "length": self.lengths[idx]}
         rows = self._rows[idx]
         group = np.searchsorted(self._starts, rows, side="right") - 1
         embedding = np.empty(len(rows), dtype=object)
@@ -446,15 +462,16 @@ def epoch_batches(
     """One worker's training batches of ``epoch``: its :func:`epoch_indices` over the whole
     ``store``, cut into :func:`index_batches` of ``batch_size`` (drop last), each read with
     :meth:`SequenceStore.batch` when reached. The first ``skip`` batches (done before a
-    resume) are yielded as ``None`` without reading anything: the positions
-    :func:`lvmae.mae.engine.train_one_epoch` passes over when resuming mid-epoch.
+    resume) are yielded without their ``embedding``, reading nothing: the positions
+    :func:`lvmae.mae.engine.train_one_epoch` passes over when resuming mid-epoch, replaying
+    their random draws from their lengths.
 
     Yields:
-        ``ceil(len(store) / world) // batch_size`` batches (or ``None`` placeholders).
+        ``ceil(len(store) / world) // batch_size`` batches.
     """
     indices = epoch_indices(len(store), epoch=epoch, rank=rank, world=world, seed=seed)
     for i, chunk in enumerate(index_batches(indices, batch_size)):
-        yield None if i < skip else store.batch(chunk)
+        yield store.batch(chunk, embedding=i >= skip)
 
 
 # --------------------------------------------------------------------------- token budgets
@@ -615,11 +632,12 @@ def step_batches(
     rank: int,
     world: int,
     skip: int = 0,
-    videos: Iterator[dict[str, np.ndarray] | None] | None = None,
+    videos: Iterator[dict[str, np.ndarray]] | None = None,
     accumulate: int = 1,
-) -> Iterator[list[dict[str, np.ndarray]] | None]:
+) -> Iterator[list[dict[str, np.ndarray]]]:
     """One worker's optimizer steps of an epoch, each a list of micro-batches read from
-    ``store`` when reached (the first ``skip`` steps yield ``None``, reading nothing).
+    ``store`` when reached (the first ``skip`` steps' micro-batches come without their
+    ``embedding``, reading nothing: :meth:`SequenceStore.batch` with ``embedding=False``).
 
     Token budgets: from ``plan`` / ``scored`` (:func:`token_epoch_plan`); each micro-batch
     carries its windows (``start``, ``end`` int64 ``[B]``) and ``denom``, the step's scored
@@ -630,12 +648,9 @@ def step_batches(
     """
     if plan is not None:
         for k, per_rank in enumerate(plan):
-            if k < skip:
-                yield None
-                continue
             out = []
             for rows in per_rank[rank]:
-                batch = store.batch(rows[:, 0])
+                batch = store.batch(rows[:, 0], embedding=k >= skip)
                 batch["start"], batch["end"] = rows[:, 1], rows[:, 2]
                 batch["denom"] = float(scored[k]) / world
                 out.append(batch)
@@ -645,5 +660,5 @@ def step_batches(
     for batch in videos or ():
         group.append(batch)
         if len(group) == accumulate:
-            yield None if any(b is None for b in group) else group
+            yield group
             group = []

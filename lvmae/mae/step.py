@@ -200,7 +200,8 @@ class PackedStep:
             denom: the loss normaliser: ``batch.scored_tokens`` (default: the batch's mean),
                 or the scored tokens of every micro-batch of the optimizer step on every
                 worker, divided by the worker count (the mean over the step's tokens once
-                :meth:`all_reduce_grads` has averaged).
+                :meth:`all_reduce_grads` has averaged; may be below 1). A host number, so
+                nothing is read from the device; ``denom <= 0`` adds a zero gradient.
 
         Returns:
             ``(err_sum, count)``, float32 device scalars: the batch's summed error over its
@@ -208,7 +209,9 @@ class PackedStep:
             them on the host waits for the step: do it only when logging.
         """
         denom = float(batch.scored_tokens if denom is None else denom)
-        inv = 1.0 / max(denom, 1.0)
+        # denom may be below 1 (a short last step's tokens / world under token budgets): only
+        # a step with nothing scored (err_sum 0 anyway) must not divide by it
+        inv = 1.0 / denom if denom > 0 else 0.0
         if not self.graphs:
             host = batch.host_lengths(self.ratio) if self.backend in ("split", "auto") else None
             t = [torch.from_numpy(np.ascontiguousarray(a)).to(self.device)

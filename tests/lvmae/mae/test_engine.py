@@ -3,7 +3,11 @@ loss stops loudly, resuming mid-epoch skips the done batches, validation is repr
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -11,6 +15,13 @@ from lvmae.config import PretrainConfig
 from lvmae.mae.engine import batch_loss, evaluate, train_one_epoch, window_batch
 from lvmae.mae.model import LVMAE, model_config
 from lvmae.mae.optim import build_optimizer, build_scheduler
+from lvmae.mae.sequences import (
+    SequenceStore,
+    epoch_batches,
+    keep_count,
+    step_batches,
+    token_epoch_plan,
+)
 from lvmae.mae.step import PackedStep
 
 DIM = 16
@@ -148,3 +159,79 @@ def test_planned_windows_and_normaliser_are_used():
         on_step=lambda step, loss, tokens, last: seen.append(tokens),
     )  # fmt: skip
     assert seen == [4 + 4 + 3]
+
+
+def test_validation_sums_over_masked_tokens_and_skips_batches_with_none():
+    """A batch whose windows are all 1 token has no masked token: validation adds nothing
+    for it instead of failing, and the loss is a sum over every masked token with their
+    count (semantic masks and whole-video windows: the same whatever the rng)."""
+    config, runner, _, _ = setup(masking="semantic")
+    model = runner.model
+    ones = {"embedding": np.array([np.ones(DIM, np.float32)] * 2, dtype=object),
+            "length": np.array([1, 1])}  # fmt: skip
+    a, b = toy_batches(n_batches=2, batch=3, seed=5)
+    rng = np.random.default_rng(0)
+    cpu = torch.device("cpu")
+    assert evaluate(model, [ones], config, rng=rng, dim=DIM, device=cpu) == (0.0, 0, [])
+    sums = [evaluate(model, batches, config, rng=rng, dim=DIM, device=cpu)[:2]
+            for batches in ([a], [b], [ones, a, ones, b])]  # fmt: skip
+    masked = [int(sum(n - keep_count(n, 0.5) for n in batch["length"])) for batch in (a, b)]
+    assert [count for _, count in sums] == [*masked, sum(masked)]
+    assert sums[2][0] == pytest.approx(sums[0][0] + sums[1][0], rel=1e-6)
+
+
+def write_store(root, n_videos: int = 20) -> SequenceStore:
+    """A real Parquet sequence store of ``n_videos`` videos of 8–30 tokens (D = DIM)."""
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(8, 31, size=n_videos)
+    table = pa.table({
+        "video_id": [f"v{k:02d}" for k in range(n_videos)],
+        "length": pa.array(lengths, pa.int32()),
+        "embedding": pa.array([rng.normal(size=n * DIM).astype(np.float32) for n in lengths],
+                              pa.list_(pa.float32())),
+    })  # fmt: skip
+    root.mkdir()
+    pq.write_table(table, root / "part-0.parquet", row_group_size=4)
+    return SequenceStore(str(root))
+
+
+@pytest.mark.parametrize("budget", [None, 40])
+def test_a_run_resumed_mid_epoch_draws_what_the_uninterrupted_run_drew(tmp_path, budget):
+    """Resuming at step 2 of 4 (from the state after step 2) ends with the weights of the
+    uninterrupted run: the skipped steps' windows and mask noise are drawn again from their
+    lengths (random windows, random masks, 2 micro-batches per step; with a token budget the
+    windows are planned and only the noise is drawn), as the worker loop feeds the engine."""
+    store = write_store(tmp_path / "train")
+    config = setup(masking="random")[0].model_copy(
+        update={"window": "random", "batch_size": 2, "accumulate": 2, "batch_tokens": budget}
+    )
+
+    def steps(skip: int):
+        if budget is None:
+            videos = epoch_batches(store, epoch=0, rank=0, world=1, batch_size=2, seed=0,
+                                   skip=skip * 2)  # fmt: skip
+            return step_batches(store, rank=0, world=1, videos=videos, accumulate=2)
+        plan, scored = token_epoch_plan(
+            store.lengths, epoch=0, world=1, seed=0, batch_tokens=budget, accumulate=2,
+            ratio=0.5, decoder_fraction=1.0, max_tokens=16, mode="random",
+        )  # fmt: skip
+        return step_batches(store, plan, scored, rank=0, world=1, skip=skip)
+
+    def train(step: int, stop: int, state=None):
+        _, runner, optimizer, scheduler = setup(masking="random")
+        if state is not None:
+            runner.model.load_state_dict(state[0])
+            optimizer.load_state_dict(state[1])
+            scheduler.load_state_dict(state[2])
+        train_one_epoch(
+            runner, optimizer, scheduler, steps(step), config, epoch=0, step=step,
+            first_step=0, steps_in_epoch=stop, rng=np.random.default_rng([0, 0, 0]), dim=DIM,
+        )  # fmt: skip
+        return runner.model, optimizer, scheduler
+
+    whole = train(0, 4)[0]
+    model, optimizer, scheduler = train(0, 2)  # the run that stopped after step 2
+    saved = [copy.deepcopy(o.state_dict()) for o in (model, optimizer, scheduler)]
+    resumed = train(2, 4, saved)[0]
+    for a, b in zip(whole.parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

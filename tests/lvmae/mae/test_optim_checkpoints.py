@@ -2,6 +2,7 @@ import io
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -17,6 +18,7 @@ from lvmae.mae.checkpoints import (
     step_dir,
 )
 from lvmae.mae.optim import build_optimizer, build_scheduler, lr_schedule, param_groups
+from lvmae.mae.sequences import sample_window
 
 
 class Toy(nn.Module):
@@ -296,6 +298,13 @@ def test_pretrain_config_defaults_follow_the_paper():
         ({"decoder_fraction": 0.0}, "decoder_fraction"),
         ({"masking": "tube"}, "masking"),
         ({"window": "random", "min_window_s": 60.0, "max_tokens": 8}, "min_window_s"),
+        # sample_window draws whole seconds: 10 s do not fit in 2 segments of 4.8 s
+        (
+            {"window": "random", "min_window_s": 9.5, "segment_s": 4.8, "max_tokens": 2},
+            "min_window_s",
+        ),
+        ({"seed": -1}, "seed"),
+        ({"use_gpu": True, "cuda_graphs": "on", "attention": "split"}, "attention: split"),
         ({"batch_size": 0}, "batch_size"),
         ({"width": 100, "heads": 3}, "divisible by its heads"),
         ({"betas": (0.9, 1.5)}, "betas"),
@@ -308,6 +317,32 @@ def test_pretrain_config_defaults_follow_the_paper():
 def test_pretrain_config_rejects_bad_values(overrides, match):
     with pytest.raises(ConfigError, match=match):
         load_config(PretrainConfig, sets={f"pretrain.{k}": v for k, v in overrides.items()})
+
+
+@pytest.mark.parametrize(
+    ("min_window_s", "segment_s", "max_tokens"),
+    [(10, 5, 256), (10, 10, 16), (11, 6, 4), (7.5, 2.5, 8)],
+)
+def test_min_window_tokens_is_the_shortest_window_the_sampler_draws(
+    min_window_s, segment_s, max_tokens
+):
+    """The config's shortest ``random`` window is what :func:`sample_window` draws (whole
+    seconds, rounded down to whole segments), e.g. 1 token for 10 s of 10-s segments."""
+    cfg = PretrainConfig(
+        window="random", min_window_s=min_window_s, segment_s=segment_s, max_tokens=max_tokens
+    )
+    rng = np.random.default_rng(0)
+    drawn = [sample_window(1000, max_tokens, rng, mode="random", min_window_s=min_window_s,
+                           segment_s=segment_s) for _ in range(2000)]  # fmt: skip
+    assert cfg.min_window_tokens() == min(end - start for start, end in drawn)
+
+
+def test_split_attention_runs_without_cuda_graphs():
+    """``split`` attention needs the host lengths, which a captured graph cannot take:
+    ``cuda_graphs: auto`` resolves off with it on CUDA (and ``on`` is refused above)."""
+    assert PretrainConfig(use_gpu=True).step_settings("cuda")["graphs"]
+    settings = PretrainConfig(use_gpu=True, attention="split").step_settings("cuda")
+    assert not settings["graphs"] and settings["backend"] == "split"
 
 
 def test_pretrain_config_from_yaml_section(tmp_path):

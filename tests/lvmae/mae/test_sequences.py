@@ -1,10 +1,12 @@
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
+from lvmae.mae import sequences
 from lvmae.mae.sequences import (
     SequenceStore,
     collate,
@@ -312,4 +314,36 @@ def test_epoch_batches_cover_the_rank_share_and_skip_without_reading(tmp_path):
         seen += mine[rank]
     assert len(set(seen)) == len(seen) == 8
     resumed = list(epoch_batches(store, epoch=2, rank=0, world=2, batch_size=2, seed=1, skip=1))
-    assert resumed[0] is None and resumed[1]["video_id"].tolist() == mine[0][2:4]
+    assert set(resumed[0]) == {"video_id", "length"}  # lengths to replay draws, no embedding
+    assert resumed[0]["video_id"].tolist() == mine[0][:2]
+    first = epoch_indices(10, epoch=2, rank=0, world=2, seed=1)[:2]
+    assert resumed[0]["length"].tolist() == store.lengths[first].tolist()
+    assert resumed[1]["video_id"].tolist() == mine[0][2:4]
+
+
+FDS = Path("/proc/self/fd")
+
+
+@pytest.mark.skipif(not FDS.is_dir(), reason="counts open files in /proc")
+def test_sequence_store_keeps_a_bounded_number_of_files_open(tmp_path, monkeypatch):
+    """A store of one file per video keeps at most OPEN_FILES of them open over an epoch
+    (the least recently read closed), and none after reading the footers."""
+    monkeypatch.setattr(sequences, "OPEN_FILES", 3)
+    ids = [f"v{k}" for k in range(10)]
+    root = write_store(tmp_path / "s", [[v] for v in ids])
+
+    def open_files() -> int:
+        return len(list(FDS.iterdir()))
+
+    before = open_files()
+    store = SequenceStore(str(root))
+    assert open_files() == before
+    read = []
+    for epoch in (0, 1):
+        for batch in epoch_batches(store, epoch=epoch, rank=0, world=1, batch_size=2):
+            read += batch["video_id"].tolist()
+            assert [int(e[0]) for e in batch["embedding"]] == [
+                int(v[1:]) for v in batch["video_id"]
+            ]
+            assert len(store._open) <= 3 and open_files() - before <= 3
+    assert sorted(read) == sorted(ids * 2)

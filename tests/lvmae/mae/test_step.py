@@ -142,6 +142,23 @@ def test_step_accumulates_micro_batches_into_the_flat_gradient():
     torch.testing.assert_close(ea + eb, (sa + sb).detach())
 
 
+def test_a_normaliser_below_one_scales_the_gradient_by_its_inverse():
+    """Under token budgets the normaliser is a step's scored tokens / workers, below 1 on a
+    short last step (2 tokens over 8 workers: 0.25): the gradient is that of err_sum / denom,
+    not clamped to err_sum; a step with nothing scored (denom 0) adds nothing."""
+    step = PackedStep(_model(), kind="random", ratio=0.5, device=torch.device("cpu"))
+    batch = pack_windows(_windows([3], seed=5), np.random.default_rng(0), ratio=0.5)
+    step(batch, denom=1.0)
+    unit = step.flat_grad.clone()
+    assert float(unit.abs().sum()) > 0
+    step.zero_grad()
+    step(batch, denom=0.25)
+    torch.testing.assert_close(step.flat_grad, 4.0 * unit)
+    step.zero_grad()
+    step(batch, denom=0.0)
+    assert float(step.flat_grad.abs().sum()) == 0.0
+
+
 def test_buckets_cover_the_largest_batch_and_pick_the_smallest():
     largest = needed_capacity([256] * 16, 0.5)
     caps = bucket_capacities(largest, 4)
