@@ -176,6 +176,14 @@ def _chosen(config: RunConfig, stages: Sequence[str] | None, force: Sequence[str
     unknown = sorted(set(chosen) - set(STAGE_NAMES)) + sorted(set(force) - set(STAGE_NAMES))
     if unknown:
         raise ConfigError(f"unknown stage(s) {unknown}; stages: {', '.join(STAGE_NAMES)}")
+    # the config was checked for its own stages (probe and tune need labels, ...)
+    outside = [s for s in STAGE_NAMES if s in chosen and s not in config.run.stages]
+    if outside:
+        raise ConfigError(
+            f"--stages {','.join(outside)}: not among the config's run.stages "
+            f"({', '.join(config.run.stages)}); add them to run.stages (--set "
+            f"run.stages=[...]) so that the config is checked for them"
+        )
     return [s for s in STAGE_NAMES if s in chosen]
 
 
@@ -239,11 +247,11 @@ def _run_held(chain: _Chain, config: RunConfig, echo: Callable[[str], None]) -> 
     for stage in chain.stages:
         stage.prepare(chain.context)  # the sample library (idempotent), after every check
     tracker = _tracker(config, chain)
-    if any(not chain.is_done(s) for s in chain.stages if s.name != "report"):
-        connect_ray(config.run.address)
     chain.context.parent_run_id = tracker.parent
     result = RunResult(parent_run_id=tracker.parent, tracking_uri=chain.context.tracking_uri)
-    with tracker.parent_run():
+    with tracker.parent_run():  # ends FAILED / KILLED if Ray cannot start or Ctrl-C comes
+        if any(not chain.is_done(s) for s in chain.stages if s.name != "report"):
+            connect_ray(config.run.address)
         for stage in chain.stages:
             if chain.is_done(stage):
                 echo(f"[{stage.name}] done earlier, skipped")

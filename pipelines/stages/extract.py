@@ -20,7 +20,9 @@ from pipelines.stages.base import BaseStage, StageContext, StageOutput, sha
 
 class ExtractOutput(StageOutput):
     """Where the embeddings are and what became of the videos (counts, hours of video,
-    the non-``ok`` videos by id); ``videos_digest`` identifies the videos table."""
+    the non-``ok`` videos by id); ``videos_digest`` identifies the videos table and
+    ``config_id`` the settings the embeddings were made with (both, with ``embeddings``,
+    enter :meth:`digest`: other embeddings of the same videos rerun the stages after)."""
 
     embeddings: str
     videos_ok: int
@@ -32,9 +34,10 @@ class ExtractOutput(StageOutput):
     failures: dict[str, str]
     videos_digest: str
     summary: str = ""
+    config_id: str = ""
 
     def digest(self) -> str:
-        return self.videos_digest
+        return sha([self.videos_digest, self.embeddings, self.config_id])
 
 
 def make_samples_for(config: RunConfig) -> Path | None:
@@ -62,9 +65,16 @@ class ExtractStage(BaseStage):
     joins_ray_itself: ClassVar[bool] = True  # Ray starts while its MLflow store is made
 
     def settings(self, context: StageContext) -> dict[str, Any]:
+        """The input (with ``samples:``, the library's settings), which files of it are
+        videos, the output, and the settings the embeddings depend on. The input is not
+        listed here: a later ``lvmae run`` must not need the videos once they are embedded.
+        Videos added to the input are extracted by ``--force extract`` (which keeps what
+        is done)."""
         c = context.config
         return {
             "input": c.run.input,
+            "samples": None if c.samples is None else c.samples.model_dump(mode="json"),
+            "extensions": list(c.extract.extensions),
             "embeddings": context.embeddings,
             "config_id": c.extract.config_id(),
         }
@@ -130,4 +140,5 @@ class ExtractStage(BaseStage):
             failures={r[0]: r[1] for r in rows if r[1] != "ok"},
             videos_digest=sha([list(r[:3]) for r in rows]),
             summary=summary.format(),
+            config_id=context.config.extract.config_id(),
         )

@@ -36,7 +36,12 @@ class PretrainStage(BaseStage):
     output: ClassVar[type[StageOutput]] = PretrainOutput
 
     def settings(self, context: StageContext) -> dict[str, Any]:
-        skip = {"tracking_uri", "run_name", "experiment"}
+        # what changes neither the trained weights nor where they go: how often the run
+        # logs, validates, monitors and checkpoints, how many checkpoints it keeps, and
+        # how many worker-group restarts it allows (validation draws from its own seed)
+        skip = {"tracking_uri", "run_name", "experiment", "log_every_steps", "val_every_epochs",
+                "monitor_every_epochs", "checkpoint_every_steps", "keep_checkpoints",
+                "max_failures"}  # fmt: skip
         fields = context.config.pretrain.model_dump(mode="json")
         return {k: v for k, v in fields.items() if k not in skip}
 

@@ -48,8 +48,11 @@ class ProbeStage(BaseStage):
     output: ClassVar[type[StageOutput]] = ProbeOutput
 
     def settings(self, context: StageContext) -> dict[str, Any]:
+        # not the CPUs a task reserves or the feature encoder's actors: they change where
+        # the work runs, not its results (GPUs do: they decide the probes' device)
+        resources = {"cpus_per_task", "encoder_actors"}
         return {
-            "probe": context.config.probe.model_dump(mode="json"),
+            "probe": context.config.probe.model_dump(mode="json", exclude=resources),
             "labels": context.labels_settings(),
         }
 

@@ -335,11 +335,47 @@ def test_a_failing_stage_keeps_the_finished_ones_and_marks_mlflow(chain, tmp_pat
     assert again.status == dict.fromkeys(STAGES, "skipped")
 
 
+def test_stages_outside_the_configs_run_stages_are_refused(tmp_path):
+    """--stages picks among the config's own stages, which the config was checked for (a
+    probe stage on a config without labels would otherwise run and fit nothing)."""
+    config = small_config(tmp_path / "fresh", **{"run.stages": ["extract", "pretrain"],
+                                                  "run.labels": []})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"--stages probe: not among the config's run.stages"):
+        run_main(config, stages=["extract", "pretrain", "probe"], echo=lambda _: None)
+    assert not (tmp_path / "fresh").exists()
+
+
 def test_a_stage_alone_needs_its_upstream_outputs(tmp_path):
     config = small_config(tmp_path / "fresh")
     with pytest.raises(StageError, match="reads the outputs of stage extract, which has not run"):
         run_main(config, stages=["probe"], echo=lambda _: None)
     assert not (tmp_path / "fresh" / "stages").exists()
+
+
+def test_the_parent_run_ends_when_ray_cannot_start(tmp_path, scene_video, monkeypatch):
+    """Ray's start fails (or Ctrl-C comes while it starts) after the parent run was made:
+    the run ends FAILED / KILLED, not RUNNING for ever."""
+    import shutil
+
+    import pipelines.run as run_module
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(scene_video, videos / "a.mp4")
+    for error, status in ((ClusterError("refused"), "FAILED"), (KeyboardInterrupt(), "KILLED")):
+
+        def cannot_start(address=None, error=error):
+            raise error
+
+        monkeypatch.setattr(run_module, "connect_ray", cannot_start)
+        workdir = tmp_path / status
+        config = load_run_config(None, {"run.workdir": str(workdir), "run.input": str(videos),
+                                        "run.stages": ["extract"], "run.name": "t"})  # fmt: skip
+        with pytest.raises(type(error)):
+            run_main(config, echo=lambda _: None)
+        client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert [r.info.status for r in runs] == [status]
 
 
 def test_the_demo_command_loads_the_shipped_demo_config(tmp_path):

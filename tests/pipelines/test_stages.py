@@ -83,3 +83,57 @@ def test_the_trainer_reserves_what_the_pretrain_stage_declares(tmp_path):
     assert (declared.count, declared.cpus, declared.gpus) == (3, 1.0, 1.0)
     assert scaling.num_workers == 3 and scaling.use_gpu
     assert scaling.resources_per_worker == {"CPU": 1.0, "GPU": 1.0}
+
+
+def _settings(stage: str, tmp_path, **overrides) -> dict:
+    base = {"run.input": "v", "run.labels": ["x.csv"], "run.workdir": str(tmp_path)}
+    config = load_run_config(None, {**base, **overrides})
+    return stage_named(stage).settings(StageContext(config, f"sqlite:///{tmp_path}/m.db"))
+
+
+@pytest.mark.parametrize(
+    ("stage", "changes", "keeps"),
+    [
+        (
+            "extract",
+            [{"extract.frames_per_segment": 4}, {"extract.extensions": [".mkv"]},
+             {"samples.videos_per_recipe": 2}, {"run.embeddings": "elsewhere"}],
+            [{"extract.flush_s": 5.0}],
+        ),
+        (
+            "pretrain",
+            [{"pretrain.mask_ratio": 0.75}, {"pretrain.epochs": 300}, {"pretrain.num_workers": 2}],
+            [{"pretrain.log_every_steps": 1}, {"pretrain.keep_checkpoints": 9},
+             {"pretrain.checkpoint_every_steps": 7}, {"pretrain.max_failures": 0},
+             {"pretrain.val_every_epochs": 5}],
+        ),
+        (
+            "probe",
+            [{"probe.seeds": 1}, {"probe.gpus_per_task": 1.0}],
+            [{"probe.cpus_per_task": 2.0}, {"probe.encoder_actors": 3}],
+        ),
+    ],
+)  # fmt: skip
+def test_a_stage_reruns_for_what_changes_its_output_and_only_for_that(
+    stage, changes, keeps, tmp_path
+):
+    """A setting that changes a stage's output changes its fingerprint (so the stage and
+    those after it run again); one that only changes how the run logs, checkpoints or
+    reserves resources does not (a new fingerprint is a new pre-training run from scratch)."""
+    base = _settings(stage, tmp_path)
+    for change in changes:
+        assert _settings(stage, tmp_path, **change) != base, change
+    for keep in keeps:
+        assert _settings(stage, tmp_path, **keep) == base, keep
+
+
+def test_other_embeddings_of_the_same_videos_rerun_the_stages_after_extraction():
+    from pipelines.stages.extract import ExtractOutput
+
+    fields = {"embeddings": "e", "videos_ok": 1, "videos_partial": 0, "videos_failed": 0,
+              "segments": 3, "hours_of_video": 0.1, "last_wall_s": 1.0, "failures": {},
+              "videos_digest": "v", "config_id": "c1"}  # fmt: skip
+    one = ExtractOutput(**fields)
+    assert ExtractOutput(**{**fields, "config_id": "c2"}).digest() != one.digest()
+    assert ExtractOutput(**{**fields, "embeddings": "f"}).digest() != one.digest()
+    assert ExtractOutput(**fields).digest() == one.digest()
