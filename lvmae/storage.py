@@ -271,11 +271,18 @@ def _remove_if_empty(root: Path, top: Path) -> None:
                 node = node.parent
 
 
-def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
-    """The pyarrow filesystem of ``uri`` and the path in it. ``s3://`` with an endpoint
-    (``storage.endpoint_url`` or ``AWS_ENDPOINT_URL``) gets an :class:`pyarrow.fs.S3FileSystem`
-    with the process's retry and timeout settings; anything else pyarrow resolves itself
-    (AWS: the bucket's region; credentials from the standard chain)."""
+def arrow_fs(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem of ``uri`` and the path in it (what pyarrow's and Ray Data's
+    readers take as ``filesystem`` and path). ``s3://`` or ``s3a://`` with an endpoint
+    (``storage.endpoint_url``, else ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``) gets an
+    :class:`pyarrow.fs.S3FileSystem` with the process's retry and timeout settings;
+    anything else pyarrow resolves itself (``s3a://`` read as ``s3://``; AWS: the bucket's
+    region; credentials from the standard chain).
+
+    Raises:
+        pyarrow.ArrowInvalid: a scheme pyarrow does not know.
+        OSError: the filesystem cannot be reached (e.g. the bucket's region lookup).
+    """
     if "://" not in uri:
         uri = str(Path(uri).absolute())
     protocol, _, rest = uri.partition("://")
@@ -292,6 +299,8 @@ def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
             request_timeout=s.read_timeout_s,
         )
         return fs, rest.rstrip("/")
+    if protocol == "s3a":  # Hadoop's name for S3, which pyarrow does not know
+        uri = f"s3://{rest}"
     return pafs.FileSystem.from_uri(uri)
 
 
@@ -485,11 +494,13 @@ def check_object_store(uri: str, *, write: bool, settings: StorageConfig | None 
 
 def write_table_atomic(table: pa.Table, out: str, subdir: str) -> str:
     """Write ``table`` as one Parquet file in ``<out>/<subdir>/``: first under a hidden
-    temporary name, then renamed, so readers never see a partial file. Returns its path."""
-    fs, root = _fs(out)
+    temporary name, then renamed, so readers never see a partial file. The name,
+    ``part-<time_ns>-<uuid>.parquet`` (nanoseconds zero-padded to 20 digits), sorts in
+    write order, the order readers keep the last row of a key in. Returns its path."""
+    fs, root = arrow_fs(out)
     directory = f"{root.rstrip('/')}/{subdir}"
     fs.create_dir(directory, recursive=True)
-    name = f"part-{uuid.uuid4().hex}.parquet"
+    name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex}.parquet"
     tmp = f"{directory}/.{name}.tmp"
     try:
         with fs.open_output_stream(tmp) as sink:
@@ -503,21 +514,33 @@ def write_table_atomic(table: pa.Table, out: str, subdir: str) -> str:
     return f"{directory}/{name}"
 
 
+def _in_write_order(directory: str, fs: pafs.FileSystem, **options: Any) -> pads.Dataset:
+    """The Parquet dataset of ``directory`` with its files sorted by path: write order for
+    the files :func:`write_table_atomic` names, so a table read from it has each file's
+    rows after those of the files written before it."""
+    dataset = pads.dataset(directory, filesystem=fs, format="parquet", **options)
+    if not dataset.files:
+        return dataset
+    return pads.dataset(sorted(dataset.files), filesystem=fs, format="parquet", **options)
+
+
 def _read_dir(out: str, subdir: str) -> pa.Table | None:
-    fs, root = _fs(out)
+    fs, root = arrow_fs(out)
     directory = f"{root.rstrip('/')}/{subdir}"
     info = fs.get_file_info(directory)
     if info.type != pafs.FileType.Directory:
         return None
-    dataset = pads.dataset(directory, filesystem=fs, format="parquet")
+    dataset = _in_write_order(directory, fs)
     if not dataset.files:
         return None
     return dataset.to_table()
 
 
-def _keep_last(table: pa.Table, keys: list[str]) -> pa.Table:
-    """Rows deduplicated on ``keys``, keeping each key's last row (file order, then by an
-    ``updated_at`` column when there is one)."""
+def keep_last(table: pa.Table, keys: list[str]) -> pa.Table:
+    """Rows of ``table`` deduplicated on ``keys``, keeping each key's last row (in table
+    order, which is write order for a table read with its files sorted by path; by an
+    ``updated_at`` column first when there is one, ties in table order). The rows kept
+    stay in table order."""
     if table.num_rows == 0:
         return table
     if "updated_at" in table.column_names:
@@ -531,7 +554,7 @@ def _keep_last(table: pa.Table, keys: list[str]) -> pa.Table:
 def segments_bytes(out: str) -> int:
     """Bytes of the segments table's Parquet files under ``out`` (a listing, no data read);
     0 when there are none."""
-    fs, root = _fs(out)
+    fs, root = arrow_fs(out)
     selector = pafs.FileSelector(f"{root.rstrip('/')}/{SEGMENTS_DIR}", allow_not_found=True)
     infos = fs.get_file_info(selector)
     return sum(i.size or 0 for i in infos if i.is_file and i.path.endswith(".parquet"))
@@ -550,7 +573,7 @@ def read_segments(out: str, *, columns: list[str] | None = None) -> pa.Table:
             f"no segment embeddings under {out!r}: expected Parquet files in "
             f"{out.rstrip('/')}/{SEGMENTS_DIR}/ (run `lvmae extract INPUT --out {out}` first)"
         )
-    table = _keep_last(table, ["video_id", "segment_index"])
+    table = keep_last(table, ["video_id", "segment_index"])
     table = table.sort_by([("video_id", "ascending"), ("segment_index", "ascending")])
     return table.select(columns) if columns else table
 
@@ -558,7 +581,7 @@ def read_segments(out: str, *, columns: list[str] | None = None) -> pa.Table:
 def written_segments(out: str, config_id: str) -> dict[str, list[int]]:
     """Video id → indices of its segments on disk under ``out`` made with ``config_id``
     (reads only the key columns); empty when there are none. What a resumed run skips."""
-    fs, root = _fs(out)
+    fs, root = arrow_fs(out)
     directory = f"{root.rstrip('/')}/{SEGMENTS_DIR}"
     if fs.get_file_info(directory).type != pafs.FileType.Directory:
         return {}
@@ -584,19 +607,19 @@ def read_videos(out: str) -> pa.Table:
     version lack (``cuts_s``, ``shot_detector``, ``decoder_reason``) reads as null there,
     and a column the schema no longer has is left out.
     """
-    fs, root = _fs(out)
+    fs, root = arrow_fs(out)
     directory = f"{root.rstrip('/')}/{VIDEOS_DIR}"
     if fs.get_file_info(directory).type != pafs.FileType.Directory:
         return VIDEO_SCHEMA.empty_table()
-    dataset = pads.dataset(directory, filesystem=fs, format="parquet", schema=VIDEO_SCHEMA)
+    dataset = _in_write_order(directory, fs, schema=VIDEO_SCHEMA)
     if not dataset.files:
         return VIDEO_SCHEMA.empty_table()
-    return _keep_last(dataset.to_table(), ["video_id"]).sort_by("video_id")
+    return keep_last(dataset.to_table(), ["video_id"]).sort_by("video_id")
 
 
 def read_manifest(out: str) -> dict | None:
     """``<out>/manifest.json`` as a dict, or None when absent."""
-    fs, root = _fs(out)
+    fs, root = arrow_fs(out)
     path = f"{root.rstrip('/')}/{MANIFEST}"
     if fs.get_file_info(path).type != pafs.FileType.File:
         return None
@@ -606,7 +629,7 @@ def read_manifest(out: str) -> dict | None:
 
 def write_manifest(out: str, manifest: dict) -> None:
     """Write ``<out>/manifest.json`` (atomically: temporary name, then rename)."""
-    fs, root = _fs(out)
+    fs, root = arrow_fs(out)
     fs.create_dir(root, recursive=True)
     tmp = f"{root.rstrip('/')}/.{MANIFEST}.{uuid.uuid4().hex}.tmp"
     try:

@@ -595,8 +595,12 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def check_previous_output(out: str, config: ExtractConfig, *, overwrite: bool) -> None:
+def check_previous_output(
+    out: str, config: ExtractConfig, *, overwrite: bool, flag: str = "--out"
+) -> None:
     """Check ``out`` against an earlier run's manifest (before any work; writes nothing).
+    ``flag`` names where ``out`` came from in the messages (``--out`` for ``lvmae extract``,
+    ``run.embeddings`` for ``lvmae run``, which has no ``--overwrite``).
 
     Raises:
         ExtractError: ``out`` holds outputs of another configuration (and not ``overwrite``).
@@ -606,15 +610,19 @@ def check_previous_output(out: str, config: ExtractConfig, *, overwrite: bool) -
         previous = read_manifest(out)
     except (OSError, ValueError) as exc:
         raise StorageError(
-            f"{out}/manifest.json: unreadable ({exc}); move it away or give another --out"
+            f"{out}/manifest.json: unreadable ({exc}); move it away or give another {flag}"
         ) from exc
     if previous and previous.get("config_id") != config.config_id() and not overwrite:
+        instead = (
+            "Write to a new --out directory, or pass --overwrite to add to it anyway."
+            if flag == "--out"
+            else f"Set {flag} to a new directory (e.g. --set {flag}=PATH), or move it away."
+        )
         raise ExtractError(
             f"{out!r} already holds embeddings made with another configuration "
             f"(config_id {previous.get('config_id')}, encoder "
             f"{previous.get('config', {}).get('encoder')}); this run's is "
-            f"{config.config_id()}. Write to a new --out directory, or pass --overwrite to "
-            f"add to it anyway."
+            f"{config.config_id()}. {instead}"
         )
 
 
@@ -1151,10 +1159,13 @@ def _map_batches(ds, fn, retries: dict[str, int], **options):
 
 def merge_reports(parts: list[dict]) -> dict:
     """One video's report from the reports of its ranges (one, for a video kept whole):
-    ``num_clips`` and ``decode_s`` summed; ``ok`` when every range is, else ``partial`` when
-    any clip was written, else ``failed``; the errors joined, each naming its range
-    (``part i/n``); the plan's fields (``info``, ``num_segments``, shots) from the first
-    range that has them."""
+    ``num_clips`` and ``decode_s`` summed; ``ok`` when every range is, else ``partial``
+    when any range is (a file cut short; segments held on disk from an earlier run,
+    :func:`~lvmae.video.clips.read_clips`: as when kept whole) or any clip was written,
+    else ``failed``; each
+    distinct error once, naming the ranges that report it (``part i/n``, ``parts i and j of
+    n``), or bare when every range does (the file's error, as one task reports it); the
+    plan's fields (``info``, ``num_segments``, shots) from the first range that has them."""
     if len(parts) == 1:
         return parts[0]
     parts = sorted(parts, key=lambda p: p.get("part", 0))
@@ -1162,18 +1173,31 @@ def merge_reports(parts: list[dict]) -> dict:
     merged["num_clips"] = sum(p.get("num_clips", 0) for p in parts)
     merged["decode_s"] = sum(p.get("decode_s") or 0.0 for p in parts)
     merged["num_segments"] = max(p.get("num_segments", 0) for p in parts)
-    errors = [
-        f"part {p.get('part', 0) + 1}/{p.get('parts', len(parts))}: {p['error']}"
-        for p in parts if p.get("error")
-    ]  # fmt: skip
-    merged["error"] = "; ".join(errors) or None
+    n = max(p.get("parts", len(parts)) for p in parts)
+    by_error: dict[str, list[int]] = defaultdict(list)  # in range order
+    for p in parts:
+        if p.get("error"):
+            by_error[p["error"]].append(p.get("part", 0) + 1)
+    merged["error"] = "; ".join(_name_parts(e, nums, n) for e, nums in by_error.items()) or None
     if all(p["status"] == "ok" for p in parts):
         merged["status"] = "ok"
+    elif any(p["status"] == "partial" for p in parts) or merged["num_clips"]:
+        merged["status"] = "partial"
     else:
-        merged["status"] = "partial" if merged["num_clips"] else "failed"
+        merged["status"] = "failed"
     merged.pop("part", None)
     merged.pop("parts", None)
     return merged
+
+
+def _name_parts(error: str, nums: list[int], n: int) -> str:
+    """``error`` prefixed with the ranges (1-based ``nums`` of ``n``) that report it."""
+    if len(nums) == n:
+        return error
+    if len(nums) == 1:
+        return f"part {nums[0]}/{n}: {error}"
+    listed = ", ".join(str(i) for i in nums[:-1])
+    return f"parts {listed} and {nums[-1]} of {n}: {error}"
 
 
 class _Bookkeeping:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 
 from lvmae.encoders.models import build_encoder
 from lvmae.mae.checkpoints import (
@@ -24,30 +25,47 @@ from lvmae.mae.checkpoints import (
 )
 from lvmae.mae.model import LVMAE, LVMAEConfig
 from lvmae.mae.sequences import collate, sequence_table, windows_for_inference
-from lvmae.storage import SEGMENTS_DIR, StorageError, read_manifest, segments_bytes
+from lvmae.storage import (
+    SEGMENTS_DIR,
+    StorageError,
+    arrow_fs,
+    keep_last,
+    read_manifest,
+    segments_bytes,
+)
 
 log = logging.getLogger(__name__)
 
 
 def embedding_dim_of(embeddings: str) -> int:
-    """The embedding width D of the segments table under ``embeddings``, read from every
-    Parquet file's footer (no data read).
+    """The embedding width D of the segments table under ``embeddings`` (a local path or
+    an object-store URI, read with :func:`lvmae.storage.arrow_fs`: the process's endpoint
+    and retries), read from every Parquet file's footer (no data read).
 
     Raises:
-        StorageError: no segments, or files with different embedding widths.
+        StorageError: no segments, a file that is not a segments Parquet file, files with
+            different embedding widths, or storage that cannot be read (the OS's or the
+            object store's error, named).
     """
     seg_dir = f"{embeddings.rstrip('/')}/{SEGMENTS_DIR}"
-    if "://" not in seg_dir and not Path(seg_dir).is_dir():
+    try:
+        fs, path = arrow_fs(seg_dir)
+        found = fs.get_file_info(path).type == pafs.FileType.Directory
+    except (pa.ArrowException, OSError) as exc:
+        raise StorageError(f"cannot read {seg_dir}/: {_first_line(exc)}") from exc
+    if not found:
         raise StorageError(
             f"no segment embeddings under {embeddings!r}: expected Parquet files in {seg_dir}/ "
             f"(run `lvmae extract INPUT --out {embeddings}` first)"
         )
     try:
-        dataset = pads.dataset(seg_dir, format="parquet")
-    except (pa.ArrowException, OSError) as exc:
+        dataset = pads.dataset(path, filesystem=fs, format="parquet")
+    except OSError as exc:  # storage, not the files' content (pyarrow's ArrowIOError too)
+        raise StorageError(f"cannot read {seg_dir}/: {_first_line(exc)}") from exc
+    except pa.ArrowException as exc:
         raise StorageError(
             f"{seg_dir}/ holds a file that is not a segments Parquet file written by "
-            f"`lvmae extract` ({str(exc).splitlines()[0][:300]}); remove it"
+            f"`lvmae extract` ({_first_line(exc)}); remove it"
         ) from exc
     if not dataset.files:
         raise StorageError(f"{seg_dir}/ holds no Parquet files (an empty or failed extraction?)")
@@ -55,10 +73,12 @@ def embedding_dim_of(embeddings: str) -> int:
     for fragment in dataset.get_fragments():
         try:
             field = fragment.physical_schema.field("embedding")
-        except (pa.ArrowException, KeyError, OSError) as exc:
+        except OSError as exc:
+            raise StorageError(f"cannot read {fragment.path}: {_first_line(exc)}") from exc
+        except (pa.ArrowException, KeyError) as exc:
             raise StorageError(
                 f"{fragment.path}: not a segments Parquet file written by `lvmae extract` "
-                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); remove it"
+                f"({_first_line(exc)}); remove it"
             ) from exc
         dims.setdefault(field.type.list_size, fragment.path)
     if len(dims) > 1:
@@ -68,6 +88,11 @@ def embedding_dim_of(embeddings: str) -> int:
             f"output: extract each encoder into its own --out directory."
         )
     return next(iter(dims))
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (at most 300 characters), else its type."""
+    return str(exc).splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
 
 
 SORT_SHUFFLE_MAX_BYTES = 1 << 30  # segment Parquet below this: sort-based shuffle
@@ -91,9 +116,10 @@ def video_sequences(embeddings: str):
     from ray.data.context import ShuffleStrategy
 
     # select_columns after the read (pushed down into it), not read_parquet(columns=...),
-    # which Ray 2.60 deprecates
-    ds = ray.data.read_parquet(f"{embeddings.rstrip('/')}/{SEGMENTS_DIR}").select_columns(
-        ["video_id", "segment_index", "embedding"]
+    # which Ray 2.60 deprecates; each row's file path orders rerun duplicates (write order)
+    fs, path = arrow_fs(f"{embeddings.rstrip('/')}/{SEGMENTS_DIR}")
+    ds = ray.data.read_parquet(path, filesystem=fs, include_paths=True).select_columns(
+        ["video_id", "segment_index", "embedding", "path"]
     )
     size = segments_bytes(embeddings)
     partitions = None
@@ -102,8 +128,17 @@ def video_sequences(embeddings: str):
     else:
         partitions = min(200, -(-size // PARTITION_BYTES))
     return ds.groupby("video_id", num_partitions=partitions).map_groups(
-        sequence_table, batch_format="pyarrow"
+        _latest_sequences, batch_format="pyarrow"
     )
+
+
+def _latest_sequences(group: pa.Table) -> pa.Table:
+    """:func:`sequence_table` of ``group``'s segment rows, each ``(video_id,
+    segment_index)`` from the last file written that holds it (files sort by ``path`` in
+    write order, :func:`lvmae.storage.write_table_atomic`), as
+    :func:`lvmae.storage.read_segments` keeps it after an ``--overwrite``."""
+    group = keep_last(group.sort_by("path"), ["video_id", "segment_index"])
+    return sequence_table(group.drop_columns(["path"]))
 
 
 def resolve_checkpoint(path: str) -> Path:

@@ -72,12 +72,12 @@ def sequences_from_table(table: pa.Table) -> Iterator[tuple[str, np.ndarray]]:
     """Iterate ``(video_id, x)`` per video, videos in ascending id order, ``x`` float32
     ``[L, D]``: the video's segment embeddings ordered by ``segment_index`` (L tokens).
 
-    Rows repeating a ``(video_id, segment_index)`` pair are dropped, keeping the first in
-    table order (:func:`lvmae.storage.read_segments` already deduplicates). Gaps in the
-    segment indices are not errors: tokens are simply the present segments in order. The
-    arrays yielded are read-only views into one matrix for the whole table; copy one before
-    changing it in place. The table is checked and converted eagerly, so errors are raised
-    by the call itself, before iteration.
+    Rows repeating a ``(video_id, segment_index)`` pair are dropped, keeping the last in
+    table order, as :func:`lvmae.storage.read_segments` does (which already deduplicates).
+    Gaps in the segment indices are not errors: tokens are simply the present segments in
+    order. The arrays yielded are read-only views into one matrix for the whole table; copy
+    one before changing it in place. The table is checked and converted eagerly, so errors
+    are raised by the call itself, before iteration.
 
     Args:
         table: needs the columns ``video_id`` (string), ``segment_index`` (integer) and
@@ -98,7 +98,7 @@ def sequences_from_table(table: pa.Table) -> Iterator[tuple[str, np.ndarray]]:
         return iter(())
     if table["video_id"].null_count or table["segment_index"].null_count:
         raise ValueError("segments table has null video_id or segment_index values")
-    # pyarrow's sort is stable, so among duplicates the first row in table order leads.
+    # pyarrow's sort is stable, so among duplicates the last row in table order comes last.
     order = pc.sort_indices(
         table.select(["video_id", "segment_index"]),
         sort_keys=[("video_id", "ascending"), ("segment_index", "ascending")],
@@ -106,7 +106,7 @@ def sequences_from_table(table: pa.Table) -> Iterator[tuple[str, np.ndarray]]:
     vids = table["video_id"].take(order).to_numpy(zero_copy_only=False)
     segs = table["segment_index"].take(order).to_numpy(zero_copy_only=False)
     keep = np.ones(len(vids), dtype=bool)
-    keep[1:] = (vids[1:] != vids[:-1]) | (segs[1:] != segs[:-1])
+    keep[:-1] = (vids[:-1] != vids[1:]) | (segs[:-1] != segs[1:])
     order = order.to_numpy()[keep]
     vids = vids[keep]
     emb = _embedding_matrix(table["embedding"].take(pa.array(order)))

@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +58,10 @@ class Clip:
 @dataclass
 class VideoReport:
     """How reading one video went. ``status`` is ``"ok"`` (every planned segment read),
-    ``"partial"`` (some clips read, then an error; or a file cut short, with fewer frames
-    than its index lists: the segments of the frames it holds are planned and read, and
-    ``error`` says how many frames are missing) or ``"failed"`` (no clip); ``error`` says
+    ``"partial"`` (some clips read, or held on disk from an earlier run and skipped, then
+    an error; or a file cut short, with fewer frames than its index lists: the segments of
+    the frames it holds are planned and read, and ``error`` says how many frames are
+    missing) or ``"failed"`` (no clip, none held); ``error`` says
     why when not ok; ``num_segments`` is the plan's length, ``num_clips`` the clips emitted;
     ``decode_s`` wall seconds spent; ``decoder_reason`` why the decoder differs from the
     configured one (``decoder: auto`` without NVDEC, :mod:`lvmae.video.nvdec`). With
@@ -257,6 +258,7 @@ def read_clips(
     plan: SegmentPlan | None = None,
     plan_only: bool = False,
     cpu_reason: str | None = None,
+    report: VideoReport | None = None,
 ) -> Iterator[Clip | SegmentPlan | VideoReport]:
     """Decode a video into clips, in segment order, then one :class:`VideoReport`.
 
@@ -279,11 +281,15 @@ def read_clips(
     :class:`SegmentPlan`, then the report (``num_clips`` 0); no clip is decoded.
     ``cpu_reason``: ``decoder: auto`` was resolved for the whole run to the CPU fallback,
     for this reason (:func:`pipelines.extract.nvdec_route`), and is not checked again.
-    With NVDEC, clips hold their frames on the GPU.
+    With NVDEC, clips hold their frames on the GPU. ``report``: the report to fill in as
+    reading goes (``info``, ``num_segments``, ``decoder_reason`` and shot results as soon as
+    they are known, ``num_clips`` as clips are yielded) and yield last; another thread may
+    read it meanwhile (:func:`read_clips_bounded`'s time limit). Default: a new one.
     """
     start, stop = index_range
     t0 = time.perf_counter()
-    report = VideoReport(status="failed")
+    report = VideoReport(status="failed") if report is None else report
+    on_disk = 0
     try:
         source = path.open if isinstance(path, RemoteVideo) else lambda: path
         if cpu_reason is not None and config.decoder in ("nvdec", "auto"):
@@ -303,6 +309,7 @@ def read_clips(
             if plan_only:
                 yield plan
             todo = [seg for seg in mine if seg.index not in skip]
+            on_disk = len(mine) - len(todo)  # held from an earlier run: count for partial
             for clip in _sampled_clips(reader, todo, config) if todo else ():
                 yield clip
                 report.num_clips += 1
@@ -317,10 +324,10 @@ def read_clips(
             report.status = "ok"
     except DecodeError as exc:
         report.error = str(exc)
-        report.status = "partial" if report.num_clips else "failed"
+        report.status = "partial" if report.num_clips or on_disk else "failed"
     except Exception as exc:  # any library's surprise on a bad file is still a recorded failure
         report.error = f"{type(exc).__name__}: {exc}"
-        report.status = "partial" if report.num_clips else "failed"
+        report.status = "partial" if report.num_clips or on_disk else "failed"
     report.decode_s = time.perf_counter() - t0
     yield report
 
@@ -328,37 +335,61 @@ def read_clips(
 _DONE = object()
 
 
+def _on_disk(
+    report: VideoReport,
+    skip: frozenset[int] = frozenset(),
+    index_range: tuple[int, int | None] = (0, None),
+    **_: Any,
+) -> int:
+    """How many segments of the read's range (``report.num_segments`` planned so far) are
+    held on disk from an earlier run (``skip``), as :func:`read_clips` counts them."""
+    start, stop = index_range
+    end = report.num_segments if stop is None else min(stop, report.num_segments)
+    return sum(start <= i < end for i in skip)
+
+
 def read_clips_bounded(
     path: str | Path | RemoteVideo, config: ExtractConfig, **which: Any
-) -> Iterator[Clip | VideoReport]:
-    """:func:`read_clips` (``which``: its ``skip``, ``index_range``, ``gpus``, ``plan`` and
-    ``plan_only``) under a time limit, with bounded memory.
+) -> Iterator[Clip | SegmentPlan | VideoReport]:
+    """:func:`read_clips` (``which``: its ``skip``, ``index_range``, ``gpus``, ``plan``,
+    ``plan_only`` and ``cpu_reason``) under a time limit, with bounded memory.
 
     Decoding runs in a daemon thread that hands clips over through a queue of
     ``config.max_clips_in_flight`` places, so at most that many clips (plus the one being
-    decoded) exist at once. When ``config.video_time_limit_s`` seconds pass, the stream ends
-    with a ``"failed"``/``"partial"`` report naming the limit; the thread is told to stop
-    (a decoder hung inside native code is abandoned, not waited for).
+    decoded) exist at once. The stream ends with exactly one :class:`VideoReport`: the
+    decoder's, or, once ``config.video_time_limit_s`` seconds (wall clock, from the call)
+    have passed before it (nothing came in time, or a clip came after the limit), a
+    ``"failed"``/``"partial"`` one naming the limit (partial: clips yielded, or segments of
+    its range held on disk, ``skip``), with ``num_clips`` the clips yielded and whatever
+    the decoder had found by then (``info``, ``num_segments``, ``decoder_reason``, shot
+    results). The limit is checked before each clip is yielded, so a decoder that keeps
+    the queue fed does not outrun it.
+    The thread is then told to stop (a decoder hung inside native code is abandoned, not
+    waited for); it also stops when the caller closes the stream early.
     """
     q: queue.Queue = queue.Queue(maxsize=config.max_clips_in_flight)
     stop = threading.Event()
+    found = VideoReport(status="failed")  # filled in by the decoder as it goes
+
+    def hand_over(item: object) -> bool:
+        """Queue ``item`` unless the consumer has stopped (never blocks past that)."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def produce() -> None:
-        gen = read_clips(path, config, **which)
+        gen = read_clips(path, config, **which, report=found)
         try:
             for item in gen:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not hand_over(item):
                     return
         finally:
             gen.close()
-            if not stop.is_set():
-                q.put(_DONE)
+            hand_over(_DONE)  # read_clips ended without a report (it always gives one)
 
     t0 = time.perf_counter()
     deadline = t0 + config.video_time_limit_s
@@ -371,18 +402,24 @@ def read_clips_bounded(
             try:
                 item = q.get(timeout=max(deadline - time.perf_counter(), 0.0))
             except queue.Empty:
-                yield VideoReport(
-                    status="partial" if clips else "failed",
+                item = None
+            if item is _DONE:
+                return
+            if item is None or (isinstance(item, Clip) and time.perf_counter() > deadline):
+                yield replace(
+                    found,
+                    status="partial" if clips or _on_disk(found, **which) else "failed",
                     error=f"time limit of {config.video_time_limit_s:g} s exceeded "
                     f"after {clips} clips",
                     num_clips=clips,
                     decode_s=time.perf_counter() - t0,
+                    extra=dict(found.extra),
                 )
-                return
-            if item is _DONE:
                 return
             if isinstance(item, Clip):
                 clips += 1
             yield item
+            if isinstance(item, VideoReport):
+                return
     finally:
         stop.set()

@@ -1,9 +1,12 @@
+from datetime import datetime, timezone
+
 import numpy as np
 import pyarrow as pa
 import pytest
 
 from lvmae.config import ConfigError, ExtractConfig, load_config
 from lvmae.storage import (
+    VIDEO_SCHEMA,
     StorageError,
     read_segments,
     read_videos,
@@ -107,6 +110,25 @@ def test_segments_read_back_once_per_key_sorted(tmp_path):
     keys = zip(got["video_id"].to_pylist(), got["segment_index"].to_pylist(), strict=True)
     assert list(keys) == [("a", 0), ("a", 1), ("b", 0)]
     assert read_segments(out, columns=["video_id"]).column_names == ["video_id"]
+
+
+def test_readers_keep_the_row_written_last(tmp_path):
+    """Outputs rewritten with --overwrite hold a key in several files: the readers keep the
+    row of the file written last (file names sort in write order), after every write; a
+    videos row also when the rows' updated_at are equal."""
+    out, when = str(tmp_path), datetime(2026, 1, 1, tzinfo=timezone.utc)
+    for k in range(12):
+        write_table_atomic(seg_table([("a", 0, [k, 1]), ("b", k % 2, [1, k])]), out, "segments")
+        got = read_segments(out).to_pydict()
+        keys = zip(got["video_id"], got["segment_index"], strict=True)
+        want = {("a", 0): [k, 1], ("b", k % 2): [1, k]}
+        if k:  # the other b segment: from the write before
+            want[("b", 1 - k % 2)] = [1, k - 1]
+        assert dict(zip(keys, got["embedding"], strict=True)) == dict(sorted(want.items()))
+        assert list(zip(got["video_id"], got["segment_index"], strict=True)) == sorted(want)
+        row = {"video_id": "a", "status": "ok", "error": f"run {k}", "updated_at": when}
+        write_table_atomic(pa.Table.from_pylist([row], schema=VIDEO_SCHEMA), out, "videos")
+        assert read_videos(out)["error"].to_pylist() == [f"run {k}"]
 
 
 def test_missing_segments_are_a_clear_error_and_videos_default_empty(tmp_path):

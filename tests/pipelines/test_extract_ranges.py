@@ -77,6 +77,25 @@ def test_merged_report_sums_ranges_and_names_the_failed_one():
     assert merge_reports([ok]) is ok  # a video kept whole: its own report
 
 
+def test_merged_cut_short_ranges_stay_partial_with_the_error_once():
+    """A file cut short: every range reports it (each opens the whole file). On a rerun
+    its held segments are on disk, so no range decodes a clip; the video stays partial, as
+    when kept whole, and the file's error is written once. An error some ranges share
+    names them once."""
+    cut = "the file is cut short: it holds 60 of the 120 frames its index lists"
+    rerun = [{"status": "partial", "error": cut, "num_clips": 0, "num_segments": 3,
+              "decode_s": 0.5, "part": i, "parts": 3} for i in range(3)]  # fmt: skip
+    merged = merge_reports(rerun)
+    assert (merged["status"], merged["error"], merged["num_clips"]) == ("partial", cut, 0)
+    assert merge_reports([{**p, "num_clips": 1} for p in rerun])["status"] == "partial"
+    failed = {"status": "failed", "error": "x", "num_clips": 0, "num_segments": 9}
+    parts = [{**failed, "part": i, "parts": 4} for i in range(3)] + [
+        {**failed, "status": "ok", "error": None, "part": 3, "parts": 4}
+    ]
+    merged = merge_reports(parts)
+    assert (merged["status"], merged["error"]) == ("failed", "parts 1, 2 and 3 of 4: x")
+
+
 def test_plan_ranges_reads_durations_from_headers(scene_video, wide_video):
     sources = list_videos(str(scene_video.parent), (".mp4",))
     config = ExtractConfig(segment_s=2.0, range_s=5.0)
@@ -111,6 +130,47 @@ def test_a_split_video_gives_the_same_segments_and_row_as_one_task(
         atol=1e-6,
     )  # fmt: skip
     assert {k: split_row[k] for k in SAME} == {k: whole_row[k] for k in SAME}
+
+
+@pytest.fixture(scope="module")
+def cut_short(tmp_path_factory) -> Path:
+    """An interrupted download whose frames end cleanly: 20 s in its header, the first
+    10.1 s there (write_broken_videos' own 20 s ``testsrc2``)."""
+    from lvmae.video.samples import write_broken_videos
+
+    return write_broken_videos(tmp_path_factory.mktemp("cut-short"))["interrupted"]
+
+
+@pytest.mark.slow
+def test_a_split_cut_short_video_stays_partial_on_rerun_with_the_row_of_one_task(
+    tmp_path, cut_short, broken_videos, ray_local
+):
+    """A file cut short is partial, whole or split (4 ranges of its 20 s header, every one
+    reporting the missing frames), and so is its rerun (not ok, so redone: its held
+    segments skipped, none decoded), with the same row whole and split, the error once.
+    One whose last held frame does not decode either (its error is the decoder's, whole)
+    stays partial on rerun too."""
+    config = ExtractConfig(range_s=6.0, batch_size=4)
+    assert len(plan_ranges(list_videos(str(cut_short), (".mp4",)), config)[cut_short.name]) == 4
+    for attempt in (1, 2):
+        rows = {}
+        for range_s in (None, 6.0):
+            out = tmp_path / f"split-{range_s}"
+            config = ExtractConfig(range_s=range_s, batch_size=4)
+            run_extraction(str(cut_short), str(out), config, progress=False, track=False)
+            rows[range_s] = read_videos(str(out)).to_pylist()[0]
+            assert read_segments(str(out))["segment_index"].to_pylist() == [0, 1]
+        row = rows[6.0]
+        assert row["status"] == "partial", attempt
+        assert row["error"].startswith("the file is cut short: it holds 101 of the 200 frames")
+        assert row["segments_written"] == (2 if attempt == 1 else 0)
+        assert {k: row[k] for k in SAME} == {k: rows[None][k] for k in SAME}, attempt
+    video = broken_videos["interrupted"]  # 12 s in its header, 9.2 s there
+    for attempt in (1, 2):
+        for range_s in (None, 5.0):
+            _, _, row = _run(video, tmp_path / f"decode-{range_s}", range_s=range_s)
+            assert row["status"] == "partial", (attempt, range_s, row["error"])
+            assert (row["segments_written"] > 0) == (attempt == 1), (attempt, range_s)
 
 
 @pytest.mark.slow

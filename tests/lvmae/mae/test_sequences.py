@@ -51,18 +51,18 @@ def segments_table(rows: list[tuple[str, int, list[float]]], dim: int = D) -> pa
 
 def test_sequences_are_ordered_and_deduplicated():
     rows = [("b.mp4", i, emb(2, i)) for i in range(3)] + [("a.mp4", i, emb(1, i)) for i in range(5)]
-    rows.append(("a.mp4", 4, emb(9, 4)))  # a rerun's duplicates: the first row wins
+    rows.append(("a.mp4", 4, emb(9, 4)))  # a rerun's duplicates: the last row wins
     rows.append(("b.mp4", 0, emb(9, 0)))
     order = np.random.default_rng(0).permutation(len(rows))
     rows = [rows[i] for i in order]
-    first = {}
+    first = {}  # the row that wins: the last in table order
     for vid, idx, e in rows:
-        first.setdefault((vid, idx), e)
+        first[(vid, idx)] = e
 
     got = list(sequences_from_table(segments_table(rows)))
 
     assert [vid for vid, _ in got] == ["a.mp4", "b.mp4"]
-    assert any(e[0] == 9.0 for e in first.values())  # the shuffle put a duplicate first
+    assert any(e[0] == 9.0 for e in first.values())  # the shuffle put a duplicate last
     for vid, x in got:
         assert x.dtype == np.float32 and x.ndim == 2 and x.shape[1] == D
         np.testing.assert_array_equal(x[:, 1], np.arange(len(x)))  # segment order

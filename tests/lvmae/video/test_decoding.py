@@ -1,5 +1,7 @@
 import itertools
 import os
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +135,21 @@ def test_partly_decodable_file_yields_its_good_clips_then_a_partial_report(decod
     assert report.error and 0 < len(clips) < report.num_segments
 
 
+def test_a_rerun_of_a_partly_decodable_file_stays_partial(broken_videos):
+    """A rerun skips the segments the first read left on disk and meets the same error
+    before any clip: the video is still partial (its segments are there), not failed; a
+    range of it with nothing on disk is failed."""
+    config = ExtractConfig(decoder="pyav")
+    *clips, first = read_clips(broken_videos["partial"], config)
+    assert first.status == "partial" and clips
+    held = frozenset(c.segment.index for c in clips)
+    *again, report = read_clips(broken_videos["partial"], config, held)
+    assert (again, report.status, report.num_clips) == ([], "partial", 0) and report.error
+    after = (max(held) + 1, None)
+    *again, report = read_clips(broken_videos["partial"], config, held, after)
+    assert (again, report.status, report.num_clips) == ([], "failed", 0)
+
+
 @pytest.mark.parametrize(
     ("decoder", "mode"), [("decord", "exact"), ("pyav", "exact"), ("pyav", "fast")]
 )
@@ -158,6 +175,41 @@ def test_time_limit_ends_a_slow_video_with_a_recorded_failure(scene_video):
     assert isinstance(report, VideoReport)
     assert report.status in {"failed", "partial"}
     assert "time limit" in report.error
+
+
+def test_time_limit_holds_while_the_decoder_keeps_the_queue_fed(scene_video):
+    """A slow consumer (the encoder) and a decoder that keeps the queue full: the limit
+    still ends the stream, with one report that keeps what the decoder found (its info
+    and plan), so the videos row keeps duration_s and segments_planned."""
+    config = ExtractConfig(video_time_limit_s=4.0, decoder="pyav", segment_s=0.5,
+                           max_clips_in_flight=1)  # fmt: skip
+    items = []
+    for item in read_clips_bounded(scene_video, config):
+        items.append(item)
+        if isinstance(item, Clip):
+            time.sleep(0.5)  # 24 clips would take 12 s: far past the limit
+    reports = [i for i in items if isinstance(i, VideoReport)]
+    assert len(reports) == 1 and items[-1] is reports[0]
+    report, clips = reports[0], len(items) - 1
+    assert 0 < clips < 24
+    assert (report.status, report.num_clips) == ("partial", clips)
+    assert report.error == f"time limit of 4 s exceeded after {clips} clips"
+    assert report.num_segments == 24 and report.info.duration_s == pytest.approx(12.0)
+    assert report.info.decoder == "pyav"
+
+
+def test_closing_the_stream_early_stops_its_decode_thread(wide_video):
+    """A caller that stops reading (an error downstream) ends the decode thread, also when
+    the decoder had finished and filled the queue: nothing is left blocked on it."""
+    config = ExtractConfig(segment_s=1.0, max_clips_in_flight=7)  # 7 clips and the report
+    before = set(threading.enumerate())
+    stream = read_clips_bounded(wide_video, config)
+    assert isinstance(next(stream), Clip)
+    (worker,) = [t for t in set(threading.enumerate()) - before if t.name.startswith("decode:")]
+    time.sleep(3.0)  # the decoder finishes: 6 clips and its report fill the queue
+    stream.close()
+    worker.join(timeout=30.0)
+    assert not worker.is_alive()
 
 
 def test_bounded_reader_matches_the_plain_one(wide_video):
