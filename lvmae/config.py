@@ -645,6 +645,10 @@ class ProbeConfig(ProbeRecipe):
             raise ConfigError(format_validation_error(exc, "probe config")) from exc
 
 
+TORCH_DEVICE = r"^(auto|cpu|cuda(:[0-9]+)?|mps)$"
+"""The devices a probe or sweep trial may name (``auto``: CUDA when it holds a GPU)."""
+
+
 class ProbeSection(BaseModel):
     """The probe stage: probes on the frozen encoder and the baselines scored on the same
     splits (LV-MAE §8, Tables 6–8).
@@ -669,8 +673,10 @@ class ProbeSection(BaseModel):
         default_factory=dict, description="per-probe recipe fields over the paper's"
     )
     device: str = Field(
-        "auto", description="torch device of the probes: auto (CUDA when the task holds a GPU)"
-    )
+        "auto", pattern=TORCH_DEVICE,
+        description="torch device of the probes: auto (CUDA when the task holds a GPU), cpu, "
+        "cuda, cuda:N or mps",
+    )  # fmt: skip
     seeds: int = Field(3, ge=1, description="seeds per row: results are mean ± std over them")
     cpus_per_task: float = Field(1.0, gt=0, description="CPUs each probe-training task reserves")
     gpus_per_task: float | None = Field(
@@ -719,7 +725,9 @@ class TuneSection(BaseModel):
         0.5, gt=0, le=1, description="ASHA grace period, as a fraction of each trial's epochs"
     )
     seeds: int = Field(3, ge=1, description="seeds the chosen configuration is retrained with")
-    device: str = Field("auto", description="torch device of the trials (auto: CUDA with a GPU)")
+    device: str = Field("auto", pattern=TORCH_DEVICE,
+                        description="torch device of the trials (auto: CUDA with a GPU), cpu, "
+                        "cuda, cuda:N or mps")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- the run

@@ -17,8 +17,31 @@ from typing import Any, TextIO
 
 from tqdm.auto import tqdm
 
-EVERY_S = float(os.environ.get("LVMAE_PROGRESS_EVERY_S", "30"))
-"""Seconds between progress lines without a TTY (``LVMAE_PROGRESS_EVERY_S``)."""
+from lvmae.errors import LvmaeError
+
+EVERY_S = 30.0
+"""Seconds between progress lines without a TTY, unless ``LVMAE_PROGRESS_EVERY_S`` says."""
+
+
+def every_s_from_env() -> float:
+    """``LVMAE_PROGRESS_EVERY_S`` (seconds, >= 0) when set, else :data:`EVERY_S`.
+
+    Raises:
+        LvmaeError: the variable is not a number of seconds.
+    """
+    raw = os.environ.get("LVMAE_PROGRESS_EVERY_S", "").strip()
+    if not raw:
+        return EVERY_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not value >= 0 or math.isinf(value):
+        raise LvmaeError(
+            f"LVMAE_PROGRESS_EVERY_S={raw!r}: give the seconds between progress lines as a "
+            "number, e.g. 30"
+        )
+    return value
 
 
 def _clock(seconds: float) -> str:
@@ -33,7 +56,7 @@ class Progress:
         desc: what is being done (``extract``, ``pretrain``...).
         unit: the unit's name (``videos``, ``epochs``...).
         enabled: False shows nothing.
-        every_s: seconds between lines without a TTY.
+        every_s: seconds between lines without a TTY (None: :func:`every_s_from_env`).
         stream: where to write (default stderr); a TTY gets a bar.
         clock: the time source (seconds), for tests.
     """
@@ -45,13 +68,14 @@ class Progress:
         unit: str = "it",
         *,
         enabled: bool = True,
-        every_s: float = EVERY_S,
+        every_s: float | None = None,
         stream: TextIO | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.total, self.desc, self.unit, self.enabled = total, desc, unit, enabled
         self.stream = stream or sys.stderr
-        self.every_s, self.clock = every_s, clock
+        self.every_s = every_s_from_env() if every_s is None else every_s
+        self.clock = clock
         self.n, self.postfix = 0, {}
         self.t0 = self.last = clock()
         self.bar = None

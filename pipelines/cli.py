@@ -40,9 +40,11 @@ from lvmae.config import (
     load_config,
     load_run_config,
     parse_sets,
+    read_yaml_mapping,
 )
 from lvmae.errors import LvmaeError, disk_full_cause
 from lvmae.labels import from_source, write_labels
+from lvmae.progress import every_s_from_env
 from lvmae.storage import StorageError, check_output_path, hold_output, read_videos
 from lvmae.video.samples import (
     DEFAULT_RECIPES,
@@ -63,18 +65,31 @@ def set_option(section: str):
     )  # fmt: skip
 
 
-def run_probing(stage, section, out: str, embeddings: str, labels, checkpoint: str):
-    """Run a probing stage (``probe`` or ``tune``) alone on ``section``, its config section:
-    the same stage ``lvmae run`` runs, tracked beside the checkpoint's pre-training run."""
+def run_probing(
+    stage, section, out: str, embeddings: str, labels, checkpoint: str, **other_sections
+):
+    """Run a probing stage (``probe`` or ``tune``) alone on ``section``, its config section
+    (and ``other_sections`` it reads, e.g. the sweep's ``probe`` recipes): the same stage
+    ``lvmae run`` runs, tracked beside the checkpoint's pre-training run."""
     from pipelines.run import run_alone  # heavy (Ray, torch): only for these commands
     from pipelines.stages import StageContext  # heavy, as above
 
-    sections = {stage.name: section}
+    sections = {stage.name: section, **other_sections}
     run = command_config(workdir=out, embeddings=embeddings, labels=list(labels), **sections)
     context = StageContext.create(
         run, tracking_uri=None, outs={stage.name: out}, checkpoint=checkpoint
     )
     return run_alone(stage, context)
+
+
+def sweep_recipes(config_file: str | None) -> dict[str, ProbeSection]:
+    """``{"probe": section}`` when ``config_file`` is a run config with a ``probe:``
+    section, else ``{}``: ``lvmae tune --config`` then starts its sweep from that file's
+    probe recipes, as ``lvmae run`` on the same file does (a tune-only file keeps the
+    paper's)."""
+    if config_file and "probe" in read_yaml_mapping(config_file, "config"):
+        return {"probe": load_config(ProbeSection, config_file)}
+    return {}
 
 
 def probe_inputs(command):
@@ -247,7 +262,7 @@ def embed(*, checkpoint, embeddings, out, batch_size, actors, use_gpu) -> None:
     "--baseline", "baselines", multiple=True, type=click.Choice(BASELINES),
     help="Also score a baseline on the same splits.",
 )  # fmt: skip
-@click.option("--device", help="Torch device of the probes [cpu].")
+@click.option("--device", help="Torch device of the probes: auto, cpu, cuda, cuda:N [auto].")
 @click.option("--out", default="work/probe", show_default=True, help="Output directory.")
 @set_option("probe")
 def probe(checkpoint, embeddings, labels, config_file, out, sets, **options) -> None:
@@ -281,7 +296,8 @@ def tune(checkpoint, embeddings, labels, config_file, out, sets, **options) -> N
     from pipelines.stages import TuneStage  # heavy (the jobs: Ray, torch)
 
     section = load_config(TuneSection, config_file, options, parse_sets(sets))
-    output = run_probing(TuneStage(), section, out, embeddings, labels, checkpoint)
+    output = run_probing(TuneStage(), section, out, embeddings, labels, checkpoint,
+                         **sweep_recipes(config_file))  # fmt: skip
     click.echo((Path(out) / "tune" / "results.md").read_text())
     click.echo(f"{len(output.results)} tasks swept; trials in {Path(out) / 'tune'}")
 
@@ -528,6 +544,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = _verbose_first(list(sys.argv[1:] if argv is None else argv))
     debug = debug_requested(argv)
     try:
+        every_s_from_env()  # LVMAE_PROGRESS_EVERY_S is a number, before any work
         cli.main(args=argv, prog_name="lvmae", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("aborted", err=True)

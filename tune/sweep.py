@@ -20,6 +20,7 @@ The search space is described in :mod:`tune.space`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -287,8 +288,14 @@ def _sweep_task(
     the best row's numbers as ``best/*`` metrics) to the sweep's MLflow run."""
     client = tracking_client(tracking_uri)  # a new store from the template
     metric, mode = VAL_METRIC[labels.task]
+    # named by task, settings and output: a rerun of this sweep reuses its run, another
+    # sweep into the same output (other settings or recipes) gets its own
+    digest = hashlib.sha1(json.dumps(
+        [section.model_dump(mode="json"), {k: v.to_dict() for k, v in recipes.items()},
+         {k: str(v) for k, v in space.items()}], sort_keys=True, default=str,
+    ).encode()).hexdigest()[:8]  # fmt: skip
     with tracked_run(
-        tracking_uri, "lvmae-tune", f"sweep:{task}:{Path(out).absolute()}", out=out,
+        tracking_uri, "lvmae-tune", f"sweep:{task}:{digest}:{Path(out).absolute()}", out=out,
         tags={"lvmae.stage": "tune"},
         params={"task": task, "num_samples": section.num_samples, "space": json.dumps(
             {k: str(v) for k, v in space.items()})},

@@ -101,7 +101,7 @@ class ExtractStage(BaseStage):
         describe_detector(e)  # the shot detector's weights are installed (shot plans)
         flag = "--out" if self.name in context.outs else "run.embeddings"
         check_output_path(context.embeddings, flag)
-        check_previous_output(context.embeddings, e, overwrite=context.overwrite)
+        check_previous_output(context.embeddings, e, overwrite=context.overwrite, flag=flag)
 
     def run(self, context: StageContext) -> ExtractOutput:
         summary = run_extraction(

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
+from lvmae.errors import LvmaeError
 from lvmae.progress import Progress
 
 
@@ -39,3 +42,14 @@ def test_disabled_and_unknown_totals():
     with Progress(None, "trials", "trials", stream=out, clock=clock) as p:
         p.update(2)
     assert out.getvalue().strip() == "trials: 2 trials · 0:00:00 elapsed"
+
+
+def test_the_line_interval_comes_from_the_environment_and_is_checked(monkeypatch):
+    monkeypatch.setenv("LVMAE_PROGRESS_EVERY_S", "2.5")
+    assert Progress(3, "t", stream=io.StringIO()).every_s == 2.5
+    monkeypatch.delenv("LVMAE_PROGRESS_EVERY_S")
+    assert Progress(3, "t", stream=io.StringIO()).every_s == 30.0
+    for bad in ("30s", "-1", "nan", "inf"):
+        monkeypatch.setenv("LVMAE_PROGRESS_EVERY_S", bad)
+        with pytest.raises(LvmaeError, match="LVMAE_PROGRESS_EVERY_S"):
+            Progress(3, "t", stream=io.StringIO())

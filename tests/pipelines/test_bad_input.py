@@ -244,6 +244,8 @@ CASES: list[Case] = [
     C("probe-wrong-type", *PROBE, "--set", "probe.seeds=many", words=["probe.seeds"]),
     C("probe-out-of-range", *PROBE, "--set", "probe.seeds=0", words=["probe.seeds"]),
     C("probe-unknown-kind", *PROBE, "--probe", "svm", code=2, words=["--probe"]),
+    C("probe-unknown-device", *PROBE, "--device", "gpu", words=["probe.device", "gpu"]),
+    C("tune-unknown-device", *TUNE, "--set", "tune.device=gpu", words=["tune.device", "gpu"]),
     *_checkpoint_cases("tune", (*LAB, "--out", "{out}")),
     C("tune-labels-missing", "tune", *CKPT, *EMB, "--labels", "{root}/nope.csv", "--out", "{out}",
       words=["nope.csv"]),

@@ -151,3 +151,19 @@ def test_ui_without_a_store_says_what_to_do(tmp_path):
     with pytest.raises(SystemExit) as info:
         main(["ui", str(tmp_path)])
     assert info.value.code == 1
+
+
+def test_tune_with_a_run_config_sweeps_from_its_probe_recipes(tmp_path):
+    """`lvmae tune --config run.yaml` reads the file's probe recipes, as `lvmae run` does on
+    it; a tune-only file (fields at top level) keeps the paper's."""
+    from pipelines.cli import sweep_recipes
+
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text(
+        "probe:\n  recipes:\n    linear: {lr: 0.01, epochs: 7}\ntune:\n  seeds: 1\n"
+    )
+    (probe,) = sweep_recipes(str(run_yaml)).values()
+    assert (probe.recipes["linear"].lr, probe.recipes["linear"].epochs) == (0.01, 7)
+    tune_only = tmp_path / "tune.yaml"
+    tune_only.write_text("num_samples: 4\n")
+    assert sweep_recipes(str(tune_only)) == {} and sweep_recipes(None) == {}

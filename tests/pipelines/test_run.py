@@ -345,6 +345,18 @@ def test_stages_outside_the_configs_run_stages_are_refused(tmp_path):
     assert not (tmp_path / "fresh").exists()
 
 
+def test_embeddings_of_another_config_name_what_lvmae_run_can_change(tmp_path):
+    """`lvmae run` has no --out or --overwrite: the message names run.embeddings."""
+    config = small_config(tmp_path / "fresh")
+    embeddings = Path(config.run.embeddings)
+    embeddings.mkdir(parents=True)
+    (embeddings / "manifest.json").write_text(json.dumps({"config_id": "another"}))
+    with pytest.raises(Exception, match=r"another configuration") as info:
+        run_main(config, echo=lambda _: None)
+    assert "--set run.embeddings=PATH" in str(info.value)
+    assert "--overwrite" not in str(info.value) and "--out" not in str(info.value)
+
+
 def test_a_stage_alone_needs_its_upstream_outputs(tmp_path):
     config = small_config(tmp_path / "fresh")
     with pytest.raises(StageError, match="reads the outputs of stage extract, which has not run"):
