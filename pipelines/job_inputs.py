@@ -330,5 +330,6 @@ def text_encoder(embeddings: str):
         )
     enc = manifest["encoder"]
     cfg = manifest.get("config", {})
-    checkpoint = None if enc["name"] == "tiny" else enc.get("checkpoint")
-    return build_encoder(enc["name"], checkpoint=checkpoint, seed=cfg.get("encoder_seed", 0))
+    # the checkpoint the manifest names, tiny's included (tiny-seed<N> names its weights)
+    return build_encoder(enc["name"], checkpoint=enc.get("checkpoint"),
+                         seed=cfg.get("encoder_seed", 0))  # fmt: skip
