@@ -231,8 +231,12 @@ def open_run(
     for key, value in sorted((params or {}).items()):
         text = json.dumps(value) if isinstance(value, list | dict | tuple) else str(value)
         items.append(Param(key, text[:6000]))
-    for i in range(0, len(items), 100):
-        client.log_batch(run.info.run_id, params=items[i : i + 100])
+    try:
+        for i in range(0, len(items), 100):
+            client.log_batch(run.info.run_id, params=items[i : i + 100])
+    except BaseException as exc:  # e.g. Ctrl-C / SIGTERM now: MLflow made the run RUNNING
+        end_run(client, run.info.run_id, exc)
+        raise
     return run.info.run_id
 
 
@@ -305,8 +309,8 @@ def run_status(client: MlflowClient, run_id: str, **how: Any) -> Iterator[None]:
     """``run_id`` RUNNING for the block, then ended however the block exits
     (:func:`end_run`, with ``how`` its keywords ``children`` and ``stopped``; the exception
     propagates, even when ending the run fails too, e.g. on a full disk: that is logged)."""
-    client.update_run(run_id, status="RUNNING")
     try:
+        client.update_run(run_id, status="RUNNING")
         yield
     except BaseException as exc:
         try:
@@ -325,10 +329,11 @@ def tracked_run(
     ``out``, ``tags``, ``params``), marked RUNNING for the block and ended however the block
     exits (:func:`run_status`: FINISHED, or FAILED with the error as the ``lvmae.error`` tag;
     the exception propagates). Yields the run id."""
-    run_id = open_run(tracking_uri, *names, **run)
     from mlflow.tracking import MlflowClient
 
-    with run_status(MlflowClient(tracking_uri=tracking_uri), run_id):
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run_id = open_run(tracking_uri, *names, **run)
+    with run_status(client, run_id):
         if with_system_metrics:
             with system_metrics(run_id, tracking_uri):
                 yield run_id

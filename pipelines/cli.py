@@ -54,7 +54,7 @@ from lvmae.video.samples import (
     make_samples,
     write_broken_videos,
 )
-from pipelines.connect import connect_ray, disconnect_ray, set_verbose
+from pipelines.connect import connect_ray, disconnect_ray, set_verbose, stop_on_sigterm
 
 
 def set_option(section: str):
@@ -545,6 +545,7 @@ def main(argv: list[str] | None = None) -> None:
     debug = debug_requested(argv)
     try:
         every_s_from_env()  # LVMAE_PROGRESS_EVERY_S is a number, before any work
+        stop_on_sigterm()  # SIGTERM stops a command as Ctrl-C does (runs end KILLED)
         cli.main(args=argv, prog_name="lvmae", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("aborted", err=True)

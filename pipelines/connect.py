@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -175,6 +177,20 @@ def _ask_for_token_auth() -> None:
     Config.initialize("")
 
 
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (``ray job stop``, a pod deleted, ``kill``) stop this command the way
+    Ctrl-C does: a :class:`KeyboardInterrupt` in the main thread, so that open MLflow runs
+    end KILLED, outputs stay consistent and the local Ray instance is stopped. Ray's own
+    handler, installed by ``ray.init``, ended the process at once (its runs left RUNNING);
+    so this is called again after it. A no-op outside the main thread."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+
+
 def connect_ray(address: str | None = None) -> None:
     """Initialise Ray once per process: join ``address`` (else ``RAY_ADDRESS``, which
     ``ray job submit`` sets for a job's entrypoint; ``auto`` joins the cluster last started
@@ -211,6 +227,7 @@ def connect_ray(address: str | None = None) -> None:
         )
         # imported once Ray is up: the extraction driver imports Ray Data in a thread while
         # Ray's processes start, and importing it here first would wait for that thread
+        stop_on_sigterm()  # again: ray.init installed its own handler
         from ray.data import DataContext
 
         DataContext.get_current().print_on_execution_start = _VERBOSE["on"]

@@ -167,3 +167,46 @@ def test_tune_with_a_run_config_sweeps_from_its_probe_recipes(tmp_path):
     tune_only = tmp_path / "tune.yaml"
     tune_only.write_text("num_samples: 4\n")
     assert sweep_recipes(str(tune_only)) == {} and sweep_recipes(None) == {}
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_command_as_ctrl_c_does(tmp_path, scene_video):
+    """`ray job stop`, a deleted pod, `kill`: the extraction's MLflow run ends KILLED (Ray's
+    own handler ended the process at once, the run left RUNNING), the command says
+    `aborted` (exit 130) and its local Ray instance is gone."""
+    import sqlite3
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for k in range(3):
+        (videos / f"v{k}.mp4").write_bytes(Path(scene_video).read_bytes())
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "extract", str(videos), "--out", str(out),
+         "--set", "extract.flush_s=600"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        status: list = []
+        for _ in range(1500):  # its MLflow run opens once Ray is up (5-30 s on 2 cores)
+            if proc.poll() is not None:
+                break
+            try:
+                status = sqlite3.connect(out / "mlflow.db").execute("select status from runs")
+                status = status.fetchall()
+            except sqlite3.Error:
+                status = []
+            if status:
+                break
+            time.sleep(0.1)
+        assert status == [("RUNNING",)], proc.stdout.read() if proc.poll() is not None else ""
+        proc.send_signal(signal.SIGTERM)
+        text, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and text.rstrip().endswith("aborted"), text
+    runs = sqlite3.connect(out / "mlflow.db").execute("select status from runs").fetchall()
+    assert runs == [("KILLED",)]
+    # Ray names its session folder after the driver's pid: none of its processes is left
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
+    assert f"_{proc.pid}/" not in ps.stdout
