@@ -4,8 +4,10 @@ reconstructions).
 
 Small archives are searched exactly (one matrix product); past ``EXACT_MAX`` segments an
 approximate usearch index is built once, saved beside the embeddings
-(``<embeddings>/index/``), reloaded on later searches and rebuilt when the embeddings
-change (their files' names and sizes, the encoder and the width are fingerprinted).
+(``<embeddings>/index/``; for an object-store archive in this machine's cache,
+:func:`index_dir`), reloaded on later searches and rebuilt when the embeddings change
+(their files' names and sizes as the storage lists them, the encoder and the width are
+fingerprinted) or when the saved index cannot be read.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from lvmae.errors import LvmaeError
 from lvmae.retrieval.index import exact_search, load_or_build
-from lvmae.storage import SEGMENTS_DIR, read_manifest, read_segments
+from lvmae.storage import SEGMENTS_DIR, arrow_fs, is_remote, read_manifest, read_segments
+from lvmae.tracking import cache_dir
 from pipelines.job_inputs import text_encoder
 
 EXACT_MAX = 200_000  # segments; above this an approximate index is used
@@ -65,14 +69,38 @@ def segment_matrix(table: pa.Table) -> SegmentMatrix:
     )
 
 
+def segment_files(embeddings: str) -> list[tuple[str, int]]:
+    """``(name, bytes)`` of each Parquet file of the segments table under ``embeddings`` (a
+    local directory or an object-store URI: the storage's listing, no data read), sorted
+    by name; empty when there are none."""
+    fs, root = arrow_fs(embeddings)
+    selector = pafs.FileSelector(f"{root.rstrip('/')}/{SEGMENTS_DIR}", allow_not_found=True)
+    return sorted(
+        (info.base_name, int(info.size or 0))
+        for info in fs.get_file_info(selector)
+        if info.is_file and info.base_name.endswith(".parquet")
+    )
+
+
+def index_dir(embeddings: str) -> Path:
+    """Where the approximate index of ``embeddings`` is saved: ``<embeddings>/index`` for a
+    local directory; for object storage (usearch reads and writes local files) a folder of
+    this machine's cache keyed by the URI, ``<cache>/index/<16 hex of SHA-1(URI)>``
+    (:func:`lvmae.tracking.cache_dir`: ``LVMAE_CACHE_DIR``, else the user cache)."""
+    if is_remote(embeddings):
+        key = hashlib.sha1(embeddings.rstrip("/").encode()).hexdigest()[:16]
+        return cache_dir() / INDEX_DIR / key
+    return Path(embeddings.removeprefix("file://")) / INDEX_DIR
+
+
 def fingerprint(embeddings: str) -> dict:
-    """What the saved index must match: the encoder, the width and the segment files."""
+    """What the saved index must match: the encoder, the width and the segment files
+    (:func:`segment_files`: names and sizes)."""
     manifest = read_manifest(embeddings) or {}
     encoder = manifest.get("encoder", {})
-    files = sorted(Path(embeddings, SEGMENTS_DIR).glob("*.parquet"))
     digest = hashlib.sha1()
-    for f in files:
-        digest.update(f"{f.name}:{f.stat().st_size}".encode())
+    for name, size in segment_files(embeddings):
+        digest.update(f"{name}:{size}".encode())
     return {
         "encoder": encoder.get("name"),
         "checkpoint": encoder.get("checkpoint"),
@@ -81,14 +109,19 @@ def fingerprint(embeddings: str) -> dict:
     }
 
 
-def _check_saved_index(embeddings: str, rebuild: bool) -> None:
+def _check_saved_index(directory: Path, current: dict, rebuild: bool) -> None:
     """A saved index from another encoder or width is an error (rebuilding silently would
-    hide a mixed-up directory); one from older embeddings of the same encoder is rebuilt."""
-    meta = Path(embeddings) / INDEX_DIR / "meta.json"
+    hide a mixed-up directory); one from older embeddings of the same encoder, or one whose
+    ``meta.json`` cannot be read, is left to :func:`load_or_build`, which rebuilds it."""
+    meta = directory / "meta.json"
     if rebuild or not meta.is_file():
         return
-    stored = json.loads(meta.read_text()).get("fingerprint", {})
-    current = fingerprint(embeddings)
+    try:
+        stored = json.loads(meta.read_text()).get("fingerprint", {})
+    except (OSError, ValueError, AttributeError):  # unreadable: load_or_build rebuilds
+        return
+    if not isinstance(stored, dict):
+        return
     differs = [
         f"{k}: index {stored.get(k)!r}, embeddings {current.get(k)!r}"
         for k in ("encoder", "checkpoint", "embedding_dim")
@@ -129,12 +162,10 @@ class Searcher:
         self._encoder = None
         self._encoder_lock = threading.Lock()
         if not self.exact:
-            _check_saved_index(embeddings, rebuild_index)
+            directory, current = index_dir(embeddings), fingerprint(embeddings)
+            _check_saved_index(directory, current, rebuild_index)
             self.index, _ = load_or_build(
-                Path(embeddings) / INDEX_DIR,
-                lambda: segs.embeddings,
-                fingerprint(embeddings),
-                rebuild=rebuild_index,
+                directory, lambda: segs.embeddings, current, rebuild=rebuild_index
             )
 
     @property

@@ -54,13 +54,16 @@ from lvmae.encoders.specs import (
     FRAMES_PER_SEGMENT,
     IMAGE_SIZE,
     TINY_ARCH,
+    TINY_CHECKPOINT,
     VIT_H14_ARCH,
     VIT_L14_ARCH,
     EncoderUnavailableError,
     LanguageBindArch,
     _from_pretrained,
     _languagebind_video,
+    check_model_dir,
     describe_encoder,
+    tiny_seed,
 )
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -68,7 +71,6 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 PRECISIONS = ("bf16", "fp32")
 
-_TINY_CHECKPOINT = re.compile(r"tiny-seed(\d+)")
 
 __all__ = [
     "CLIP_MEAN", "CLIP_STD", "DEFAULT_CHECKPOINTS", "ENCODER_NAMES", "FRAMES_PER_SEGMENT",
@@ -116,9 +118,11 @@ def load_languagebind(checkpoint: str) -> nn.Module:
     Returns the model on CPU in float32.
 
     Raises:
-        EncoderUnavailableError: the checkpoint cannot be found or read; the message says how
-            to provide it.
+        EncoderUnavailableError: the checkpoint cannot be found or read (a local directory
+            without ``config.json`` or weights, unreadable weights); the message says how to
+            provide it.
     """
+    check_model_dir(checkpoint)
     model_cls, _ = _languagebind_video()
     # "sdpa" here raises on this model class; the sub-configs get it in LanguageBindEncoder.
     return _from_pretrained(model_cls, checkpoint, attn_implementation="eager")
@@ -440,7 +444,7 @@ class LanguageBindEncoder(FrozenEncoder):
         self.model = model.to(self.device)
         text = model.config.text_config
         self.text_max_length = int(text.max_position_embeddings)
-        if tokenizer is None and _TINY_CHECKPOINT.fullmatch(checkpoint):
+        if tokenizer is None and TINY_CHECKPOINT.fullmatch(checkpoint):
             tokenizer = HashWordTokenizer(int(text.vocab_size), self.text_max_length)
         self._tokenizer = tokenizer
         self.name = name
@@ -593,17 +597,7 @@ def build_tiny(
     Raises:
         ValueError: any other checkpoint, or one that disagrees with a non-zero ``seed``.
     """
-    if checkpoint is not None:
-        match = _TINY_CHECKPOINT.fullmatch(checkpoint)
-        if match is None:
-            raise ValueError(
-                f"the tiny encoder has no checkpoint to load; got {checkpoint!r}, expected "
-                f"'tiny-seed<N>' or none (to load a saved tiny checkpoint directory use "
-                f"a languagebind-* encoder name)"
-            )
-        if seed not in (0, int(match.group(1))):
-            raise ValueError(f"checkpoint {checkpoint!r} disagrees with seed={seed}")
-        seed = int(match.group(1))
+    seed = tiny_seed(checkpoint, seed)
     model = build_languagebind_random(TINY_ARCH, seed=seed)
     return LanguageBindEncoder(
         model, name=name, checkpoint=f"tiny-seed{seed}", device=device, precision=precision

@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import importlib.util
 import os
+import re
 import sys
 import types
 from collections.abc import Callable, Iterator
@@ -34,6 +35,18 @@ IMAGE_SIZE = 224
 DEFAULT_CHECKPOINTS: dict[str, str] = {name: spec.checkpoint for name, spec in ENCODERS.items()}
 """Checkpoint used when ``build_encoder(name)`` is given none (the registry's): a Hugging
 Face hub id for the LanguageBind presets, ``tiny-seed<seed>`` for ``tiny``."""
+
+
+TINY_CHECKPOINT = re.compile(r"tiny-seed(\d+)")
+"""The ``tiny`` encoder's checkpoint names: ``tiny-seed<N>`` (weights drawn from seed N)."""
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILES = (
+    "model.safetensors", "model.safetensors.index.json",
+    "pytorch_model.bin", "pytorch_model.bin.index.json",
+)  # fmt: skip
+"""What a local checkpoint directory must hold besides :data:`CONFIG_FILE` (one of them;
+transformers' names for single-file and sharded weights)."""
 
 
 class EncoderUnavailableError(LvmaeError, RuntimeError):
@@ -68,8 +81,16 @@ class LanguageBindArch:
     text_max_position_embeddings: int = 77
 
     @classmethod
-    def clip(cls, width: int, layers: int, heads: int, projection_dim: int, *,
-             text: tuple[int, int, int], patch_size: int = 14) -> LanguageBindArch:
+    def clip(
+        cls,
+        width: int,
+        layers: int,
+        heads: int,
+        projection_dim: int,
+        *,
+        text: tuple[int, int, int],
+        patch_size: int = 14,
+    ) -> LanguageBindArch:
         """A CLIP-sized model: a video tower of ``width`` channels, ``layers`` blocks and
         ``heads`` heads with a 4× MLP and ``patch_size``-px patches, and a text tower of
         ``text = (width, layers, heads)``, also with a 4× MLP, over CLIP's 49,408-token
@@ -239,14 +260,54 @@ def _hub_env_kwargs() -> dict[str, Any]:
     return kwargs
 
 
+def _looks_local(checkpoint: str) -> bool:
+    """Whether ``checkpoint`` names a local directory rather than a hub id."""
+    return checkpoint.startswith(("/", ".", "~")) or Path(checkpoint).expanduser().exists()
+
+
+def check_model_dir(checkpoint: str) -> None:
+    """A local checkpoint directory must hold a model before ``from_pretrained`` reads it:
+    :data:`CONFIG_FILE` and one of :data:`WEIGHTS_FILES` (``from_pretrained`` of a config
+    class on a directory without ``config.json`` returns the class defaults, so an empty
+    directory would pass the driver's pre-flight with the wrong width). Hub ids and
+    directories that do not exist are left to :func:`_from_pretrained`.
+
+    Raises:
+        EncoderUnavailableError: an existing directory without them; the message names the
+            missing files and how to fill the directory.
+    """
+    local = Path(checkpoint).expanduser()
+    if not (_looks_local(checkpoint) and local.is_dir()):
+        return
+    missing = []
+    if not (local / CONFIG_FILE).is_file():
+        missing.append(CONFIG_FILE)
+    if not any((local / f).is_file() for f in WEIGHTS_FILES):
+        missing.append(f"weights ({' or '.join(WEIGHTS_FILES)})")
+    if missing:
+        raise EncoderUnavailableError(
+            f"encoder checkpoint directory {checkpoint!r} holds no LanguageBindVideo model: "
+            f"missing {', '.join(missing)}; pass a directory written by `save_pretrained` or "
+            f"filled by `huggingface-cli download REPO --local-dir DIR`"
+        )
+
+
 def _from_pretrained(
     cls: type, checkpoint: str, *, local_hint: str | None = None, **kwargs: Any
 ) -> Any:
     """``cls.from_pretrained`` on a hub id or local directory, errors made actionable.
 
-    ``local_hint`` replaces the default "what a local directory must hold" advice."""
+    ``local_hint`` replaces the default "what a local directory must hold" advice.
+
+    Raises:
+        EncoderUnavailableError: a local path that is not a directory, a checkpoint that
+            cannot be found (offline, bad id, missing files), or weights that cannot be
+            read (a truncated or corrupt ``model.safetensors``).
+    """
+    from safetensors import SafetensorError  # small; a dependency of transformers
+
     local = Path(checkpoint).expanduser()
-    looks_local = checkpoint.startswith(("/", ".", "~")) or local.exists()
+    looks_local = _looks_local(checkpoint)
     if looks_local and not local.is_dir():
         raise EncoderUnavailableError(
             f"encoder checkpoint directory {checkpoint!r} does not exist (or is not a directory)"
@@ -255,6 +316,13 @@ def _from_pretrained(
         return cls.from_pretrained(
             str(local) if looks_local else checkpoint, **kwargs, **_hub_env_kwargs()
         )
+    except SafetensorError as exc:  # a truncated download, a file overwritten
+        raise EncoderUnavailableError(
+            f"cannot load encoder checkpoint {checkpoint!r}: weights unreadable "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            f"re-download the checkpoint (`huggingface-cli download REPO --local-dir DIR`) "
+            f"or save it again"
+        ) from exc
     except (OSError, ValueError) as exc:  # OSError: not found/offline; ValueError: bad id
         hint = (
             local_hint or "the directory must hold a LanguageBindVideo `config.json` and weights"
@@ -286,11 +354,37 @@ def describe_encoder(name: str, checkpoint: str | None = None, seed: int = 0) ->
     return resolve(encoder_spec(name).describe)(name, checkpoint, seed)
 
 
+def tiny_seed(checkpoint: str | None, seed: int) -> int:
+    """The weights seed of the ``tiny`` encoder for ``checkpoint`` (None or
+    ``tiny-seed<N>``, which sets the seed) and ``seed``.
+
+    Raises:
+        ValueError: any other checkpoint, or one that disagrees with a non-zero ``seed``.
+    """
+    if checkpoint is None:
+        return seed
+    match = TINY_CHECKPOINT.fullmatch(checkpoint)
+    if match is None:
+        raise ValueError(
+            f"the tiny encoder has no checkpoint to load; got {checkpoint!r}, expected "
+            f"'tiny-seed<N>' or none (to load a saved tiny checkpoint directory use "
+            f"a languagebind-* encoder name)"
+        )
+    if seed not in (0, int(match.group(1))):
+        raise ValueError(f"checkpoint {checkpoint!r} disagrees with seed={seed}")
+    return int(match.group(1))
+
+
 def describe_tiny(name: str, checkpoint: str | None, seed: int) -> dict[str, Any]:
-    """The ``tiny`` encoder's description: its sizes are :data:`TINY_ARCH`'s."""
+    """The ``tiny`` encoder's description: its sizes are :data:`TINY_ARCH`'s.
+
+    Raises:
+        ValueError: a checkpoint :func:`lvmae.encoders.models.build_tiny` refuses
+            (:func:`tiny_seed`).
+    """
     return {
         "name": name,
-        "checkpoint": checkpoint or f"tiny-seed{seed}",
+        "checkpoint": f"tiny-seed{tiny_seed(checkpoint, seed)}",
         "embedding_dim": TINY_ARCH.projection_dim,
         "frames_per_segment": TINY_ARCH.num_frames,
         "image_size": TINY_ARCH.image_size,
@@ -299,8 +393,14 @@ def describe_tiny(name: str, checkpoint: str | None, seed: int) -> dict[str, Any
 
 def describe_languagebind(name: str, checkpoint: str | None, seed: int) -> dict[str, Any]:
     """A LanguageBind checkpoint's description, read from its ``config.json`` (default: the
-    registry's checkpoint for ``name``; ``seed`` is unused)."""
+    registry's checkpoint for ``name``; ``seed`` is unused).
+
+    Raises:
+        EncoderUnavailableError: the checkpoint cannot be found, or a local directory holds
+            no ``config.json`` or no weights (:func:`check_model_dir`).
+    """
     checkpoint = checkpoint or encoder_spec(name).checkpoint
+    check_model_dir(checkpoint)
     _, config_cls = _languagebind_video()
     config = _from_pretrained(config_cls, checkpoint)
     return {

@@ -39,6 +39,7 @@ __all__ = [
     "VectorIndex",
     "array_fingerprint",
     "exact_search",
+    "gemm_tolerance",
     "load_or_build",
     "normalize",
 ]
@@ -143,6 +144,52 @@ def _block_scores(queries: np.ndarray, block: np.ndarray) -> np.ndarray:
     return scores
 
 
+def gemm_tolerance(dim: int) -> float:
+    """Bound on how far two float32 scores of unit rows of width ``dim``, computed by one
+    matrix product, can be from each other's order: ``4 · dim · 2⁻²⁴``, twice the
+    worst-case rounding error ``γ_D ≈ D·u`` of a float32 dot product of unit vectors in
+    any summation order (Higham, "Accuracy and Stability of Numerical Algorithms", §3.1),
+    with room. A BLAS sums identical rows in different orders depending on where they sit
+    in the matrix (its kernels' tails), so their scores can differ by a few ulps."""
+    return 4.0 * dim * 2.0**-24
+
+
+def _exact_scores(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``[n]`` float32 scores of paired rows ``queries[i] · rows[i]`` (both ``[n, D]``),
+    summed in float64 and rounded once: a function of the two rows' values alone, so
+    identical candidate rows get bit-identical scores wherever they sit."""
+    out = np.empty(queries.shape[0], np.float32)
+    step = max(1, _BLOCK_ELEMENTS // (2 * max(queries.shape[1], 1)))
+    for a in range(0, queries.shape[0], step):
+        q64 = queries[a : a + step].astype(np.float64)
+        q64 *= rows[a : a + step]
+        out[a : a + step] = q64.sum(axis=1)
+    return out + np.float32(0.0)  # -0.0 → +0.0, as in _block_scores
+
+
+def _rescore_near(
+    scores: np.ndarray, queries: np.ndarray, block: np.ndarray, floor: np.ndarray
+) -> np.ndarray:
+    """``scores [q, C]`` (:func:`_block_scores` of ``queries [q, D]`` and ``block [C, D]``)
+    with every score at or above ``floor [q] - gemm_tolerance(D)`` replaced in place by
+    :func:`_exact_scores`; returns ``scores``.
+
+    Scores further below ``floor`` cannot reach it in exact arithmetic, so comparisons and
+    top-k selections at or above ``floor`` then depend on the rows' values only: exact
+    duplicates tie exactly and the tie rules apply. Zero query rows are left alone (their
+    scores are exactly 0). Cost: one gather per score kept (few, unless many near-duplicate
+    candidates sit at the floor).
+    """
+    live = np.any(queries != 0, axis=1)
+    near = scores >= (floor - np.float32(gemm_tolerance(block.shape[1])))[:, None]
+    r, c = np.nonzero(near & live[:, None])
+    step = max(1, _BLOCK_ELEMENTS // max(block.shape[1], 1))
+    for a in range(0, r.size, step):
+        rs, cs = r[a : a + step], c[a : a + step]
+        scores[rs, cs] = _exact_scores(queries[rs], block[cs])
+    return scores
+
+
 def _merge(
     best_s: np.ndarray, best_i: np.ndarray, new_s: np.ndarray, new_i: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -193,7 +240,11 @@ def exact_search(
 
     Returns:
         ``(scores [Q, k'] float32`` cosine similarities, descending; ``indices [Q, k']``
-        int64 corpus rows``)``; equal scores are ordered by the lower index.
+        int64 corpus rows``)``; equal scores are ordered by the lower index. The scores
+        returned (and every score within :func:`gemm_tolerance` of the k-th) are summed
+        in float64 from the rows' values, so identical corpus rows score identically and
+        come in index order (a float32 matrix product alone can score them a few ulps
+        apart).
 
     Raises:
         ValueError: non-2-D / non-finite inputs, dim mismatch, empty corpus, ``k < 1``.
@@ -209,8 +260,11 @@ def exact_search(
     for start in range(0, n, chunk):
         block = normalize(c[start : start + chunk])
         parts_s, parts_i = [], []
+        at = block.shape[0] - min(k_out, block.shape[0])  # column of the k-th best, sorted
         for qs in _query_blocks(q.shape[0], block.shape[0]):
-            s, cols = _top_k_block(_block_scores(qn[qs], block), k_out)
+            s = _block_scores(qn[qs], block)
+            kth = np.partition(s, at, axis=1)[:, at]
+            s, cols = _top_k_block(_rescore_near(s, qn[qs], block, kth), k_out)
             parts_s.append(s)
             parts_i.append(cols + start)
         if not parts_s:  # Q == 0
@@ -397,8 +451,10 @@ class VectorIndex:
         Raises:
             FileNotFoundError: no ``meta.json`` or index file in ``directory``.
             IndexMismatchError: ``fingerprint`` is given and differs from the stored one
-                (another encoder, dim, or changed embeddings), or the index file does not
-                match its metadata; the message lists the differences and says to rebuild.
+                (another encoder, dim, or changed embeddings), the index file does not
+                match its metadata, or either cannot be read (``meta.json`` not a JSON
+                object, a truncated or foreign index file); the message lists the
+                differences and says to rebuild.
         """
         from usearch.index import Index
 
@@ -406,9 +462,14 @@ class VectorIndex:
         meta_path = directory / META_FILE
         if not meta_path.is_file():
             raise FileNotFoundError(f"no saved vector index in {directory} ({META_FILE} missing)")
-        meta = json.loads(meta_path.read_text())
-        stored = meta.get("fingerprint", {})
         rebuild = f"rebuild it (load_or_build(..., rebuild=True) or delete {directory})"
+        try:
+            meta = json.loads(meta_path.read_bytes())
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            raise IndexMismatchError(f"{meta_path} is unreadable ({exc}) — {rebuild}") from exc
+        if not isinstance(meta, dict) or not isinstance(meta.get("fingerprint", {}), dict):
+            raise IndexMismatchError(f"{meta_path} is not an index's metadata — {rebuild}")
+        stored = meta.get("fingerprint", {})
         if fingerprint is not None:
             diffs = _fingerprint_diff(stored, _canonical(fingerprint))
             if diffs:
@@ -420,12 +481,21 @@ class VectorIndex:
         index_path = directory / str(meta.get("index_file", ""))
         if not index_path.is_file():
             raise FileNotFoundError(f"index file {index_path} named in {meta_path} is missing")
-        index = Index.restore(str(index_path))
+        try:
+            index = Index.restore(str(index_path))
+        except (ValueError, RuntimeError) as exc:  # "Not a dense USearch index!", truncated
+            raise IndexMismatchError(
+                f"{index_path} is not a readable usearch index ({exc}) — {rebuild}"
+            ) from exc
         if index is None:
             raise IndexMismatchError(f"{index_path} is not a usearch index — {rebuild}")
-        params = dict(meta.get("params", {}))
-        if "expansion_search" in params:
-            index.expansion_search = int(params["expansion_search"])
+        params = meta.get("params") or {}
+        try:
+            params = dict(params)
+            if "expansion_search" in params:
+                index.expansion_search = int(params["expansion_search"])
+        except (ValueError, TypeError) as exc:
+            raise IndexMismatchError(f"{meta_path} has bad parameters ({exc}) — {rebuild}") from exc
         out = cls(index, stored, params)
         if (out.size, out.dim) != (meta.get("size"), meta.get("dim")):
             raise IndexMismatchError(

@@ -21,8 +21,10 @@ from lvmae.retrieval.index import (
     _block_scores,
     _check_chunk,
     _check_k,
+    _exact_scores,
     _queries_and_corpus,
     _query_blocks,
+    _rescore_near,
     normalize,
 )
 
@@ -42,9 +44,11 @@ def retrieval_ranks(
     queries score 0 against everything and get rank N, not 1. Scores are compared, never
     indices subtracted.
 
-    Each query's target score is read from the very same chunked score matrix used for
-    counting (a first pass when the candidates span several chunks), so exact ties —
-    duplicate candidates, perfect reconstructions — are counted consistently.
+    Exact ties — duplicate candidates, perfect reconstructions — are counted whatever the
+    matrix product's rounding: the target's score and every score within
+    :func:`lvmae.retrieval.index.gemm_tolerance` of it are summed in float64 from the two
+    rows' values (a float32 matrix product alone can score identical rows a few ulps
+    apart, which would rank the query ahead of an exact duplicate of its target).
 
     Args:
         queries: ``[Q, D]``; candidates: ``[N, D]`` (N >= 1); targets: ``[Q]`` ints in
@@ -68,38 +72,17 @@ def retrieval_ranks(
     tgt = t_arr.astype(np.int64)
     if tgt.size and (tgt.min() < 0 or tgt.max() >= n):
         raise ValueError(f"targets must lie in [0, {n}), got range [{tgt.min()}, {tgt.max()}]")
-    n_q = q.shape[0]
     qn = normalize(q)
-    higher = np.zeros(n_q, dtype=np.int64)
-    starts = range(0, n, chunk)
-
-    if len(starts) == 1:  # one pass: each block holds its queries' targets
-        block = normalize(c)
-        for qs in _query_blocks(n_q, n):
-            s = _block_scores(qn[qs], block)
-            own = s[np.arange(s.shape[0]), tgt[qs]]
-            higher[qs] = (s >= own[:, None]).sum(axis=1) - 1  # minus the target itself
-        return higher + 1
-
-    own_score = np.zeros(n_q, dtype=np.float32)
-    for start in starts:  # pass 1: target scores, from the same blocks as pass 2
-        stop = min(start + chunk, n)
-        inside = (tgt >= start) & (tgt < stop)
-        if not inside.any():
-            continue
-        block = normalize(c[start:stop])
-        for qs in _query_blocks(n_q, block.shape[0]):
-            rows = np.flatnonzero(inside[qs])
-            if rows.size == 0:
-                continue
-            s = _block_scores(qn[qs], block)
-            own_score[qs.start + rows] = s[rows, tgt[qs][rows] - start]
-    for start in starts:  # pass 2: count scores at least as high (the target included)
+    # The target's score from its two rows alone (float64, rounded once); every score near it
+    # is recomputed the same way, so a duplicate of the target ties with it exactly.
+    own = _exact_scores(qn, normalize(c[tgt]))
+    at_least = np.zeros(q.shape[0], dtype=np.int64)
+    for start in range(0, n, chunk):
         block = normalize(c[start : start + chunk])
-        for qs in _query_blocks(n_q, block.shape[0]):
-            s = _block_scores(qn[qs], block)
-            higher[qs] += (s >= own_score[qs, None]).sum(axis=1)
-    return higher  # the count includes the target itself: 1 + #{others >= target}
+        for qs in _query_blocks(q.shape[0], block.shape[0]):
+            s = _rescore_near(_block_scores(qn[qs], block), qn[qs], block, own[qs])
+            at_least[qs] += (s >= own[qs, None]).sum(axis=1)
+    return at_least  # the count includes the target itself: 1 + #{others >= target}
 
 
 def _ranks(ranks: Any) -> np.ndarray:

@@ -26,6 +26,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -90,12 +91,26 @@ def cache_key(config_id: str, video_id: str, segment_index: int, spec: str = SPE
     return hashlib.sha1(text.encode()).hexdigest()
 
 
+@dataclass
+class _Entry:
+    """One video's slot in :class:`ThumbnailCache`: the lock that serialises work on its
+    reader, the reader (None until opened) and how many requests hold or wait for the lock
+    (an entry in use is never evicted)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    reader: VideoReader | None = None
+    users: int = 0
+
+
 class ThumbnailCache:
     """Thumbnails made on first request and kept under ``directory / SPEC / config_id``.
 
     Open readers are kept for the ``max_readers`` most recently used videos (a video page asks
     for every segment of one video in time order: one open and one forward decode pass), and
-    one lock per video serialises the work on a reader, which is not thread-safe.
+    one lock per video serialises the work on a reader, which is not thread-safe. A video's
+    entry is evicted (its reader closed) only when no request holds or waits for it, so open
+    readers number at most ``max_readers`` plus the videos being worked on at that moment;
+    every reader opened is kept in its entry and closed on eviction or :meth:`close`.
 
     Args:
         directory: cache root (created on first write).
@@ -105,7 +120,7 @@ class ThumbnailCache:
     def __init__(self, directory: str | os.PathLike[str], *, max_readers: int = 8) -> None:
         self.directory = Path(directory)
         self.max_readers = max_readers
-        self._readers: OrderedDict[str, tuple[threading.Lock, VideoReader | None]] = OrderedDict()
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._guard = threading.Lock()
         self.made = 0  # thumbnails made (decoded and encoded) by this instance
 
@@ -125,60 +140,84 @@ class ThumbnailCache:
         target = self.path(config_id, video_id, segment_index)
         if target.is_file():
             return target.read_bytes()
-        lock = self._lock_for(video_id)
-        with lock:
-            if target.is_file():  # made while this request waited for the lock
-                return target.read_bytes()
-            reader = self._reader(video_id, source)
-            try:
-                data = make_thumbnail(reader, time_s)
-            except DecodeError:
-                self._drop(video_id)
-                raise
-            _write_atomic(target, data)
-            self.made += 1
-            return data
+        entry = self._acquire(video_id)
+        try:
+            with entry.lock:
+                if target.is_file():  # made while this request waited for the lock
+                    return target.read_bytes()
+                if entry.reader is None:
+                    if not Path(source).is_file():
+                        raise DecodeError(f"not a readable file: {source}")
+                    entry.reader = PyAVReader(source, short_side=SHORT_SIDE)
+                try:
+                    data = make_thumbnail(entry.reader, time_s)
+                except DecodeError:
+                    entry.reader.close()
+                    entry.reader = None
+                    raise
+                _write_atomic(target, data)
+                self.made += 1
+                return data
+        finally:
+            self._release(video_id, entry)
 
-    def _lock_for(self, video_id: str) -> threading.Lock:
+    def _acquire(self, video_id: str) -> _Entry:
+        """``video_id``'s entry (made if needed), marked in use and most recently used."""
         with self._guard:
-            entry = self._readers.get(video_id)
+            entry = self._entries.get(video_id)
             if entry is None:
-                entry = self._readers[video_id] = (threading.Lock(), None)
-            self._readers.move_to_end(video_id)
-            while len(self._readers) > self.max_readers:
-                _, (old_lock, old) = self._readers.popitem(last=False)
-                if old is not None and old_lock.acquire(blocking=False):
-                    old.close()
-                    old_lock.release()
-            return entry[0]
+                entry = self._entries[video_id] = _Entry()
+            entry.users += 1
+            self._entries.move_to_end(video_id)
+            idle = self._evict()
+        _close(idle)
+        return entry
 
-    def _reader(self, video_id: str, source: str) -> VideoReader:
-        """The open reader of ``video_id`` (caller holds its lock), opened if needed."""
+    def _release(self, video_id: str, entry: _Entry) -> None:
+        """End a request's use of ``entry``; close its reader if the entry was dropped from the
+        cache meanwhile (:meth:`close`), and evict what is over ``max_readers``."""
         with self._guard:
-            _, reader = self._readers.get(video_id, (None, None))
-        if reader is None:
-            if not Path(source).is_file():
-                raise DecodeError(f"not a readable file: {source}")
-            reader = PyAVReader(source, short_side=SHORT_SIDE)
-            with self._guard:
-                if video_id in self._readers:
-                    self._readers[video_id] = (self._readers[video_id][0], reader)
-        return reader
+            entry.users -= 1
+            orphan = entry.users == 0 and self._entries.get(video_id) is not entry
+            idle = self._evict()
+            if orphan and entry.reader is not None:
+                idle.append(entry.reader)
+                entry.reader = None
+        _close(idle)
 
-    def _drop(self, video_id: str) -> None:
-        with self._guard:
-            entry = self._readers.pop(video_id, None)
-        if entry is not None and entry[1] is not None:
-            entry[1].close()
+    def _evict(self) -> list[VideoReader]:
+        """Drop the least recently used entries not in use while more than ``max_readers``
+        are kept (caller holds the guard); returns their readers, to close."""
+        readers = []
+        excess = len(self._entries) - self.max_readers
+        for video_id in list(self._entries):
+            if excess <= 0:
+                break
+            entry = self._entries[video_id]
+            if entry.users == 0:
+                del self._entries[video_id]
+                excess -= 1
+                if entry.reader is not None:
+                    readers.append(entry.reader)
+                    entry.reader = None
+        return readers
 
     def close(self) -> None:
-        """Close every open reader."""
+        """Close every open reader (one in use is closed when its request ends)."""
         with self._guard:
-            entries = list(self._readers.values())
-            self._readers.clear()
-        for _, reader in entries:
-            if reader is not None:
-                reader.close()
+            entries = list(self._entries.values())
+            self._entries.clear()
+            idle = []
+            for entry in entries:
+                if entry.users == 0 and entry.reader is not None:
+                    idle.append(entry.reader)
+                    entry.reader = None
+        _close(idle)
+
+
+def _close(readers: list[VideoReader]) -> None:
+    for reader in readers:
+        reader.close()
 
 
 def _write_atomic(target: Path, data: bytes) -> None:

@@ -3,7 +3,8 @@ JavaScript build and nothing fetched from elsewhere: it works offline).
 
 Pages: ``/`` search (text, or ``like=KEY:INDEX`` for "more like this"), ``/segment/KEY/I``
 (plays the video from the segment, ``#t=start,end``), ``/video/KEY`` (thumbnail strip, shot
-cuts, status and error), ``/run`` (the videos table, the MLflow run, report figures).
+cuts, status and error), ``/run`` (the videos table, :data:`RUN_PAGE_ROWS` a page with
+``?page=N``, failed and partial first; the MLflow run, report figures).
 Data: ``/thumb/KEY/I.jpg``, ``/media/KEY`` (the recorded file, with HTTP ranges),
 ``/figure/N.png``, ``/api/search`` (JSON) and ``/api/status``.
 
@@ -38,8 +39,10 @@ log = logging.getLogger(__name__)
 MAX_QUERY_CHARS = 200
 MAX_K = 100
 DEFAULT_K = 20
+RUN_PAGE_ROWS = 200  # videos per run page (an archive can hold 100k)
 TEMPLATES = Path(__file__).parent / "templates"
 _KEY = re.compile(r"[0-9a-f]{16}")
+_NUMBER = re.compile(r"[0-9]{1,9}")  # ASCII only: str.isdigit() also accepts "²", "٣"
 
 
 class BadRequestError(LvmaeError, ValueError):
@@ -49,7 +52,7 @@ class BadRequestError(LvmaeError, ValueError):
 def _k(raw: str | None) -> int:
     if raw is None or raw == "":
         return DEFAULT_K
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_K:
+    if not _NUMBER.fullmatch(raw) or not 1 <= int(raw) <= MAX_K:
         raise BadRequestError(f"k must be a whole number from 1 to {MAX_K}, got {raw[:20]!r}")
     return int(raw)
 
@@ -99,7 +102,7 @@ def run_search(archive: Archive, q: str, like: str, k: int) -> tuple[list[dict],
     example = None
     if like:
         key, _, idx = like.partition(":")
-        row = archive.segment_row(key, int(idx)) if idx.isdigit() else None
+        row = archive.segment_row(key, int(idx)) if _NUMBER.fullmatch(idx) else None
         if row is None:
             raise HTTPException(404, "no such segment in this extraction")
         rows = searcher.nearest(searcher.segments.embeddings[row][None], k, exclude=row)
@@ -183,10 +186,30 @@ async def video_page(request: Request) -> Response:
                 cut_starts=cut_starts)  # fmt: skip
 
 
+def _page_number(raw: str | None, pages: int) -> int:
+    """The 1-based ``page`` parameter of the run page; BadRequestError when it is not a
+    whole number from 1 to ``pages``."""
+    if raw is None or raw == "":
+        return 1
+    if not _NUMBER.fullmatch(raw) or not 1 <= int(raw) <= pages:
+        raise BadRequestError(f"page must be a whole number from 1 to {pages}, got {raw[:20]!r}")
+    return int(raw)
+
+
 async def run_page(request: Request) -> Response:
+    """The extraction and its videos table, :data:`RUN_PAGE_ROWS` videos a page (failed and
+    partial first); sorting a large table runs off the event loop."""
     archive = _archive(request)
-    videos = sorted(archive.videos.values(), key=lambda v: (v.status == "ok", v.video_id))
-    return page(request, "run.html", videos=videos)
+    ordered = await run_in_threadpool(archive.run_order)
+    pages = max(1, -(-len(ordered) // RUN_PAGE_ROWS))
+    try:
+        number = _page_number(request.query_params.get("page"), pages)
+    except BadRequestError as exc:
+        return page(request, "error.html", 400, message=str(exc))
+    lo = (number - 1) * RUN_PAGE_ROWS
+    videos = ordered[lo : lo + RUN_PAGE_ROWS]
+    return page(request, "run.html", videos=videos, page_number=number, pages=pages,
+                first=lo + 1, last=lo + len(videos), total=len(ordered))  # fmt: skip
 
 
 async def thumbnail(request: Request) -> Response:

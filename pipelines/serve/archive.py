@@ -226,6 +226,11 @@ class Archive:
         self.searcher: Searcher | None = None
         self.thumb_times: np.ndarray = np.zeros(0)
         self._thread: threading.Thread | None = None
+        self._counts = {"ok": 0, "partial": 0, "failed": 0}
+        for v in self.videos.values():
+            self._counts[v.status] = self._counts.get(v.status, 0) + 1
+        self._order: list[Video] | None = None
+        self._order_lock = threading.Lock()
 
     # ---------------------------------------------------------------- loading
 
@@ -322,10 +327,19 @@ class Archive:
         )  # fmt: skip
 
     def counts(self) -> dict[str, int]:
-        out = {"ok": 0, "partial": 0, "failed": 0}
-        for v in self.videos.values():
-            out[v.status] = out.get(v.status, 0) + 1
-        return out
+        """Videos by status (``ok``, ``partial``, ``failed``, any other recorded), counted at
+        construction: every page shows them."""
+        return dict(self._counts)
+
+    def run_order(self) -> list[Video]:
+        """Every video, those not ``ok`` (failed, partial) first, then by id: the run
+        page's order, sorted once (seconds for 100k videos: call it off the event loop)."""
+        with self._order_lock:
+            if self._order is None:
+                self._order = sorted(
+                    self.videos.values(), key=lambda v: (v.status == "ok", v.video_id)
+                )
+            return self._order
 
 
 def _exact_max() -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+from pathlib import Path
 from typing import get_args
 
 import numpy as np
@@ -222,6 +224,44 @@ def test_missing_local_directory_is_unavailable(tmp_path):
         build_encoder("languagebind-video-ft", checkpoint=str(tmp_path / "nope"), device="cpu")
     with pytest.raises(EncoderUnavailableError, match=r"config\.json"):
         build_encoder("languagebind-video-ft", checkpoint=str(tmp_path), device="cpu")
+
+
+@pytest.mark.parametrize("missing", ["everything", "weights", "config"])
+def test_describe_refuses_a_local_directory_without_a_model(tmp_path, tiny_checkpoint, missing):
+    """The driver's pre-flight (no weights read) refuses what the workers could not load:
+    an empty directory (whose config class would otherwise read as the defaults, 768-d),
+    one without weights, one without config.json."""
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    keep = {"everything": (), "weights": ("config.json",), "config": ("model.safetensors",)}
+    for name in keep[missing]:
+        shutil.copy(Path(tiny_checkpoint, name), ckpt / name)
+    with pytest.raises(EncoderUnavailableError, match="holds no LanguageBindVideo model") as info:
+        describe_encoder("languagebind-video-ft", str(ckpt))
+    assert ("weights" in str(info.value)) == (missing != "config")
+    assert ("config.json" in str(info.value)) == (missing != "weights")
+    with pytest.raises(EncoderUnavailableError, match="holds no LanguageBindVideo model"):
+        build_encoder("languagebind-video-ft", checkpoint=str(ckpt), device="cpu")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_unreadable_weights_are_unavailable(tmp_path, tiny_checkpoint, damage):
+    ckpt = Path(shutil.copytree(tiny_checkpoint, tmp_path / "ckpt"))
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000] if damage == "truncated" else b"not weights")
+    with pytest.raises(EncoderUnavailableError, match=r"weights unreadable.*re-download"):
+        build_encoder("languagebind-video-ft", checkpoint=str(ckpt), device="cpu")
+
+
+@pytest.mark.parametrize(("checkpoint", "seed"), [("bogus", 0), ("tiny-seed3", 5)])
+def test_describe_tiny_refuses_what_build_tiny_refuses(checkpoint, seed):
+    """The driver's pre-flight refuses a tiny checkpoint before any work starts."""
+    expected = r"tiny-seed<N>|disagrees"
+    with pytest.raises(ValueError, match=expected):
+        build_encoder("tiny", checkpoint=checkpoint, seed=seed, device="cpu")
+    with pytest.raises(ValueError, match=expected):
+        describe_encoder("tiny", checkpoint, seed)
+    assert describe_encoder("tiny", "tiny-seed3", 0)["checkpoint"] == "tiny-seed3"
 
 
 def test_hub_checkpoint_offline_without_cache_is_unavailable(monkeypatch, tmp_path):

@@ -46,6 +46,18 @@ def _dyadic(rng: np.random.Generator, n: int, d: int = 8) -> np.ndarray:
     return x
 
 
+def _with_duplicate(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Unit candidates ``[n, D]`` (widths where BLAS kernels have tails) in which row ``j``
+    is an exact copy of row ``t``, and queries ``[Q, D]`` near row ``t``."""
+    d = int(rng.choice([37, 64, 768, 1024]))
+    n = int(rng.integers(20, 300))
+    c = normalize(rng.standard_normal((n, d)).astype(np.float32))
+    t, j = (int(x) for x in rng.choice(n, 2, replace=False))
+    c[j] = c[t]
+    q = c[t] + 0.01 * rng.standard_normal((int(rng.integers(1, 20)), d)).astype(np.float32)
+    return q, c, t, j
+
+
 # ---------------------------------------------------------------------------- normalize
 
 
@@ -88,6 +100,18 @@ def test_exact_search_breaks_ties_by_lower_index(chunk):
     ref_s, ref_i = _brute_top_k(q, c, 25)
     np.testing.assert_array_equal(idx, ref_i)
     np.testing.assert_array_equal(scores, ref_s)
+
+
+def test_exact_search_scores_identical_rows_identically():
+    """A float32 matrix product can score two identical rows 1 ulp apart (where each sits
+    among the BLAS kernel's tails); they must tie, the lower index first."""
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        q, c, t, j = _with_duplicate(rng)
+        scores, idx = exact_search(q, c, 3)
+        for row_s, row_i in zip(scores, idx, strict=True):
+            assert list(row_i[:2]) == sorted((t, j)), (row_i, t, j)
+            assert row_s[0] == row_s[1]
 
 
 def test_exact_search_errors():
@@ -273,6 +297,17 @@ def test_retrieval_ranks_exact_ties_count_against_the_query(chunk):
     # with the duplicate, so it is second, not first.
     same = retrieval_ranks(cands[:10], cands, np.arange(40, 50), chunk=chunk)
     np.testing.assert_array_equal(same, 2)
+
+
+@pytest.mark.parametrize("chunk", [7, 65536])
+def test_retrieval_ranks_an_exact_duplicate_of_the_target_always_ties(chunk):
+    """Whatever the matrix product's rounding, a candidate identical to the target ties
+    with it and counts against the query: no query ranks first."""
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        q, c, t, _j = _with_duplicate(rng)
+        ranks = retrieval_ranks(q, c, np.full(q.shape[0], t), chunk=chunk)
+        assert ranks.min() >= 2, ranks
 
 
 @pytest.mark.parametrize("chunk", [4, 1000])

@@ -3,8 +3,12 @@ and its exactly-once making under concurrent requests."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import io
+import shutil
 import threading
+from pathlib import Path
 
 import av
 import numpy as np
@@ -73,3 +77,47 @@ def test_cache_makes_each_thumbnail_once_even_when_asked_at_once(scene_video, tm
         cache.get("cfg", "gone.mp4", 0, str(tmp_path / "gone.mp4"), 1.0)
     assert not cache.path("cfg", "gone.mp4", 0).exists()
     cache.close()
+
+
+def open_files_under(root) -> int:
+    """How many of this process's file descriptors name a file under ``root`` (Linux)."""
+    count = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed meanwhile
+            count += fd.readlink().is_relative_to(root)
+    return count
+
+
+def test_concurrent_requests_keep_open_readers_bounded_and_close_them(scene_video, tmp_path):
+    """Many threads over more videos than ``max_readers``: no reader is left open beyond the
+    bound (an entry in use is never evicted, so no reader is opened outside the cache), and
+    :meth:`ThumbnailCache.close` closes them all."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i in range(12):
+        shutil.copy(scene_video, videos / f"v{i}.mp4")
+    cache = ThumbnailCache(tmp_path / "cache", max_readers=3)
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            for s in range(4):
+                v = (i + s) % 12
+                cache.get("cfg", f"v{v}.mp4", s, str(videos / f"v{v}.mp4"), 1.0 + 2 * s)
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    gc.disable()  # a reader dropped without close() must show as an open file, not be collected
+    try:
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(24)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        assert cache.made == 48
+        assert open_files_under(videos) <= 3
+        cache.close()
+        assert open_files_under(videos) == 0
+    finally:
+        gc.enable()
