@@ -180,14 +180,24 @@ def _ask_for_token_auth() -> None:
 def stop_on_sigterm() -> None:
     """Make SIGTERM (``ray job stop``, a pod deleted, ``kill``) stop this command the way
     Ctrl-C does: a :class:`KeyboardInterrupt` in the main thread, so that open MLflow runs
-    end KILLED, outputs stay consistent and the local Ray instance is stopped. Ray's own
-    handler, installed by ``ray.init``, ended the process at once (its runs left RUNNING);
-    so this is called again after it. A no-op outside the main thread."""
+    end KILLED, outputs stay consistent and the local Ray instance is stopped, within
+    :data:`STOP_GRACE_S` seconds (then, or at a second SIGTERM, the process ends at once).
+    Ray's own handler, installed by ``ray.init``, ended the process at once (its runs left
+    RUNNING); so this is called again after it. A no-op outside the main thread."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)
 
 
+STOP_GRACE_S = 30.0
+"""Seconds a command has, after SIGTERM, to end its runs and stop Ray before it is ended
+at once (exit 143); a second SIGTERM ends it at once too."""
+
+
 def _interrupt(signum: int, frame: object) -> None:
+    signal.signal(signum, signal.SIG_DFL)  # a second one ends the process at once
+    watchdog = threading.Timer(STOP_GRACE_S, os._exit, args=(128 + signum,))
+    watchdog.daemon = True
+    watchdog.start()  # a cleanup that hangs must not keep a stopped command alive
     raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
 
 

@@ -174,6 +174,7 @@ def test_sigterm_stops_a_command_as_ctrl_c_does(tmp_path, scene_video):
     """`ray job stop`, a deleted pod, `kill`: the extraction's MLflow run ends KILLED (Ray's
     own handler ended the process at once, the run left RUNNING), the command says
     `aborted` (exit 130) and its local Ray instance is gone."""
+    import contextlib
     import sqlite3
 
     videos = tmp_path / "videos"
@@ -186,27 +187,27 @@ def test_sigterm_stops_a_command_as_ctrl_c_does(tmp_path, scene_video):
          "--set", "extract.flush_s=600"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
+    def statuses() -> list:
+        try:
+            with contextlib.closing(sqlite3.connect(out / "mlflow.db", timeout=30)) as db:
+                return db.execute("select status from runs").fetchall()
+        except sqlite3.Error:
+            return []
+
     try:
         status: list = []
-        for _ in range(1500):  # its MLflow run opens once Ray is up (5-30 s on 2 cores)
-            if proc.poll() is not None:
+        for _ in range(300):  # its MLflow run opens once Ray is up (5-30 s on 2 cores)
+            if proc.poll() is not None or (status := statuses()):
                 break
-            try:
-                status = sqlite3.connect(out / "mlflow.db").execute("select status from runs")
-                status = status.fetchall()
-            except sqlite3.Error:
-                status = []
-            if status:
-                break
-            time.sleep(0.1)
+            time.sleep(0.5)
         assert status == [("RUNNING",)], proc.stdout.read() if proc.poll() is not None else ""
+        time.sleep(1.0)  # the extraction under way
         proc.send_signal(signal.SIGTERM)
         text, _ = proc.communicate(timeout=120)
     finally:
         proc.kill()
     assert proc.returncode == 130 and text.rstrip().endswith("aborted"), text
-    runs = sqlite3.connect(out / "mlflow.db").execute("select status from runs").fetchall()
-    assert runs == [("KILLED",)]
+    assert statuses() == [("KILLED",)]
     # Ray names its session folder after the driver's pid: none of its processes is left
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
     assert f"_{proc.pid}/" not in ps.stdout
