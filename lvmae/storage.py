@@ -560,6 +560,19 @@ def segments_bytes(out: str) -> int:
     return sum(i.size or 0 for i in infos if i.is_file and i.path.endswith(".parquet"))
 
 
+def segment_files(embeddings: str) -> list[tuple[str, int]]:
+    """``(name, bytes)`` of each Parquet file of the segments table under ``embeddings`` (a
+    local directory or an object-store URI: the storage's listing, no data read), sorted
+    by name; empty when there are none."""
+    fs, root = arrow_fs(embeddings)
+    selector = pafs.FileSelector(f"{root.rstrip('/')}/{SEGMENTS_DIR}", allow_not_found=True)
+    return sorted(
+        (info.base_name, int(info.size or 0))
+        for info in fs.get_file_info(selector)
+        if info.is_file and info.base_name.endswith(".parquet")
+    )
+
+
 def read_segments(out: str, *, columns: list[str] | None = None) -> pa.Table:
     """The segments table under ``out``, each ``(video_id, segment_index)`` exactly once,
     sorted by video then segment.

@@ -39,6 +39,7 @@ from lvmae.config import ProbeConfig, ProbeSection, TuneSection
 from lvmae.probes.features import ProbeTask, load_tasks, video_ids
 from lvmae.probes.results import ProbeResult, result_from_fits, write_results
 from lvmae.progress import Progress
+from lvmae.storage import is_remote, segment_files
 from lvmae.tracking import log_numbers, resolve_tracking_uri, tracked_run, tracking_client
 from pipelines.connect import Reservation, library_log_level
 from pipelines.job_inputs import encoded_videos, resolve_checkpoint
@@ -61,11 +62,16 @@ MAX_ENCODER_ACTORS = 8
 # --------------------------------------------------------------------------- features
 
 
-def feature_cache_dir(out: str, checkpoint: Path) -> Path:
-    """``<out>/features/<key>``: the key changes when the checkpoint's weights do."""
+def feature_cache_dir(out: str, checkpoint: Path, embeddings: str) -> Path:
+    """``<out>/features/<key>``: the key changes when the checkpoint's weights or the
+    embeddings do (their place and segment files, :func:`lvmae.storage.segment_files`), so
+    another ``--embeddings`` into the same ``--out`` never reuses the first one's features."""
     model = checkpoint / "model.pt"
     stat = model.stat()
-    key = hashlib.sha1(f"{model.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    where = embeddings if is_remote(embeddings) else str(Path(embeddings).resolve())
+    key = hashlib.sha1(json.dumps(
+        [str(model.resolve()), stat.st_size, stat.st_mtime_ns, where, segment_files(embeddings)]
+    ).encode())  # fmt: skip
     return Path(out) / FEATURES_DIR / key.hexdigest()[:12]
 
 
@@ -89,7 +95,7 @@ def compute_features(
         CheckpointError, StorageError: see :func:`pipelines.embed.run_embed`.
     """
     ckpt = resolve_checkpoint(checkpoint)
-    target = feature_cache_dir(out, ckpt)
+    target = feature_cache_dir(out, ckpt, embeddings)
     if (target / "_SUCCESS").is_file():
         return target
     _ensure_ray()

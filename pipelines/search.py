@@ -20,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 
 from lvmae.errors import LvmaeError
 from lvmae.retrieval.index import exact_search, load_or_build
-from lvmae.storage import SEGMENTS_DIR, arrow_fs, is_remote, read_manifest, read_segments
+from lvmae.storage import is_remote, read_manifest, read_segments, segment_files
 from lvmae.tracking import cache_dir
 from pipelines.job_inputs import text_encoder
 
@@ -69,19 +68,6 @@ def segment_matrix(table: pa.Table) -> SegmentMatrix:
     )
 
 
-def segment_files(embeddings: str) -> list[tuple[str, int]]:
-    """``(name, bytes)`` of each Parquet file of the segments table under ``embeddings`` (a
-    local directory or an object-store URI: the storage's listing, no data read), sorted
-    by name; empty when there are none."""
-    fs, root = arrow_fs(embeddings)
-    selector = pafs.FileSelector(f"{root.rstrip('/')}/{SEGMENTS_DIR}", allow_not_found=True)
-    return sorted(
-        (info.base_name, int(info.size or 0))
-        for info in fs.get_file_info(selector)
-        if info.is_file and info.base_name.endswith(".parquet")
-    )
-
-
 def index_dir(embeddings: str) -> Path:
     """Where the approximate index of ``embeddings`` is saved: ``<embeddings>/index`` for a
     local directory; for object storage (usearch reads and writes local files) a folder of
@@ -95,7 +81,7 @@ def index_dir(embeddings: str) -> Path:
 
 def fingerprint(embeddings: str) -> dict:
     """What the saved index must match: the encoder, the width and the segment files
-    (:func:`segment_files`: names and sizes)."""
+    (:func:`lvmae.storage.segment_files`: names and sizes)."""
     manifest = read_manifest(embeddings) or {}
     encoder = manifest.get("encoder", {})
     digest = hashlib.sha1()

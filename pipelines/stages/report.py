@@ -75,11 +75,14 @@ class ReportStage(BaseStage):
     def run(self, context: StageContext) -> ReportOutput:
         # each output's confusion matrices by absolute path: the probe's and the sweep's
         # share file names (confusion_<task>_<method>_<probe>.png) under different folders
+        # only the stages of this config: a record of one it no longer runs is another
+        # config's (its digest is not in the report's fingerprint either)
         results = []
-        if "probe" in context.records:
+        stages = context.config.run.stages
+        if "probe" in context.records and "probe" in stages:
             probe = context.output("probe", ProbeOutput)
             results += anchor_confusion_matrices(probe.results, probe.dir)
-        if "tune" in context.records:
+        if "tune" in context.records and "tune" in stages:
             tuned = context.output("tune", TuneOutput)
             results += anchor_confusion_matrices(tuned.results, tuned.dir)
         run_id = None

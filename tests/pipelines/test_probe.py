@@ -150,6 +150,24 @@ def test_rows_are_logged_to_mlflow(linear_run):
     assert scratch.data.params["probe.kind"] == "attentive"  # the recipe it trained with
 
 
+def test_the_feature_cache_is_keyed_by_the_embeddings_too(tmp_path):
+    """Another --embeddings into the same --out (same checkpoint) gets features of its own;
+    more segments written into the same embeddings too."""
+    cfg = model_config("tiny", input_dim=4, max_tokens=8)
+    ckpt = save_checkpoint(tmp_path / "c", model_state=LVMAE(cfg).state_dict(),
+                           model_config=cfg.to_dict())  # fmt: skip
+    rng = np.random.default_rng(0)
+    keys = []
+    for name in ("a", "b"):
+        table, _ = segments_table(rng)
+        write_table_atomic(table, str(tmp_path / name), "segments")
+        keys.append(feature_cache_dir(str(tmp_path / "out"), Path(ckpt), str(tmp_path / name)))
+    assert keys[0] != keys[1]
+    assert feature_cache_dir(str(tmp_path / "out"), Path(ckpt), str(tmp_path / "a")) == keys[0]
+    write_table_atomic(segments_table(rng)[0], str(tmp_path / "a"), "segments")
+    assert feature_cache_dir(str(tmp_path / "out"), Path(ckpt), str(tmp_path / "a")) != keys[0]
+
+
 def test_probe_jobs_with_other_recipes_or_outputs_get_runs_of_their_own(tmp_path):
     """Two probe jobs on one store (as beside a checkpoint): each row's run holds its own
     job's recipe and numbers; the same job run again reuses its run."""
@@ -181,7 +199,7 @@ def test_probe_jobs_with_other_recipes_or_outputs_get_runs_of_their_own(tmp_path
 def test_attentive_probe_reuses_the_cached_features(setup, linear_run, tmp_path):
     _, emb, labels, ckpt = setup
     out = str(copy_outputs(linear_run[0], tmp_path / "probe"))  # the linear run's features
-    cache = feature_cache_dir(out, Path(ckpt))
+    cache = feature_cache_dir(out, Path(ckpt), emb)
     stamp = (cache / "_SUCCESS").stat().st_mtime_ns
     section = ProbeSection(probes=["attentive"], baselines=[], seeds=1,
                            recipes={"attentive": {"epochs": 8}})  # fmt: skip
@@ -211,7 +229,7 @@ def test_sweep_shares_the_probe_feature_cache_and_returns_tuned_rows(setup, line
 
     _, emb, labels, ckpt = setup
     out = copy_outputs(linear_run[0], tmp_path / "probe")  # the probe stage's output, copied
-    cache = feature_cache_dir(str(out), Path(ckpt))
+    cache = feature_cache_dir(str(out), Path(ckpt), emb)
     stamp = (cache / "_SUCCESS").stat().st_mtime_ns
     space = tmp_path / "space.yaml"
     space.write_text("probe: linear\nlr: {loguniform: [1e-3, 1e-2]}\nepochs: 15\nbatch_size: 8\n")

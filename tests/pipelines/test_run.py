@@ -80,7 +80,7 @@ def refit_probes(chain: Chain) -> dict[tuple[str, str], tuple[int, float, float]
     config, records = chain.config, chain.result.records
     emb = config.run.embeddings_uri()
     cache = feature_cache_dir(
-        records["probe"].outputs["dir"], Path(records["pretrain"].outputs["checkpoint"])
+        records["probe"].outputs["dir"], Path(records["pretrain"].outputs["checkpoint"]), emb
     )
     labels = sorted(str(p) for p in (Path(config.run.workdir) / "labels").glob("*.csv"))
     (task,) = load_tasks(labels, video_ids(emb))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from lvmae.config import STAGE_NAMES, load_run_config
@@ -137,3 +139,20 @@ def test_other_embeddings_of_the_same_videos_rerun_the_stages_after_extraction()
     assert ExtractOutput(**{**fields, "config_id": "c2"}).digest() != one.digest()
     assert ExtractOutput(**{**fields, "embeddings": "f"}).digest() != one.digest()
     assert ExtractOutput(**fields).digest() == one.digest()
+
+
+def test_the_report_leaves_out_results_of_stages_the_config_does_not_run(tmp_path):
+    """A probe record left in the workdir by another config is not this config's result."""
+    from lvmae.probes.results import ProbeResult
+    from pipelines.stages.probe import ProbeOutput
+
+    row = ProbeResult(method="lvmae", probe="linear", task="stale", kind="classification",
+                      train=4, val=2, test=2, best_epoch=0, val_top1=0.5, top1=0.5)  # fmt: skip
+    output = ProbeOutput(dir=str(tmp_path / "probe"), results=[row])
+    records = {"probe": StageRecord("probe", "f", output.digest(), output.model_dump(mode="json"))}
+    for stages, shown in ((["report"], False), (["probe", "report"], True)):
+        config = load_run_config(None, {"run.input": "v", "run.workdir": str(tmp_path),
+                                        "run.stages": stages, "run.labels": ["x.csv"]})  # fmt: skip
+        context = StageContext(config, f"sqlite:///{tmp_path}/m.db", records=dict(records))
+        report = stage_named("report").run(context)
+        assert ("stale" in Path(report.markdown).read_text()) is shown, stages
