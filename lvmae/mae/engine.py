@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,16 +76,10 @@ def window_batch(
 
 
 def batch_loss(
-    model: nn.Module,
-    batch: Batch,
-    config: PretrainConfig,
-    rng: np.random.Generator,
-    *,
-    dim: int,
-    device: torch.device,
-    train: bool,
+    model: nn.Module, batch: Batch, config: PretrainConfig, rng: np.random.Generator, **how: Any
 ) -> tuple[Tensor, int]:
-    """The masked-reconstruction loss of one batch and its number of real tokens.
+    """The masked-reconstruction loss of one batch and its number of real tokens (``how``:
+    :func:`_predict`'s keywords ``dim``, ``device`` and ``train``).
 
     Windows, then the mask (``config.masking`` at ``config.mask_ratio`` of each window's real
     tokens), then the forward pass (bf16 autocast on CUDA). In training, with
@@ -96,8 +91,7 @@ def batch_loss(
     Raises:
         ValueError: no token scored (every window of 1 token: nothing is masked).
     """
-    pred, x, real, weight = _predict(model, batch, config, rng, dim=dim, device=device,
-                                     train=train)  # fmt: skip
+    pred, x, real, weight = _predict(model, batch, config, rng, **how)
     loss = reconstruction_loss(pred.float(), x, weight, kind=config.loss)
     return loss, int(real.sum())
 

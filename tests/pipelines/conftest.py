@@ -192,3 +192,16 @@ def kill_once_videos_are_written(proc, out, *, deadline: float, videos: int = 2)
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
+
+
+@contextmanager
+def loaded(archive):
+    """A ``lvmae serve`` :class:`~pipelines.serve.archive.Archive` started and loaded (its
+    segments, index and text tower), its thumbnail readers closed afterwards."""
+    archive.start()
+    state = archive.wait(120)
+    assert state.error is None and archive.searcher is not None, state
+    try:
+        yield archive
+    finally:
+        archive.thumbnails.close()

@@ -29,7 +29,7 @@ from pipelines.search import INDEX_DIR, search
 from pipelines.serve.app import MAX_K, MAX_QUERY_CHARS, create_app
 from pipelines.serve.archive import Archive, ServeError, video_key
 from pipelines.serve.server import bind
-from tests.pipelines.conftest import SEGMENT_S, copy_outputs
+from tests.pipelines.conftest import SEGMENT_S, copy_outputs, loaded
 
 pytestmark = pytest.mark.slow  # the session's extraction, Ray, a server
 
@@ -54,11 +54,8 @@ def output(sample_extraction, broken_videos, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def archive(output) -> Archive:
-    archive = Archive(str(output)).start()
-    state = archive.wait(120)
-    assert state.error is None and archive.searcher is not None, state
-    yield archive
-    archive.thumbnails.close()
+    with loaded(Archive(str(output))) as archive:
+        yield archive
 
 
 @pytest.fixture(scope="module")

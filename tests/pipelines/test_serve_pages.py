@@ -14,6 +14,7 @@ from starlette.testclient import TestClient
 from lvmae.storage import VIDEO_SCHEMA, segment_schema, write_manifest, write_table_atomic
 from pipelines.serve.app import RUN_PAGE_ROWS, create_app
 from pipelines.serve.archive import Archive, video_key
+from tests.pipelines.conftest import loaded
 
 DIM = 64  # the tiny encoder's width: its text tower is warmed at load
 VIDEOS = 2 * RUN_PAGE_ROWS + 50  # three pages
@@ -41,11 +42,8 @@ def archive(tmp_path_factory) -> Archive:
              "error": "cannot decode" if v in NOT_OK else None, "config_id": "x"}
             for v in ids]  # fmt: skip
     write_table_atomic(pa.Table.from_pylist(rows, VIDEO_SCHEMA), out, "videos")
-    archive = Archive(out, cache_dir=str(tmp_path_factory.mktemp("thumbs"))).start()
-    state = archive.wait(120)
-    assert state.error is None and archive.searcher is not None, state
-    yield archive
-    archive.thumbnails.close()
+    with loaded(Archive(out, cache_dir=str(tmp_path_factory.mktemp("thumbs")))) as archive:
+        yield archive
 
 
 @pytest.fixture(scope="module")
