@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,14 @@ def main() -> None:
             cache = compute_features(ckpt, emb, str(root / "out"))  # the finished cache
             ref = load_features_remote("cache", str(cache))
             ray.wait([ref], fetch_local=False)
-            where = ray.experimental.get_object_locations([ref])[ref]
+            # the owner learns where a finished task's output lives asynchronously: a busy
+            # machine reported no node yet (a clean-clone CI run)
+            deadline = time.monotonic() + 60
+            while True:
+                where = ray.experimental.get_object_locations([ref])[ref]
+                if where["node_ids"] or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
             print(json.dumps({
                 "head": head_id,
                 "worker": worker.node_id,
