@@ -251,3 +251,20 @@ def test_trials_never_read_the_test_split(ray_local, tmp_path, empty_store, capf
     assert len(trials) == 2 and all(t["val_top1"] for t in trials)
     assert all(float(t["config/lr"]) in {0.001, 0.01} and t["config/epochs"] == "2"
                for t in trials)  # fmt: skip
+
+
+def test_a_trial_that_ended_in_an_error_is_never_chosen():
+    """A probe that diverged after a good epoch reports a good val, then fails: its
+    configuration is not a candidate (Ray Tune's own result objects)."""
+    import pandas as pd
+    from ray.tune import Result
+
+    from tune.sweep import _trial_vals
+
+    def result(lr: float, vals: list[float], error: Exception | None) -> Result:
+        frame = pd.DataFrame({"val_top1": vals})
+        return Result(metrics={"config": {"lr": lr}}, checkpoint=None, error=error,
+                      path="/nowhere", metrics_dataframe=frame)  # fmt: skip
+
+    grid = [result(1e-4, [0.4, 0.6], None), result(1e-2, [0.7, 0.9], FloatingPointError("nan"))]
+    assert _trial_vals(grid, "val_top1", "max") == [({"lr": 1e-4}, 0.6)]

@@ -104,3 +104,23 @@ def test_several_seeds_give_mean_and_sample_std(tmp_path):
     assert one.seeds == 1 and one.top1_std is None and one.val_top1_std is None
     with pytest.raises(ValueError, match="at least one"):
         result_from_fits("lvmae", "linear", task="genre", labels=labels, fits=[], out=tmp_path)
+
+
+def test_every_test_metric_of_several_seeds_has_its_spread(tmp_path):
+    """top-1, top-5 and mean class accuracy: mean and sample std over the seeds."""
+    names = ["a", "b", "c", "d", "e"]
+    labels = LabelSet.from_table(pa.table({
+        "video_id": [f"v{i}.mp4" for i in range(15)], "label": names * 3,
+        "split": ["train"] * 5 + ["val"] * 5 + ["test"] * 5,
+    }))  # fmt: skip
+    y = labels.targets("test")
+    right = np.eye(5, dtype=np.float32)[y] * 3.0
+    wrong = np.eye(5, dtype=np.float32)[(y + 1) % 5] * 3.0
+    fits = [ProbeFit(best_epoch=0, val_metric=0.5, test_metrics={}, history=[],
+                     test_predictions=s.argmax(1), test_scores=s, metric="val_top1")
+            for s in (right, wrong)]  # fmt: skip
+    row = result_from_fits("lvmae", "linear", task="t", labels=labels, fits=fits, out=tmp_path)
+    spread = np.std([1.0, 0.0], ddof=1)
+    assert (row.top1, row.mean_class_accuracy) == (0.5, 0.5)
+    assert row.top1_std == row.mean_class_accuracy_std == pytest.approx(spread)
+    assert row.top5 == 1.0 and row.top5_std == 0.0  # the true class is in the top 5 of 5
